@@ -1,0 +1,408 @@
+//! Turns the raw file into the typed [`Config`], collecting every problem with its key.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::de::DeTable;
+
+use super::locate::{self, KeyPath};
+use super::raw::{OneOrMany, RawConfig, RawRoute, RawSubscription};
+use super::secret::{self, SecretSource};
+use super::*;
+
+/// Problems found so far, each with the key it belongs to.
+#[derive(Default)]
+struct Issues(Vec<(KeyPath, String)>);
+
+impl Issues {
+    fn push(&mut self, path: KeyPath, message: impl Into<String>) {
+        self.0.push((path, message.into()));
+    }
+
+    /// Keeps `Ok` values, records `Err` ones under `path`.
+    fn take<T>(&mut self, path: KeyPath, r: Result<T, String>) -> Option<T> {
+        r.map_err(|e| self.push(path, e)).ok()
+    }
+}
+
+pub(super) fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let located = |line: usize, key: String, message: String| ConfigError {
+        file: file.clone(),
+        line,
+        key,
+        message,
+    };
+    let doc = DeTable::parse(src).map_err(|e| {
+        let line = e.span().map(|s| locate::line_of(src, s.start)).unwrap_or(1);
+        ConfigErrors(vec![located(line, "(syntax)".into(), e.message().trim().to_string())])
+    })?;
+    let raw: RawConfig = toml::from_str(src).map_err(|e| {
+        let offset = e.span().map(|s| s.start).unwrap_or(0);
+        let key = locate::path_at(&doc, offset);
+        ConfigErrors(vec![located(locate::line_of(src, offset), key.to_string(), e.message().trim().to_string())])
+    })?;
+    let mut issues = Issues::default();
+    let config = build(raw, path, &mut issues);
+    if issues.0.is_empty() {
+        return Ok(config);
+    }
+    let mut errors: Vec<ConfigError> = issues
+        .0
+        .into_iter()
+        .map(|(key, message)| {
+            let line = locate::span_of(&doc, &key).map(|s| locate::line_of(src, s.start)).unwrap_or(1);
+            located(line, key.to_string(), message)
+        })
+        .collect();
+    errors.sort_by_key(|e| e.line);
+    Err(ConfigErrors(errors))
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e}); use e.g. \"500ms\", \"5s\", \"7d\""))
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    s.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("`{s}` is not a size ({e}); use e.g. \"256MiB\""))
+}
+
+fn opt<T>(issues: &mut Issues, path: KeyPath, v: Option<&String>, f: impl Fn(&str) -> Result<T, String>, default: T) -> T {
+    match v {
+        Some(s) => issues.take(path, f(s)).unwrap_or(default),
+        None => default,
+    }
+}
+
+fn default_device_id() -> String {
+    if let Ok(id) = std::env::var("FLEETHOOK_DEVICE_ID")
+        && !id.trim().is_empty()
+    {
+        return id.trim().to_string();
+    }
+    for f in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        if let Ok(h) = std::fs::read_to_string(f)
+            && !h.trim().is_empty()
+        {
+            return h.trim().to_string();
+        }
+    }
+    "unknown-device".to_string()
+}
+
+/// The URL with any user and password removed, for display.
+pub fn without_credentials(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.to_string()
+}
+
+fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
+    let root = KeyPath::root();
+    let device_id = match raw.device_id {
+        Some(d) if d.trim().is_empty() => {
+            issues.push(root.key("device_id"), "device_id is empty");
+            d
+        }
+        Some(d) => d,
+        None => default_device_id(),
+    };
+
+    let mqtt = build_mqtt(&raw.mqtt, &device_id, issues);
+
+    let sp = root.key("storage");
+    let storage = StorageConfig {
+        path: PathBuf::from(raw.storage.path.clone().unwrap_or_else(|| "/var/lib/fleethook/outbox.db".into())),
+        max_bytes: opt(issues, sp.key("max_bytes"), raw.storage.max_bytes.as_ref(), size, 256 << 20),
+        when_full: opt(issues, sp.key("when_full"), raw.storage.when_full.as_ref(), |s| match s {
+            "drop_oldest" => Ok(WhenFull::DropOldest),
+            "backpressure" => Ok(WhenFull::Backpressure),
+            o => Err(format!("`{o}` is not drop_oldest or backpressure")),
+        }, WhenFull::DropOldest),
+        synchronous: opt(issues, sp.key("synchronous"), raw.storage.synchronous.as_ref(), |s| match s {
+            "full" => Ok(Synchronous::Full),
+            "normal" => Ok(Synchronous::Normal),
+            o => Err(format!("`{o}` is not full or normal")),
+        }, Synchronous::Full),
+        audit_per_subscription: raw.storage.audit_per_subscription.unwrap_or(1000),
+    };
+    if storage.max_bytes < 64 * 1024 {
+        issues.push(sp.key("max_bytes"), "must be at least 64KiB");
+    }
+
+    let status = StatusConfig {
+        socket: PathBuf::from(raw.status.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())),
+    };
+    let heartbeat = HeartbeatConfig {
+        interval: opt(issues, root.key("heartbeat").key("interval"), raw.heartbeat.interval.as_ref(), duration, Duration::from_secs(60)),
+    };
+    let dp = root.key("delivery");
+    let delivery = DeliveryConfig {
+        max_in_flight: raw.delivery.max_in_flight.unwrap_or(32) as usize,
+        offline_probe_max: opt(issues, dp.key("offline_probe_max"), raw.delivery.offline_probe_max.as_ref(), duration, Duration::from_secs(60)),
+        shutdown_grace: opt(issues, dp.key("shutdown_grace"), raw.delivery.shutdown_grace.as_ref(), duration, Duration::from_secs(10)),
+    };
+    if delivery.max_in_flight == 0 {
+        issues.push(dp.key("max_in_flight"), "must be at least 1");
+    }
+
+    let routes = raw
+        .routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| build_route(r, root.key("route").index(i), issues))
+        .collect();
+
+    let mut names = HashSet::new();
+    let mut subscriptions = Vec::new();
+    for (i, s) in raw.subscriptions.into_iter().enumerate() {
+        let p = root.key("subscription").index(i);
+        if !names.insert(s.name.clone()) {
+            issues.push(p.key("name"), format!("subscription name `{}` is used twice", s.name));
+        }
+        if let Some(sub) = build_subscription(s, p, issues) {
+            subscriptions.push(sub);
+        }
+    }
+
+    Config {
+        source: source.to_path_buf(),
+        device_id,
+        mqtt,
+        storage,
+        status,
+        heartbeat,
+        delivery,
+        routes,
+        subscriptions,
+    }
+}
+
+fn build_mqtt(raw: &super::raw::RawMqtt, device_id: &str, issues: &mut Issues) -> MqttConfig {
+    let p = KeyPath::root().key("mqtt");
+    let url_s = raw.url.clone().unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
+    let (mut host, mut port, mut tls, mut shown) = ("127.0.0.1".to_string(), 1883, false, url_s.clone());
+    match reqwest::Url::parse(&url_s) {
+        Ok(u) if u.scheme() == "mqtt" || u.scheme() == "mqtts" => {
+            tls = u.scheme() == "mqtts";
+            host = u.host_str().unwrap_or("").trim_matches(['[', ']']).to_string();
+            port = u.port().unwrap_or(if tls { 8883 } else { 1883 });
+            shown = without_credentials(&u);
+            if host.is_empty() {
+                issues.push(p.key("url"), format!("`{url_s}` has no host"));
+            }
+            if !u.username().is_empty() {
+                issues.push(p.key("url"), "put the user in mqtt.username and the password in mqtt.password_file, not in the URL");
+            }
+        }
+        Ok(u) => issues.push(p.key("url"), format!("scheme `{}` is not mqtt:// or mqtts://", u.scheme())),
+        Err(e) => issues.push(p.key("url"), format!("`{url_s}` is not a URL: {e}")),
+    }
+    let password = raw
+        .password_file
+        .as_ref()
+        .and_then(|f| issues.take(p.key("password_file"), secret::load(SecretSource::File, f)));
+    MqttConfig {
+        url: shown,
+        host,
+        port,
+        tls,
+        client_id: raw.client_id.clone().unwrap_or_else(|| format!("fleethook-{device_id}")),
+        username: raw.username.clone(),
+        password,
+        keep_alive: opt(issues, p.key("keep_alive"), raw.keep_alive.as_ref(), duration, Duration::from_secs(30)),
+        ca_file: raw.ca_file.as_ref().map(PathBuf::from),
+        max_payload: opt(issues, p.key("max_payload"), raw.max_payload.as_ref(), size, 256 * 1024),
+    }
+}
+
+fn build_route(r: &RawRoute, p: KeyPath, issues: &mut Issues) -> Option<RouteConfig> {
+    let topic = issues.take(p.key("topic"), TopicFilter::parse(&r.topic))?;
+    let event = issues.take(p.key("event"), Template::parse(&r.event, &topic));
+    let device_id = r.device_id.as_ref().and_then(|d| issues.take(p.key("device_id"), Template::parse(d, &topic)));
+    if let Some(d) = &r.dedupe
+        && !d.starts_with('/')
+    {
+        issues.push(p.key("dedupe"), format!("`{d}` is not a JSON pointer (it starts with /)"));
+    }
+    let priority = opt(issues, p.key("priority"), r.priority.as_ref(), Priority::parse, Priority::Normal);
+    let ttl = r.ttl.as_ref().and_then(|t| issues.take(p.key("ttl"), duration(t)));
+    Some(RouteConfig {
+        topic,
+        event: event?,
+        device_id,
+        dedupe: r.dedupe.clone(),
+        priority,
+        ttl,
+        collapse: r.collapse.unwrap_or(false),
+    })
+}
+
+fn looks_secret(header: &str) -> bool {
+    let h = header.to_ascii_lowercase();
+    ["auth", "key", "token", "secret", "cookie", "password"].iter().any(|w| h.contains(w))
+}
+
+fn build_subscription(s: RawSubscription, p: KeyPath, issues: &mut Issues) -> Option<Subscription> {
+    if s.name.trim().is_empty() || s.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        issues.push(p.key("name"), "a subscription name is one word with no spaces");
+    }
+    let format = opt(issues, p.key("format"), s.format.as_ref(), Format::parse, Format::Envelope);
+    // Service formats (Slack, PagerDuty, Datadog) authenticate by URL or key, not HMAC.
+    let default_scheme = if format == Format::Envelope { Scheme::Standard } else { Scheme::None };
+    let signature = opt(issues, p.key("signature"), s.signature.as_ref(), Scheme::parse, default_scheme);
+    let allow_http = s.allow_http.unwrap_or(false);
+    let url = match reqwest::Url::parse(&s.url) {
+        Ok(u) if u.scheme() == "https" => Some(u),
+        Ok(u) if u.scheme() == "http" && allow_http => Some(u),
+        Ok(u) if u.scheme() == "http" => {
+            issues.push(p.key("url"), "http:// sends events unencrypted; use https:// or set allow_http = true");
+            None
+        }
+        Ok(u) => {
+            issues.push(p.key("url"), format!("scheme `{}` is not https:// (or http:// with allow_http)", u.scheme()));
+            None
+        }
+        Err(e) => {
+            issues.push(p.key("url"), format!("`{}` is not a URL: {e}", s.url));
+            None
+        }
+    };
+
+    let mut secrets = Vec::new();
+    let sources: [(&str, Option<OneOrMany>, SecretSource); 4] = [
+        ("secret", s.secret, SecretSource::Inline),
+        ("secret_file", s.secret_file, SecretSource::File),
+        ("secret_env", s.secret_env, SecretSource::Env),
+        ("secret_credential", s.secret_credential, SecretSource::Credential),
+    ];
+    for (key, value, source) in sources {
+        for v in value.map(OneOrMany::into_vec).unwrap_or_default() {
+            if let Some(sec) = issues.take(p.key(key), secret::load(source, &v)) {
+                secrets.push((key, sec));
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    for (key, sec) in &secrets {
+        match crate::sign::signing_key(signature, sec.expose()) {
+            Ok(k) => keys.push(k),
+            Err(e) => issues.push(p.key(key), format!("{e} (signature = \"{signature:?}\")").to_lowercase()),
+        }
+    }
+    if signature != Scheme::None && secrets.is_empty() {
+        issues.push(
+            p.key("secret"),
+            "a signing secret is required (secret, secret_file, secret_env or secret_credential; `fleethook secret` makes one), or set signature = \"none\"",
+        );
+    }
+
+    let events = match &s.events {
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| issues.take(p.key("events").index(i), EventPattern::parse(e)))
+            .collect(),
+        None => vec![EventPattern::parse("*").expect("`*` is a valid pattern")],
+    };
+    let retry = match &s.retry {
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| issues.take(p.key("retry").index(i), duration(d)))
+            .collect(),
+        None => DEFAULT_RETRY.iter().map(|s| Duration::from_secs(*s)).collect(),
+    };
+    let method = s.method.clone().unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
+    if !["POST", "PUT", "PATCH"].contains(&method.as_str()) {
+        issues.push(p.key("method"), format!("`{method}` is not POST, PUT or PATCH"));
+    }
+    let header_prefix = s.header_prefix.clone().unwrap_or_else(|| "X-Fleethook".into());
+    if http::HeaderName::from_bytes(format!("{header_prefix}-Event").as_bytes()).is_err() {
+        issues.push(p.key("header_prefix"), format!("`{header_prefix}` cannot start a header name"));
+    }
+    let mut headers = Vec::new();
+    for (name, value) in s.headers.clone().unwrap_or_default() {
+        let hp = p.key("headers").key(&name);
+        let Some(value) = value.as_str() else {
+            issues.push(hp, "header values are strings");
+            continue;
+        };
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() || http::HeaderValue::from_str(value).is_err() {
+            issues.push(hp, "not a valid HTTP header");
+            continue;
+        }
+        let v = if looks_secret(&name) { HeaderValue::Secret(Secret::new(value)) } else { HeaderValue::Plain(value.to_string()) };
+        headers.push((name, v));
+    }
+    let ordering = opt(issues, p.key("ordering"), s.ordering.as_ref(), |o| match o {
+        "parallel" => Ok(Ordering::Parallel),
+        "fifo" => Ok(Ordering::Fifo),
+        o => Err(format!("`{o}` is not parallel or fifo")),
+    }, Ordering::Parallel);
+    let max_in_flight = s.max_in_flight.unwrap_or(8) as usize;
+    if max_in_flight == 0 {
+        issues.push(p.key("max_in_flight"), "must be at least 1");
+    }
+    let rate_limit = s.rate_limit.as_ref().and_then(|r| issues.take(p.key("rate_limit"), parse_rate(r)));
+    let routing_key = s.routing_key.clone().map(Secret::new);
+    let api_key = s.api_key.clone().map(Secret::new);
+    if format == Format::Pagerduty && routing_key.is_none() {
+        issues.push(p.key("routing_key"), "format = \"pagerduty\" needs routing_key (the integration key)");
+    }
+    if format == Format::Datadog && api_key.is_none() {
+        issues.push(p.key("api_key"), "format = \"datadog\" needs api_key");
+    }
+    let url = url?;
+    Some(Subscription {
+        url: without_credentials(&url),
+        url_full: url,
+        events,
+        secrets: secrets.into_iter().map(|(_, s)| s).collect(),
+        keys,
+        signature,
+        header_prefix,
+        format,
+        retry,
+        method,
+        headers,
+        ordering,
+        max_in_flight,
+        rate_limit,
+        timeout: opt(issues, p.key("timeout"), s.timeout.as_ref(), duration, Duration::from_secs(15)),
+        connect_timeout: opt(issues, p.key("connect_timeout"), s.connect_timeout.as_ref(), duration, Duration::from_secs(5)),
+        max_age: opt(issues, p.key("max_age"), s.max_age.as_ref(), duration, Duration::from_secs(72 * 3600)),
+        allow_http,
+        ca_file: s.ca_file.as_ref().map(PathBuf::from),
+        summary: s.summary.clone(),
+        enabled: s.enabled.unwrap_or(true),
+        routing_key,
+        api_key,
+        name: s.name,
+    })
+}
+
+/// `"5/s"`, `"100/m"`, `"1000/h"`.
+fn parse_rate(s: &str) -> Result<RateLimit, String> {
+    let err = || format!("`{s}` is not a rate; use e.g. \"5/s\", \"100/m\"");
+    let (n, unit) = s.split_once('/').ok_or_else(err)?;
+    let n: f64 = n.trim().parse().map_err(|_| err())?;
+    let per = match unit.trim() {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(err()),
+    };
+    if !(n > 0.0) {
+        return Err(err());
+    }
+    Ok(RateLimit { per_second: n / per, burst: (n / per).max(1.0) })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+use super::*;
+
+const GOOD: &str = r#"
+device_id = "agv-007"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+
+[storage]
+path = "/tmp/x.db"
+max_bytes = "256MiB"
+
+[[route]]
+topic = "fleet/+/mission"
+event = "mission.{/status}"
+device_id = "{topic.1}"
+priority = "high"
+ttl = "7d"
+
+[[subscription]]
+name = "ops"
+url = "https://hooks.example.com/fleet"
+events = ["mission.*"]
+secret = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_c2Vjb25k"]
+retry = ["5s", "30s"]
+rate_limit = "5/s"
+headers = { Authorization = "Bearer topsecret", X-Team = "robots" }
+"#;
+
+fn errors(src: &str) -> Vec<ConfigError> {
+    Config::parse(src, Path::new("f.toml")).expect_err("config should be refused").0
+}
+
+#[test]
+fn a_good_config_resolves_with_defaults() {
+    let c = Config::parse(GOOD, Path::new("f.toml")).unwrap();
+    assert_eq!(c.device_id, "agv-007");
+    assert_eq!(c.mqtt.client_id, "fleethook-agv-007");
+    assert_eq!(c.storage.max_bytes, 256 << 20);
+    let s = &c.subscriptions[0];
+    assert_eq!(s.retry, vec![Duration::from_secs(5), Duration::from_secs(30)]);
+    assert_eq!(s.keys.len(), 2);
+    assert_eq!(s.signature, Scheme::Standard);
+    assert_eq!(c.routes[0].ttl, Some(Duration::from_secs(7 * 86400)));
+    assert_eq!(s.rate_limit.unwrap().per_second, 5.0);
+    let shown = c.to_redacted_toml();
+    assert!(!shown.contains("MfKQ9r8"), "{shown}");
+    assert!(!shown.contains("topsecret"), "{shown}");
+    assert!(shown.contains("robots"), "{shown}");
+}
+
+#[test]
+fn unknown_keys_name_line_and_key() {
+    let e = errors("[mqtt]\nurl = \"mqtt://h\"\nurll = \"x\"\n");
+    assert_eq!(e[0].line, 3, "{e:?}");
+    assert!(e[0].message.contains("urll"), "{e:?}");
+}
+
+#[test]
+fn bad_durations_and_sizes_name_the_key() {
+    let src = GOOD.replace("retry = [\"5s\", \"30s\"]", "retry = [\"5s\", \"30 parsecs\"]")
+        .replace("max_bytes = \"256MiB\"", "max_bytes = \"lots\"");
+    let e = errors(&src);
+    let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"storage.max_bytes"), "{e:?}");
+    assert!(keys.contains(&"subscription[0].retry[1]"), "{e:?}");
+    let retry = e.iter().find(|e| e.key == "subscription[0].retry[1]").unwrap();
+    assert_eq!(retry.line, GOOD.lines().position(|l| l.starts_with("retry")).unwrap() + 1);
+}
+
+#[test]
+fn http_needs_allow_http_and_secrets_are_required() {
+    let src = GOOD
+        .replace("https://hooks.example.com/fleet", "http://hooks.example.com/fleet")
+        .replace("secret = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", \"whsec_c2Vjb25k\"]", "");
+    let e = errors(&src);
+    assert!(e.iter().any(|e| e.key == "subscription[0].url" && e.message.contains("allow_http")), "{e:?}");
+    assert!(e.iter().any(|e| e.key == "subscription[0].secret" && e.message.contains("required")), "{e:?}");
+}
+
+#[test]
+fn templates_that_reference_nothing_are_errors() {
+    let e = errors(&GOOD.replace("device_id = \"{topic.1}\"", "device_id = \"{topic.7}\""));
+    assert_eq!(e[0].key, "route[0].device_id");
+    assert!(e[0].message.contains("references nothing"), "{e:?}");
+}
+
+#[test]
+fn bad_urls_and_schemes() {
+    let e = errors(&GOOD.replace("mqtt://127.0.0.1:1883", "tcp://broker"));
+    assert_eq!(e[0].key, "mqtt.url");
+    let e = errors(&GOOD.replace("whsec_c2Vjb25k", "not-a-whsec"));
+    assert!(e[0].key.starts_with("subscription[0].secret"), "{e:?}");
+    assert!(e[0].message.contains("whsec_"), "{e:?}");
+}
+
+#[test]
+fn syntax_errors_have_a_line() {
+    let e = errors("device_id = \"a\"\n[mqtt\nurl = 1\n");
+    assert_eq!(e[0].line, 2, "{e:?}");
+}
+
+#[test]
+fn wrong_types_name_the_key() {
+    let e = errors("[delivery]\nmax_in_flight = \"many\"\n");
+    assert_eq!(e[0].key, "delivery.max_in_flight", "{e:?}");
+    assert_eq!(e[0].line, 2);
+}
+
+#[test]
+fn rates_parse() {
+    assert_eq!(parse_rate("100/m").unwrap().per_second, 100.0 / 60.0);
+    assert!(parse_rate("5/week").is_err());
+    assert!(parse_rate("0/s").is_err());
+}

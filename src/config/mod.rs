@@ -1,0 +1,261 @@
+//! The typed configuration (DESIGN §8): defaults, validation, and errors that name the
+//! file, the line and the key. Loaded once in `main` and passed down; never a global.
+
+mod build;
+pub mod locate;
+mod raw;
+pub mod secret;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+pub use secret::Secret;
+
+use crate::event::{EventPattern, Priority};
+use crate::format::Format;
+use crate::ingest::route::{Template, TopicFilter};
+use crate::sign::Scheme;
+
+pub const DEFAULT_PATH: &str = "/etc/fleethook/fleethook.toml";
+pub const DEFAULT_SOCKET: &str = "/run/fleethook/status.sock";
+pub const DEFAULT_RETRY: [u64; 10] = [5, 30, 120, 600, 1800, 3600, 7200, 14400, 28800, 28800];
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Config {
+    #[serde(skip)]
+    pub source: PathBuf,
+    pub device_id: String,
+    pub mqtt: MqttConfig,
+    pub storage: StorageConfig,
+    pub status: StatusConfig,
+    pub heartbeat: HeartbeatConfig,
+    pub delivery: DeliveryConfig,
+    #[serde(rename = "route")]
+    pub routes: Vec<RouteConfig>,
+    #[serde(rename = "subscription")]
+    pub subscriptions: Vec<Subscription>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MqttConfig {
+    /// The broker URL without credentials.
+    pub url: String,
+    #[serde(skip)]
+    pub host: String,
+    #[serde(skip)]
+    pub port: u16,
+    #[serde(skip)]
+    pub tls: bool,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    #[serde(serialize_with = "ser_duration")]
+    pub keep_alive: Duration,
+    pub ca_file: Option<PathBuf>,
+    /// Larger payloads are quarantined, not queued.
+    pub max_payload: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    DropOldest,
+    Backpressure,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Synchronous {
+    Full,
+    Normal,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+    pub synchronous: Synchronous,
+    pub audit_per_subscription: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusConfig {
+    pub socket: PathBuf,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HeartbeatConfig {
+    /// Zero turns the heartbeat off.
+    #[serde(serialize_with = "ser_duration")]
+    pub interval: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DeliveryConfig {
+    pub max_in_flight: usize,
+    #[serde(serialize_with = "ser_duration")]
+    pub offline_probe_max: Duration,
+    /// How long SIGTERM waits for in-flight requests before abandoning them.
+    #[serde(serialize_with = "ser_duration")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RouteConfig {
+    pub topic: TopicFilter,
+    pub event: Template,
+    pub device_id: Option<Template>,
+    pub dedupe: Option<String>,
+    pub priority: Priority,
+    #[serde(serialize_with = "ser_opt_duration")]
+    pub ttl: Option<Duration>,
+    pub collapse: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    Parallel,
+    Fifo,
+}
+
+/// A token bucket: `per_second` tokens a second, bursts of up to `burst`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: f64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Subscription {
+    pub name: String,
+    /// Without credentials; see `url_full` for the one requests go to.
+    pub url: String,
+    #[serde(skip)]
+    pub url_full: reqwest::Url,
+    pub events: Vec<EventPattern>,
+    pub secrets: Vec<Secret>,
+    /// The HMAC keys the secrets stand for under `signature`.
+    #[serde(skip)]
+    pub keys: Vec<Vec<u8>>,
+    pub signature: Scheme,
+    pub header_prefix: String,
+    pub format: Format,
+    #[serde(serialize_with = "ser_durations")]
+    pub retry: Vec<Duration>,
+    pub method: String,
+    pub headers: Vec<(String, HeaderValue)>,
+    pub ordering: Ordering,
+    pub max_in_flight: usize,
+    pub rate_limit: Option<RateLimit>,
+    #[serde(serialize_with = "ser_duration")]
+    pub timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub connect_timeout: Duration,
+    #[serde(serialize_with = "ser_duration")]
+    pub max_age: Duration,
+    pub allow_http: bool,
+    pub ca_file: Option<PathBuf>,
+    pub summary: Option<String>,
+    pub enabled: bool,
+    pub routing_key: Option<Secret>,
+    pub api_key: Option<Secret>,
+}
+
+impl Subscription {
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.enabled && self.events.iter().any(|p| p.matches(event_type))
+    }
+}
+
+/// A custom header's value; ones that look like credentials are kept as secrets.
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum HeaderValue {
+    Plain(String),
+    Secret(Secret),
+}
+
+impl HeaderValue {
+    pub fn expose(&self) -> &str {
+        match self {
+            HeaderValue::Plain(s) => s,
+            HeaderValue::Secret(s) => s.expose(),
+        }
+    }
+}
+
+/// One thing wrong with the config, located.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: usize,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}: {}", self.file, self.line, self.key, self.message)
+    }
+}
+
+/// Everything wrong with a config file, in file order.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        Ok(Config::parse(&src, path)?)
+    }
+
+    /// Validates config text; `path` is only used to name the file in errors.
+    pub fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
+        build::parse(src, path)
+    }
+
+    /// The resolved config as TOML, secrets replaced by fingerprints.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+
+    pub fn subscription(&self, name: &str) -> Option<&Subscription> {
+        self.subscriptions.iter().find(|s| s.name == name)
+    }
+}
+
+fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&humantime::format_duration(*d).to_string())
+}
+
+fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_durations<S: Serializer>(d: &[Duration], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(d.iter().map(|d| humantime::format_duration(*d).to_string()))
+}

@@ -1,0 +1,226 @@
+//! The state of one subscription's endpoint, as attempts reveal it, and how much it may
+//! be sent right now. No I/O: the dispatcher feeds it verdicts and the clock.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::outcome::Verdict;
+use super::schedule::probe_delay;
+use crate::config::RateLimit;
+
+/// After this many 5xx in a row an endpoint gets one request at a time.
+pub const DEGRADED_AFTER: u32 = 5;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Online,
+    Offline,
+    Degraded,
+    Paused,
+    Gone,
+}
+
+#[derive(Debug)]
+pub struct Endpoint {
+    pub state: State,
+    failed_probes: u32,
+    probe_at: Option<Instant>,
+    consecutive_errors: u32,
+    probe_max: Duration,
+    bucket: Option<TokenBucket>,
+}
+
+impl Endpoint {
+    pub fn new(probe_max: Duration, rate: Option<RateLimit>, enabled: bool) -> Self {
+        Endpoint {
+            state: if enabled { State::Online } else { State::Paused },
+            failed_probes: 0,
+            probe_at: None,
+            consecutive_errors: 0,
+            probe_max,
+            bucket: rate.map(TokenBucket::new),
+        }
+    }
+
+    /// How many more requests may start now, given `in_flight` and the per-subscription
+    /// `limit`; and if none, when to look again (None: on the next completion or wake).
+    pub fn capacity(&mut self, now: Instant, in_flight: usize, limit: usize) -> (usize, Option<Instant>) {
+        let by_state = match self.state {
+            State::Paused | State::Gone => return (0, None),
+            State::Offline => match self.probe_at {
+                // One probe at a time, when its backoff has passed.
+                Some(at) if at > now => return (0, Some(at)),
+                _ if in_flight > 0 => return (0, None),
+                _ => 1,
+            },
+            State::Degraded => 1usize.saturating_sub(in_flight),
+            State::Online => limit.saturating_sub(in_flight),
+        };
+        match &mut self.bucket {
+            Some(b) if by_state > 0 => {
+                let tokens = b.available(now);
+                if tokens == 0 {
+                    (0, Some(b.next_token_at(now)))
+                } else {
+                    (by_state.min(tokens), None)
+                }
+            }
+            _ => (by_state, None),
+        }
+    }
+
+    /// Spends rate-limit tokens for requests about to start.
+    pub fn started(&mut self, n: usize) {
+        if let Some(b) = &mut self.bucket {
+            b.take(n);
+        }
+    }
+
+    /// Learns from one attempt's verdict; `status` is the HTTP status if there was one,
+    /// `probe` whether the attempt was sent as an offline probe.
+    pub fn observe(&mut self, verdict: &Verdict, status: Option<u16>, probe: bool, now: Instant, jitter_unit: f64) {
+        if matches!(self.state, State::Paused | State::Gone) {
+            return;
+        }
+        match verdict {
+            Verdict::Offline { .. } => {
+                if probe {
+                    self.failed_probes = self.failed_probes.saturating_add(1);
+                } else if self.state == State::Offline {
+                    // A request started before the endpoint went offline: old news.
+                    return;
+                }
+                self.state = State::Offline;
+                self.probe_at = Some(now + probe_delay(self.failed_probes, self.probe_max, jitter_unit));
+            }
+            Verdict::Failed { gone: true, .. } => self.state = State::Gone,
+            _ => {
+                // Any HTTP answer means the endpoint is reachable again.
+                self.failed_probes = 0;
+                self.probe_at = None;
+                if status.is_some_and(|s| s >= 500) {
+                    self.consecutive_errors += 1;
+                } else {
+                    self.consecutive_errors = 0;
+                }
+                self.state = if self.consecutive_errors >= DEGRADED_AFTER { State::Degraded } else { State::Online };
+            }
+        }
+    }
+
+    pub fn pause(&mut self) {
+        self.state = State::Paused;
+    }
+
+    pub fn resume(&mut self) {
+        self.state = State::Online;
+        self.failed_probes = 0;
+        self.probe_at = None;
+        self.consecutive_errors = 0;
+    }
+
+    pub fn next_probe(&self) -> Option<Instant> {
+        self.probe_at
+    }
+}
+
+/// A token bucket refilled continuously at `per_second`.
+#[derive(Debug)]
+struct TokenBucket {
+    per_second: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: RateLimit) -> Self {
+        TokenBucket { per_second: rate.per_second, burst: rate.burst, tokens: rate.burst, at: Instant::now() }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.burst);
+        self.at = now;
+    }
+
+    fn available(&mut self, now: Instant) -> usize {
+        self.refill(now);
+        self.tokens.floor() as usize
+    }
+
+    fn take(&mut self, n: usize) {
+        self.tokens -= n as f64;
+    }
+
+    fn next_token_at(&self, now: Instant) -> Instant {
+        let missing = (1.0 - self.tokens).max(0.0);
+        now + Duration::from_secs_f64(missing / self.per_second)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offline() -> Verdict {
+        Verdict::Offline { reason: "connect".into() }
+    }
+
+    #[test]
+    fn offline_probes_one_at_a_time_with_backoff() {
+        let t0 = Instant::now();
+        let mut e = Endpoint::new(Duration::from_secs(60), None, true);
+        assert_eq!(e.capacity(t0, 0, 8).0, 8);
+        e.observe(&offline(), None, false, t0, 0.5);
+        e.observe(&offline(), None, false, t0, 0.5);
+        assert_eq!(e.state, State::Offline);
+        let (n, wake) = e.capacity(t0, 0, 8);
+        assert_eq!((n, wake), (0, Some(t0 + Duration::from_secs(1))));
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(e.capacity(t1, 0, 8).0, 1);
+        assert_eq!(e.capacity(t1, 1, 8).0, 0, "only one probe in flight");
+        e.observe(&offline(), None, true, t1, 0.5);
+        assert_eq!(e.next_probe(), Some(t1 + Duration::from_secs(2)));
+        e.observe(&Verdict::Delivered, Some(200), true, t1, 0.5);
+        assert_eq!((e.state, e.capacity(t1, 0, 8).0), (State::Online, 8));
+    }
+
+    #[test]
+    fn repeated_server_errors_degrade_until_a_success() {
+        let t = Instant::now();
+        let mut e = Endpoint::new(Duration::from_secs(60), None, true);
+        let retry = Verdict::Retry { after: None, reason: "HTTP 503".into() };
+        for _ in 0..DEGRADED_AFTER {
+            e.observe(&retry, Some(503), false, t, 0.5);
+        }
+        assert_eq!((e.state, e.capacity(t, 0, 8).0), (State::Degraded, 1));
+        e.observe(&Verdict::Delivered, Some(200), false, t, 0.5);
+        assert_eq!(e.state, State::Online);
+    }
+
+    #[test]
+    fn gone_and_paused_send_nothing() {
+        let t = Instant::now();
+        let mut e = Endpoint::new(Duration::from_secs(60), None, true);
+        e.observe(&Verdict::Failed { reason: "410".into(), gone: true }, Some(410), false, t, 0.5);
+        assert_eq!((e.state, e.capacity(t, 0, 8).0), (State::Gone, 0));
+        e.resume();
+        assert_eq!(e.state, State::Online);
+        assert_eq!(Endpoint::new(Duration::from_secs(1), None, false).state, State::Paused);
+    }
+
+    #[test]
+    fn rate_limit_caps_starts() {
+        let t = Instant::now();
+        let mut e = Endpoint::new(Duration::from_secs(60), Some(RateLimit { per_second: 5.0, burst: 5.0 }), true);
+        let (n, _) = e.capacity(t, 0, 8);
+        assert_eq!(n, 5);
+        e.started(5);
+        let (n, wake) = e.capacity(t, 0, 8);
+        assert_eq!(n, 0);
+        assert!(wake.unwrap() > t);
+    }
+}

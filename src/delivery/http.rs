@@ -1,0 +1,197 @@
+//! One HTTP attempt: prepare the request (body, headers, fresh signature), send it with
+//! the subscription's client, and describe what came back.
+
+use std::error::Error as _;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::outcome::TransportError;
+use crate::config::Subscription;
+use crate::event::EnvelopeParts;
+use crate::format::{self, FormatOptions};
+use crate::outbox::Due;
+use crate::sign;
+
+/// The response body is read up to this much; the rest is dropped.
+pub const BODY_READ_MAX: usize = 64 * 1024;
+/// The audit log keeps this much of it.
+pub const SNIPPET_MAX: usize = 2 * 1024;
+
+pub const USER_AGENT: &str = concat!("fleethook/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot read ca_file {path}: {source}")]
+    CaFile { path: String, source: std::io::Error },
+    #[error("ca_file {path} holds no usable certificate: {source}")]
+    CaCert { path: String, source: reqwest::Error },
+    #[error("cannot build the HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
+}
+
+/// The HTTP client of one subscription: its timeouts, its extra CA, no redirects.
+pub fn client(sub: &Subscription) -> Result<reqwest::Client, ClientError> {
+    crate::init_crypto();
+    let mut b = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .timeout(sub.timeout)
+        .connect_timeout(sub.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true);
+    if let Some(path) = &sub.ca_file {
+        let shown = path.display().to_string();
+        let pem = std::fs::read(path).map_err(|source| ClientError::CaFile { path: shown.clone(), source })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|source| ClientError::CaCert { path: shown.clone(), source })?;
+        for cert in certs {
+            b = b.add_root_certificate(cert);
+        }
+    }
+    Ok(b.build()?)
+}
+
+/// A request ready to go.
+pub struct Prepared {
+    pub body: String,
+    pub headers: HeaderMap,
+    pub attempt: u32,
+}
+
+fn put(headers: &mut HeaderMap, name: &str, value: &str) {
+    // Names and values were validated with the config; an event type is printable ASCII
+    // or UTF-8 that HeaderValue may refuse, in which case the header is left out.
+    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+        headers.insert(n, v);
+    }
+}
+
+/// Body and headers for one attempt of `due`, signed now.
+pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime) -> Prepared {
+    let parts = EnvelopeParts {
+        id: &due.event_id,
+        event_type: &due.event_type,
+        created_ms: due.created_ms,
+        device_id: &due.device_id,
+        delivery_id: &due.delivery_id,
+        data: &due.data,
+    };
+    let opts = FormatOptions {
+        summary: sub.summary.as_deref(),
+        routing_key: sub.routing_key.as_ref().map(|s| s.expose()),
+        api_key: sub.api_key.as_ref().map(|s| s.expose()),
+    };
+    let rendered = format::render(sub.format, &parts, &opts);
+    let attempt = due.attempts + 1;
+    let p = &sub.header_prefix;
+    let mut headers = HeaderMap::new();
+    put(&mut headers, "content-type", "application/json");
+    put(&mut headers, &format!("{p}-Event"), &due.event_type);
+    put(&mut headers, &format!("{p}-Delivery"), &due.delivery_id);
+    put(&mut headers, &format!("{p}-Attempt"), &attempt.to_string());
+    put(&mut headers, &format!("{p}-Device"), &due.device_id);
+    for (name, value) in &sub.headers {
+        put(&mut headers, name, value.expose());
+    }
+    for (name, value) in &rendered.headers {
+        put(&mut headers, name, value);
+    }
+    let ts = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+    for (name, value) in sign::sign_headers(sub.signature, &sub.keys, p, &due.delivery_id, ts, rendered.body.as_bytes()) {
+        put(&mut headers, &name, &value);
+    }
+    Prepared { body: rendered.body, headers, attempt }
+}
+
+/// What one attempt got back.
+#[derive(Debug, Default)]
+pub struct Sent {
+    pub status: Option<u16>,
+    pub retry_after: Option<String>,
+    pub location: Option<String>,
+    pub error: Option<(TransportError, String)>,
+    pub snippet: Option<String>,
+    pub duration: Duration,
+}
+
+pub async fn send(client: &reqwest::Client, sub: &Subscription, prepared: Prepared) -> Sent {
+    let started = Instant::now();
+    let method = reqwest::Method::from_bytes(sub.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let result = client
+        .request(method, sub.url_full.clone())
+        .headers(prepared.headers)
+        .body(prepared.body)
+        .send()
+        .await;
+    let mut sent = Sent::default();
+    match result {
+        Ok(mut resp) => {
+            sent.status = Some(resp.status().as_u16());
+            let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+            sent.retry_after = header("retry-after");
+            sent.location = header("location");
+            let mut body = Vec::new();
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        let room = BODY_READ_MAX - body.len();
+                        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                        if body.len() >= BODY_READ_MAX {
+                            break;
+                        }
+                    }
+                    // The status is what counts; a body cut short is not a failed delivery.
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            if !body.is_empty() {
+                body.truncate(SNIPPET_MAX);
+                sent.snippet = Some(String::from_utf8_lossy(&body).into_owned());
+            }
+        }
+        Err(e) => sent.error = Some((transport_error(&e), error_text(&e))),
+    }
+    sent.duration = started.elapsed();
+    sent
+}
+
+/// Sorts a reqwest error into the rule table's kinds by walking its sources.
+fn transport_error(e: &reqwest::Error) -> TransportError {
+    let text = error_text(e).to_ascii_lowercase();
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return TransportError::Tls;
+        }
+        source = s.source();
+    }
+    if text.contains("certificate") || text.contains("tls") {
+        return TransportError::Tls;
+    }
+    if e.is_connect() {
+        if e.is_timeout() || text.contains("timed out") {
+            return TransportError::ConnectTimeout;
+        }
+        if text.contains("dns error") || text.contains("failed to lookup") {
+            return TransportError::Dns;
+        }
+        return TransportError::Connect;
+    }
+    if e.is_timeout() {
+        return TransportError::Timeout;
+    }
+    TransportError::Other
+}
+
+/// The error with its causes, one line.
+fn error_text(e: &reqwest::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,319 @@
+//! The dispatcher: takes due deliveries from the outbox and sends them, within the global
+//! and per-subscription limits, the rate limits and each endpoint's state. Each attempt is
+//! prepare → send → classify → record; the delivery leaves the in-flight set only once its
+//! result has committed, so it is never fetched twice.
+
+pub mod endpoint;
+pub mod http;
+pub mod outcome;
+pub mod schedule;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, Ordering, Subscription};
+use crate::event::now_ms;
+use crate::outbox::{AttemptRecord, Due, NextState, Outbox, Terminal};
+use endpoint::{Endpoint, State};
+use outcome::{Verdict, classify_error, classify_status, needs_operator};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("subscription {name}: {source}")]
+    Client { name: String, source: http::ClientError },
+}
+
+/// What the status socket and heartbeat see of each subscription's endpoint.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct EndpointView {
+    pub name: String,
+    pub url: String,
+    pub state: State,
+    pub in_flight: usize,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    /// Unix ms of the next offline probe, when offline.
+    pub next_attempt_at_ms: Option<i64>,
+}
+
+pub type EndpointViews = Arc<Mutex<Vec<EndpointView>>>;
+
+struct Lane {
+    sub: Arc<Subscription>,
+    client: reqwest::Client,
+    endpoint: Endpoint,
+    in_flight: HashSet<i64>,
+    /// Fetch again at the next chance (new work, or a slot freed).
+    dirty: bool,
+    wake_at: Option<Instant>,
+    last_status: Option<u16>,
+    last_error: Option<String>,
+}
+
+/// One finished attempt, reported back to the loop after its record committed.
+struct Done {
+    lane: usize,
+    seq: i64,
+    verdict: Verdict,
+    status: Option<u16>,
+    probe: bool,
+}
+
+pub struct Dispatcher {
+    lanes: Vec<Lane>,
+    outbox: Outbox,
+    global: Arc<Semaphore>,
+    grace: Duration,
+    views: EndpointViews,
+}
+
+impl Dispatcher {
+    pub fn new(config: &Config, outbox: Outbox) -> Result<Self, DeliveryError> {
+        let mut lanes = Vec::new();
+        for sub in &config.subscriptions {
+            let client =
+                http::client(sub).map_err(|source| DeliveryError::Client { name: sub.name.clone(), source })?;
+            lanes.push(Lane {
+                endpoint: Endpoint::new(config.delivery.offline_probe_max, sub.rate_limit, sub.enabled),
+                sub: Arc::new(sub.clone()),
+                client,
+                in_flight: HashSet::new(),
+                dirty: true,
+                wake_at: None,
+                last_status: None,
+                last_error: None,
+            });
+        }
+        Ok(Dispatcher {
+            lanes,
+            outbox,
+            global: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
+            grace: config.delivery.shutdown_grace,
+            views: Arc::new(Mutex::new(Vec::new())),
+        })
+    }
+
+    pub fn views(&self) -> EndpointViews {
+        self.views.clone()
+    }
+
+    /// Runs until `shutdown`, then gives in-flight requests the grace period to finish.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+        let mut tasks = JoinSet::new();
+        let new_work = self.outbox.new_work();
+        loop {
+            self.fill(&mut tasks, &done_tx).await;
+            self.publish_views();
+            let wake = self.lanes.iter().filter_map(|l| l.wake_at).min();
+            let sleep = async {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = new_work.notified() => self.lanes.iter_mut().for_each(|l| l.dirty = true),
+                Some(done) = done_rx.recv() => {
+                    self.finish(done);
+                    while let Ok(done) = done_rx.try_recv() {
+                        self.finish(done);
+                    }
+                }
+                _ = sleep => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        let in_flight = tasks.len();
+        if in_flight > 0 {
+            tracing::info!(in_flight, grace_s = self.grace.as_secs(), "Waiting for in-flight deliveries before exit.");
+            let drained = tokio::time::timeout(self.grace, async { while tasks.join_next().await.is_some() {} }).await;
+            if drained.is_err() {
+                tracing::warn!(abandoned = tasks.len(), "Abandoned in-flight deliveries at shutdown; they are sent again after restart.");
+                tasks.abort_all();
+            }
+        }
+        self.publish_views();
+    }
+
+    /// Starts what may start now on every lane that has reason to look.
+    async fn fill(&mut self, tasks: &mut JoinSet<()>, done_tx: &mpsc::UnboundedSender<Done>) {
+        let now = Instant::now();
+        for idx in 0..self.lanes.len() {
+            let lane = &mut self.lanes[idx];
+            let timer_fired = lane.wake_at.is_some_and(|w| w <= now);
+            if !lane.dirty && !timer_fired {
+                continue;
+            }
+            let limit = if lane.sub.ordering == Ordering::Fifo { 1 } else { lane.sub.max_in_flight };
+            let (room, wake) = lane.endpoint.capacity(now, lane.in_flight.len(), limit);
+            lane.wake_at = wake;
+            let room = room.min(self.global.available_permits());
+            if room == 0 {
+                // Nothing may start: look again on a completion, new work or the wake time.
+                lane.dirty = false;
+                continue;
+            }
+            lane.dirty = false;
+            let fifo = lane.sub.ordering == Ordering::Fifo;
+            let fetch = room + lane.in_flight.len();
+            let batch = match self.outbox.due(&lane.sub.name, now_ms(), fetch, fifo).await {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Cannot read due deliveries.");
+                    return;
+                }
+            };
+            let lane = &mut self.lanes[idx];
+            let probe = lane.endpoint.state == State::Offline;
+            let fresh: Vec<Due> = batch.rows.into_iter().filter(|d| !lane.in_flight.contains(&d.seq)).take(room).collect();
+            if let Some(ms) = batch.next_due_ms {
+                let at = Instant::now() + Duration::from_millis((ms - now_ms()).max(0) as u64);
+                lane.wake_at = Some(lane.wake_at.map_or(at, |w| w.min(at)));
+            }
+            lane.endpoint.started(fresh.len());
+            for due in fresh {
+                let Ok(permit) = self.global.clone().try_acquire_owned() else { break };
+                lane.in_flight.insert(due.seq);
+                let job = Attempt { lane: idx, sub: lane.sub.clone(), client: lane.client.clone(), due, probe };
+                let outbox = self.outbox.clone();
+                let done_tx = done_tx.clone();
+                tasks.spawn(async move {
+                    let done = job.run(&outbox).await;
+                    drop(permit);
+                    let _ = done_tx.send(done);
+                });
+            }
+        }
+    }
+
+    fn finish(&mut self, done: Done) {
+        let Some(lane) = self.lanes.get_mut(done.lane) else { return };
+        lane.in_flight.remove(&done.seq);
+        lane.dirty = true;
+        lane.endpoint.observe(&done.verdict, done.status, done.probe, Instant::now(), fastrand::f64());
+        lane.last_status = done.status.or(lane.last_status);
+        lane.last_error = match &done.verdict {
+            Verdict::Delivered => None,
+            Verdict::Retry { reason, .. } | Verdict::Offline { reason } | Verdict::Failed { reason, .. } => Some(reason.clone()),
+        };
+        if lane.endpoint.state == State::Gone && done.verdict != Verdict::Delivered {
+            tracing::error!(subscription = %lane.sub.name, url = %lane.sub.url,
+                "The endpoint answered 410 Gone; delivery to this subscription is paused until it is resumed.");
+        }
+        // A slot anywhere frees capacity for every lane waiting on the global limit.
+        self.lanes.iter_mut().for_each(|l| l.dirty = true);
+    }
+
+    fn publish_views(&self) {
+        let views = self
+            .lanes
+            .iter()
+            .map(|l| EndpointView {
+                name: l.sub.name.clone(),
+                url: l.sub.url.clone(),
+                state: l.endpoint.state,
+                in_flight: l.in_flight.len(),
+                last_status: l.last_status,
+                last_error: l.last_error.clone(),
+                next_attempt_at_ms: l.endpoint.next_probe().map(|at| {
+                    now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as i64
+                }),
+            })
+            .collect();
+        if let Ok(mut v) = self.views.lock() {
+            *v = views;
+        }
+    }
+}
+
+/// One attempt of one delivery, run as its own task.
+struct Attempt {
+    lane: usize,
+    sub: Arc<Subscription>,
+    client: reqwest::Client,
+    due: Due,
+    probe: bool,
+}
+
+impl Attempt {
+    async fn run(self, outbox: &Outbox) -> Done {
+        let started_ms = now_ms();
+        let prepared = http::prepare(&self.sub, &self.due, SystemTime::now());
+        let attempt = prepared.attempt;
+        let sent = http::send(&self.client, &self.sub, prepared).await;
+        let verdict = match (&sent.status, &sent.error) {
+            (Some(status), _) => classify_status(*status, sent.retry_after.as_deref(), sent.location.as_deref(), SystemTime::now()),
+            (None, Some((kind, text))) => {
+                if needs_operator(*kind) {
+                    tracing::error!(subscription = %self.sub.name, url = %self.sub.url, error = %text,
+                        "TLS failure talking to the endpoint; retrying, but an operator must fix the certificate or ca_file.");
+                }
+                classify_error(*kind, text)
+            }
+            (None, None) => classify_error(outcome::TransportError::Other, "no response"),
+        };
+        let next = next_state(&self.sub, &self.due, &verdict, started_ms + sent.duration.as_millis() as i64);
+        let (error_kind, error) = match (&sent.error, &verdict) {
+            (Some((kind, text)), _) => (Some(kind.as_str().to_string()), Some(text.clone())),
+            (None, Verdict::Failed { reason, .. } | Verdict::Retry { reason, .. }) => (Some("http".into()), Some(reason.clone())),
+            _ => (None, None),
+        };
+        tracing::debug!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, attempt,
+            status = ?sent.status, ?next, "Attempt finished.");
+        if let NextState::Terminal(Terminal::Failed) = next {
+            tracing::warn!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, event_type = %self.due.event_type,
+                attempt, error = error.as_deref().unwrap_or(""), "Delivery failed for good.");
+        }
+        let record = AttemptRecord {
+            delivery_seq: self.due.seq,
+            delivery_id: self.due.delivery_id.clone(),
+            subscription: self.sub.name.clone(),
+            event_type: self.due.event_type.clone(),
+            attempt,
+            started_ms,
+            duration_ms: sent.duration.as_millis() as i64,
+            status: sent.status,
+            error_kind,
+            error,
+            snippet: sent.snippet,
+            next,
+        };
+        if let Err(e) = outbox.record(record).await {
+            tracing::warn!(error = %e, delivery_id = %self.due.delivery_id, "Cannot record an attempt; it is sent again after restart.");
+        }
+        Done { lane: self.lane, seq: self.due.seq, verdict, status: sent.status, probe: self.probe }
+    }
+}
+
+/// The rule table's consequence for the delivery row.
+pub fn next_state(sub: &Subscription, due: &Due, verdict: &Verdict, now_ms: i64) -> NextState {
+    match verdict {
+        Verdict::Delivered => NextState::Terminal(Terminal::Delivered),
+        Verdict::Failed { .. } => NextState::Terminal(Terminal::Failed),
+        // Unreachable: stays due; the endpoint's probe decides when it is tried again.
+        Verdict::Offline { .. } => NextState::Retry { at_ms: now_ms, charge: false },
+        Verdict::Retry { after, .. } => {
+            let used = due.budget_used + 1;
+            match schedule::retry_delay(&sub.retry, used, fastrand::f64()) {
+                None => NextState::Terminal(Terminal::Failed),
+                Some(delay) => {
+                    let delay = after.unwrap_or(delay);
+                    NextState::Retry { at_ms: now_ms + delay.as_millis() as i64, charge: true }
+                }
+            }
+        }
+    }
+}
+
+/// For tests and the heartbeat: pending work per subscription name.
+pub fn by_name(views: &[EndpointView]) -> HashMap<&str, &EndpointView> {
+    views.iter().map(|v| (v.name.as_str(), v)).collect()
+}

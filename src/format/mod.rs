@@ -1,0 +1,111 @@
+//! Request bodies. `envelope` (the default) is for endpoints that take our JSON; `slack`,
+//! `pagerduty` and `datadog` shape the event for those services' documented APIs.
+
+mod services;
+
+use serde::Serialize;
+
+use crate::event::{EnvelopeParts, envelope_body};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    Envelope,
+    Slack,
+    Pagerduty,
+    Datadog,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "envelope" => Ok(Format::Envelope),
+            "slack" => Ok(Format::Slack),
+            "pagerduty" => Ok(Format::Pagerduty),
+            "datadog" => Ok(Format::Datadog),
+            o => Err(format!("`{o}` is not a format (envelope, slack, pagerduty, datadog)")),
+        }
+    }
+}
+
+/// What a format adds to a request besides the body.
+#[derive(Debug, Default)]
+pub struct Rendered {
+    pub body: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// Per-subscription settings the service formats need.
+#[derive(Debug, Default, Clone)]
+pub struct FormatOptions<'a> {
+    pub summary: Option<&'a str>,
+    pub routing_key: Option<&'a str>,
+    pub api_key: Option<&'a str>,
+}
+
+pub const DEFAULT_SUMMARY: &str = "{type} on {device_id}";
+
+pub fn render(format: Format, event: &EnvelopeParts<'_>, opts: &FormatOptions<'_>) -> Rendered {
+    match format {
+        Format::Envelope => Rendered { body: envelope_body(event), headers: Vec::new() },
+        Format::Slack => services::slack(event, opts),
+        Format::Pagerduty => services::pagerduty(event, opts),
+        Format::Datadog => services::datadog(event, opts),
+    }
+}
+
+/// Fills `{type}`, `{device_id}`, `{id}`, `{timestamp}` and `{/json/pointer}` into the
+/// event's data. Unknown or missing placeholders render as `?` rather than failing a
+/// delivery over a cosmetic string.
+pub fn summary(template: &str, event: &EnvelopeParts<'_>, data: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            out.push_str(&rest[open..]);
+            return out;
+        };
+        let key = &rest[open + 1..open + close];
+        match key {
+            "type" => out.push_str(event.event_type),
+            "device_id" => out.push_str(event.device_id),
+            "id" => out.push_str(event.id),
+            "timestamp" => out.push_str(&crate::event::rfc3339_ms(event.created_ms)),
+            p if p.starts_with('/') => match data.pointer(p) {
+                Some(serde_json::Value::String(s)) => out.push_str(s),
+                Some(v) => out.push_str(&v.to_string()),
+                None => out.push('?'),
+            },
+            _ => out.push('?'),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    pub(crate) fn parts<'a>(event_type: &'a str, data: &'a str) -> EnvelopeParts<'a> {
+        EnvelopeParts {
+            id: "0193b2c4-0000-7000-8000-000000000001",
+            event_type,
+            created_ms: 1_778_436_271_000,
+            device_id: "agv-7",
+            delivery_id: "0193b2c4-0000-7000-8000-000000000002",
+            data,
+        }
+    }
+
+    #[test]
+    fn summary_fills_placeholders() {
+        let data = json!({"name": "dock 4", "n": 2});
+        let p = parts("mission.completed", "{}");
+        assert_eq!(summary("{type} on {device_id}: {/name} ({/n})", &p, &data), "mission.completed on agv-7: dock 4 (2)");
+        assert_eq!(summary("{/missing} {nope} {", &p, &data), "? ? {");
+    }
+}

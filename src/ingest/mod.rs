@@ -1,0 +1,223 @@
+//! Ingest: MQTT messages in, outbox records out. The [`Router`] is the pure part (which
+//! route, which event, which subscriptions, or which quarantine reason); `mqtt` is the
+//! rumqttc loop around it.
+
+pub mod mqtt;
+pub mod route;
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::{Config, RouteConfig};
+use crate::event::{new_id, validate_event_type};
+use crate::outbox::content_key;
+use crate::outbox::{Inbound, NewDelivery, NewEvent, QUARANTINE_KEEP, Quarantined};
+
+/// What each subscription needs at ingest: its name, selectors and default age limit.
+#[derive(Clone, Debug)]
+struct Target {
+    name: String,
+    wants: crate::config::Subscription,
+    max_age: Duration,
+}
+
+/// Routes and subscriptions, compiled for ingest.
+#[derive(Clone, Debug)]
+pub struct Router {
+    routes: Vec<RouteConfig>,
+    targets: Vec<Target>,
+    device_id: String,
+    max_payload: usize,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Self {
+        Router {
+            routes: config.routes.clone(),
+            targets: config
+                .subscriptions
+                .iter()
+                .map(|s| Target { name: s.name.clone(), wants: s.clone(), max_age: s.max_age })
+                .collect(),
+            device_id: config.device_id.clone(),
+            max_payload: config.mqtt.max_payload as usize,
+        }
+    }
+
+    /// The distinct topic filters to subscribe to.
+    pub fn filters(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in &self.routes {
+            if !out.iter().any(|f| f == r.topic.as_str()) {
+                out.push(r.topic.as_str().to_string());
+            }
+        }
+        out
+    }
+
+    /// The deliveries an event of this type gets, with their expiry.
+    pub fn deliveries(&self, event_type: &str, ttl: Option<Duration>, now_ms: i64) -> Vec<NewDelivery> {
+        self.targets
+            .iter()
+            .filter(|t| t.wants.wants(event_type))
+            .map(|t| NewDelivery {
+                subscription: t.name.clone(),
+                expires_ms: now_ms.saturating_add(ttl.unwrap_or(t.max_age).as_millis() as i64),
+            })
+            .collect()
+    }
+
+    /// Turns one message into what the outbox stores. Never fails: what cannot become an
+    /// event is quarantined with the reason.
+    pub fn inbound(&self, topic: &str, payload: &[u8], dup: bool, now_ms: i64) -> Inbound {
+        let Some((idx, route)) = self.routes.iter().enumerate().find(|(_, r)| r.topic.matches(topic)) else {
+            return Inbound::Nothing;
+        };
+        let quarantine = |reason: String| {
+            Inbound::Quarantine(Quarantined {
+                topic: topic.to_string(),
+                reason,
+                size: payload.len(),
+                payload: payload[..payload.len().min(QUARANTINE_KEEP)].to_vec(),
+            })
+        };
+        if payload.len() > self.max_payload {
+            return quarantine(format!("payload of {} bytes is over mqtt.max_payload ({} bytes)", payload.len(), self.max_payload));
+        }
+        let Ok(text) = std::str::from_utf8(payload) else {
+            return quarantine("payload is not UTF-8 text, so not JSON".into());
+        };
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return quarantine(format!("payload is not JSON: {e}")),
+        };
+        if !value.is_object() {
+            let kind = match value {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            };
+            return quarantine(format!("payload is {kind}; a JSON object is expected"));
+        }
+        let where_ = format!("route[{idx}] ({})", route.topic.as_str());
+        let event_type = match route.event.render(topic, &value) {
+            Ok(t) => t,
+            Err(e) => return quarantine(format!("{where_}: event type: {e}")),
+        };
+        if let Err(e) = validate_event_type(&event_type) {
+            return quarantine(format!("{where_}: {e}"));
+        }
+        let device_id = match &route.device_id {
+            Some(t) => match t.render(topic, &value) {
+                Ok(d) => d,
+                Err(e) => return quarantine(format!("{where_}: device_id: {e}")),
+            },
+            None => match value.get("device_id") {
+                Some(Value::String(d)) if !d.is_empty() => d.clone(),
+                _ => self.device_id.clone(),
+            },
+        };
+        let own_id = route.dedupe.as_ref().and_then(|p| match value.pointer(p) {
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(v @ Value::Number(_)) => Some(v.to_string()),
+            _ => None,
+        });
+        let (dedupe_key, dedupe_check) = match own_id {
+            Some(id) => (content_key(&format!("route:{}", route.topic.as_str()), id.as_bytes()), true),
+            None => (content_key(topic, payload), dup),
+        };
+        Inbound::Event(NewEvent {
+            id: new_id(),
+            deliveries: self.deliveries(&event_type, route.ttl, now_ms),
+            event_type,
+            device_id,
+            created_ms: now_ms,
+            topic: topic.to_string(),
+            data: text.to_string(),
+            priority: route.priority,
+            collapse: route.collapse,
+            dedupe_key: Some(dedupe_key),
+            dedupe_check,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn router() -> Router {
+        let c = Config::parse(
+            r#"
+device_id = "robot-0"
+[mqtt]
+max_payload = "1KiB"
+[[route]]
+topic = "fleet/+/mission"
+event = "mission.{/status}"
+device_id = "{topic.1}"
+dedupe = "/mission_id"
+[[route]]
+topic = "fleet/+/alert"
+event = "alert.raised"
+[[subscription]]
+name = "missions"
+url = "https://example.com/a"
+events = ["mission.*"]
+signature = "none"
+[[subscription]]
+name = "all"
+url = "https://example.com/b"
+signature = "none"
+max_age = "1h"
+"#,
+            Path::new("t.toml"),
+        )
+        .unwrap();
+        Router::new(&c)
+    }
+
+    fn reason(i: Inbound) -> String {
+        match i {
+            Inbound::Quarantine(q) => q.reason,
+            other => panic!("expected quarantine, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_mission_fans_out_to_matching_subscriptions() {
+        let Inbound::Event(e) = router().inbound("fleet/agv-3/mission", br#"{"status":"completed","mission_id":"m1"}"#, false, 1000)
+        else {
+            panic!()
+        };
+        assert_eq!((e.event_type.as_str(), e.device_id.as_str()), ("mission.completed", "agv-3"));
+        let subs: Vec<_> = e.deliveries.iter().map(|d| d.subscription.as_str()).collect();
+        assert_eq!(subs, ["missions", "all"]);
+        assert_eq!(e.deliveries[1].expires_ms, 1000 + 3_600_000);
+        assert!(e.dedupe_check, "a payload id is always checked");
+    }
+
+    #[test]
+    fn non_matching_subscriptions_get_nothing_and_default_device_applies() {
+        let Inbound::Event(e) = router().inbound("fleet/x/alert", br#"{"code":7}"#, false, 0) else { panic!() };
+        assert_eq!(e.device_id, "robot-0");
+        assert_eq!(e.deliveries.iter().map(|d| d.subscription.as_str()).collect::<Vec<_>>(), ["all"]);
+        assert!(!e.dedupe_check, "content hashes are only checked for DUP messages");
+        assert!(matches!(router().inbound("other/topic", b"{}", false, 0), Inbound::Nothing));
+    }
+
+    #[test]
+    fn bad_payloads_are_quarantined_with_reasons() {
+        let r = router();
+        assert!(reason(r.inbound("fleet/a/alert", b"{nope", false, 0)).contains("not JSON"));
+        assert!(reason(r.inbound("fleet/a/alert", b"[1,2]", false, 0)).contains("an array"));
+        assert!(reason(r.inbound("fleet/a/alert", &[b'"'; 2000], false, 0)).contains("max_payload"));
+        assert!(reason(r.inbound("fleet/a/alert", &[0xff, 0xfe], false, 0)).contains("UTF-8"));
+        assert!(reason(r.inbound("fleet/a/mission", b"{}", false, 0)).contains("/status"));
+        assert!(reason(r.inbound("fleet/a/mission", br#"{"status":"a b"}"#, false, 0)).contains("contains"));
+    }
+}

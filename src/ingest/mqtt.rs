@@ -1,0 +1,187 @@
+//! The MQTT side of ingest: a persistent session (stable client id, `clean_session =
+//! false`), QoS 1 subscriptions, and manual acks sent in receive order only after the
+//! outbox has committed. The poll loop never waits for a commit: a separate acker task
+//! waits on the commit watermark and sends the acks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::Router;
+use crate::config::MqttConfig;
+use crate::event::now_ms;
+use crate::outbox::Outbox;
+
+/// Accept any message the protocol allows (256 MiB): one larger than the client's limit
+/// would break the connection and come back forever. Oversize payloads are quarantined.
+const MAX_INCOMING_PACKET: usize = 268_435_455;
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// The MQTT connection as `status` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MqttStatus {
+    pub connected: bool,
+    pub subscribed: bool,
+    pub url: String,
+    pub last_error: Option<String>,
+    pub received: u64,
+}
+
+pub type MqttView = Arc<Mutex<MqttStatus>>;
+
+fn update(view: &MqttView, f: impl FnOnce(&mut MqttStatus)) {
+    if let Ok(mut v) = view.lock() {
+        f(&mut v);
+    }
+}
+
+fn options(cfg: &MqttConfig) -> Result<MqttOptions, std::io::Error> {
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    opts.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
+        .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024)
+        .set_request_channel_capacity(4096);
+    if let (Some(user), password) = (&cfg.username, &cfg.password) {
+        opts.set_credentials(user.clone(), password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
+    }
+    if cfg.tls {
+        crate::init_crypto();
+        let transport = match &cfg.ca_file {
+            Some(path) => Transport::tls(std::fs::read(path)?, None, None),
+            None => Transport::tls_with_default_config(),
+        };
+        opts.set_transport(transport);
+    }
+    Ok(opts)
+}
+
+/// Runs ingest until `shutdown`; then sends the acks of what has committed and
+/// disconnects.
+pub async fn run(cfg: MqttConfig, router: Router, outbox: Outbox, view: MqttView, shutdown: CancellationToken) {
+    update(&view, |v| v.url = cfg.url.clone());
+    let opts = match options(&cfg) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(error = %e, ca_file = ?cfg.ca_file, "Cannot read the MQTT CA file; ingest is not running.");
+            update(&view, |v| v.last_error = Some(e.to_string()));
+            shutdown.cancelled().await;
+            return;
+        }
+    };
+    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    let generation = Arc::new(AtomicU64::new(0));
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let acker = tokio::spawn(ack_in_order(client.clone(), outbox.committed(), ack_rx, generation.clone()));
+    let filters: Vec<SubscribeFilter> =
+        router.filters().into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)).collect();
+    let mut seq: u64 = 0;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ev = eventloop.poll() => ev,
+        };
+        match event {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                generation.fetch_add(1, Ordering::SeqCst);
+                backoff = Duration::from_millis(250);
+                tracing::info!(url = %cfg.url, client_id = %cfg.client_id, session_present = ack.session_present, "Connected to the MQTT broker.");
+                update(&view, |v| {
+                    v.connected = true;
+                    v.last_error = None;
+                });
+                // A broker that kept our session keeps our subscriptions; one that did
+                // not (first start, or it lost its state) needs them again.
+                if !ack.session_present || !view.lock().map(|v| v.subscribed).unwrap_or(false) {
+                    if filters.is_empty() {
+                        tracing::warn!("No [[route]] is configured; nothing is subscribed.");
+                    } else if let Err(e) = client.try_subscribe_many(filters.clone()) {
+                        tracing::warn!(error = %e, "Cannot queue the MQTT subscriptions.");
+                    }
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => update(&view, |v| v.subscribed = true),
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                seq += 1;
+                let inbound = router.inbound(&publish.topic, &publish.payload, publish.dup, now_ms());
+                if let crate::outbox::Inbound::Quarantine(q) = &inbound {
+                    tracing::warn!(topic = %q.topic, size = q.size, reason = %q.reason, "Quarantined an MQTT message.");
+                }
+                if outbox.ingest(seq, inbound).is_err() {
+                    tracing::warn!("The outbox has stopped; ingest stops too.");
+                    break;
+                }
+                update(&view, |v| v.received += 1);
+                if publish.qos != QoS::AtMostOnce {
+                    let _ = ack_tx.send((seq, generation.load(Ordering::SeqCst), publish));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let was_connected = view.lock().map(|v| v.connected).unwrap_or(false);
+                update(&view, |v| {
+                    v.connected = false;
+                    v.last_error = Some(e.to_string());
+                });
+                if was_connected {
+                    tracing::warn!(error = %e, url = %cfg.url, "Lost the MQTT connection; reconnecting.");
+                } else {
+                    tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connect failed.");
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+    // Send the acks of everything already committed, then say goodbye. What is not acked
+    // here the broker sends again (DUP), and dedupe recognises it.
+    drop(ack_tx);
+    let flush = async {
+        let mut acker = acker;
+        loop {
+            tokio::select! {
+                _ = &mut acker => break,
+                ev = eventloop.poll() => if ev.is_err() { break },
+            }
+        }
+        let _ = client.try_disconnect();
+        for _ in 0..8 {
+            if eventloop.poll().await.is_err() {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+    update(&view, |v| v.connected = false);
+}
+
+/// Acks each message once the outbox has committed it, in the order received. An ack for
+/// a message from an earlier connection is dropped: the broker resends that message and
+/// its packet id may already name another one.
+async fn ack_in_order(
+    client: AsyncClient,
+    mut committed: watch::Receiver<u64>,
+    mut rx: mpsc::UnboundedReceiver<(u64, u64, Publish)>,
+    generation: Arc<AtomicU64>,
+) {
+    while let Some((seq, conn_generation, publish)) = rx.recv().await {
+        if committed.wait_for(|c| *c >= seq).await.is_err() {
+            return;
+        }
+        if conn_generation != generation.load(Ordering::SeqCst) {
+            continue;
+        }
+        if client.ack(&publish).await.is_err() {
+            return;
+        }
+    }
+}

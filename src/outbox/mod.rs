@@ -1,0 +1,272 @@
+//! The outbox: the durable boundary between ingest and delivery, and the only SQL in the
+//! agent.
+//!
+//! # Invariants
+//!
+//! 1. **Commit before ack.** An ingested message becomes an `events` row plus one
+//!    `deliveries` row per matching subscription in a single transaction. Only when that
+//!    transaction has committed does the writer advance the *commit watermark*; ingest
+//!    acks an MQTT message only once the watermark has passed its sequence number. A
+//!    crash before the commit loses nothing: the broker still holds the message.
+//! 2. **One writer.** All writes go through one thread that owns the read-write
+//!    connection. Commands that arrive while a transaction is running are applied in the
+//!    next one (group commit: one fsync per batch, not per message). Readers such as the
+//!    status socket open their own read-only connections (WAL lets them run alongside).
+//! 3. **Exactly one terminal state.** A delivery row moves `pending → pending …` (each
+//!    failed attempt updates `attempts` and `next_attempt_ms`) and ends in exactly one of
+//!    `delivered`, `failed`, `expired`, `evicted`, `superseded`. Every transition to a
+//!    terminal state happens in the same transaction as its `counters` increment and its
+//!    `attempts` (audit) row, and only from `pending` (`WHERE state = 'pending'`), so a
+//!    result that arrives for a delivery that expired or was superseded meanwhile is
+//!    audited but never counted twice.
+//! 4. **In flight is not a state on disk.** The dispatcher tracks what it is sending in
+//!    memory. After a crash every non-terminal row is simply `pending` again and is sent
+//!    again with the same `delivery_id`: at least once, never silently dropped.
+//! 5. **Nothing disappears silently.** Input that cannot become an event (not a JSON
+//!    object, too large, a template that cannot render) is committed to `quarantine`
+//!    with its reason before it is acked.
+//!
+//! # Row lifecycle
+//!
+//! ```text
+//!  MQTT message ─┬─> events(seq, id, type, device_id, data)
+//!                │     └─> deliveries(subscription, state = pending, next_attempt_ms = now)
+//!                │            │ dispatcher: due(), send, record()
+//!                │            ├─ 2xx ───────────────────────────> delivered
+//!                │            ├─ retryable, budget left ────────> pending (next_attempt_ms += delay)
+//!                │            ├─ unreachable endpoint ──────────> pending (budget kept)
+//!                │            ├─ permanent / budget spent ──────> failed
+//!                │            ├─ older than its max_age ────────> expired
+//!                │            └─ newer collapsing event ────────> superseded
+//!                └─> quarantine(topic, reason, payload prefix)   (bad input)
+//! ```
+
+mod schema;
+mod store;
+mod writer;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+pub use schema::open;
+pub use store::{Store, Stored, content_key};
+pub use writer::WriterThread;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot prepare the outbox at {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("the outbox is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the outbox writer has stopped")]
+    Closed,
+}
+
+/// A message that matched a route and rendered into an event.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub id: String,
+    pub event_type: String,
+    pub device_id: String,
+    pub created_ms: i64,
+    pub topic: String,
+    /// The payload: a JSON object, kept verbatim.
+    pub data: String,
+    pub priority: crate::event::Priority,
+    /// A newer collapsing event of the same type and device supersedes a pending one.
+    pub collapse: bool,
+    /// Recognises a redelivery: the payload's own id, or a hash of topic and payload.
+    pub dedupe_key: Option<Vec<u8>>,
+    /// Whether to look the key up (always for a route's `dedupe`, only DUP otherwise).
+    pub dedupe_check: bool,
+    pub deliveries: Vec<NewDelivery>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewDelivery {
+    pub subscription: String,
+    pub expires_ms: i64,
+}
+
+/// Input that could not become an event.
+#[derive(Clone, Debug)]
+pub struct Quarantined {
+    pub topic: String,
+    pub reason: String,
+    pub size: usize,
+    /// The first bytes of the payload (at most [`QUARANTINE_KEEP`]).
+    pub payload: Vec<u8>,
+}
+
+pub const QUARANTINE_KEEP: usize = 4096;
+
+/// What ingest hands the writer for one MQTT message.
+#[derive(Clone, Debug)]
+pub enum Inbound {
+    Event(NewEvent),
+    Quarantine(Quarantined),
+    /// Nothing to store (no route, or no subscription wants it); still ordered for acks.
+    Nothing,
+}
+
+/// A delivery that is due, with what is needed to send it.
+#[derive(Clone, Debug)]
+pub struct Due {
+    pub seq: i64,
+    pub delivery_id: String,
+    pub subscription: String,
+    /// Attempts made so far, all kinds (the next one is `attempts + 1`).
+    pub attempts: u32,
+    /// Retries spent: only answers from the endpoint count.
+    pub budget_used: u32,
+    pub event_id: String,
+    pub event_type: String,
+    pub device_id: String,
+    pub created_ms: i64,
+    pub data: String,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DueBatch {
+    pub rows: Vec<Due>,
+    /// When the next not-yet-due delivery of the subscription becomes due.
+    pub next_due_ms: Option<i64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Terminal {
+    Delivered,
+    Failed,
+    Expired,
+    Evicted,
+    Superseded,
+}
+
+impl Terminal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Terminal::Delivered => "delivered",
+            Terminal::Failed => "failed",
+            Terminal::Expired => "expired",
+            Terminal::Evicted => "evicted",
+            Terminal::Superseded => "superseded",
+        }
+    }
+}
+
+/// Where a delivery goes after an attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum NextState {
+    /// Back to pending; `charge` spends one retry from the budget.
+    Retry { at_ms: i64, charge: bool },
+    Terminal(Terminal),
+}
+
+/// One attempt, as the audit log keeps it, and the delivery's next state.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    pub delivery_seq: i64,
+    pub delivery_id: String,
+    pub subscription: String,
+    pub event_type: String,
+    pub attempt: u32,
+    pub started_ms: i64,
+    pub duration_ms: i64,
+    pub status: Option<u16>,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    pub snippet: Option<String>,
+    pub next: NextState,
+}
+
+/// Counts per subscription, as the status socket and the heartbeat show them.
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct SubscriptionStats {
+    pub name: String,
+    pub pending: u64,
+    pub delivered: u64,
+    pub failed: u64,
+    pub expired: u64,
+    pub evicted: u64,
+    pub superseded: u64,
+    pub oldest_pending_ms: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Stats {
+    pub events: u64,
+    pub quarantined: u64,
+    pub duplicates: u64,
+    pub subscriptions: Vec<SubscriptionStats>,
+}
+
+impl Stats {
+    pub fn subscription(&self, name: &str) -> Option<&SubscriptionStats> {
+        self.subscriptions.iter().find(|s| s.name == name)
+    }
+}
+
+pub(crate) enum Command {
+    Ingest { seq: u64, inbound: Box<Inbound> },
+    Due { subscription: String, now_ms: i64, limit: usize, fifo: bool, reply: oneshot::Sender<DueBatch> },
+    Record { record: Box<AttemptRecord>, reply: oneshot::Sender<()> },
+    Stats { reply: oneshot::Sender<Stats> },
+}
+
+/// The async face of the outbox: cheap to clone, every call goes to the writer thread.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Command>,
+    committed: watch::Receiver<u64>,
+    new_work: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Queues one ingested message. It is durable once [`Outbox::committed`] reaches `seq`.
+    /// `seq` must increase by one per message, in receive order.
+    pub fn ingest(&self, seq: u64, inbound: Inbound) -> Result<(), OutboxError> {
+        self.tx
+            .send(Command::Ingest { seq, inbound: Box::new(inbound) })
+            .map_err(|_| OutboxError::Closed)
+    }
+
+    /// The highest ingest sequence number whose transaction has committed.
+    pub fn committed(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    /// Signalled after a commit that created deliveries.
+    pub fn new_work(&self) -> Arc<Notify> {
+        self.new_work.clone()
+    }
+
+    /// Expires what is too old, then returns up to `limit` due deliveries of a
+    /// subscription, oldest first. With `fifo`, only the head of the queue, if it is due.
+    pub async fn due(&self, subscription: &str, now_ms: i64, limit: usize, fifo: bool) -> Result<DueBatch, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Due { subscription: subscription.to_string(), now_ms, limit, fifo, reply })
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)
+    }
+
+    /// Writes an attempt's audit row and moves its delivery on; returns once committed.
+    pub async fn record(&self, record: AttemptRecord) -> Result<(), OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Record { record: Box::new(record), reply })
+            .map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)
+    }
+
+    pub async fn stats(&self) -> Result<Stats, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Stats { reply }).map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)
+    }
+}

@@ -1,0 +1,180 @@
+//! Opening the database: pragmas, integrity check, and versioned migrations.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::Connection;
+
+use super::OutboxError;
+use crate::config::{StorageConfig, Synchronous};
+
+/// Migrations in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE events (
+    seq        INTEGER PRIMARY KEY,
+    id         TEXT NOT NULL UNIQUE,
+    type       TEXT NOT NULL,
+    device_id  TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    topic      TEXT NOT NULL,
+    data       TEXT NOT NULL
+);
+CREATE TABLE deliveries (
+    seq             INTEGER PRIMARY KEY,
+    id              TEXT NOT NULL UNIQUE,
+    event_seq       INTEGER NOT NULL,
+    subscription    TEXT NOT NULL,
+    priority        INTEGER NOT NULL,
+    state           TEXT NOT NULL DEFAULT 'pending',
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    budget_used     INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL,
+    expires_ms      INTEGER NOT NULL,
+    collapse_key    TEXT,
+    updated_ms      INTEGER NOT NULL,
+    last_status     INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX deliveries_pending ON deliveries (subscription, next_attempt_ms, seq) WHERE state = 'pending';
+CREATE INDEX deliveries_collapse ON deliveries (subscription, collapse_key) WHERE state = 'pending' AND collapse_key IS NOT NULL;
+CREATE INDEX deliveries_event ON deliveries (event_seq);
+CREATE TABLE attempts (
+    seq          INTEGER PRIMARY KEY,
+    subscription TEXT NOT NULL,
+    delivery_id  TEXT NOT NULL,
+    event_type   TEXT NOT NULL,
+    attempt      INTEGER NOT NULL,
+    started_ms   INTEGER NOT NULL,
+    duration_ms  INTEGER NOT NULL,
+    status       INTEGER,
+    error_kind   TEXT,
+    error        TEXT,
+    snippet      TEXT,
+    outcome      TEXT NOT NULL
+);
+CREATE INDEX attempts_subscription ON attempts (subscription, seq);
+CREATE TABLE quarantine (
+    seq         INTEGER PRIMARY KEY,
+    received_ms INTEGER NOT NULL,
+    topic       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    payload     BLOB NOT NULL
+);
+CREATE TABLE counters (
+    subscription TEXT NOT NULL,
+    outcome      TEXT NOT NULL,
+    n            INTEGER NOT NULL,
+    PRIMARY KEY (subscription, outcome)
+) WITHOUT ROWID;
+CREATE TABLE dedupe (
+    key     BLOB PRIMARY KEY,
+    seen_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+"#];
+
+
+/// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.
+/// A file that fails the integrity check is moved aside, never deleted, and a fresh
+/// outbox is created in its place.
+pub fn open(cfg: &StorageConfig) -> Result<Connection, OutboxError> {
+    let path = &cfg.path;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .map_err(|source| OutboxError::Io { path: dir.display().to_string(), source })?;
+    }
+    match open_checked(path, cfg) {
+        Ok(conn) => Ok(conn),
+        Err(Checked::Corrupt(reason)) if path.exists() => {
+            let aside = move_aside(path)?;
+            tracing::error!(path = %path.display(), moved_to = %aside.display(), %reason,
+                "The outbox failed its integrity check; it was moved aside and a fresh one created. Events queued in it are not delivered.");
+            open_checked(path, cfg).map_err(OutboxError::from)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug)]
+enum Checked {
+    Sqlite(rusqlite::Error),
+    Corrupt(String),
+}
+
+impl std::fmt::Display for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Checked::Sqlite(e) => write!(f, "{e}"),
+            Checked::Corrupt(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+impl From<Checked> for OutboxError {
+    fn from(c: Checked) -> Self {
+        match c {
+            Checked::Sqlite(e) => OutboxError::Sqlite(e),
+            Checked::Corrupt(m) => OutboxError::Corrupt(m),
+        }
+    }
+}
+
+impl From<rusqlite::Error> for Checked {
+    /// Only a file SQLite calls corrupt or not a database is moved aside; anything else
+    /// (permissions, a full disk) is reported and the file left alone.
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _) if matches!(f.code, DatabaseCorrupt | NotADatabase) => {
+                Checked::Corrupt(e.to_string())
+            }
+            _ => Checked::Sqlite(e),
+        }
+    }
+}
+
+fn open_checked(path: &Path, cfg: &StorageConfig) -> Result<Connection, Checked> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // auto_vacuum only takes effect before the first table exists.
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+    if check != "ok" {
+        return Err(Checked::Corrupt(check));
+    }
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    let sync = match cfg.synchronous {
+        Synchronous::Full => "FULL",
+        Synchronous::Normal => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", sync)?;
+    conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
+        let tx = conn.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn move_aside(path: &Path) -> Result<PathBuf, OutboxError> {
+    let stamp = crate::event::now_ms();
+    let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+    std::fs::rename(path, &aside).map_err(|source| OutboxError::Io { path: path.display().to_string(), source })?;
+    for suffix in ["-wal", "-shm"] {
+        let side = PathBuf::from(format!("{}{suffix}", path.display()));
+        if side.exists() {
+            let _ = std::fs::rename(&side, format!("{}{suffix}", aside.display()));
+        }
+    }
+    Ok(aside)
+}

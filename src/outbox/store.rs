@@ -1,0 +1,361 @@
+//! The SQL: synchronous operations on the read-write connection, run by the writer thread
+//! inside the transaction it holds open for a batch. Tests drive a `Store` directly.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+use super::{AttemptRecord, Due, DueBatch, Inbound, NewEvent, NextState, Quarantined, Stats, SubscriptionStats, Terminal};
+
+/// How long a dedupe key is remembered, and how many at most.
+const DEDUPE_WINDOW_MS: i64 = 24 * 3600 * 1000;
+const DEDUPE_MAX_KEYS: i64 = 100_000;
+
+/// What storing one inbound message did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Stored {
+    Event { deliveries: usize },
+    Duplicate,
+    Quarantined,
+    Nothing,
+}
+
+pub struct Store {
+    conn: Connection,
+    duplicates: u64,
+}
+
+fn bump(conn: &Connection, subscription: &str, outcome: &str, n: i64) -> rusqlite::Result<()> {
+    if n == 0 {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "INSERT INTO counters (subscription, outcome, n) VALUES (?1, ?2, ?3)
+         ON CONFLICT (subscription, outcome) DO UPDATE SET n = n + excluded.n",
+    )?
+    .execute(params![subscription, outcome, n])?;
+    Ok(())
+}
+
+/// A dedupe key for a message without a payload id: its topic and payload.
+pub fn content_key(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut h = Sha256::new();
+    h.update(topic.as_bytes());
+    h.update([0u8]);
+    h.update(payload);
+    h.finalize().to_vec()
+}
+
+impl Store {
+    pub fn new(conn: Connection) -> Self {
+        Store { conn, duplicates: 0 }
+    }
+
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn begin(&self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")
+    }
+
+    pub fn commit(&self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("COMMIT")
+    }
+
+    pub fn rollback(&self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+
+    pub fn insert(&mut self, inbound: &Inbound, now_ms: i64) -> rusqlite::Result<Stored> {
+        match inbound {
+            Inbound::Event(e) => self.insert_event(e, now_ms),
+            Inbound::Quarantine(q) => self.insert_quarantine(q, now_ms).map(|_| Stored::Quarantined),
+            Inbound::Nothing => Ok(Stored::Nothing),
+        }
+    }
+
+    fn insert_event(&mut self, e: &NewEvent, now_ms: i64) -> rusqlite::Result<Stored> {
+        let c = &self.conn;
+        if let Some(key) = &e.dedupe_key {
+            if e.dedupe_check {
+                let seen: Option<i64> = c
+                    .prepare_cached("SELECT seen_ms FROM dedupe WHERE key = ?1")?
+                    .query_row([key], |r| r.get(0))
+                    .optional()?;
+                if seen.is_some_and(|t| now_ms - t < DEDUPE_WINDOW_MS) {
+                    self.duplicates += 1;
+                    return Ok(Stored::Duplicate);
+                }
+            }
+            c.prepare_cached("INSERT OR REPLACE INTO dedupe (key, seen_ms) VALUES (?1, ?2)")?
+                .execute(params![key, now_ms])?;
+        }
+        if e.deliveries.is_empty() {
+            return Ok(Stored::Nothing);
+        }
+        c.prepare_cached(
+            "INSERT INTO events (id, type, device_id, created_ms, topic, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![e.id, e.event_type, e.device_id, e.created_ms, e.topic, e.data])?;
+        let event_seq = c.last_insert_rowid();
+        let collapse_key = e.collapse.then(|| format!("{}\u{1f}{}", e.event_type, e.device_id));
+        for d in &e.deliveries {
+            if let Some(key) = &collapse_key {
+                self.supersede(&d.subscription, key, now_ms)?;
+            }
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO deliveries (id, event_seq, subscription, priority, next_attempt_ms, expires_ms, collapse_key, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?5)",
+                )?
+                .execute(params![
+                    crate::event::new_id(),
+                    event_seq,
+                    d.subscription,
+                    e.priority as i64,
+                    now_ms,
+                    d.expires_ms,
+                    collapse_key
+                ])?;
+        }
+        Ok(Stored::Event { deliveries: e.deliveries.len() })
+    }
+
+    /// Ends the pending deliveries an incoming collapsing event replaces.
+    fn supersede(&self, subscription: &str, collapse_key: &str, now_ms: i64) -> rusqlite::Result<()> {
+        let c = &self.conn;
+        c.prepare_cached(
+            "INSERT INTO attempts (subscription, delivery_id, event_type, attempt, started_ms, duration_ms, error_kind, error, outcome)
+             SELECT d.subscription, d.id, e.type, d.attempts, ?3, 0, 'superseded', 'a newer event of the same type and device replaced it', 'superseded'
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE d.subscription = ?1 AND d.collapse_key = ?2 AND d.state = 'pending'",
+        )?
+        .execute(params![subscription, collapse_key, now_ms])?;
+        let n = c
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'superseded', updated_ms = ?3
+                 WHERE subscription = ?1 AND collapse_key = ?2 AND state = 'pending'",
+            )?
+            .execute(params![subscription, collapse_key, now_ms])?;
+        bump(c, subscription, "superseded", n as i64)
+    }
+
+    fn insert_quarantine(&self, q: &Quarantined, now_ms: i64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("INSERT INTO quarantine (received_ms, topic, reason, size, payload) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![now_ms, q.topic, q.reason, q.size as i64, q.payload])?;
+        Ok(())
+    }
+
+    /// Expires what is past its age, then lists due deliveries (see `Outbox::due`).
+    pub fn due(&self, subscription: &str, now_ms: i64, limit: usize, fifo: bool) -> rusqlite::Result<DueBatch> {
+        self.expire(subscription, now_ms)?;
+        let sql = if fifo {
+            "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE d.subscription = ?1 AND d.state = 'pending' ORDER BY d.seq LIMIT ?3"
+        } else {
+            "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE d.subscription = ?1 AND d.state = 'pending' AND d.next_attempt_ms <= ?2
+             ORDER BY d.next_attempt_ms, d.seq LIMIT ?3"
+        };
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut rows = Vec::new();
+        let mut next_due_ms = None;
+        let mut q = stmt.query(params![subscription, now_ms, limit as i64])?;
+        while let Some(r) = q.next()? {
+            let next_attempt_ms: i64 = r.get(9)?;
+            if next_attempt_ms > now_ms {
+                // FIFO: the queue waits behind its head until the head is due.
+                next_due_ms = Some(next_attempt_ms);
+                break;
+            }
+            rows.push(Due {
+                seq: r.get(0)?,
+                delivery_id: r.get(1)?,
+                subscription: subscription.to_string(),
+                attempts: r.get(2)?,
+                budget_used: r.get(3)?,
+                event_id: r.get(4)?,
+                event_type: r.get(5)?,
+                device_id: r.get(6)?,
+                created_ms: r.get(7)?,
+                data: r.get(8)?,
+            });
+        }
+        if !fifo {
+            next_due_ms = self
+                .conn
+                .prepare_cached(
+                    "SELECT MIN(next_attempt_ms) FROM deliveries
+                     WHERE subscription = ?1 AND state = 'pending' AND next_attempt_ms > ?2",
+                )?
+                .query_row(params![subscription, now_ms], |r| r.get(0))?;
+        }
+        Ok(DueBatch { rows, next_due_ms })
+    }
+
+    fn expire(&self, subscription: &str, now_ms: i64) -> rusqlite::Result<()> {
+        let c = &self.conn;
+        let any: Option<i64> = c
+            .prepare_cached(
+                "SELECT seq FROM deliveries WHERE subscription = ?1 AND state = 'pending' AND expires_ms <= ?2 LIMIT 1",
+            )?
+            .query_row(params![subscription, now_ms], |r| r.get(0))
+            .optional()?;
+        if any.is_none() {
+            return Ok(());
+        }
+        c.prepare_cached(
+            "INSERT INTO attempts (subscription, delivery_id, event_type, attempt, started_ms, duration_ms, error_kind, error, outcome)
+             SELECT d.subscription, d.id, e.type, d.attempts, ?2, 0, 'expired', 'not delivered within its max_age', 'expired'
+             FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE d.subscription = ?1 AND d.state = 'pending' AND d.expires_ms <= ?2",
+        )?
+        .execute(params![subscription, now_ms])?;
+        let n = c
+            .prepare_cached(
+                "UPDATE deliveries SET state = 'expired', updated_ms = ?2
+                 WHERE subscription = ?1 AND state = 'pending' AND expires_ms <= ?2",
+            )?
+            .execute(params![subscription, now_ms])?;
+        bump(c, subscription, "expired", n as i64)
+    }
+
+    /// Audits an attempt and moves its delivery on, only if it is still pending.
+    pub fn record(&self, r: &AttemptRecord) -> rusqlite::Result<()> {
+        let c = &self.conn;
+        let outcome = match &r.next {
+            NextState::Terminal(t) => t.as_str(),
+            NextState::Retry { charge: true, .. } => "retry",
+            NextState::Retry { charge: false, .. } => "offline",
+        };
+        c.prepare_cached(
+            "INSERT INTO attempts (subscription, delivery_id, event_type, attempt, started_ms, duration_ms, status, error_kind, error, snippet, outcome)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )?
+        .execute(params![
+            r.subscription,
+            r.delivery_id,
+            r.event_type,
+            r.attempt,
+            r.started_ms,
+            r.duration_ms,
+            r.status,
+            r.error_kind,
+            r.error,
+            r.snippet,
+            outcome
+        ])?;
+        let changed = match &r.next {
+            NextState::Retry { at_ms, charge } => c
+                .prepare_cached(
+                    "UPDATE deliveries SET attempts = ?2, budget_used = budget_used + ?3, next_attempt_ms = ?4,
+                        updated_ms = ?5, last_status = ?6, last_error = ?7
+                     WHERE seq = ?1 AND state = 'pending'",
+                )?
+                .execute(params![r.delivery_seq, r.attempt, *charge as i64, at_ms, r.started_ms + r.duration_ms, r.status, r.error])?,
+            NextState::Terminal(t) => c
+                .prepare_cached(
+                    "UPDATE deliveries SET state = ?2, attempts = ?3, updated_ms = ?4, last_status = ?5, last_error = ?6
+                     WHERE seq = ?1 AND state = 'pending'",
+                )?
+                .execute(params![r.delivery_seq, t.as_str(), r.attempt, r.started_ms + r.duration_ms, r.status, r.error])?,
+        };
+        if let NextState::Terminal(t) = &r.next {
+            bump(c, &r.subscription, t.as_str(), changed as i64)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps the newest `keep` audit rows of a subscription.
+    pub fn trim_audit(&self, subscription: &str, keep: u64) -> rusqlite::Result<usize> {
+        self.conn
+            .prepare_cached(
+                "DELETE FROM attempts WHERE subscription = ?1 AND seq <= (
+                    SELECT seq FROM attempts WHERE subscription = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![subscription, keep as i64])
+    }
+
+    /// Forgets dedupe keys past the window, and beyond the newest [`DEDUPE_MAX_KEYS`].
+    pub fn trim_dedupe(&self, now_ms: i64) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached("DELETE FROM dedupe WHERE seen_ms < ?1")?
+            .execute([now_ms - DEDUPE_WINDOW_MS])?;
+        self.conn
+            .prepare_cached(
+                "DELETE FROM dedupe WHERE seen_ms < (SELECT seen_ms FROM dedupe ORDER BY seen_ms DESC LIMIT 1 OFFSET ?1)",
+            )?
+            .execute([DEDUPE_MAX_KEYS])?;
+        Ok(())
+    }
+
+    pub fn stats(&self) -> rusqlite::Result<Stats> {
+        let c = &self.conn;
+        let mut subs: Vec<SubscriptionStats> = Vec::new();
+        fn entry<'a>(subs: &'a mut Vec<SubscriptionStats>, name: &str) -> &'a mut SubscriptionStats {
+            if let Some(i) = subs.iter().position(|s| s.name == name) {
+                return &mut subs[i];
+            }
+            subs.push(SubscriptionStats { name: name.to_string(), ..Default::default() });
+            subs.last_mut().expect("just pushed")
+        }
+        let mut stmt = c.prepare_cached(
+            "SELECT d.subscription, COUNT(*), MIN(e.created_ms) FROM deliveries d JOIN events e ON e.seq = d.event_seq
+             WHERE d.state = 'pending' GROUP BY d.subscription",
+        )?;
+        let mut q = stmt.query([])?;
+        while let Some(r) = q.next()? {
+            let name: String = r.get(0)?;
+            let s = entry(&mut subs, &name);
+            s.pending = r.get::<_, i64>(1)? as u64;
+            s.oldest_pending_ms = r.get(2)?;
+        }
+        let mut stmt = c.prepare_cached("SELECT subscription, outcome, n FROM counters")?;
+        let mut q = stmt.query([])?;
+        while let Some(r) = q.next()? {
+            let name: String = r.get(0)?;
+            let outcome: String = r.get(1)?;
+            let n = r.get::<_, i64>(2)? as u64;
+            let s = entry(&mut subs, &name);
+            match outcome.as_str() {
+                "delivered" => s.delivered = n,
+                "failed" => s.failed = n,
+                "expired" => s.expired = n,
+                "evicted" => s.evicted = n,
+                "superseded" => s.superseded = n,
+                _ => {}
+            }
+        }
+        subs.sort_by(|a, b| a.name.cmp(&b.name));
+        let count = |sql: &str| -> rusqlite::Result<u64> { c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64) };
+        Ok(Stats {
+            events: count("SELECT COUNT(*) FROM events")?,
+            quarantined: count("SELECT COUNT(*) FROM quarantine")?,
+            duplicates: self.duplicates,
+            subscriptions: subs,
+        })
+    }
+
+    /// The terminal state a delivery reached, for tests and `show`.
+    pub fn delivery_state(&self, delivery_id: &str) -> rusqlite::Result<Option<String>> {
+        self.conn
+            .query_row("SELECT state FROM deliveries WHERE id = ?1", [delivery_id], |r| r.get(0))
+            .optional()
+    }
+}
+
+impl Terminal {
+    pub fn from_str_opt(s: &str) -> Option<Terminal> {
+        [Terminal::Delivered, Terminal::Failed, Terminal::Expired, Terminal::Evicted, Terminal::Superseded]
+            .into_iter()
+            .find(|t| t.as_str() == s)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,100 @@
+use super::*;
+use crate::config::{StorageConfig, Synchronous, WhenFull};
+use crate::event::Priority;
+use crate::outbox::NewDelivery;
+
+fn store(dir: &tempfile::TempDir) -> Store {
+    let cfg = StorageConfig {
+        path: dir.path().join("outbox.db"),
+        max_bytes: 1 << 30,
+        when_full: WhenFull::DropOldest,
+        synchronous: Synchronous::Normal,
+        audit_per_subscription: 1000,
+    };
+    Store::new(crate::outbox::open(&cfg).unwrap())
+}
+
+fn event(id: &str, subs: &[&str], collapse: bool) -> Inbound {
+    Inbound::Event(NewEvent {
+        id: id.into(),
+        event_type: "agent.heartbeat".into(),
+        device_id: "agv".into(),
+        created_ms: 1000,
+        topic: "t".into(),
+        data: "{}".into(),
+        priority: Priority::Normal,
+        collapse,
+        dedupe_key: Some(content_key("t", id.as_bytes())),
+        dedupe_check: true,
+        deliveries: subs.iter().map(|s| NewDelivery { subscription: s.to_string(), expires_ms: 10_000 }).collect(),
+    })
+}
+
+fn record(d: &Due, next: NextState) -> AttemptRecord {
+    AttemptRecord {
+        delivery_seq: d.seq,
+        delivery_id: d.delivery_id.clone(),
+        subscription: d.subscription.clone(),
+        event_type: d.event_type.clone(),
+        attempt: d.attempts + 1,
+        started_ms: 2000,
+        duration_ms: 5,
+        status: Some(200),
+        error_kind: None,
+        error: None,
+        snippet: None,
+        next,
+    }
+}
+
+#[test]
+fn an_event_fans_out_and_each_delivery_ends_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(&dir);
+    assert_eq!(s.insert(&event("e1", &["a", "b"], false), 1000).unwrap(), Stored::Event { deliveries: 2 });
+    let due = s.due("a", 1000, 10, false).unwrap();
+    assert_eq!(due.rows.len(), 1);
+    assert_eq!(due.rows[0].event_id, "e1");
+    s.record(&record(&due.rows[0], NextState::Terminal(Terminal::Delivered))).unwrap();
+    // A late second result for the same delivery is audited but not counted again.
+    s.record(&record(&due.rows[0], NextState::Terminal(Terminal::Failed))).unwrap();
+    let stats = s.stats().unwrap();
+    let a = stats.subscription("a").unwrap();
+    assert_eq!((a.delivered, a.failed, a.pending), (1, 0, 0));
+    assert_eq!(stats.subscription("b").unwrap().pending, 1);
+    assert_eq!(s.delivery_state(&due.rows[0].delivery_id).unwrap().as_deref(), Some("delivered"));
+}
+
+#[test]
+fn retries_wait_and_fifo_blocks_behind_the_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(&dir);
+    s.insert(&event("e1", &["a"], false), 1000).unwrap();
+    s.insert(&event("e2", &["a"], false), 1000).unwrap();
+    let head = s.due("a", 1000, 10, true).unwrap().rows.remove(0);
+    s.record(&record(&head, NextState::Retry { at_ms: 5000, charge: true })).unwrap();
+    let fifo = s.due("a", 1000, 10, true).unwrap();
+    assert!(fifo.rows.is_empty());
+    assert_eq!(fifo.next_due_ms, Some(5000));
+    let parallel = s.due("a", 1000, 10, false).unwrap();
+    assert_eq!(parallel.rows.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["e2"]);
+    assert_eq!(parallel.next_due_ms, Some(5000));
+    let later = s.due("a", 5000, 10, true).unwrap();
+    assert_eq!((later.rows[0].event_id.as_str(), later.rows[0].budget_used), ("e1", 1));
+}
+
+#[test]
+fn expiry_collapse_dedupe_and_quarantine_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(&dir);
+    s.insert(&event("h1", &["a"], true), 1000).unwrap();
+    s.insert(&event("h2", &["a"], true), 1000).unwrap();
+    assert_eq!(s.insert(&event("h2", &["a"], true), 1000).unwrap(), Stored::Duplicate);
+    let q = Quarantined { topic: "t".into(), reason: "not JSON".into(), size: 3, payload: b"abc".to_vec() };
+    assert_eq!(s.insert(&Inbound::Quarantine(q), 1000).unwrap(), Stored::Quarantined);
+    let stats = s.stats().unwrap();
+    assert_eq!((stats.subscription("a").unwrap().superseded, stats.subscription("a").unwrap().pending), (1, 1));
+    assert_eq!((stats.quarantined, stats.duplicates, stats.events), (1, 1, 2));
+    assert!(s.due("a", 20_000, 10, false).unwrap().rows.is_empty());
+    assert_eq!(s.stats().unwrap().subscription("a").unwrap().expired, 1);
+}

@@ -1,0 +1,209 @@
+//! `fleethook receive`: a local endpoint for bring-up that verifies every request, in
+//! whatever scheme it is signed, and prints the event. The demo uses it too.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::sign::{self, Scheme};
+
+const MAX_BODY: usize = 4 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct ReceiveOptions {
+    /// Secrets to verify with; empty accepts unsigned requests.
+    pub secrets: Vec<String>,
+    pub tolerance: Duration,
+    /// Print one line per request to stdout.
+    pub print: bool,
+    /// Print the whole body as well.
+    pub print_body: bool,
+}
+
+/// One request as the receiver saw it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Received {
+    pub method: String,
+    pub scheme: Option<Scheme>,
+    pub verified: bool,
+    pub error: Option<String>,
+    pub event_type: Option<String>,
+    pub delivery_id: Option<String>,
+    pub attempt: Option<String>,
+    pub body: String,
+}
+
+/// Which scheme signed a request, and the header prefix it used.
+pub fn detect_scheme(headers: &http::HeaderMap) -> (Option<Scheme>, String) {
+    if headers.contains_key("webhook-signature") {
+        let prefix = prefix_of(headers).unwrap_or_else(|| "X-Fleethook".into());
+        return (Some(Scheme::Standard), prefix);
+    }
+    for (name, value) in headers {
+        let n = name.as_str();
+        if let Some(prefix) = n.strip_suffix("-signature") {
+            let v = value.to_str().unwrap_or("");
+            if v.starts_with("sha256=") {
+                return (Some(Scheme::Sha256), prefix.to_string());
+            }
+            if v.starts_with("t=") {
+                return (Some(Scheme::Stripe), prefix.to_string());
+            }
+        }
+    }
+    (None, prefix_of(headers).unwrap_or_else(|| "X-Fleethook".into()))
+}
+
+/// The prefix of the `P-Event` header, if any.
+fn prefix_of(headers: &http::HeaderMap) -> Option<String> {
+    headers.keys().find_map(|k| k.as_str().strip_suffix("-delivery").map(str::to_string))
+}
+
+fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+/// Verifies one request: pure, for tests and for [`serve`].
+pub fn check(opts: &ReceiveOptions, method: &str, headers: &http::HeaderMap, body: &[u8], now: SystemTime) -> Received {
+    let (scheme, prefix) = detect_scheme(headers);
+    let secrets: Vec<&str> = opts.secrets.iter().map(String::as_str).collect();
+    let result = match scheme {
+        _ if secrets.is_empty() => Ok(()),
+        None => Err("the request is not signed".to_string()),
+        Some(s) => sign::verify(s, &secrets, &prefix, headers, body, now, opts.tolerance).map_err(|e| e.to_string()),
+    };
+    Received {
+        method: method.to_string(),
+        scheme,
+        verified: result.is_ok() && !secrets.is_empty(),
+        error: result.err(),
+        event_type: header(headers, &format!("{prefix}-event")),
+        delivery_id: header(headers, &format!("{prefix}-delivery")),
+        attempt: header(headers, &format!("{prefix}-attempt")),
+        body: String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+fn print(r: &Received, with_body: bool) {
+    let mark = if r.error.is_some() { "✗ REJECTED" } else if r.verified { "✓ verified" } else { "· unsigned" };
+    let scheme = r.scheme.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_else(|| "none".into());
+    let mut line = format!(
+        "{mark} ({scheme}) {} {} delivery={} attempt={}",
+        r.method,
+        r.event_type.as_deref().unwrap_or("?"),
+        r.delivery_id.as_deref().unwrap_or("?"),
+        r.attempt.as_deref().unwrap_or("?"),
+    );
+    if let Some(e) = &r.error {
+        line.push_str(&format!(": {e}"));
+    }
+    println!("{line}");
+    if with_body {
+        println!("  {}", r.body);
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    opts: Arc<ReceiveOptions>,
+    tx: Option<mpsc::UnboundedSender<Received>>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"body too large or broken\n")));
+            *resp.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+            return Ok(resp);
+        }
+    };
+    let r = check(&opts, parts.method.as_str(), &parts.headers, &body, SystemTime::now());
+    if opts.print {
+        print(&r, opts.print_body);
+    }
+    let (status, text) = match &r.error {
+        None => (StatusCode::NO_CONTENT, String::new()),
+        Some(e) => (StatusCode::UNAUTHORIZED, format!("signature check failed: {e}\n")),
+    };
+    if let Some(tx) = tx {
+        let _ = tx.send(r);
+    }
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    *resp.status_mut() = status;
+    Ok(resp)
+}
+
+/// Serves until `shutdown`. Each verified (or rejected) request is also sent to `tx`.
+pub async fn serve(
+    listener: TcpListener,
+    opts: ReceiveOptions,
+    tx: Option<mpsc::UnboundedSender<Received>>,
+    shutdown: CancellationToken,
+) {
+    let opts = Arc::new(opts);
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let opts = opts.clone();
+        let tx = tx.clone();
+        let stop = shutdown.clone();
+        conns.spawn(async move {
+            let service = service_fn(move |req| handle(req, opts.clone(), tx.clone()));
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                _ = conn => {}
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
+    // Dropping the connections closes them: the receiver is gone, as in a real outage.
+    conns.abort_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detects_and_verifies_each_scheme_and_prefix() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let now = SystemTime::now();
+        let ts = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let opts = ReceiveOptions { secrets: vec![secret.into()], tolerance: sign::DEFAULT_TOLERANCE, print: false, print_body: false };
+        for (scheme, prefix) in [(Scheme::Standard, "x-fleethook"), (Scheme::Sha256, "x-robotrace"), (Scheme::Stripe, "x-fleethook")] {
+            let key = sign::signing_key(scheme, secret).unwrap();
+            let mut h = http::HeaderMap::new();
+            for (k, v) in sign::sign_headers(scheme, &[key], prefix, "d1", ts, b"{}") {
+                h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            h.insert(http::HeaderName::from_bytes(format!("{prefix}-delivery").as_bytes()).unwrap(), "d1".parse().unwrap());
+            let r = check(&opts, "POST", &h, b"{}", now);
+            assert!(r.verified, "{scheme:?}: {:?}", r.error);
+            assert_eq!(r.scheme, Some(scheme));
+            assert_eq!(r.delivery_id.as_deref(), Some("d1"));
+            assert!(!check(&opts, "POST", &h, b"{\"x\":1}", now).verified);
+        }
+        assert!(check(&opts, "POST", &http::HeaderMap::new(), b"{}", now).error.is_some());
+    }
+}
