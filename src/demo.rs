@@ -98,9 +98,17 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<S
     let t0 = Instant::now();
     let say = |what: &str| println!("{:>6.1}s  {what}", t0.elapsed().as_secs_f64());
 
-    println!("fleethook demo: broker on 127.0.0.1:{broker_port}, receiver on 127.0.0.1:{receiver_port}, outbox in {}", dir.path().display());
+    println!(
+        "fleethook demo: broker on 127.0.0.1:{broker_port}, receiver on 127.0.0.1:{receiver_port}, outbox in {}",
+        dir.path().display()
+    );
     let (rx_tx, mut received) = mpsc::unbounded_channel::<Received>();
-    let receive_opts = ReceiveOptions { secrets: vec![secret.clone()], tolerance: crate::sign::DEFAULT_TOLERANCE, print: false, print_body: false };
+    let receive_opts = ReceiveOptions {
+        secrets: vec![secret.clone()],
+        tolerance: crate::sign::DEFAULT_TOLERANCE,
+        print: false,
+        print_body: false,
+    };
     let mut receiver = Some(start_receiver(receiver_port, receive_opts.clone(), rx_tx.clone()).await?);
 
     let agent_stop = CancellationToken::new();
@@ -164,7 +172,9 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<S
             Some(r) = received.recv() => note(&r, &mut summary, &mut verified, &mut delivered, &say),
         }
     }
-    if let Some(r) = receiver.take() { r.cancel(); }
+    if let Some(r) = receiver.take() {
+        r.cancel();
+    }
     // Whatever happened, the receiver must be up for the drain.
     let final_receiver = start_receiver(receiver_port, receive_opts, rx_tx).await?;
     say("publishing stopped; waiting for everything to be delivered");
@@ -212,7 +222,11 @@ fn note(r: &Received, s: &mut Summary, verified: &mut HashSet<u64>, delivered: &
     ));
 }
 
-async fn start_receiver(port: u16, opts: ReceiveOptions, tx: mpsc::UnboundedSender<Received>) -> anyhow::Result<CancellationToken> {
+async fn start_receiver(
+    port: u16,
+    opts: ReceiveOptions,
+    tx: mpsc::UnboundedSender<Received>,
+) -> anyhow::Result<CancellationToken> {
     let mut tries = 0;
     let listener = loop {
         match TcpListener::bind(("127.0.0.1", port)).await {

@@ -12,10 +12,7 @@ pub fn new_id() -> String {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// RFC 3339 UTC with milliseconds, as the envelope's `timestamp`.
@@ -79,9 +76,7 @@ impl EventPattern {
                 return Err(format!("event pattern `{s}` has an empty segment"));
             }
             if seg.contains('*') && seg != "*" {
-                return Err(format!(
-                    "event pattern `{s}`: `*` must stand alone between dots"
-                ));
+                return Err(format!("event pattern `{s}`: `*` must stand alone between dots"));
             }
         }
         Ok(EventPattern { source: s.to_string(), segments })

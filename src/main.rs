@@ -103,7 +103,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!(
                     "fleethook receive: listening on http://{}/ ({})",
                     listener.local_addr()?,
-                    if secrets.is_empty() { "no secret given: signatures are not checked".to_string() } else { format!("verifying with {} secret(s)", secrets.len()) }
+                    if secrets.is_empty() {
+                        "no secret given: signatures are not checked".to_string()
+                    } else {
+                        format!("verifying with {} secret(s)", secrets.len())
+                    }
                 );
                 let opts = fleethook::receive::ReceiveOptions {
                     secrets,

@@ -96,7 +96,13 @@ pub fn check(opts: &ReceiveOptions, method: &str, headers: &http::HeaderMap, bod
 }
 
 fn print(r: &Received, with_body: bool) {
-    let mark = if r.error.is_some() { "✗ REJECTED" } else if r.verified { "✓ verified" } else { "· unsigned" };
+    let mark = if r.error.is_some() {
+        "✗ REJECTED"
+    } else if r.verified {
+        "✓ verified"
+    } else {
+        "· unsigned"
+    };
     let scheme = r.scheme.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_else(|| "none".into());
     let mut line = format!(
         "{mark} ({scheme}) {} {} delivery={} attempt={}",
@@ -190,14 +196,24 @@ mod tests {
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let now = SystemTime::now();
         let ts = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
-        let opts = ReceiveOptions { secrets: vec![secret.into()], tolerance: sign::DEFAULT_TOLERANCE, print: false, print_body: false };
-        for (scheme, prefix) in [(Scheme::Standard, "x-fleethook"), (Scheme::Sha256, "x-robotrace"), (Scheme::Stripe, "x-fleethook")] {
+        let opts = ReceiveOptions {
+            secrets: vec![secret.into()],
+            tolerance: sign::DEFAULT_TOLERANCE,
+            print: false,
+            print_body: false,
+        };
+        for (scheme, prefix) in
+            [(Scheme::Standard, "x-fleethook"), (Scheme::Sha256, "x-robotrace"), (Scheme::Stripe, "x-fleethook")]
+        {
             let key = sign::signing_key(scheme, secret).unwrap();
             let mut h = http::HeaderMap::new();
             for (k, v) in sign::sign_headers(scheme, &[key], prefix, "d1", ts, b"{}") {
                 h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
             }
-            h.insert(http::HeaderName::from_bytes(format!("{prefix}-delivery").as_bytes()).unwrap(), "d1".parse().unwrap());
+            h.insert(
+                http::HeaderName::from_bytes(format!("{prefix}-delivery").as_bytes()).unwrap(),
+                "d1".parse().unwrap(),
+            );
             let r = check(&opts, "POST", &h, b"{}", now);
             assert!(r.verified, "{scheme:?}: {:?}", r.error);
             assert_eq!(r.scheme, Some(scheme));

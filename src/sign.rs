@@ -131,10 +131,8 @@ pub fn sign_headers(
     match scheme {
         Scheme::None => Vec::new(),
         Scheme::Standard => {
-            let sigs: Vec<String> = keys
-                .iter()
-                .map(|k| format!("v1,{}", standard_signature(k, msg_id, timestamp, body)))
-                .collect();
+            let sigs: Vec<String> =
+                keys.iter().map(|k| format!("v1,{}", standard_signature(k, msg_id, timestamp, body))).collect();
             vec![
                 ("webhook-id".into(), msg_id.to_string()),
                 ("webhook-timestamp".into(), timestamp.to_string()),
@@ -142,8 +140,7 @@ pub fn sign_headers(
             ]
         }
         Scheme::Sha256 => {
-            let sigs: Vec<String> =
-                keys.iter().map(|k| format!("sha256={}", sha256_signature(k, body))).collect();
+            let sigs: Vec<String> = keys.iter().map(|k| format!("sha256={}", sha256_signature(k, body))).collect();
             vec![(format!("{header_prefix}-Signature"), sigs.join(","))]
         }
         Scheme::Stripe => {
@@ -184,10 +181,7 @@ pub fn verify(
     now: SystemTime,
     tolerance: Duration,
 ) -> Result<(), VerifyError> {
-    let keys = secrets
-        .iter()
-        .map(|s| signing_key(scheme, s))
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = secrets.iter().map(|s| signing_key(scheme, s)).collect::<Result<Vec<_>, _>>()?;
     let sig_header = format!("{header_prefix}-Signature");
     match scheme {
         Scheme::None => Ok(()),
@@ -236,10 +230,7 @@ pub fn verify(
             let ts_s = ts.to_string();
             for s in sigs {
                 let Ok(raw) = hex::decode(s) else { continue };
-                if keys
-                    .iter()
-                    .any(|k| mac(k, &[ts_s.as_bytes(), b".", body]).verify_slice(&raw).is_ok())
-                {
+                if keys.iter().any(|k| mac(k, &[ts_s.as_bytes(), b".", body]).verify_slice(&raw).is_ok()) {
                     return Ok(());
                 }
             }
@@ -338,7 +329,10 @@ mod tests {
         let key = signing_key(Scheme::Standard, secret).unwrap();
         let h = headers(&sign_headers(Scheme::Standard, &[key], "X", "d1", 1_700_000_000, b"x"));
         let late = at(1_700_000_000 + 301);
-        assert_eq!(verify(Scheme::Standard, &[secret], "X", &h, b"x", late, DEFAULT_TOLERANCE), Err(VerifyError::Stale));
+        assert_eq!(
+            verify(Scheme::Standard, &[secret], "X", &h, b"x", late, DEFAULT_TOLERANCE),
+            Err(VerifyError::Stale)
+        );
         assert_eq!(signing_key(Scheme::Standard, "plain"), Err(SignError::MissingPrefix));
         assert_eq!(signing_key(Scheme::Standard, "whsec_!!"), Err(SignError::BadBase64));
         assert!(new_secret().starts_with("whsec_"));

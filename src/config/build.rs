@@ -28,12 +28,7 @@ impl Issues {
 
 pub(super) fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();
-    let located = |line: usize, key: String, message: String| ConfigError {
-        file: file.clone(),
-        line,
-        key,
-        message,
-    };
+    let located = |line: usize, key: String, message: String| ConfigError { file: file.clone(), line, key, message };
     let doc = DeTable::parse(src).map_err(|e| {
         let line = e.span().map(|s| locate::line_of(src, s.start)).unwrap_or(1);
         ConfigErrors(vec![located(line, "(syntax)".into(), e.message().trim().to_string())])
@@ -61,7 +56,8 @@ pub(super) fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim()).map_err(|e| format!("`{s}` is not a duration ({e}); use e.g. \"500ms\", \"5s\", \"7d\""))
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("`{s}` is not a duration ({e}); use e.g. \"500ms\", \"5s\", \"7d\""))
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -71,7 +67,13 @@ fn size(s: &str) -> Result<u64, String> {
         .map_err(|e| format!("`{s}` is not a size ({e}); use e.g. \"256MiB\""))
 }
 
-fn opt<T>(issues: &mut Issues, path: KeyPath, v: Option<&String>, f: impl Fn(&str) -> Result<T, String>, default: T) -> T {
+fn opt<T>(
+    issues: &mut Issues,
+    path: KeyPath,
+    v: Option<&String>,
+    f: impl Fn(&str) -> Result<T, String>,
+    default: T,
+) -> T {
     match v {
         Some(s) => issues.take(path, f(s)).unwrap_or(default),
         None => default,
@@ -119,44 +121,69 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
     let storage = StorageConfig {
         path: PathBuf::from(raw.storage.path.clone().unwrap_or_else(|| "/var/lib/fleethook/outbox.db".into())),
         max_bytes: opt(issues, sp.key("max_bytes"), raw.storage.max_bytes.as_ref(), size, 256 << 20),
-        when_full: opt(issues, sp.key("when_full"), raw.storage.when_full.as_ref(), |s| match s {
-            "drop_oldest" => Ok(WhenFull::DropOldest),
-            "backpressure" => Ok(WhenFull::Backpressure),
-            o => Err(format!("`{o}` is not drop_oldest or backpressure")),
-        }, WhenFull::DropOldest),
-        synchronous: opt(issues, sp.key("synchronous"), raw.storage.synchronous.as_ref(), |s| match s {
-            "full" => Ok(Synchronous::Full),
-            "normal" => Ok(Synchronous::Normal),
-            o => Err(format!("`{o}` is not full or normal")),
-        }, Synchronous::Full),
+        when_full: opt(
+            issues,
+            sp.key("when_full"),
+            raw.storage.when_full.as_ref(),
+            |s| match s {
+                "drop_oldest" => Ok(WhenFull::DropOldest),
+                "backpressure" => Ok(WhenFull::Backpressure),
+                o => Err(format!("`{o}` is not drop_oldest or backpressure")),
+            },
+            WhenFull::DropOldest,
+        ),
+        synchronous: opt(
+            issues,
+            sp.key("synchronous"),
+            raw.storage.synchronous.as_ref(),
+            |s| match s {
+                "full" => Ok(Synchronous::Full),
+                "normal" => Ok(Synchronous::Normal),
+                o => Err(format!("`{o}` is not full or normal")),
+            },
+            Synchronous::Full,
+        ),
         audit_per_subscription: raw.storage.audit_per_subscription.unwrap_or(1000),
     };
     if storage.max_bytes < 64 * 1024 {
         issues.push(sp.key("max_bytes"), "must be at least 64KiB");
     }
 
-    let status = StatusConfig {
-        socket: PathBuf::from(raw.status.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())),
-    };
+    let status =
+        StatusConfig { socket: PathBuf::from(raw.status.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())) };
     let heartbeat = HeartbeatConfig {
-        interval: opt(issues, root.key("heartbeat").key("interval"), raw.heartbeat.interval.as_ref(), duration, Duration::from_secs(60)),
+        interval: opt(
+            issues,
+            root.key("heartbeat").key("interval"),
+            raw.heartbeat.interval.as_ref(),
+            duration,
+            Duration::from_secs(60),
+        ),
     };
     let dp = root.key("delivery");
     let delivery = DeliveryConfig {
         max_in_flight: raw.delivery.max_in_flight.unwrap_or(32) as usize,
-        offline_probe_max: opt(issues, dp.key("offline_probe_max"), raw.delivery.offline_probe_max.as_ref(), duration, Duration::from_secs(60)),
-        shutdown_grace: opt(issues, dp.key("shutdown_grace"), raw.delivery.shutdown_grace.as_ref(), duration, Duration::from_secs(10)),
+        offline_probe_max: opt(
+            issues,
+            dp.key("offline_probe_max"),
+            raw.delivery.offline_probe_max.as_ref(),
+            duration,
+            Duration::from_secs(60),
+        ),
+        shutdown_grace: opt(
+            issues,
+            dp.key("shutdown_grace"),
+            raw.delivery.shutdown_grace.as_ref(),
+            duration,
+            Duration::from_secs(10),
+        ),
     };
     if delivery.max_in_flight == 0 {
         issues.push(dp.key("max_in_flight"), "must be at least 1");
     }
 
-    let routes = raw
-        .routes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| build_route(r, root.key("route").index(i), issues))
-        .collect();
+    let routes =
+        raw.routes.iter().enumerate().filter_map(|(i, r)| build_route(r, root.key("route").index(i), issues)).collect();
 
     let mut names = HashSet::new();
     let mut subscriptions = Vec::new();
@@ -197,11 +224,15 @@ fn build_mqtt(raw: &super::raw::RawMqtt, device_id: &str, issues: &mut Issues) -
                 issues.push(p.key("url"), format!("`{url_s}` has no host"));
             }
             if !u.username().is_empty() {
-                issues.push(p.key("url"), "put the user in mqtt.username and the password in mqtt.password_file, not in the URL");
+                issues.push(
+                    p.key("url"),
+                    "put the user in mqtt.username and the password in mqtt.password_file, not in the URL",
+                );
             }
         }
         Ok(u) => issues.push(p.key("url"), format!("scheme `{}` is not mqtt:// or mqtts://", u.scheme())),
-        Err(e) => issues.push(p.key("url"), format!("`{url_s}` is not a URL: {e}")),
+        Err(e) => issues
+            .push(p.key("url"), format!("`{url_s}` is not a URL ({e}); use mqtt://host:port or mqtts://host:port")),
     }
     let password = raw
         .password_file
@@ -311,11 +342,9 @@ fn build_subscription(s: RawSubscription, p: KeyPath, issues: &mut Issues) -> Op
         None => vec![EventPattern::parse("*").expect("`*` is a valid pattern")],
     };
     let retry = match &s.retry {
-        Some(list) => list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| issues.take(p.key("retry").index(i), duration(d)))
-            .collect(),
+        Some(list) => {
+            list.iter().enumerate().filter_map(|(i, d)| issues.take(p.key("retry").index(i), duration(d))).collect()
+        }
         None => DEFAULT_RETRY.iter().map(|s| Duration::from_secs(*s)).collect(),
     };
     let method = s.method.clone().unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
@@ -337,14 +366,24 @@ fn build_subscription(s: RawSubscription, p: KeyPath, issues: &mut Issues) -> Op
             issues.push(hp, "not a valid HTTP header");
             continue;
         }
-        let v = if looks_secret(&name) { HeaderValue::Secret(Secret::new(value)) } else { HeaderValue::Plain(value.to_string()) };
+        let v = if looks_secret(&name) {
+            HeaderValue::Secret(Secret::new(value))
+        } else {
+            HeaderValue::Plain(value.to_string())
+        };
         headers.push((name, v));
     }
-    let ordering = opt(issues, p.key("ordering"), s.ordering.as_ref(), |o| match o {
-        "parallel" => Ok(Ordering::Parallel),
-        "fifo" => Ok(Ordering::Fifo),
-        o => Err(format!("`{o}` is not parallel or fifo")),
-    }, Ordering::Parallel);
+    let ordering = opt(
+        issues,
+        p.key("ordering"),
+        s.ordering.as_ref(),
+        |o| match o {
+            "parallel" => Ok(Ordering::Parallel),
+            "fifo" => Ok(Ordering::Fifo),
+            o => Err(format!("`{o}` is not parallel or fifo")),
+        },
+        Ordering::Parallel,
+    );
     let max_in_flight = s.max_in_flight.unwrap_or(8) as usize;
     if max_in_flight == 0 {
         issues.push(p.key("max_in_flight"), "must be at least 1");
@@ -375,7 +414,13 @@ fn build_subscription(s: RawSubscription, p: KeyPath, issues: &mut Issues) -> Op
         max_in_flight,
         rate_limit,
         timeout: opt(issues, p.key("timeout"), s.timeout.as_ref(), duration, Duration::from_secs(15)),
-        connect_timeout: opt(issues, p.key("connect_timeout"), s.connect_timeout.as_ref(), duration, Duration::from_secs(5)),
+        connect_timeout: opt(
+            issues,
+            p.key("connect_timeout"),
+            s.connect_timeout.as_ref(),
+            duration,
+            Duration::from_secs(5),
+        ),
         max_age: opt(issues, p.key("max_age"), s.max_age.as_ref(), duration, Duration::from_secs(72 * 3600)),
         allow_http,
         ca_file: s.ca_file.as_ref().map(PathBuf::from),
@@ -398,7 +443,7 @@ fn parse_rate(s: &str) -> Result<RateLimit, String> {
         "h" => 3600.0,
         _ => return Err(err()),
     };
-    if !(n > 0.0) {
+    if n.is_nan() || n <= 0.0 {
         return Err(err());
     }
     Ok(RateLimit { per_second: n / per, burst: (n / per).max(1.0) })

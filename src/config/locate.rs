@@ -4,8 +4,8 @@
 use std::fmt;
 use std::ops::Range;
 
-use toml::de::{DeTable, DeValue};
 use toml::Spanned;
+use toml::de::{DeTable, DeValue};
 
 /// One step of a key path.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -54,17 +54,16 @@ pub enum SecretSource {
 pub fn load(source: SecretSource, value: &str) -> Result<Secret, String> {
     let raw = match source {
         SecretSource::Inline => value.to_string(),
-        SecretSource::File => std::fs::read_to_string(value)
-            .map_err(|e| format!("cannot read secret file {value}: {e}"))?,
-        SecretSource::Env => std::env::var(value)
-            .map_err(|_| format!("environment variable {value} is not set"))?,
+        SecretSource::File => {
+            std::fs::read_to_string(value).map_err(|e| format!("cannot read secret file {value}: {e}"))?
+        }
+        SecretSource::Env => std::env::var(value).map_err(|_| format!("environment variable {value} is not set"))?,
         SecretSource::Credential => {
             let dir = std::env::var("CREDENTIALS_DIRECTORY").map_err(|_| {
                 format!("credential {value}: $CREDENTIALS_DIRECTORY is not set (use LoadCredential= in the unit)")
             })?;
             let path = std::path::Path::new(&dir).join(value);
-            std::fs::read_to_string(&path)
-                .map_err(|e| format!("cannot read credential {}: {e}", path.display()))?
+            std::fs::read_to_string(&path).map_err(|e| format!("cannot read credential {}: {e}", path.display()))?
         }
     };
     let trimmed = raw.trim_end_matches(['\n', '\r']).to_string();

@@ -61,11 +61,7 @@ impl Endpoint {
         match &mut self.bucket {
             Some(b) if by_state > 0 => {
                 let tokens = b.available(now);
-                if tokens == 0 {
-                    (0, Some(b.next_token_at(now)))
-                } else {
-                    (by_state.min(tokens), None)
-                }
+                if tokens == 0 { (0, Some(b.next_token_at(now))) } else { (by_state.min(tokens), None) }
             }
             _ => (by_state, None),
         }

@@ -98,7 +98,8 @@ pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime) -> Prepared {
         put(&mut headers, name, value);
     }
     let ts = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    for (name, value) in sign::sign_headers(sub.signature, &sub.keys, p, &due.delivery_id, ts, rendered.body.as_bytes()) {
+    for (name, value) in sign::sign_headers(sub.signature, &sub.keys, p, &due.delivery_id, ts, rendered.body.as_bytes())
+    {
         put(&mut headers, &name, &value);
     }
     Prepared { body: rendered.body, headers, attempt }
@@ -118,12 +119,8 @@ pub struct Sent {
 pub async fn send(client: &reqwest::Client, sub: &Subscription, prepared: Prepared) -> Sent {
     let started = Instant::now();
     let method = reqwest::Method::from_bytes(sub.method.as_bytes()).unwrap_or(reqwest::Method::POST);
-    let result = client
-        .request(method, sub.url_full.clone())
-        .headers(prepared.headers)
-        .body(prepared.body)
-        .send()
-        .await;
+    let result =
+        client.request(method, sub.url_full.clone()).headers(prepared.headers).body(prepared.body).send().await;
     let mut sent = Sent::default();
     match result {
         Ok(mut resp) => {
@@ -132,17 +129,12 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, prepared: Prepar
             sent.retry_after = header("retry-after");
             sent.location = header("location");
             let mut body = Vec::new();
-            loop {
-                match resp.chunk().await {
-                    Ok(Some(chunk)) => {
-                        let room = BODY_READ_MAX - body.len();
-                        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                        if body.len() >= BODY_READ_MAX {
-                            break;
-                        }
-                    }
-                    // The status is what counts; a body cut short is not a failed delivery.
-                    Ok(None) | Err(_) => break,
+            // The status is what counts; a body cut short is not a failed delivery.
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                let room = BODY_READ_MAX - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= BODY_READ_MAX {
+                    break;
                 }
             }
             if !body.is_empty() {

@@ -136,7 +136,10 @@ impl Dispatcher {
             tracing::info!(in_flight, grace_s = self.grace.as_secs(), "Waiting for in-flight deliveries before exit.");
             let drained = tokio::time::timeout(self.grace, async { while tasks.join_next().await.is_some() {} }).await;
             if drained.is_err() {
-                tracing::warn!(abandoned = tasks.len(), "Abandoned in-flight deliveries at shutdown; they are sent again after restart.");
+                tracing::warn!(
+                    abandoned = tasks.len(),
+                    "Abandoned in-flight deliveries at shutdown; they are sent again after restart."
+                );
                 tasks.abort_all();
             }
         }
@@ -173,7 +176,8 @@ impl Dispatcher {
             };
             let lane = &mut self.lanes[idx];
             let probe = lane.endpoint.state == State::Offline;
-            let fresh: Vec<Due> = batch.rows.into_iter().filter(|d| !lane.in_flight.contains(&d.seq)).take(room).collect();
+            let fresh: Vec<Due> =
+                batch.rows.into_iter().filter(|d| !lane.in_flight.contains(&d.seq)).take(room).collect();
             if let Some(ms) = batch.next_due_ms {
                 let at = Instant::now() + Duration::from_millis((ms - now_ms()).max(0) as u64);
                 lane.wake_at = Some(lane.wake_at.map_or(at, |w| w.min(at)));
@@ -202,7 +206,9 @@ impl Dispatcher {
         lane.last_status = done.status.or(lane.last_status);
         lane.last_error = match &done.verdict {
             Verdict::Delivered => None,
-            Verdict::Retry { reason, .. } | Verdict::Offline { reason } | Verdict::Failed { reason, .. } => Some(reason.clone()),
+            Verdict::Retry { reason, .. } | Verdict::Offline { reason } | Verdict::Failed { reason, .. } => {
+                Some(reason.clone())
+            }
         };
         if lane.endpoint.state == State::Gone && done.verdict != Verdict::Delivered {
             tracing::error!(subscription = %lane.sub.name, url = %lane.sub.url,
@@ -223,9 +229,10 @@ impl Dispatcher {
                 in_flight: l.in_flight.len(),
                 last_status: l.last_status,
                 last_error: l.last_error.clone(),
-                next_attempt_at_ms: l.endpoint.next_probe().map(|at| {
-                    now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as i64
-                }),
+                next_attempt_at_ms: l
+                    .endpoint
+                    .next_probe()
+                    .map(|at| now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as i64),
             })
             .collect();
         if let Ok(mut v) = self.views.lock() {
@@ -250,7 +257,9 @@ impl Attempt {
         let attempt = prepared.attempt;
         let sent = http::send(&self.client, &self.sub, prepared).await;
         let verdict = match (&sent.status, &sent.error) {
-            (Some(status), _) => classify_status(*status, sent.retry_after.as_deref(), sent.location.as_deref(), SystemTime::now()),
+            (Some(status), _) => {
+                classify_status(*status, sent.retry_after.as_deref(), sent.location.as_deref(), SystemTime::now())
+            }
             (None, Some((kind, text))) => {
                 if needs_operator(*kind) {
                     tracing::error!(subscription = %self.sub.name, url = %self.sub.url, error = %text,
@@ -263,7 +272,9 @@ impl Attempt {
         let next = next_state(&self.sub, &self.due, &verdict, started_ms + sent.duration.as_millis() as i64);
         let (error_kind, error) = match (&sent.error, &verdict) {
             (Some((kind, text)), _) => (Some(kind.as_str().to_string()), Some(text.clone())),
-            (None, Verdict::Failed { reason, .. } | Verdict::Retry { reason, .. }) => (Some("http".into()), Some(reason.clone())),
+            (None, Verdict::Failed { reason, .. } | Verdict::Retry { reason, .. }) => {
+                (Some("http".into()), Some(reason.clone()))
+            }
             _ => (None, None),
         };
         tracing::debug!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, attempt,

@@ -39,11 +39,19 @@ pub enum Verdict {
     Delivered,
     /// The endpoint answered but could not take it now: spend one retry. `after`
     /// overrides the schedule (a clamped `Retry-After`).
-    Retry { after: Option<Duration>, reason: String },
+    Retry {
+        after: Option<Duration>,
+        reason: String,
+    },
     /// The endpoint could not be reached at all: mark it offline, keep the budget.
-    Offline { reason: String },
+    Offline {
+        reason: String,
+    },
     /// Will never succeed as sent. `gone` pauses the subscription (410).
-    Failed { reason: String, gone: bool },
+    Failed {
+        reason: String,
+        gone: bool,
+    },
 }
 
 /// Whether an error should also reach an operator (logged at ERROR).

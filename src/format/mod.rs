@@ -105,7 +105,10 @@ mod tests {
     fn summary_fills_placeholders() {
         let data = json!({"name": "dock 4", "n": 2});
         let p = parts("mission.completed", "{}");
-        assert_eq!(summary("{type} on {device_id}: {/name} ({/n})", &p, &data), "mission.completed on agv-7: dock 4 (2)");
+        assert_eq!(
+            summary("{type} on {device_id}: {/name} ({/n})", &p, &data),
+            "mission.completed on agv-7: dock 4 (2)"
+        );
         assert_eq!(summary("{/missing} {nope} {", &p, &data), "? ? {");
     }
 }

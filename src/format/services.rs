@@ -104,7 +104,11 @@ mod tests {
     use crate::format::tests::parts;
 
     fn opts() -> FormatOptions<'static> {
-        FormatOptions { summary: Some("{type} on {device_id}: {/reason}"), routing_key: Some("R0UT1NG"), api_key: Some("DDKEY") }
+        FormatOptions {
+            summary: Some("{type} on {device_id}: {/reason}"),
+            routing_key: Some("R0UT1NG"),
+            api_key: Some("DDKEY"),
+        }
     }
 
     #[test]
@@ -116,7 +120,10 @@ mod tests {
 
     #[test]
     fn pagerduty_triggers_and_resolves_the_same_incident() {
-        let t: Value = serde_json::from_str(&pagerduty(&parts("anomaly.lidar.raised", r#"{"reason":"dust","severity":"warning"}"#), &opts()).body).unwrap();
+        let t: Value = serde_json::from_str(
+            &pagerduty(&parts("anomaly.lidar.raised", r#"{"reason":"dust","severity":"warning"}"#), &opts()).body,
+        )
+        .unwrap();
         assert_eq!(t["routing_key"], "R0UT1NG");
         assert_eq!(t["event_action"], "trigger");
         assert_eq!(t["payload"]["summary"], "anomaly.lidar.raised on agv-7: dust");

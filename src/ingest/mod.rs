@@ -83,7 +83,11 @@ impl Router {
             })
         };
         if payload.len() > self.max_payload {
-            return quarantine(format!("payload of {} bytes is over mqtt.max_payload ({} bytes)", payload.len(), self.max_payload));
+            return quarantine(format!(
+                "payload of {} bytes is over mqtt.max_payload ({} bytes)",
+                payload.len(),
+                self.max_payload
+            ));
         }
         let Ok(text) = std::str::from_utf8(payload) else {
             return quarantine("payload is not UTF-8 text, so not JSON".into());
@@ -190,7 +194,8 @@ max_age = "1h"
 
     #[test]
     fn a_mission_fans_out_to_matching_subscriptions() {
-        let Inbound::Event(e) = router().inbound("fleet/agv-3/mission", br#"{"status":"completed","mission_id":"m1"}"#, false, 1000)
+        let Inbound::Event(e) =
+            router().inbound("fleet/agv-3/mission", br#"{"status":"completed","mission_id":"m1"}"#, false, 1000)
         else {
             panic!()
         };

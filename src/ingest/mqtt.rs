@@ -106,7 +106,10 @@ pub async fn run(cfg: MqttConfig, router: Router, outbox: Outbox, view: MqttView
                     }
                 }
             }
-            Ok(Event::Incoming(Packet::SubAck(_))) => update(&view, |v| v.subscribed = true),
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                tracing::info!(filters = ?router.filters(), granted = ?ack.return_codes, "Subscribed to the route topics.");
+                update(&view, |v| v.subscribed = true);
+            }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 seq += 1;
                 let inbound = router.inbound(&publish.topic, &publish.payload, publish.dup, now_ms());

@@ -66,7 +66,6 @@ impl TopicFilter {
     }
 }
 
-
 impl serde::Serialize for TopicFilter {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.source)
@@ -153,9 +152,7 @@ fn parse_placeholder(src: &str, inner: &str, filter: &TopicFilter) -> Result<Par
         return Ok(Part::Pointer(inner.to_string()));
     }
     if let Some(n) = inner.strip_prefix("topic.") {
-        let n: usize = n
-            .parse()
-            .map_err(|_| format!("template `{src}`: `{{{inner}}}` needs a level number"))?;
+        let n: usize = n.parse().map_err(|_| format!("template `{src}`: `{{{inner}}}` needs a level number"))?;
         if n >= filter.fixed_levels() && !filter.has_multi_level_wildcard() {
             return Err(format!(
                 "template `{src}`: `{{topic.{n}}}` references nothing: topic filter `{}` has levels 0..{}",
@@ -165,9 +162,7 @@ fn parse_placeholder(src: &str, inner: &str, filter: &TopicFilter) -> Result<Par
         }
         return Ok(Part::TopicLevel(n));
     }
-    Err(format!(
-        "template `{src}`: `{{{inner}}}` references nothing (use {{/json/pointer}} or {{topic.N}})"
-    ))
+    Err(format!("template `{src}`: `{{{inner}}}` references nothing (use {{/json/pointer}} or {{topic.N}})"))
 }
 
 #[cfg(test)]

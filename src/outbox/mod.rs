@@ -163,7 +163,10 @@ impl Terminal {
 #[derive(Clone, Debug, PartialEq)]
 pub enum NextState {
     /// Back to pending; `charge` spends one retry from the budget.
-    Retry { at_ms: i64, charge: bool },
+    Retry {
+        at_ms: i64,
+        charge: bool,
+    },
     Terminal(Terminal),
 }
 
@@ -230,9 +233,7 @@ impl Outbox {
     /// Queues one ingested message. It is durable once [`Outbox::committed`] reaches `seq`.
     /// `seq` must increase by one per message, in receive order.
     pub fn ingest(&self, seq: u64, inbound: Inbound) -> Result<(), OutboxError> {
-        self.tx
-            .send(Command::Ingest { seq, inbound: Box::new(inbound) })
-            .map_err(|_| OutboxError::Closed)
+        self.tx.send(Command::Ingest { seq, inbound: Box::new(inbound) }).map_err(|_| OutboxError::Closed)
     }
 
     /// The highest ingest sequence number whose transaction has committed.
@@ -247,7 +248,13 @@ impl Outbox {
 
     /// Expires what is too old, then returns up to `limit` due deliveries of a
     /// subscription, oldest first. With `fifo`, only the head of the queue, if it is due.
-    pub async fn due(&self, subscription: &str, now_ms: i64, limit: usize, fifo: bool) -> Result<DueBatch, OutboxError> {
+    pub async fn due(
+        &self,
+        subscription: &str,
+        now_ms: i64,
+        limit: usize,
+        fifo: bool,
+    ) -> Result<DueBatch, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Due { subscription: subscription.to_string(), now_ms, limit, fifo, reply })
@@ -258,9 +265,7 @@ impl Outbox {
     /// Writes an attempt's audit row and moves its delivery on; returns once committed.
     pub async fn record(&self, record: AttemptRecord) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Record { record: Box::new(record), reply })
-            .map_err(|_| OutboxError::Closed)?;
+        self.tx.send(Command::Record { record: Box::new(record), reply }).map_err(|_| OutboxError::Closed)?;
         rx.await.map_err(|_| OutboxError::Closed)
     }
 

@@ -72,7 +72,6 @@ CREATE TABLE dedupe (
 ) WITHOUT ROWID;
 "#];
 
-
 /// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.
 /// A file that fails the integrity check is moved aside, never deleted, and a fresh
 /// outbox is created in its place.
@@ -81,8 +80,7 @@ pub fn open(cfg: &StorageConfig) -> Result<Connection, OutboxError> {
     if let Some(dir) = path.parent()
         && !dir.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(dir)
-            .map_err(|source| OutboxError::Io { path: dir.display().to_string(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| OutboxError::Io { path: dir.display().to_string(), source })?;
     }
     match open_checked(path, cfg) {
         Ok(conn) => Ok(conn),

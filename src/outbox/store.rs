@@ -4,7 +4,9 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use super::{AttemptRecord, Due, DueBatch, Inbound, NewEvent, NextState, Quarantined, Stats, SubscriptionStats, Terminal};
+use super::{
+    AttemptRecord, Due, DueBatch, Inbound, NewEvent, NextState, Quarantined, Stats, SubscriptionStats, Terminal,
+};
 
 /// How long a dedupe key is remembered, and how many at most.
 const DEDUPE_WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -144,7 +146,9 @@ impl Store {
 
     fn insert_quarantine(&self, q: &Quarantined, now_ms: i64) -> rusqlite::Result<()> {
         self.conn
-            .prepare_cached("INSERT INTO quarantine (received_ms, topic, reason, size, payload) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .prepare_cached(
+                "INSERT INTO quarantine (received_ms, topic, reason, size, payload) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
             .execute(params![now_ms, q.topic, q.reason, q.size as i64, q.payload])?;
         Ok(())
     }
@@ -283,9 +287,7 @@ impl Store {
 
     /// Forgets dedupe keys past the window, and beyond the newest [`DEDUPE_MAX_KEYS`].
     pub fn trim_dedupe(&self, now_ms: i64) -> rusqlite::Result<()> {
-        self.conn
-            .prepare_cached("DELETE FROM dedupe WHERE seen_ms < ?1")?
-            .execute([now_ms - DEDUPE_WINDOW_MS])?;
+        self.conn.prepare_cached("DELETE FROM dedupe WHERE seen_ms < ?1")?.execute([now_ms - DEDUPE_WINDOW_MS])?;
         self.conn
             .prepare_cached(
                 "DELETE FROM dedupe WHERE seen_ms < (SELECT seen_ms FROM dedupe ORDER BY seen_ms DESC LIMIT 1 OFFSET ?1)",
@@ -332,7 +334,8 @@ impl Store {
             }
         }
         subs.sort_by(|a, b| a.name.cmp(&b.name));
-        let count = |sql: &str| -> rusqlite::Result<u64> { c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64) };
+        let count =
+            |sql: &str| -> rusqlite::Result<u64> { c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64) };
         Ok(Stats {
             events: count("SELECT COUNT(*) FROM events")?,
             quarantined: count("SELECT COUNT(*) FROM quarantine")?,
@@ -343,9 +346,7 @@ impl Store {
 
     /// The terminal state a delivery reached, for tests and `show`.
     pub fn delivery_state(&self, delivery_id: &str) -> rusqlite::Result<Option<String>> {
-        self.conn
-            .query_row("SELECT state FROM deliveries WHERE id = ?1", [delivery_id], |r| r.get(0))
-            .optional()
+        self.conn.query_row("SELECT state FROM deliveries WHERE id = ?1", [delivery_id], |r| r.get(0)).optional()
     }
 }
 

@@ -58,7 +58,8 @@ fn unknown_keys_name_line_and_key() {
 
 #[test]
 fn bad_durations_and_sizes_name_the_key() {
-    let src = GOOD.replace("retry = [\"5s\", \"30s\"]", "retry = [\"5s\", \"30 parsecs\"]")
+    let src = GOOD
+        .replace("retry = [\"5s\", \"30s\"]", "retry = [\"5s\", \"30 parsecs\"]")
         .replace("max_bytes = \"256MiB\"", "max_bytes = \"lots\"");
     let e = errors(&src);
     let keys: Vec<_> = e.iter().map(|e| e.key.as_str()).collect();

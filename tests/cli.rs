@@ -1,0 +1,173 @@
+//! The `fleethook` command line: `check`, `secret`, `receive`.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, SystemTime};
+
+use common::SECRET;
+
+fn fleethook(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_fleethook")).args(args).output().unwrap()
+}
+
+const GOOD: &str = r#"device_id = "agv-007"
+
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+
+[[route]]
+topic = "fleet/+/mission"
+event = "mission.{/status}"
+
+[[subscription]]
+name = "ops"
+url = "https://user:pw@hooks.example.com/fleet"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+headers = { Authorization = "Bearer sk_live_topsecret" }
+"#;
+
+fn check(config: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleethook.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = fleethook(&["check", "--config", path.to_str().unwrap()]);
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+/// Asserts `check` refuses `config` with an error on `line` naming `key` and saying `says`.
+fn refused(config: &str, line: usize, key: &str, says: &str) {
+    let (ok, _, err) = check(config);
+    assert!(!ok, "accepted:\n{config}");
+    let expected = format!("fleethook.toml:{line}: {key}: ");
+    assert!(err.contains(&expected), "expected `{expected}` in:\n{err}");
+    assert!(err.contains(says), "expected `{says}` in:\n{err}");
+}
+
+#[test]
+fn check_prints_the_resolved_config_without_secrets() {
+    let (ok, out, err) = check(GOOD);
+    assert!(ok, "{err}");
+    assert!(out.contains("agv-007") && out.contains("retry"), "{out}");
+    for secret in ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "topsecret", ":pw@"] {
+        assert!(!out.contains(secret) && !err.contains(secret), "{secret} leaked:\n{out}");
+    }
+    assert!(out.contains("sha256:"), "secrets show as fingerprints:\n{out}");
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line() {
+    refused(&GOOD.replace("[mqtt]\n", "[mqtt]\nhostname = \"x\"\n"), 4, "mqtt.hostname", "unknown field `hostname`");
+}
+
+#[test]
+fn a_bad_duration_is_named_with_its_line() {
+    refused(
+        &(GOOD.to_string() + "retry = [\"5s\", \"10 fortnights\"]\n"),
+        15,
+        "subscription[0].retry[1]",
+        "not a duration",
+    );
+}
+
+#[test]
+fn a_bad_size_is_named() {
+    refused(
+        &GOOD.replace("[mqtt]\n", "[storage]\nmax_bytes = \"big\"\n[mqtt]\n"),
+        4,
+        "storage.max_bytes",
+        "not a size",
+    );
+}
+
+#[test]
+fn http_without_allow_http_is_refused() {
+    refused(&GOOD.replace("https://user:pw@", "http://"), 12, "subscription[0].url", "allow_http");
+}
+
+#[test]
+fn a_missing_secret_is_refused() {
+    refused(
+        &GOOD.replace("secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n", ""),
+        10,
+        "subscription[0].secret",
+        "secret is required",
+    );
+}
+
+#[test]
+fn a_template_that_references_nothing_is_refused() {
+    refused(&GOOD.replace("mission.{/status}", "mission.{topic.5}"), 8, "route[0].event", "references nothing");
+}
+
+#[test]
+fn a_bad_url_is_refused() {
+    refused(&GOOD.replace("mqtt://127.0.0.1:1883", "127.0.0.1:1883"), 4, "mqtt.url", "mqtt://");
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let out = fleethook(&["check", "--config", "/nonexistent/fleethook.toml"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/fleethook.toml"));
+}
+
+#[test]
+fn secret_prints_a_standard_webhooks_secret() {
+    let out = fleethook(&["secret"]);
+    let s = String::from_utf8(out.stdout).unwrap();
+    let s = s.trim();
+    assert!(s.starts_with("whsec_"), "{s}");
+    fleethook::sign::signing_key(fleethook::sign::Scheme::Standard, s).unwrap();
+    assert_ne!(s, String::from_utf8(fleethook(&["secret"]).stdout).unwrap().trim());
+}
+
+#[test]
+fn receive_verifies_and_rejects() {
+    let port = common::free_port();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleethook"))
+        .args(["receive", "--port", &port.to_string(), "--secret", SECRET])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(common::wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let statuses = rt.block_on(async {
+        fleethook::init_crypto();
+        let client = reqwest::Client::new();
+        let body = br#"{"type":"mission.completed"}"#;
+        let ts = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let key = fleethook::sign::signing_key(fleethook::sign::Scheme::Stripe, SECRET).unwrap();
+        let mut out = Vec::new();
+        for tamper in [false, true] {
+            let mut req = client.post(format!("http://127.0.0.1:{port}/")).body(if tamper {
+                b"{}".to_vec()
+            } else {
+                body.to_vec()
+            });
+            for (k, v) in fleethook::sign::sign_headers(
+                fleethook::sign::Scheme::Stripe,
+                std::slice::from_ref(&key),
+                "X-Fleethook",
+                "d-1",
+                ts,
+                body,
+            ) {
+                req = req.header(k, v);
+            }
+            req = req.header("X-Fleethook-Event", "mission.completed").header("X-Fleethook-Delivery", "d-1");
+            out.push(req.send().await.unwrap().status().as_u16());
+        }
+        out
+    });
+    assert_eq!(statuses, [204, 401]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(first.contains("verified") && first.contains("stripe") && first.contains("mission.completed"), "{first}");
+    assert!(second.contains("REJECTED"), "{second}");
+}

@@ -1,0 +1,398 @@
+//! Real parts for the integration tests: a mosquitto per test on a free port with its own
+//! persistence directory, HTTP endpoints on 127.0.0.1 that answer as scripted, and the
+//! real `fleethook` binary.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio_util::sync::CancellationToken;
+
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    f()
+}
+
+pub struct Mosquitto {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mosquitto { port: free_port(), dir, child: None };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\nlistener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages 100\nmax_queued_messages 100000\n",
+                self.port,
+                self.dir.path().display()
+            ),
+        )
+        .unwrap();
+        let bin = if Path::new("/usr/sbin/mosquitto").exists() { "/usr/sbin/mosquitto" } else { "mosquitto" };
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (run ./scripts/test.sh, which installs it)");
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            wait_until(Duration::from_secs(10), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "mosquitto did not start listening"
+        );
+    }
+
+    /// Stops the broker cleanly (it writes its persistence file) and starts it again.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+/// Publishes QoS 1 messages and returns once the broker has acked every one.
+pub fn publish(port: u16, messages: &[(String, Vec<u8>)]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut opts = rumqttc::MqttOptions::new(format!("test-pub-{}", free_port()), "127.0.0.1", port);
+        opts.set_max_packet_size(16 << 20, 16 << 20);
+        let (client, mut events) = rumqttc::AsyncClient::new(opts, messages.len() + 10);
+        for (topic, payload) in messages {
+            client.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+        }
+        let mut acked = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while acked < messages.len() {
+            let ev = tokio::time::timeout_at(deadline, events.poll()).await.expect("broker acked in time").unwrap();
+            if let rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)) = ev {
+                acked += 1;
+            }
+        }
+        let _ = client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_millis(200), events.poll()).await;
+    });
+}
+
+pub fn mission(device: &str, n: usize, status: &str) -> (String, Vec<u8>) {
+    let body = serde_json::json!({"mission_id": format!("m-{n}"), "seq": n, "status": status});
+    (format!("fleet/{device}/mission"), body.to_string().into_bytes())
+}
+
+/// What an endpoint answers.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    Status(u16),
+    WithHeaders(u16, Vec<(&'static str, String)>),
+    /// Never answer within the test.
+    Hang,
+}
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+    pub at: Instant,
+}
+
+impl Request {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).expect("the body is JSON")
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+struct EndpointState {
+    requests: Vec<Request>,
+    script: VecDeque<Reply>,
+    default: Reply,
+}
+
+/// An HTTP server on 127.0.0.1 that records every request and answers from a script.
+pub struct Endpoint {
+    pub port: u16,
+    state: Arc<Mutex<EndpointState>>,
+    stop: CancellationToken,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Endpoint {
+    pub fn start(default: Reply) -> Endpoint {
+        Endpoint::start_on(free_port(), default, Vec::new())
+    }
+
+    pub fn scripted(script: Vec<Reply>, default: Reply) -> Endpoint {
+        Endpoint::start_on(free_port(), default, script)
+    }
+
+    pub fn start_on(port: u16, default: Reply, script: Vec<Reply>) -> Endpoint {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let state = Arc::new(Mutex::new(EndpointState { requests: Vec::new(), script: script.into(), default }));
+        let stop = CancellationToken::new();
+        let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).unwrap();
+        let (st, token) = (state.clone(), stop.clone());
+        rt.spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    _ = token.cancelled() => return,
+                    a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+                };
+                let st = st.clone();
+                let token = token.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| answer(req, st.clone()));
+                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+                    tokio::select! { _ = conn => {}, _ = token.cancelled() => {} }
+                });
+            }
+        });
+        Endpoint { port, state, stop, rt }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<Request> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.lock().unwrap().requests.len()
+    }
+
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Request> {
+        wait_until(timeout, || self.count() >= n);
+        self.requests()
+    }
+}
+
+impl Drop for Endpoint {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn answer(
+    req: hyper::Request<hyper::body::Incoming>,
+    st: Arc<Mutex<EndpointState>>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let reply = {
+        let mut s = st.lock().unwrap();
+        s.requests.push(Request {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            headers: parts.headers,
+            body,
+            at: Instant::now(),
+        });
+        s.script.pop_front().unwrap_or_else(|| s.default.clone())
+    };
+    let (status, headers) = match reply {
+        Reply::Status(s) => (s, Vec::new()),
+        Reply::WithHeaders(s, h) => (s, h),
+        Reply::Hang => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            (500, Vec::new())
+        }
+    };
+    let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    for (k, v) in headers {
+        resp.headers_mut().insert(k, v.parse().unwrap());
+    }
+    Ok(resp)
+}
+
+/// The real agent binary, run with a config file in its own directory.
+pub struct Agent {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    starts: usize,
+}
+
+impl Agent {
+    /// Writes `config` (with `{dir}` replaced by the agent's directory) and starts it.
+    pub fn start(dir: &Path, config: &str) -> Agent {
+        let config_path = dir.join("fleethook.toml");
+        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string())).unwrap();
+        let mut a = Agent { dir: dir.to_path_buf(), config: config_path, child: None, log: PathBuf::new(), starts: 0 };
+        a.spawn();
+        a
+    }
+
+    pub fn spawn(&mut self) {
+        self.starts += 1;
+        self.log = self.dir.join(format!("agent-{}.log", self.starts));
+        let log = std::fs::File::create(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fleethook"))
+            .args(["run", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "fleethook=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Waits until the agent has subscribed to its routes' topics.
+    pub fn wait_subscribed(&self) {
+        assert!(
+            wait_until(Duration::from_secs(15), || self.log().contains("Subscribed to the route topics")),
+            "the agent did not subscribe; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("agent running");
+        signal(c.id(), "TERM");
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < end, "the agent did not exit within 20 s of SIGTERM; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_none())
+    }
+
+    /// A read-only view of the agent's outbox.
+    pub fn db(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open_with_flags(
+            self.dir.join("outbox.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        c
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.db().query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The config head every test shares: broker, outbox in the agent's dir, one route.
+pub fn base_config(broker_port: u16) -> String {
+    format!(
+        r#"
+device_id = "test-robot"
+[mqtt]
+url = "mqtt://127.0.0.1:{broker_port}"
+client_id = "fleethook-test-{broker_port}"
+[storage]
+path = "{{dir}}/outbox.db"
+synchronous = "normal"
+[status]
+socket = "{{dir}}/status.sock"
+[heartbeat]
+interval = "0s"
+[delivery]
+offline_probe_max = "500ms"
+shutdown_grace = "2s"
+
+[[route]]
+topic = "fleet/+/mission"
+event = "mission.{{/status}}"
+device_id = "{{topic.1}}"
+
+[[route]]
+topic = "fleet/+/alert"
+event = "alert.{{/kind}}"
+device_id = "{{topic.1}}"
+"#
+    )
+}
+
+pub fn subscription(name: &str, url: &str, extra: &str) -> String {
+    format!(
+        "\n[[subscription]]\nname = \"{name}\"\nurl = \"{url}\"\nallow_http = true\nsecret = \"{SECRET}\"\nretry = [\"200ms\", \"200ms\", \"200ms\"]\n{extra}\n"
+    )
+}

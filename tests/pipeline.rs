@@ -1,0 +1,226 @@
+//! End to end: real mosquitto → the real agent binary → real HTTP endpoints.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, SystemTime};
+
+use common::*;
+use fleethook::sign::{self, Scheme};
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn verify(req: &Request, scheme: Scheme, prefix: &str) {
+    sign::verify(scheme, &[SECRET], prefix, &req.headers, &req.body, SystemTime::now(), sign::DEFAULT_TOLERANCE)
+        .unwrap_or_else(|e| panic!("{scheme:?} signature does not verify: {e}; headers {:?}", req.headers));
+}
+
+#[test]
+fn qos1_messages_reach_each_matching_subscription_signed_in_every_scheme() {
+    let broker = Mosquitto::start();
+    let standard = Endpoint::start(Reply::Status(200));
+    let github = Endpoint::start(Reply::Status(204));
+    let stripe = Endpoint::start(Reply::Status(202));
+    let alerts = Endpoint::start(Reply::Status(200));
+    let exact = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base_config(broker.port);
+    config += &subscription("standard", &standard.url(), "events = [\"mission.*\"]");
+    config += &subscription(
+        "github",
+        &github.url(),
+        "events = [\"*\"]\nsignature = \"sha256\"\nheader_prefix = \"X-RoboTrace\"",
+    );
+    config +=
+        &subscription("stripe", &stripe.url(), "events = [\"mission.*\"]\nsignature = \"stripe\"\nmethod = \"PUT\"");
+    config += &subscription("alerts", &alerts.url(), "events = [\"alert.*\"]");
+    config += &subscription("exact", &exact.url(), "events = [\"mission.completed\"]");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+
+    let statuses = ["started", "completed"];
+    let messages: Vec<_> = (0..20).map(|n| mission(&format!("agv-{}", n % 3), n, statuses[n % 2])).collect();
+    publish(broker.port, &messages);
+
+    let got_standard = standard.wait_for(20, LONG);
+    let got_github = github.wait_for(20, LONG);
+    let got_stripe = stripe.wait_for(20, LONG);
+    let got_exact = exact.wait_for(10, LONG);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!((standard.count(), github.count(), stripe.count(), exact.count()), (20, 20, 20, 10));
+    assert_eq!(alerts.count(), 0, "a subscription whose patterns match nothing gets nothing");
+    assert!(got_exact.iter().all(|r| r.json()["type"] == "mission.completed"));
+
+    // One event id per message across subscriptions; delivery ids differ per subscription.
+    let mut ids_by_seq: HashMap<u64, HashSet<String>> = HashMap::new();
+    let mut delivery_ids = HashSet::new();
+    for (reqs, scheme, prefix) in [
+        (&got_standard, Scheme::Standard, "X-Fleethook"),
+        (&got_github, Scheme::Sha256, "X-RoboTrace"),
+        (&got_stripe, Scheme::Stripe, "X-Fleethook"),
+    ] {
+        for r in reqs.iter() {
+            verify(r, scheme, prefix);
+            let body = r.json();
+            let seq = body["data"]["seq"].as_u64().unwrap();
+            let (topic, payload) = &messages[seq as usize];
+            assert_eq!(body["data"], serde_json::from_slice::<serde_json::Value>(payload).unwrap());
+            assert_eq!(body["device_id"], topic.split('/').nth(1).unwrap());
+            assert_eq!(body["type"], format!("mission.{}", statuses[seq as usize % 2]));
+            assert!(body["timestamp"].as_str().unwrap().ends_with('Z'));
+            let delivery_id = body["delivery_id"].as_str().unwrap().to_string();
+            assert_eq!(r.header(&format!("{prefix}-Delivery")), Some(delivery_id.as_str()));
+            assert_eq!(r.header(&format!("{prefix}-Event")), body["type"].as_str());
+            assert_eq!(r.header(&format!("{prefix}-Attempt")), Some("1"));
+            assert_eq!(r.header(&format!("{prefix}-Device")), body["device_id"].as_str());
+            assert_eq!(r.header("content-type"), Some("application/json"));
+            assert!(r.header("user-agent").unwrap().starts_with("fleethook/"));
+            if scheme == Scheme::Standard {
+                assert_eq!(r.header("webhook-id"), Some(delivery_id.as_str()));
+            }
+            assert!(delivery_ids.insert(delivery_id), "delivery ids are unique per (event, subscription)");
+            ids_by_seq.entry(seq).or_default().insert(body["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(ids_by_seq.len(), 20);
+    assert!(ids_by_seq.values().all(|ids| ids.len() == 1), "one event id per message: {ids_by_seq:?}");
+    assert!(got_stripe.iter().all(|r| r.method == "PUT"));
+    assert!(got_standard.iter().all(|r| r.method == "POST" && r.path == "/hook"));
+
+    // An alert reaches `alerts` and `github` (`*`), not the mission-only ones.
+    publish(broker.port, &[("fleet/agv-9/alert".into(), br#"{"kind":"estop","reason":"bumper"}"#.to_vec())]);
+    let a = alerts.wait_for(1, LONG);
+    assert_eq!(a[0].json()["type"], "alert.estop");
+    assert_eq!(a[0].json()["device_id"], "agv-9");
+    github.wait_for(21, LONG);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((standard.count(), stripe.count(), github.count()), (20, 20, 21));
+}
+
+#[test]
+fn server_errors_are_retried_until_delivered_and_404_is_not_retried() {
+    let broker = Mosquitto::start();
+    let flaky = Endpoint::scripted(vec![Reply::Status(500), Reply::Status(503)], Reply::Status(200));
+    let missing = Endpoint::start(Reply::Status(404));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base_config(broker.port);
+    config += &subscription("flaky", &flaky.url(), "");
+    config += &subscription("missing", &missing.url(), "");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    publish(broker.port, &[mission("agv-1", 1, "completed")]);
+
+    let got = flaky.wait_for(3, LONG);
+    assert_eq!(got.len(), 3);
+    let attempts: Vec<_> = got.iter().map(|r| r.header("X-Fleethook-Attempt").unwrap().to_string()).collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    let ids: HashSet<_> = got.iter().map(|r| r.header("X-Fleethook-Delivery").unwrap().to_string()).collect();
+    assert_eq!(ids.len(), 1, "every attempt carries the same delivery id");
+    assert!(got[1].at.duration_since(got[0].at) >= Duration::from_millis(150), "the retry waited for the schedule");
+    for r in &got {
+        verify(r, Scheme::Standard, "X-Fleethook");
+    }
+
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(missing.count(), 1, "a 404 is not retried");
+    assert_eq!(agent.count("SELECT n FROM counters WHERE subscription = 'missing' AND outcome = 'failed'"), 1);
+    assert_eq!(agent.count("SELECT n FROM counters WHERE subscription = 'flaky' AND outcome = 'delivered'"), 1);
+    assert_eq!(agent.count("SELECT COUNT(*) FROM attempts WHERE subscription = 'flaky'"), 3);
+}
+
+#[test]
+fn events_queued_at_sigterm_are_delivered_after_restart() {
+    let broker = Mosquitto::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port) + &subscription("later", &format!("http://127.0.0.1:{port}/hook"), "");
+    let mut agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    let messages: Vec<_> = (0..5).map(|n| mission("agv-1", n, "completed")).collect();
+    publish(broker.port, &messages);
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 5));
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'offline'") >= 1));
+    let status = agent.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+    assert_eq!(agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"), 5);
+    assert_eq!(
+        agent.count("SELECT MAX(budget_used) FROM deliveries"),
+        0,
+        "an unreachable endpoint does not spend the retry budget"
+    );
+
+    let endpoint = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    agent.spawn();
+    let got = endpoint.wait_for(5, LONG);
+    std::thread::sleep(Duration::from_millis(300));
+    let seqs: HashSet<_> = got.iter().map(|r| r.json()["data"]["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..5).collect::<HashSet<_>>());
+    assert_eq!(endpoint.count(), 5, "each delivered once");
+}
+
+#[test]
+fn the_broker_holds_messages_published_while_the_agent_is_down() {
+    let broker = Mosquitto::start();
+    let endpoint = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port) + &subscription("ops", &endpoint.url(), "");
+    let mut agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    publish(broker.port, &[mission("agv-1", 0, "started")]);
+    endpoint.wait_for(1, LONG);
+    assert!(agent.terminate().success());
+
+    let while_down: Vec<_> = (1..6).map(|n| mission("agv-1", n, "completed")).collect();
+    publish(broker.port, &while_down);
+    agent.spawn();
+    let got = endpoint.wait_for(6, LONG);
+    let seqs: HashSet<_> = got.iter().map(|r| r.json()["data"]["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..6).collect::<HashSet<_>>(), "the persistent session kept what was published meanwhile");
+}
+
+#[test]
+fn malformed_and_oversize_payloads_are_quarantined_and_the_next_good_one_is_delivered() {
+    let broker = Mosquitto::start();
+    let endpoint = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        base_config(broker.port).replace("[storage]", "[storage]\n") + &subscription("ops", &endpoint.url(), "");
+    let config = config.replace("client_id =", "max_payload = \"64KiB\"\nclient_id =");
+    let mut agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    let topic = "fleet/agv-1/mission".to_string();
+    publish(
+        broker.port,
+        &[
+            (topic.clone(), b"{not json".to_vec()),
+            (topic.clone(), b"[1, 2, 3]".to_vec()),
+            (topic.clone(), vec![b' '; 100 * 1024]),
+            (topic.clone(), br#"{"no_status": true}"#.to_vec()),
+            mission("agv-1", 7, "completed"),
+        ],
+    );
+    let got = endpoint.wait_for(1, LONG);
+    assert_eq!(got[0].json()["data"]["seq"], 7);
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM quarantine") == 4));
+    let reasons: Vec<String> = agent
+        .db()
+        .prepare("SELECT reason FROM quarantine ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert!(reasons[0].contains("not JSON"), "{reasons:?}");
+    assert!(reasons[1].contains("array"), "{reasons:?}");
+    assert!(reasons[2].contains("max_payload"), "{reasons:?}");
+    assert!(reasons[3].contains("/status"), "{reasons:?}");
+    assert!(agent.is_running());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(endpoint.count(), 1);
+    // Quarantined messages were acked: a restart does not bring them back.
+    assert!(agent.terminate().success());
+    agent.spawn();
+    agent.wait_subscribed();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(agent.count("SELECT COUNT(*) FROM quarantine"), 4);
+}
