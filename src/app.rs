@@ -68,8 +68,29 @@ pub async fn run(config: Config) -> Result<(), AppError> {
     let shutdown = CancellationToken::new();
     let agent = Agent::start(&config, shutdown.clone())?;
     tokio::spawn(signals(shutdown.clone()));
+    // Outside systemd there is no NOTIFY_SOCKET and these do nothing.
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tokio::spawn(watchdog(interval / 2, shutdown.clone()));
+    }
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    });
     agent.wait().await;
     Ok(())
+}
+
+/// Pings systemd's watchdog while the runtime is alive.
+async fn watchdog(every: std::time::Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
+        }
+    }
 }
 
 async fn signals(shutdown: CancellationToken) {

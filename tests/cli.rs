@@ -171,3 +171,12 @@ fn receive_verifies_and_rejects() {
     assert!(first.contains("verified") && first.contains("stripe") && first.contains("mission.completed"), "{first}");
     assert!(second.contains("REJECTED"), "{second}");
 }
+
+#[test]
+fn the_example_config_passes_check() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/fleethook.toml");
+    let out = fleethook(&["check", "--config", path]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(!shown.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") && !shown.contains("R0UT1NGKEY"), "{shown}");
+}

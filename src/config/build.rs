@@ -86,14 +86,16 @@ fn default_device_id() -> String {
     {
         return id.trim().to_string();
     }
-    for f in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
-        if let Ok(h) = std::fs::read_to_string(f)
-            && !h.trim().is_empty()
-        {
-            return h.trim().to_string();
-        }
-    }
-    "unknown-device".to_string()
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+    // when the name fits, and the last byte stays 0 when it does not.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
+    let name = if rc == 0 {
+        String::from_utf8_lossy(&buf[..buf.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned()
+    } else {
+        String::new()
+    };
+    if name.trim().is_empty() { "unknown-device".to_string() } else { name.trim().to_string() }
 }
 
 /// The URL with any user and password removed, for display.
