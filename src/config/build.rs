@@ -402,10 +402,10 @@ fn build_subscription(s: RawSubscription, p: KeyPath, issues: &mut Issues) -> Op
     let url = url?;
     Some(Subscription {
         url: without_credentials(&url),
-        url_full: url,
+        url_full: FullUrl(url),
         events,
         secrets: secrets.into_iter().map(|(_, s)| s).collect(),
-        keys,
+        keys: SigningKeys(keys),
         signature,
         header_prefix,
         format,

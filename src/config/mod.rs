@@ -136,12 +136,12 @@ pub struct Subscription {
     /// Without credentials; see `url_full` for the one requests go to.
     pub url: String,
     #[serde(skip)]
-    pub url_full: reqwest::Url,
+    pub url_full: FullUrl,
     pub events: Vec<EventPattern>,
     pub secrets: Vec<Secret>,
     /// The HMAC keys the secrets stand for under `signature`.
     #[serde(skip)]
-    pub keys: Vec<Vec<u8>>,
+    pub keys: SigningKeys,
     pub signature: Scheme,
     pub header_prefix: String,
     pub format: Format,
@@ -169,6 +169,26 @@ pub struct Subscription {
 impl Subscription {
     pub fn wants(&self, event_type: &str) -> bool {
         self.enabled && self.events.iter().any(|p| p.matches(event_type))
+    }
+}
+
+/// A subscription's URL with any credentials in it; `Debug` hides them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FullUrl(pub reqwest::Url);
+
+impl fmt::Debug for FullUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", build::without_credentials(&self.0))
+    }
+}
+
+/// The HMAC keys the secrets stand for; `Debug` shows only how many there are.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SigningKeys(pub Vec<Vec<u8>>);
+
+impl fmt::Debug for SigningKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SigningKeys(<{} redacted>)", self.0.len())
     }
 }
 

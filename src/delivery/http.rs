@@ -98,7 +98,8 @@ pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime) -> Prepared {
         put(&mut headers, name, value);
     }
     let ts = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    for (name, value) in sign::sign_headers(sub.signature, &sub.keys, p, &due.delivery_id, ts, rendered.body.as_bytes())
+    for (name, value) in
+        sign::sign_headers(sub.signature, &sub.keys.0, p, &due.delivery_id, ts, rendered.body.as_bytes())
     {
         put(&mut headers, &name, &value);
     }
@@ -120,7 +121,7 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, prepared: Prepar
     let started = Instant::now();
     let method = reqwest::Method::from_bytes(sub.method.as_bytes()).unwrap_or(reqwest::Method::POST);
     let result =
-        client.request(method, sub.url_full.clone()).headers(prepared.headers).body(prepared.body).send().await;
+        client.request(method, sub.url_full.0.clone()).headers(prepared.headers).body(prepared.body).send().await;
     let mut sent = Sent::default();
     match result {
         Ok(mut resp) => {

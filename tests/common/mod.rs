@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -140,6 +139,8 @@ pub enum Reply {
     WithHeaders(u16, Vec<(&'static str, String)>),
     /// Never answer within the test.
     Hang,
+    /// Close the connection without an answer.
+    Close,
 }
 
 #[derive(Clone, Debug)]
@@ -185,6 +186,20 @@ impl Endpoint {
     }
 
     pub fn start_on(port: u16, default: Reply, script: Vec<Reply>) -> Endpoint {
+        Endpoint::start_with(port, default, script, None)
+    }
+
+    /// An HTTPS endpoint whose certificate is signed by a fresh CA; returns the CA's PEM.
+    pub fn start_tls(default: Reply) -> (Endpoint, String) {
+        let (acceptor, ca_pem) = tls_acceptor();
+        (Endpoint::start_with(free_port(), default, Vec::new(), Some(acceptor)), ca_pem)
+    }
+
+    pub fn https_url(&self) -> String {
+        format!("https://localhost:{}/hook", self.port)
+    }
+
+    fn start_with(port: u16, default: Reply, script: Vec<Reply>, tls: Option<tokio_rustls::TlsAcceptor>) -> Endpoint {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let state = Arc::new(Mutex::new(EndpointState { requests: Vec::new(), script: script.into(), default }));
         let stop = CancellationToken::new();
@@ -198,10 +213,21 @@ impl Endpoint {
                 };
                 let st = st.clone();
                 let token = token.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| answer(req, st.clone()));
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-                    tokio::select! { _ = conn => {}, _ = token.cancelled() => {} }
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let conn = http.serve_connection(TokioIo::new(stream), svc);
+                            tokio::select! { _ = conn => {}, _ = token.cancelled() => {} }
+                        }
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let conn = http.serve_connection(TokioIo::new(stream), svc);
+                            tokio::select! { _ = conn => {}, _ = token.cancelled() => {} }
+                        }
+                    }
                 });
             }
         });
@@ -235,7 +261,7 @@ impl Drop for Endpoint {
 async fn answer(
     req: hyper::Request<hyper::body::Incoming>,
     st: Arc<Mutex<EndpointState>>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let reply = {
@@ -256,6 +282,8 @@ async fn answer(
             tokio::time::sleep(Duration::from_secs(3600)).await;
             (500, Vec::new())
         }
+        // A service error makes hyper drop the connection without a response.
+        Reply::Close => return Err(std::io::Error::other("closing without an answer")),
     };
     let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
@@ -391,8 +419,29 @@ device_id = "{{topic.1}}"
     )
 }
 
+/// A subscription signed with [`SECRET`]; a quick retry schedule unless `extra` sets one.
 pub fn subscription(name: &str, url: &str, extra: &str) -> String {
+    let retry = if extra.contains("retry =") { "" } else { "retry = [\"200ms\", \"200ms\", \"200ms\"]\n" };
     format!(
-        "\n[[subscription]]\nname = \"{name}\"\nurl = \"{url}\"\nallow_http = true\nsecret = \"{SECRET}\"\nretry = [\"200ms\", \"200ms\", \"200ms\"]\n{extra}\n"
+        "\n[[subscription]]\nname = \"{name}\"\nurl = \"{url}\"\nallow_http = true\nsecret = \"{SECRET}\"\n{retry}{extra}\n"
     )
+}
+
+fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
+    fleethook::init_crypto();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "fleethook test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone(), ca_cert.der().clone()], key)
+        .unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca_cert.pem())
 }

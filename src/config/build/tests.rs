@@ -39,7 +39,9 @@ fn a_good_config_resolves_with_defaults() {
     assert_eq!(c.storage.max_bytes, 256 << 20);
     let s = &c.subscriptions[0];
     assert_eq!(s.retry, vec![Duration::from_secs(5), Duration::from_secs(30)]);
-    assert_eq!(s.keys.len(), 2);
+    assert_eq!(s.keys.0.len(), 2);
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("MfKQ9r8") && !debug.contains("topsecret"), "{debug}");
     assert_eq!(s.signature, Scheme::Standard);
     assert_eq!(c.routes[0].ttl, Some(Duration::from_secs(7 * 86400)));
     assert_eq!(s.rate_limit.unwrap().per_second, 5.0);
@@ -113,4 +115,27 @@ fn rates_parse() {
     assert_eq!(parse_rate("100/m").unwrap().per_second, 100.0 / 60.0);
     assert!(parse_rate("5/week").is_err());
     assert!(parse_rate("0/s").is_err());
+}
+
+#[test]
+fn secrets_come_from_files_env_and_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ops-secret"), "whsec_c2Vjb25k\n").unwrap();
+    // SAFETY: these variable names are used by this test only.
+    unsafe {
+        std::env::set_var("FLEETHOOK_TEST_SECRET_ENV", "whsec_dGhpcmQ=");
+        std::env::set_var("CREDENTIALS_DIRECTORY", dir.path());
+    }
+    let src = GOOD.replace(
+        "secret = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", \"whsec_c2Vjb25k\"]",
+        &format!(
+            "secret_file = \"{}\"\nsecret_env = \"FLEETHOOK_TEST_SECRET_ENV\"\nsecret_credential = \"ops-secret\"",
+            dir.path().join("ops-secret").display()
+        ),
+    );
+    let c = Config::parse(&src, Path::new("f.toml")).unwrap();
+    let secrets: Vec<_> = c.subscriptions[0].secrets.iter().map(|s| s.expose().to_string()).collect();
+    assert_eq!(secrets, ["whsec_c2Vjb25k", "whsec_dGhpcmQ=", "whsec_c2Vjb25k"]);
+    let e = errors(&src.replace("FLEETHOOK_TEST_SECRET_ENV", "FLEETHOOK_TEST_UNSET_VAR"));
+    assert!(e[0].key == "subscription[0].secret_env" && e[0].message.contains("not set"), "{e:?}");
 }

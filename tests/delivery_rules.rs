@@ -1,0 +1,269 @@
+//! DESIGN §4's outcome table, one test per row, against real HTTP servers.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(20);
+
+struct Rig {
+    broker: Mosquitto,
+    agent: Agent,
+    _dir: tempfile::TempDir,
+}
+
+/// A broker and an agent with the given subscriptions, subscribed and ready.
+fn rig(subscriptions: &str) -> Rig {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &(base_config(broker.port) + subscriptions));
+    agent.wait_subscribed();
+    Rig { broker, agent, _dir: dir }
+}
+
+impl Rig {
+    fn publish(&self, n: usize) {
+        let messages: Vec<_> = (0..n).map(|i| mission("agv-1", i, "completed")).collect();
+        publish(self.broker.port, &messages);
+    }
+
+    fn counter(&self, sub: &str, outcome: &str) -> i64 {
+        self.agent
+            .db()
+            .query_row(
+                "SELECT COALESCE(SUM(n), 0) FROM counters WHERE subscription = ?1 AND outcome = ?2",
+                [sub, outcome],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    fn errors(&self, sub: &str) -> Vec<(String, String)> {
+        self.agent
+            .db()
+            .prepare("SELECT COALESCE(error_kind, ''), COALESCE(error, '') FROM attempts WHERE subscription = ?1 ORDER BY seq")
+            .unwrap()
+            .query_map([sub], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    }
+}
+
+fn seq_of(r: &Request) -> u64 {
+    r.json()["data"]["seq"].as_u64().unwrap()
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let ep = Endpoint::scripted(vec![Reply::WithHeaders(429, vec![("retry-after", "2".into())])], Reply::Status(200));
+    let rig = rig(&subscription("ops", &ep.url(), ""));
+    rig.publish(1);
+    let got = ep.wait_for(2, LONG);
+    assert_eq!(got.len(), 2);
+    let waited = got[1].at.duration_since(got[0].at);
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}, before Retry-After: 2");
+    assert_eq!(got[1].header("X-Fleethook-Attempt"), Some("2"));
+    assert!(wait_until(LONG, || rig.counter("ops", "delivered") == 1));
+}
+
+#[test]
+fn a_timeout_after_connect_is_retried() {
+    let ep = Endpoint::scripted(vec![Reply::Hang], Reply::Status(200));
+    let rig = rig(&subscription("ops", &ep.url(), "timeout = \"300ms\""));
+    rig.publish(1);
+    ep.wait_for(2, LONG);
+    assert!(wait_until(LONG, || rig.counter("ops", "delivered") == 1));
+    assert_eq!(rig.errors("ops")[0].0, "timeout");
+}
+
+#[test]
+fn a_closed_connection_is_retried() {
+    let ep = Endpoint::scripted(vec![Reply::Close], Reply::Status(200));
+    let rig = rig(&subscription("ops", &ep.url(), ""));
+    rig.publish(1);
+    let got = ep.wait_for(2, LONG);
+    assert_eq!(seq_of(&got[0]), seq_of(&got[1]));
+    assert!(wait_until(LONG, || rig.counter("ops", "delivered") == 1));
+}
+
+#[test]
+fn redirects_are_not_followed_and_fail_naming_the_location() {
+    let elsewhere = Endpoint::start(Reply::Status(200));
+    let ep = Endpoint::start(Reply::WithHeaders(301, vec![("location", elsewhere.url())]));
+    let rig = rig(&subscription("ops", &ep.url(), ""));
+    rig.publish(1);
+    ep.wait_for(1, LONG);
+    assert!(wait_until(LONG, || rig.counter("ops", "failed") == 1));
+    let (_, error) = rig.errors("ops").remove(0);
+    assert!(error.contains(&elsewhere.url()), "{error}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!((ep.count(), elsewhere.count()), (1, 0));
+}
+
+#[test]
+fn gone_fails_and_pauses_the_subscription() {
+    let ep = Endpoint::start(Reply::Status(410));
+    let rig = rig(&subscription("ops", &ep.url(), "ordering = \"fifo\""));
+    rig.publish(3);
+    ep.wait_for(1, LONG);
+    assert!(wait_until(LONG, || rig.counter("ops", "failed") == 1));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(ep.count(), 1, "nothing more is sent to a gone endpoint");
+    assert_eq!(rig.agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"), 2);
+}
+
+#[test]
+fn other_client_errors_fail_at_once() {
+    let ep = Endpoint::start(Reply::Status(422));
+    let rig = rig(&subscription("ops", &ep.url(), ""));
+    rig.publish(3);
+    ep.wait_for(3, LONG);
+    assert!(wait_until(LONG, || rig.counter("ops", "failed") == 3));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(ep.count(), 3);
+}
+
+#[test]
+fn an_endpoint_unreachable_past_its_whole_schedule_still_gets_everything() {
+    let port = free_port();
+    let rig = rig(&subscription(
+        "ops",
+        &format!("http://127.0.0.1:{port}/hook"),
+        "retry = [\"300ms\", \"300ms\", \"300ms\", \"300ms\"]",
+    ));
+    rig.publish(20);
+    assert!(wait_until(LONG, || rig.agent.count("SELECT COUNT(*) FROM deliveries") == 20));
+    std::thread::sleep(Duration::from_secs(8));
+    let offline = rig.agent.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'offline'");
+    assert!(offline >= 3, "it kept probing while closed ({offline} probes)");
+    assert_eq!(rig.agent.count("SELECT MAX(budget_used) FROM deliveries"), 0, "probes spend no budget");
+    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    let got = ep.wait_for(20, LONG);
+    let seqs: HashSet<_> = got.iter().map(seq_of).collect();
+    assert_eq!(seqs.len(), 20, "all 20 arrive once the endpoint opens");
+    assert!(wait_until(LONG, || rig.counter("ops", "delivered") == 20));
+    assert_eq!(rig.counter("ops", "failed"), 0);
+}
+
+#[test]
+fn fifo_delivers_in_event_order_under_retries() {
+    let ep = Endpoint::scripted(vec![Reply::Status(500), Reply::Status(503)], Reply::Status(200));
+    let rig = rig(&subscription("ops", &ep.url(), "ordering = \"fifo\""));
+    rig.publish(6);
+    let got = ep.wait_for(8, LONG);
+    let order: Vec<u64> = got.iter().map(seq_of).collect();
+    assert_eq!(order, [0, 0, 0, 1, 2, 3, 4, 5], "head-of-line: nothing overtakes a retrying event");
+}
+
+#[test]
+fn the_rate_limit_is_respected() {
+    let ep = Endpoint::start(Reply::Status(200));
+    let rig = rig(&subscription("ops", &ep.url(), "rate_limit = \"5/s\""));
+    rig.publish(15);
+    let got = ep.wait_for(15, LONG);
+    assert_eq!(got.len(), 15);
+    // A bucket of 5 refilled at 5/s: never more than 5 + 5 starts in any second.
+    for first in &got {
+        let in_window =
+            got.iter().filter(|r| r.at >= first.at && r.at.duration_since(first.at) < Duration::from_secs(1)).count();
+        assert!(in_window <= 10, "{in_window} requests within one second");
+    }
+}
+
+#[test]
+fn an_event_past_its_max_age_expires() {
+    let port = free_port();
+    let rig = rig(&subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "max_age = \"1s\""));
+    rig.publish(3);
+    assert!(wait_until(LONG, || rig.counter("ops", "expired") == 3), "expired: {}", rig.counter("ops", "expired"));
+    assert_eq!(rig.agent.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'expired'"), 3);
+}
+
+#[test]
+fn certificate_errors_retry_and_ca_file_trusts_a_private_ca() {
+    let (ep, ca_pem) = Endpoint::start_tls(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ca_pem).unwrap();
+    let subs = subscription("untrusted", &ep.https_url(), "")
+        + &subscription("trusted", &ep.https_url(), &format!("ca_file = \"{}\"", ca.display()));
+    let rig = rig(&subs);
+    rig.publish(1);
+    assert!(wait_until(LONG, || rig.counter("trusted", "delivered") == 1));
+    assert!(wait_until(LONG, || rig.errors("untrusted").len() >= 2), "certificate errors are retried");
+    let (kind, error) = rig.errors("untrusted").remove(0);
+    assert_eq!(kind, "tls", "{error}");
+    assert_eq!(ep.count(), 1, "only the trusted subscription got through");
+    assert!(rig.agent.log().contains("ERROR"), "a certificate error is logged at ERROR");
+}
+
+#[test]
+fn service_formats_and_rotated_secrets() {
+    let slack = Endpoint::start(Reply::Status(200));
+    let pd = Endpoint::start(Reply::Status(202));
+    let dd = Endpoint::start(Reply::Status(202));
+    let rotated = Endpoint::start(Reply::Status(200));
+    let new_secret = fleethook::sign::new_secret();
+    let subs = format!(
+        r#"
+[[subscription]]
+name = "slack"
+url = "{}"
+allow_http = true
+format = "slack"
+summary = "{{type}} on {{device_id}}: {{/mission_id}}"
+[[subscription]]
+name = "pd"
+url = "{}"
+allow_http = true
+format = "pagerduty"
+routing_key = "R0UTE"
+[[subscription]]
+name = "dd"
+url = "{}"
+allow_http = true
+format = "datadog"
+api_key = "DDKEY"
+[[subscription]]
+name = "rotated"
+url = "{}"
+allow_http = true
+secret = ["{SECRET}", "{new_secret}"]
+headers = {{ X-Team = "robots" }}
+"#,
+        slack.url(),
+        pd.url(),
+        dd.url(),
+        rotated.url()
+    );
+    let rig = rig(&subs);
+    rig.publish(1);
+    let s = slack.wait_for(1, LONG)[0].json();
+    assert_eq!(s, serde_json::json!({"text": "mission.completed on agv-1: m-0"}));
+    let p = pd.wait_for(1, LONG)[0].json();
+    assert_eq!((p["routing_key"].as_str(), p["event_action"].as_str()), (Some("R0UTE"), Some("trigger")));
+    assert_eq!(p["payload"]["source"], "agv-1");
+    assert_eq!(p["payload"]["custom_details"]["mission_id"], "m-0");
+    let d = dd.wait_for(1, LONG);
+    assert_eq!(d[0].header("DD-API-KEY"), Some("DDKEY"));
+    assert_eq!(d[0].json()["title"], "mission.completed on agv-1");
+    let r = &rotated.wait_for(1, LONG)[0];
+    for secret in [SECRET, new_secret.as_str()] {
+        fleethook::sign::verify(
+            fleethook::sign::Scheme::Standard,
+            &[secret],
+            "X-Fleethook",
+            &r.headers,
+            &r.body,
+            std::time::SystemTime::now(),
+            fleethook::sign::DEFAULT_TOLERANCE,
+        )
+        .unwrap();
+    }
+    assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 2);
+    assert_eq!(r.header("X-Team"), Some("robots"));
+}
