@@ -2,6 +2,7 @@
 //! token, and the order things stop in. Knows no MQTT, SQL or HTTP details.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -11,6 +12,7 @@ use crate::delivery::{DeliveryError, Dispatcher, EndpointViews};
 use crate::ingest::Router;
 use crate::ingest::mqtt::{self, MqttStatus, MqttView};
 use crate::outbox::{Outbox, OutboxError, WriterThread};
+use crate::status::{self, Context};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -27,6 +29,7 @@ pub struct Agent {
     pub outbox: Outbox,
     ingest: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
+    status: Option<JoinHandle<()>>,
     writer: WriterThread,
     shutdown: CancellationToken,
 }
@@ -36,6 +39,7 @@ impl Agent {
         let (outbox, writer) = WriterThread::start(&config.storage)?;
         let dispatcher = Dispatcher::new(config, outbox.clone())?;
         let endpoints = dispatcher.views();
+        let control = dispatcher.handle();
         let mqtt: MqttView = Arc::new(Mutex::new(MqttStatus::default()));
         let ingest = tokio::spawn(mqtt::run(
             config.mqtt.clone(),
@@ -45,9 +49,29 @@ impl Agent {
             shutdown.clone(),
         ));
         let dispatcher = tokio::spawn(dispatcher.run(shutdown.clone()));
+        let socket = &config.status.socket;
+        let status = match status::bind(socket, config.status.socket_mode) {
+            Ok(listener) => {
+                let ctx = Context {
+                    config: Arc::new(config.clone()),
+                    outbox: outbox.clone(),
+                    router: Router::new(config),
+                    mqtt: mqtt.clone(),
+                    endpoints: endpoints.clone(),
+                    dispatcher: control,
+                    started: Instant::now(),
+                };
+                Some(tokio::spawn(status::serve(listener, Arc::new(ctx), shutdown.clone())))
+            }
+            Err(e) => {
+                tracing::error!(socket = %socket.display(), error = %e,
+                    "Cannot open the status socket; the agent runs, but `fleethook status` cannot reach it.");
+                None
+            }
+        };
         tracing::info!(device_id = %config.device_id, outbox = %config.storage.path.display(),
             subscriptions = config.subscriptions.len(), routes = config.routes.len(), "fleethook is running.");
-        Ok(Agent { mqtt, endpoints, outbox, ingest, dispatcher, writer, shutdown })
+        Ok(Agent { mqtt, endpoints, outbox, ingest, dispatcher, status, writer, shutdown })
     }
 
     /// Waits for shutdown, then stops ingest (acking what committed), lets in-flight
@@ -56,6 +80,9 @@ impl Agent {
         self.shutdown.cancelled().await;
         let _ = self.ingest.await;
         let _ = self.dispatcher.await;
+        if let Some(status) = self.status {
+            let _ = status.await;
+        }
         drop(self.outbox);
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;

@@ -13,6 +13,7 @@
 //! | [`delivery`] | the dispatcher, HTTP attempts, the outcome table, retry timing, endpoint state |
 //! | [`sign`] | signing and verifying, every scheme |
 //! | [`format`] | request bodies: envelope, Slack, PagerDuty, Datadog |
+//! | [`status`] | the status socket: protocol, server, CLI client, tables |
 //! | [`receive`] | the verifying local endpoint of `fleethook receive` |
 //! | [`demo`] | `fleethook demo`: the whole pipeline on one machine |
 //!
@@ -28,6 +29,7 @@ pub mod ingest;
 pub mod outbox;
 pub mod receive;
 pub mod sign;
+pub mod status;
 
 /// Installs the one TLS crypto provider (ring) for rustls; safe to call many times.
 pub fn init_crypto() {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fleethook::config::{self, Config};
+use fleethook::status::{Request, client, render};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -15,6 +16,12 @@ struct Cli {
     /// The config file.
     #[arg(long, global = true, env = "FLEETHOOK_CONFIG", default_value = config::DEFAULT_PATH)]
     config: PathBuf,
+    /// The agent's status socket (default: the config's status.socket).
+    #[arg(long, global = true, env = "FLEETHOOK_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Print the socket's JSON result instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -40,6 +47,72 @@ enum Command {
         /// Print each request's body too.
         #[arg(long)]
         body: bool,
+    },
+    /// The agent's overview: MQTT, storage, and every subscription's state and counts.
+    Status,
+    /// Pending and failed deliveries.
+    Queue {
+        #[arg(long)]
+        subscription: Option<String>,
+        /// pending, failed, delivered, expired, evicted or superseded (default: pending and failed).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// The audit log of attempts, newest first.
+    Log {
+        #[arg(long)]
+        subscription: Option<String>,
+        /// delivered, retry, offline, failed, expired, evicted, superseded.
+        #[arg(long)]
+        outcome: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// One event (by event or delivery id) with its deliveries and attempts.
+    Show { id: String },
+    /// Put failed deliveries back in the queue with a fresh retry budget.
+    Retry {
+        /// Delivery or event ids.
+        ids: Vec<String>,
+        /// Every failed delivery (of --subscription, if given).
+        #[arg(long)]
+        failed: bool,
+        #[arg(long)]
+        subscription: Option<String>,
+    },
+    /// Send a subscription's delivered events again.
+    Replay {
+        #[arg(long)]
+        subscription: String,
+        /// A time (2026-05-10T18:00:00Z) or an age (2h).
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Stop delivering to a subscription (kept across restarts).
+    Pause { subscription: String },
+    /// Deliver to a paused or gone subscription again.
+    Resume { subscription: String },
+    /// Send a `fleethook.test` event to a subscription now and print the outcome.
+    Test { subscription: String },
+    /// Queue an event from a script on the robot.
+    Emit {
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// A JSON object.
+        #[arg(long)]
+        data: Option<String>,
+    },
+    /// A live view of the queue and endpoints.
+    Top {
+        /// Render one frame and exit.
+        #[arg(long)]
+        once: bool,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
     },
     /// The whole pipeline on this machine, no setup: broker, simulated AGV, agent, receiver.
     Demo {
@@ -70,7 +143,115 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
 
+/// The socket to talk to: --socket, else the config's, else the default.
+fn socket_path(cli: &Cli) -> PathBuf {
+    if let Some(s) = &cli.socket {
+        return s.clone();
+    }
+    match Config::load(&cli.config) {
+        Ok(c) => c.status.socket,
+        Err(_) => PathBuf::from(config::DEFAULT_SOCKET),
+    }
+}
+
+/// Sends one request and prints the result, as JSON or through `human`.
+fn ask(cli: &Cli, request: Request, human: fn(&serde_json::Value) -> String) -> anyhow::Result<ExitCode> {
+    match client::call(&socket_path(cli), &request) {
+        Ok(v) => {
+            if cli.json {
+                println!("{v}");
+            } else {
+                print!("{}", human(&v));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("fleethook: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn top(cli: &Cli, once: bool, interval: Duration) -> anyhow::Result<ExitCode> {
+    let socket = socket_path(cli);
+    let mut previous: Option<(serde_json::Value, std::time::Instant)> = None;
+    loop {
+        let v = client::call(&socket, &Request::Status)?;
+        let now = std::time::Instant::now();
+        let frame = render::top(
+            &v,
+            previous.as_ref().map(|p| &p.0),
+            previous.as_ref().map_or(1.0, |p| (now - p.1).as_secs_f64()),
+        );
+        if once {
+            print!("{frame}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        // Clear the screen and home the cursor, then draw the frame.
+        print!("\x1b[2J\x1b[H{frame}");
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        previous = Some((v, now));
+        std::thread::sleep(interval);
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let plain = |v: &serde_json::Value| format!("{v}\n");
+    match &cli.command {
+        Command::Status => return ask(&cli, Request::Status, render::status),
+        Command::Queue { subscription, state, limit } => {
+            let r = Request::Queue { subscription: subscription.clone(), state: state.clone(), limit: Some(*limit) };
+            return ask(&cli, r, render::queue);
+        }
+        Command::Log { subscription, outcome, limit } => {
+            let r = Request::Log { subscription: subscription.clone(), outcome: outcome.clone(), limit: Some(*limit) };
+            return ask(&cli, r, render::log);
+        }
+        Command::Show { id } => return ask(&cli, Request::Show { id: id.clone() }, render::show),
+        Command::Retry { ids, failed, subscription } => {
+            if ids.is_empty() && !failed {
+                anyhow::bail!("name delivery or event ids, or use --failed");
+            }
+            let r = Request::Retry { ids: ids.clone(), failed: *failed, subscription: subscription.clone() };
+            return ask(&cli, r, |v| format!("{} deliveries put back in the queue\n", v["retried"]));
+        }
+        Command::Replay { subscription, since, until } => {
+            let r = Request::Replay { subscription: subscription.clone(), since: since.clone(), until: until.clone() };
+            return ask(&cli, r, |v| format!("{} deliveries queued again\n", v["replayed"]));
+        }
+        Command::Pause { subscription } => {
+            return ask(&cli, Request::Pause { subscription: subscription.clone() }, plain);
+        }
+        Command::Resume { subscription } => {
+            return ask(&cli, Request::Resume { subscription: subscription.clone() }, plain);
+        }
+        Command::Test { subscription } => {
+            return ask(&cli, Request::Test { subscription: subscription.clone() }, |v| {
+                format!(
+                    "{} → {} (HTTP {}, {} ms){}\n",
+                    v["subscription"].as_str().unwrap_or("?"),
+                    v["outcome"].as_str().unwrap_or("?"),
+                    v["status"],
+                    v["duration_ms"],
+                    v["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+                )
+            });
+        }
+        Command::Emit { event_type, data } => {
+            let data = data.as_deref().map(serde_json::from_str).transpose().context("--data is not JSON")?;
+            let r = Request::Emit { event_type: event_type.clone(), data };
+            return ask(&cli, r, |v| {
+                format!(
+                    "queued event {} for {} subscription(s)\n",
+                    v["event_id"].as_str().unwrap_or("?"),
+                    v["delivery_ids"].as_array().map_or(0, |a| a.len())
+                )
+            });
+        }
+        Command::Top { once, interval } => return top(&cli, *once, *interval),
+        _ => {}
+    }
     match cli.command {
         Command::Secret => {
             println!("{}", fleethook::sign::new_secret());
@@ -126,6 +307,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status
+        | Command::Queue { .. }
+        | Command::Log { .. }
+        | Command::Show { .. }
+        | Command::Retry { .. }
+        | Command::Replay { .. }
+        | Command::Pause { .. }
+        | Command::Resume { .. }
+        | Command::Test { .. }
+        | Command::Emit { .. }
+        | Command::Top { .. } => unreachable!("handled above"),
         Command::Demo { seconds } => {
             init_logging("warn,rumqttd=off");
             let rt = runtime()?;

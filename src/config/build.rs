@@ -151,8 +151,21 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
         issues.push(sp.key("max_bytes"), "must be at least 64KiB");
     }
 
-    let status =
-        StatusConfig { socket: PathBuf::from(raw.status.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())) };
+    let status = StatusConfig {
+        socket: PathBuf::from(raw.status.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())),
+        socket_mode: opt(
+            issues,
+            root.key("status").key("socket_mode"),
+            raw.status.socket_mode.as_ref(),
+            |m| {
+                u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| format!("`{m}` is not an octal file mode like \"0660\""))
+            },
+            0o660,
+        ),
+    };
     let heartbeat = HeartbeatConfig {
         interval: opt(
             issues,

@@ -85,6 +85,9 @@ pub struct StorageConfig {
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusConfig {
     pub socket: PathBuf,
+    /// Who may connect at all (state changes also need the agent's user or group).
+    #[serde(serialize_with = "ser_mode")]
+    pub socket_mode: u32,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -263,6 +266,10 @@ impl Config {
     pub fn subscription(&self, name: &str) -> Option<&Subscription> {
         self.subscriptions.iter().find(|s| s.name == name)
     }
+}
+
+fn ser_mode<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format!("{mode:04o}"))
 }
 
 fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

@@ -49,6 +49,7 @@ pub struct RawStorage {
 #[serde(deny_unknown_fields)]
 pub struct RawStatus {
     pub socket: Option<String>,
+    pub socket_mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -106,6 +106,10 @@ impl Endpoint {
         }
     }
 
+    pub fn mark_gone(&mut self) {
+        self.state = State::Gone;
+    }
+
     pub fn pause(&mut self) {
         self.state = State::Paused;
     }

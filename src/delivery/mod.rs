@@ -44,6 +44,36 @@ pub struct EndpointView {
 
 pub type EndpointViews = Arc<Mutex<Vec<EndpointView>>>;
 
+/// Orders for a running dispatcher (from the status socket).
+#[derive(Debug)]
+pub enum Control {
+    /// Stop starting deliveries to a subscription; the reply says if it exists.
+    Pause(String, tokio::sync::oneshot::Sender<bool>),
+    Resume(String, tokio::sync::oneshot::Sender<bool>),
+}
+
+/// Sends [`Control`] orders to the dispatcher.
+#[derive(Clone, Debug)]
+pub struct DispatcherHandle(mpsc::UnboundedSender<Control>);
+
+impl DispatcherHandle {
+    async fn ask(&self, make: impl FnOnce(tokio::sync::oneshot::Sender<bool>) -> Control) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.0.send(make(tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
+    pub async fn pause(&self, subscription: &str) -> bool {
+        self.ask(|tx| Control::Pause(subscription.to_string(), tx)).await
+    }
+
+    pub async fn resume(&self, subscription: &str) -> bool {
+        self.ask(|tx| Control::Resume(subscription.to_string(), tx)).await
+    }
+}
+
 struct Lane {
     sub: Arc<Subscription>,
     client: reqwest::Client,
@@ -71,6 +101,8 @@ pub struct Dispatcher {
     global: Arc<Semaphore>,
     grace: Duration,
     views: EndpointViews,
+    control_tx: mpsc::UnboundedSender<Control>,
+    control: mpsc::UnboundedReceiver<Control>,
 }
 
 impl Dispatcher {
@@ -90,13 +122,43 @@ impl Dispatcher {
                 last_error: None,
             });
         }
+        let (control_tx, control) = mpsc::unbounded_channel();
         Ok(Dispatcher {
             lanes,
             outbox,
             global: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
             grace: config.delivery.shutdown_grace,
             views: Arc::new(Mutex::new(Vec::new())),
+            control_tx,
+            control,
         })
+    }
+
+    pub fn handle(&self) -> DispatcherHandle {
+        DispatcherHandle(self.control_tx.clone())
+    }
+
+    fn lane(&mut self, name: &str) -> Option<&mut Lane> {
+        self.lanes.iter_mut().find(|l| l.sub.name == name)
+    }
+
+    fn control(&mut self, c: Control) {
+        match c {
+            Control::Pause(name, reply) => {
+                let found = self.lane(&name).map(|l| l.endpoint.pause()).is_some();
+                let _ = reply.send(found);
+            }
+            Control::Resume(name, reply) => {
+                let found = self
+                    .lane(&name)
+                    .map(|l| {
+                        l.endpoint.resume();
+                        l.dirty = true;
+                    })
+                    .is_some();
+                let _ = reply.send(found);
+            }
+        }
     }
 
     pub fn views(&self) -> EndpointViews {
@@ -108,6 +170,17 @@ impl Dispatcher {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut tasks = JoinSet::new();
         let new_work = self.outbox.new_work();
+        // Paused and gone subscriptions stay so across restarts.
+        if let Ok(held) = self.outbox.held().await {
+            for (name, state) in held {
+                if let Some(lane) = self.lane(&name) {
+                    match state.as_str() {
+                        "gone" => lane.endpoint.mark_gone(),
+                        _ => lane.endpoint.pause(),
+                    }
+                }
+            }
+        }
         loop {
             self.fill(&mut tasks, &done_tx).await;
             self.publish_views();
@@ -121,6 +194,7 @@ impl Dispatcher {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = new_work.notified() => self.lanes.iter_mut().for_each(|l| l.dirty = true),
+                Some(c) = self.control.recv() => self.control(c),
                 Some(done) = done_rx.recv() => {
                     self.finish(done);
                     while let Ok(done) = done_rx.try_recv() {
@@ -210,9 +284,13 @@ impl Dispatcher {
                 Some(reason.clone())
             }
         };
-        if lane.endpoint.state == State::Gone && done.verdict != Verdict::Delivered {
+        if matches!(done.verdict, Verdict::Failed { gone: true, .. }) {
             tracing::error!(subscription = %lane.sub.name, url = %lane.sub.url,
                 "The endpoint answered 410 Gone; delivery to this subscription is paused until it is resumed.");
+            let outbox = self.outbox.clone();
+            let repair =
+                crate::outbox::Repair::Hold { subscription: lane.sub.name.clone(), state: Some("gone".into()) };
+            tokio::spawn(async move { outbox.repair(repair).await });
         }
         // A slot anywhere frees capacity for every lane waiting on the global limit.
         self.lanes.iter_mut().for_each(|l| l.dirty = true);

@@ -41,6 +41,8 @@
 //!                └─> quarantine(topic, reason, payload prefix)   (bad input)
 //! ```
 
+pub mod query;
+mod repair;
 mod schema;
 mod store;
 mod writer;
@@ -198,6 +200,8 @@ pub struct SubscriptionStats {
     pub evicted: u64,
     pub superseded: u64,
     pub oldest_pending_ms: Option<i64>,
+    /// When the earliest pending delivery is next due.
+    pub next_attempt_ms: Option<i64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -214,8 +218,39 @@ impl Stats {
     }
 }
 
+/// A change a field tech asked for through the status socket.
+#[derive(Clone, Debug)]
+pub enum Repair {
+    Retry {
+        ids: Vec<String>,
+        all_failed: bool,
+        subscription: Option<String>,
+    },
+    Replay {
+        subscription: String,
+        since_ms: i64,
+        until_ms: i64,
+    },
+    /// Hold (`Some("paused")`, `Some("gone")`) or release (`None`) a subscription.
+    Hold {
+        subscription: String,
+        state: Option<String>,
+    },
+    /// Queue an event that did not come from MQTT (`emit`, `test`, the heartbeat).
+    Emit(Box<NewEvent>),
+}
+
+/// What a repair did: how many deliveries moved, or the ids of those created.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Repaired {
+    pub count: u64,
+    pub delivery_ids: Vec<String>,
+}
+
 pub(crate) enum Command {
     Ingest { seq: u64, inbound: Box<Inbound> },
+    Repair { repair: Repair, reply: oneshot::Sender<Repaired> },
+    Held { reply: oneshot::Sender<Vec<(String, String)>> },
     Due { subscription: String, now_ms: i64, limit: usize, fifo: bool, reply: oneshot::Sender<DueBatch> },
     Record { record: Box<AttemptRecord>, reply: oneshot::Sender<()> },
     Stats { reply: oneshot::Sender<Stats> },
@@ -266,6 +301,20 @@ impl Outbox {
     pub async fn record(&self, record: AttemptRecord) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Command::Record { record: Box::new(record), reply }).map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)
+    }
+
+    /// Applies a repair; returns once it has committed.
+    pub async fn repair(&self, repair: Repair) -> Result<Repaired, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Repair { repair, reply }).map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Closed)
+    }
+
+    /// Subscriptions held across restarts, with their state.
+    pub async fn held(&self) -> Result<Vec<(String, String)>, OutboxError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Held { reply }).map_err(|_| OutboxError::Closed)?;
         rx.await.map_err(|_| OutboxError::Closed)
     }
 

@@ -8,7 +8,8 @@ use super::OutboxError;
 use crate::config::{StorageConfig, Synchronous};
 
 /// Migrations in order; `PRAGMA user_version` records how many have run.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE events (
     seq        INTEGER PRIMARY KEY,
     id         TEXT NOT NULL UNIQUE,
@@ -70,7 +71,16 @@ CREATE TABLE dedupe (
     key     BLOB PRIMARY KEY,
     seen_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+-- Subscriptions that stay stopped across restarts: paused by an operator, or gone (410).
+CREATE TABLE held (
+    subscription TEXT PRIMARY KEY,
+    state        TEXT NOT NULL,
+    since_ms     INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
+];
 
 /// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.
 /// A file that fails the integrity check is moved aside, never deleted, and a fresh

@@ -4,9 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use super::{
-    AttemptRecord, Due, DueBatch, Inbound, NewEvent, NextState, Quarantined, Stats, SubscriptionStats, Terminal,
-};
+use super::{AttemptRecord, Due, DueBatch, Inbound, NewEvent, NextState, Quarantined, Stats, Terminal};
 
 /// How long a dedupe key is remembered, and how many at most.
 const DEDUPE_WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -15,7 +13,7 @@ const DEDUPE_MAX_KEYS: i64 = 100_000;
 /// What storing one inbound message did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stored {
-    Event { deliveries: usize },
+    Event { delivery_ids: Vec<String> },
     Duplicate,
     Quarantined,
     Nothing,
@@ -26,7 +24,7 @@ pub struct Store {
     duplicates: u64,
 }
 
-fn bump(conn: &Connection, subscription: &str, outcome: &str, n: i64) -> rusqlite::Result<()> {
+pub(super) fn bump(conn: &Connection, subscription: &str, outcome: &str, n: i64) -> rusqlite::Result<()> {
     if n == 0 {
         return Ok(());
     }
@@ -103,17 +101,19 @@ impl Store {
         .execute(params![e.id, e.event_type, e.device_id, e.created_ms, e.topic, e.data])?;
         let event_seq = c.last_insert_rowid();
         let collapse_key = e.collapse.then(|| format!("{}\u{1f}{}", e.event_type, e.device_id));
+        let mut delivery_ids = Vec::with_capacity(e.deliveries.len());
         for d in &e.deliveries {
             if let Some(key) = &collapse_key {
                 self.supersede(&d.subscription, key, now_ms)?;
             }
+            let delivery_id = crate::event::new_id();
             self.conn
                 .prepare_cached(
                     "INSERT INTO deliveries (id, event_seq, subscription, priority, next_attempt_ms, expires_ms, collapse_key, updated_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?5)",
                 )?
                 .execute(params![
-                    crate::event::new_id(),
+                    delivery_id,
                     event_seq,
                     d.subscription,
                     e.priority as i64,
@@ -121,8 +121,9 @@ impl Store {
                     d.expires_ms,
                     collapse_key
                 ])?;
+            delivery_ids.push(delivery_id);
         }
-        Ok(Stored::Event { deliveries: e.deliveries.len() })
+        Ok(Stored::Event { delivery_ids })
     }
 
     /// Ends the pending deliveries an incoming collapsing event replaces.
@@ -297,51 +298,9 @@ impl Store {
     }
 
     pub fn stats(&self) -> rusqlite::Result<Stats> {
-        let c = &self.conn;
-        let mut subs: Vec<SubscriptionStats> = Vec::new();
-        fn entry<'a>(subs: &'a mut Vec<SubscriptionStats>, name: &str) -> &'a mut SubscriptionStats {
-            if let Some(i) = subs.iter().position(|s| s.name == name) {
-                return &mut subs[i];
-            }
-            subs.push(SubscriptionStats { name: name.to_string(), ..Default::default() });
-            subs.last_mut().expect("just pushed")
-        }
-        let mut stmt = c.prepare_cached(
-            "SELECT d.subscription, COUNT(*), MIN(e.created_ms) FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE d.state = 'pending' GROUP BY d.subscription",
-        )?;
-        let mut q = stmt.query([])?;
-        while let Some(r) = q.next()? {
-            let name: String = r.get(0)?;
-            let s = entry(&mut subs, &name);
-            s.pending = r.get::<_, i64>(1)? as u64;
-            s.oldest_pending_ms = r.get(2)?;
-        }
-        let mut stmt = c.prepare_cached("SELECT subscription, outcome, n FROM counters")?;
-        let mut q = stmt.query([])?;
-        while let Some(r) = q.next()? {
-            let name: String = r.get(0)?;
-            let outcome: String = r.get(1)?;
-            let n = r.get::<_, i64>(2)? as u64;
-            let s = entry(&mut subs, &name);
-            match outcome.as_str() {
-                "delivered" => s.delivered = n,
-                "failed" => s.failed = n,
-                "expired" => s.expired = n,
-                "evicted" => s.evicted = n,
-                "superseded" => s.superseded = n,
-                _ => {}
-            }
-        }
-        subs.sort_by(|a, b| a.name.cmp(&b.name));
-        let count =
-            |sql: &str| -> rusqlite::Result<u64> { c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64) };
-        Ok(Stats {
-            events: count("SELECT COUNT(*) FROM events")?,
-            quarantined: count("SELECT COUNT(*) FROM quarantine")?,
-            duplicates: self.duplicates,
-            subscriptions: subs,
-        })
+        let mut stats = super::query::stats(&self.conn)?;
+        stats.duplicates = self.duplicates;
+        Ok(stats)
     }
 
     /// The terminal state a delivery reached, for tests and `show`.

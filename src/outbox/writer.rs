@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 
 use super::store::{Store, Stored};
-use super::{Command, DueBatch, Outbox, OutboxError, Stats};
+use super::{Command, DueBatch, Inbound, Outbox, OutboxError, Repair, Repaired, Stats};
 use crate::config::StorageConfig;
 use crate::event::now_ms;
 
@@ -71,6 +71,8 @@ enum Reply {
     Due(DueBatch),
     Recorded,
     Stats(Stats),
+    Repaired(Repaired),
+    Held(Vec<(String, String)>),
 }
 
 impl Writer {
@@ -118,6 +120,12 @@ impl Writer {
                 (Command::Stats { reply }, Reply::Stats(s)) => {
                     let _ = reply.send(s);
                 }
+                (Command::Repair { reply, .. }, Reply::Repaired(r)) => {
+                    let _ = reply.send(r);
+                }
+                (Command::Held { reply }, Reply::Held(h)) => {
+                    let _ = reply.send(h);
+                }
                 _ => {}
             }
         }
@@ -129,6 +137,26 @@ impl Writer {
         }
     }
 
+    fn repair(&mut self, repair: &Repair, now: i64) -> rusqlite::Result<Repaired> {
+        let count = |count| Repaired { count, delivery_ids: Vec::new() };
+        Ok(match repair {
+            Repair::Retry { ids, all_failed, subscription } => {
+                count(self.store.retry(ids, *all_failed, subscription.as_deref(), now)?)
+            }
+            Repair::Replay { subscription, since_ms, until_ms } => {
+                count(self.store.replay(subscription, *since_ms, *until_ms, now)?)
+            }
+            Repair::Hold { subscription, state } => {
+                self.store.hold(subscription, state.as_deref(), now)?;
+                count(1)
+            }
+            Repair::Emit(event) => match self.store.insert(&Inbound::Event((**event).clone()), now)? {
+                Stored::Event { delivery_ids } => Repaired { count: delivery_ids.len() as u64, delivery_ids },
+                _ => count(0),
+            },
+        })
+    }
+
     fn apply(&mut self, batch: &[Command]) -> rusqlite::Result<(Vec<Reply>, bool)> {
         let now = now_ms();
         self.store.begin()?;
@@ -137,8 +165,8 @@ impl Writer {
         for cmd in batch {
             let reply = match cmd {
                 Command::Ingest { inbound, .. } => {
-                    if let Stored::Event { deliveries } = self.store.insert(inbound, now)? {
-                        new_work |= deliveries > 0;
+                    if let Stored::Event { delivery_ids } = self.store.insert(inbound, now)? {
+                        new_work |= !delivery_ids.is_empty();
                     }
                     Reply::None
                 }
@@ -155,6 +183,12 @@ impl Writer {
                     Reply::Recorded
                 }
                 Command::Stats { .. } => Reply::Stats(self.store.stats()?),
+                Command::Held { .. } => Reply::Held(self.store.held()?),
+                Command::Repair { repair, .. } => {
+                    let done = self.repair(repair, now)?;
+                    new_work |= done.count > 0 || !done.delivery_ids.is_empty();
+                    Reply::Repaired(done)
+                }
             };
             replies.push(reply);
         }

@@ -1,0 +1,256 @@
+//! What each status command does. Reads go to a fresh read-only connection on a blocking
+//! thread; changes go to the outbox writer or the dispatcher as messages.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::{ErrorBody, Request};
+use crate::config::Config;
+use crate::delivery::{DispatcherHandle, EndpointViews};
+use crate::event::{Priority, new_id, now_ms, rfc3339_ms, validate_event_type};
+use crate::ingest::Router;
+use crate::ingest::mqtt::MqttView;
+use crate::outbox::query::{Reader, bytes_on_disk};
+use crate::outbox::{NewDelivery, NewEvent, Outbox, Repair};
+
+/// How long `test` waits for the attempt's outcome.
+const TEST_WAIT: Duration = Duration::from_secs(30);
+
+/// Everything the handlers need of the running agent.
+pub struct Context {
+    pub config: Arc<Config>,
+    pub outbox: Outbox,
+    pub router: Router,
+    pub mqtt: MqttView,
+    pub endpoints: EndpointViews,
+    pub dispatcher: DispatcherHandle,
+    pub started: Instant,
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new("internal", e.to_string())
+}
+
+fn parse_time(s: &str, now_ms: i64) -> Result<i64, ErrorBody> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(s) {
+        return Ok(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0));
+    }
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now_ms - d.as_millis() as i64);
+    }
+    Err(ErrorBody::new("bad_request", format!("`{s}` is neither a time (2026-05-10T18:00:00Z) nor an age (2h)")))
+}
+
+impl Context {
+    fn db_path(&self) -> PathBuf {
+        self.config.storage.path.clone()
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Reader) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, ErrorBody> {
+        let path = self.db_path();
+        tokio::task::spawn_blocking(move || Reader::open(&path).and_then(|r| f(&r)))
+            .await
+            .map_err(internal)?
+            .map_err(internal)
+    }
+
+    fn known(&self, subscription: &str) -> Result<(), ErrorBody> {
+        match self.config.subscription(subscription) {
+            Some(_) => Ok(()),
+            None => Err(ErrorBody::new("not_found", format!("no subscription named `{subscription}`"))),
+        }
+    }
+
+    pub async fn handle(&self, request: Request) -> Result<Value, ErrorBody> {
+        match request {
+            Request::Status => self.status().await,
+            Request::Queue { subscription, state, limit } => {
+                let rows = self
+                    .read(move |r| r.queue(subscription.as_deref(), state.as_deref(), limit.unwrap_or(100)))
+                    .await?;
+                Ok(json!(rows))
+            }
+            Request::Log { subscription, outcome, limit } => {
+                let rows =
+                    self.read(move |r| r.log(subscription.as_deref(), outcome.as_deref(), limit.unwrap_or(50))).await?;
+                Ok(json!(rows))
+            }
+            Request::Show { id } => {
+                let shown_id = id.clone();
+                match self.read(move |r| r.show(&id)).await? {
+                    Some(s) => Ok(json!(s)),
+                    None => Err(ErrorBody::new("not_found", format!("no event or delivery with id {shown_id}"))),
+                }
+            }
+            Request::Retry { ids, failed, subscription } => {
+                if let Some(s) = &subscription {
+                    self.known(s)?;
+                }
+                if ids.is_empty() && !failed {
+                    return Err(ErrorBody::new("bad_request", "name delivery or event ids, or set \"failed\": true"));
+                }
+                let done = self
+                    .outbox
+                    .repair(Repair::Retry { ids, all_failed: failed, subscription })
+                    .await
+                    .map_err(internal)?;
+                Ok(json!({ "retried": done.count }))
+            }
+            Request::Replay { subscription, since, until } => {
+                self.known(&subscription)?;
+                let now = now_ms();
+                let since_ms = parse_time(&since, now)?;
+                let until_ms = until.as_deref().map(|u| parse_time(u, now)).transpose()?.unwrap_or(i64::MAX);
+                let done =
+                    self.outbox.repair(Repair::Replay { subscription, since_ms, until_ms }).await.map_err(internal)?;
+                Ok(json!({ "replayed": done.count }))
+            }
+            Request::Pause { subscription } => self.hold(subscription, true).await,
+            Request::Resume { subscription } => self.hold(subscription, false).await,
+            Request::Emit { event_type, data } => {
+                let deliveries = self.router.deliveries(&event_type, None, now_ms());
+                let (event_id, ids) = self.emit(event_type, data, deliveries).await?;
+                Ok(json!({ "event_id": event_id, "delivery_ids": ids }))
+            }
+            Request::Test { subscription } => self.test(subscription).await,
+        }
+    }
+
+    async fn hold(&self, subscription: String, pause: bool) -> Result<Value, ErrorBody> {
+        self.known(&subscription)?;
+        let state = pause.then(|| "paused".to_string());
+        self.outbox.repair(Repair::Hold { subscription: subscription.clone(), state }).await.map_err(internal)?;
+        let applied = if pause {
+            self.dispatcher.pause(&subscription).await
+        } else {
+            self.dispatcher.resume(&subscription).await
+        };
+        if !applied {
+            return Err(internal("the dispatcher is not running"));
+        }
+        Ok(json!({ "subscription": subscription, "state": if pause { "paused" } else { "online" } }))
+    }
+
+    async fn emit(
+        &self,
+        event_type: String,
+        data: Option<Value>,
+        deliveries: Vec<NewDelivery>,
+    ) -> Result<(String, Vec<String>), ErrorBody> {
+        validate_event_type(&event_type).map_err(|e| ErrorBody::new("bad_request", e))?;
+        let data = data.unwrap_or_else(|| json!({}));
+        if !data.is_object() {
+            return Err(ErrorBody::new("bad_request", "data must be a JSON object"));
+        }
+        let id = new_id();
+        let event = NewEvent {
+            id: id.clone(),
+            event_type,
+            device_id: self.config.device_id.clone(),
+            created_ms: now_ms(),
+            topic: String::new(),
+            data: data.to_string(),
+            priority: Priority::Normal,
+            collapse: false,
+            dedupe_key: None,
+            dedupe_check: false,
+            deliveries,
+        };
+        let done = self.outbox.repair(Repair::Emit(Box::new(event))).await.map_err(internal)?;
+        Ok((id, done.delivery_ids))
+    }
+
+    /// Sends a `fleethook.test` event to one subscription now and waits for the outcome.
+    async fn test(&self, subscription: String) -> Result<Value, ErrorBody> {
+        let sub = self
+            .config
+            .subscription(&subscription)
+            .ok_or_else(|| ErrorBody::new("not_found", format!("no subscription named `{subscription}`")))?;
+        let deliveries = vec![NewDelivery {
+            subscription: subscription.clone(),
+            expires_ms: now_ms() + sub.max_age.as_millis() as i64,
+        }];
+        let data = json!({ "message": "a test event from fleethook", "subscription": subscription });
+        let (event_id, ids) = self.emit("fleethook.test".into(), Some(data), deliveries).await?;
+        let delivery_id = ids.first().cloned().ok_or_else(|| internal("no delivery created"))?;
+        let deadline = Instant::now() + TEST_WAIT;
+        loop {
+            let id = delivery_id.clone();
+            if let Some(a) = self.read(move |r| r.last_attempt(&id)).await? {
+                return Ok(json!({
+                    "subscription": subscription,
+                    "event_id": event_id,
+                    "delivery_id": delivery_id,
+                    "status": a.status,
+                    "duration_ms": a.duration_ms,
+                    "outcome": a.outcome,
+                    "error": a.error,
+                }));
+            }
+            if Instant::now() > deadline {
+                return Err(ErrorBody::new(
+                    "timeout",
+                    format!(
+                        "no attempt within {} s (is `{subscription}` paused or offline?); it stays queued as {delivery_id}",
+                        TEST_WAIT.as_secs()
+                    ),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn status(&self) -> Result<Value, ErrorBody> {
+        let stats = self.read(|r| r.stats()).await?;
+        let bytes = bytes_on_disk(&self.config.storage.path);
+        let mqtt = self.mqtt.lock().map(|m| m.clone()).unwrap_or_default();
+        let views = self.endpoints.lock().map(|v| v.clone()).unwrap_or_default();
+        let now = now_ms();
+        let subscriptions: Vec<Value> = self
+            .config
+            .subscriptions
+            .iter()
+            .map(|sub| {
+                let s = stats.subscription(&sub.name).cloned().unwrap_or_default();
+                let v = views.iter().find(|v| v.name == sub.name);
+                let next = v.and_then(|v| v.next_attempt_at_ms).or(s.next_attempt_ms.filter(|_| s.pending > 0));
+                json!({
+                    "name": sub.name,
+                    "url": sub.url,
+                    "state": v.map(|v| v.state).unwrap_or(crate::delivery::endpoint::State::Paused),
+                    "pending": s.pending,
+                    "in_flight": v.map(|v| v.in_flight).unwrap_or(0),
+                    "delivered": s.delivered,
+                    "failed": s.failed,
+                    "expired": s.expired,
+                    "evicted": s.evicted,
+                    "superseded": s.superseded,
+                    "oldest_pending_age_s": s.oldest_pending_ms.map(|t| ((now - t).max(0)) / 1000),
+                    "last_status": v.and_then(|v| v.last_status),
+                    "last_error": v.and_then(|v| v.last_error.clone()),
+                    "next_attempt_at": next.map(rfc3339_ms),
+                })
+            })
+            .collect();
+        Ok(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "device_id": self.config.device_id,
+            "uptime_s": self.started.elapsed().as_secs(),
+            "mqtt": { "connected": mqtt.connected, "url": mqtt.url, "last_error": mqtt.last_error },
+            "storage": {
+                "path": self.config.storage.path,
+                "bytes": bytes,
+                "max_bytes": self.config.storage.max_bytes,
+                "events": stats.events,
+                "quarantined": stats.quarantined,
+            },
+            "subscriptions": subscriptions,
+        }))
+    }
+}

@@ -1,0 +1,220 @@
+//! Human tables for the CLI (`--json` prints the socket's result instead).
+
+use serde_json::Value;
+
+use crate::event::rfc3339_ms;
+
+/// Left-aligned columns, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if let Some(w) = widths.get_mut(i) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    bytesize::ByteSize::b(n).display().iec().to_string()
+}
+
+fn age(secs: &Value) -> String {
+    match secs.as_u64() {
+        None => "-".into(),
+        Some(n) => humantime::format_duration(std::time::Duration::from_secs(n)).to_string(),
+    }
+}
+
+fn time(ms: &Value) -> String {
+    ms.as_i64().map(rfc3339_ms).unwrap_or_else(|| "-".into())
+}
+
+fn short(text: &Value, n: usize) -> String {
+    let t = s(text).replace('\n', " ");
+    if t.chars().count() > n { t.chars().take(n).collect::<String>() + "…" } else { t }
+}
+
+pub fn status(v: &Value) -> String {
+    let m = &v["mqtt"];
+    let st = &v["storage"];
+    let mut out =
+        format!("fleethook {}  device {}  up {}\n", s(&v["version"]), s(&v["device_id"]), age(&v["uptime_s"]));
+    let conn = if m["connected"].as_bool() == Some(true) {
+        "connected".to_string()
+    } else {
+        format!("DISCONNECTED ({})", s(&m["last_error"]))
+    };
+    out.push_str(&format!("mqtt     {conn}  {}\n", s(&m["url"])));
+    out.push_str(&format!(
+        "storage  {} of {}  events {}  quarantined {}  {}\n\n",
+        bytes(st["bytes"].as_u64().unwrap_or(0)),
+        bytes(st["max_bytes"].as_u64().unwrap_or(0)),
+        s(&st["events"]),
+        s(&st["quarantined"]),
+        s(&st["path"]),
+    ));
+    let rows: Vec<Vec<String>> = v["subscriptions"]
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|sub| {
+            vec![
+                s(&sub["name"]),
+                s(&sub["state"]),
+                s(&sub["pending"]),
+                s(&sub["in_flight"]),
+                s(&sub["delivered"]),
+                s(&sub["failed"]),
+                s(&sub["expired"]),
+                s(&sub["evicted"]),
+                s(&sub["superseded"]),
+                age(&sub["oldest_pending_age_s"]),
+                s(&sub["last_status"]),
+                short(&sub["last_error"], 60),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "SUBSCRIPTION",
+            "STATE",
+            "PENDING",
+            "IN FLIGHT",
+            "DELIVERED",
+            "FAILED",
+            "EXPIRED",
+            "EVICTED",
+            "SUPERSEDED",
+            "OLDEST",
+            "LAST",
+            "LAST ERROR",
+        ],
+        &rows,
+    ));
+    out
+}
+
+pub fn queue(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|d| {
+            vec![
+                s(&d["delivery_id"]),
+                s(&d["subscription"]),
+                s(&d["event_type"]),
+                s(&d["state"]),
+                s(&d["attempts"]),
+                time(&d["created_ms"]),
+                time(&d["next_attempt_ms"]),
+                short(&d["last_error"], 60),
+            ]
+        })
+        .collect();
+    table(&["DELIVERY", "SUBSCRIPTION", "TYPE", "STATE", "ATTEMPTS", "CREATED", "NEXT ATTEMPT", "LAST ERROR"], &rows)
+}
+
+pub fn log(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|a| a.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .map(|a| {
+            vec![
+                time(&a["started_ms"]),
+                s(&a["subscription"]),
+                s(&a["delivery_id"]),
+                s(&a["event_type"]),
+                s(&a["attempt"]),
+                s(&a["status"]),
+                format!("{}ms", s(&a["duration_ms"])),
+                s(&a["outcome"]),
+                short(&a["error"], 60),
+            ]
+        })
+        .collect();
+    table(&["STARTED", "SUBSCRIPTION", "DELIVERY", "TYPE", "ATTEMPT", "STATUS", "TOOK", "OUTCOME", "ERROR"], &rows)
+}
+
+pub fn show(v: &Value) -> String {
+    let mut out = format!(
+        "event {}  {}  device {}  at {}  topic {}\ndata {}\n\n",
+        s(&v["event_id"]),
+        s(&v["event_type"]),
+        s(&v["device_id"]),
+        time(&v["created_ms"]),
+        s(&v["topic"]),
+        v["data"]
+    );
+    out.push_str(&queue(&v["deliveries"]));
+    out.push('\n');
+    out.push_str(&log(&v["attempts"]));
+    out
+}
+
+/// One frame of `top`: the status plus delivery rates since the previous frame.
+pub fn top(v: &Value, previous: Option<&Value>, seconds: f64) -> String {
+    let mut out = status(v);
+    if let Some(prev) = previous {
+        out.push('\n');
+        let rows: Vec<Vec<String>> = v["subscriptions"]
+            .as_array()
+            .map(|a| a.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .map(|sub| {
+                let before = prev["subscriptions"]
+                    .as_array()
+                    .and_then(|a| a.iter().find(|p| p["name"] == sub["name"]))
+                    .and_then(|p| p["delivered"].as_u64())
+                    .unwrap_or(0);
+                let now = sub["delivered"].as_u64().unwrap_or(0);
+                let rate = now.saturating_sub(before) as f64 / seconds.max(0.001);
+                vec![s(&sub["name"]), format!("{rate:.1}/s")]
+            })
+            .collect();
+        out.push_str(&table(&["SUBSCRIPTION", "DELIVERED RATE"], &rows));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["A", "LONGER"], &[vec!["xxxx".into(), "y".into()]]);
+        assert_eq!(t, "A     LONGER\nxxxx  y\n");
+    }
+}

@@ -1,0 +1,216 @@
+//! The field tech's tools: the status socket and the CLI, against a running agent with a
+//! real broker and real endpoints (one healthy, one answering 404, one unreachable).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const LONG: Duration = Duration::from_secs(20);
+
+struct Field {
+    broker: Mosquitto,
+    agent: Agent,
+    ok: Endpoint,
+    gone: Endpoint,
+    _dir: tempfile::TempDir,
+}
+
+fn field() -> Field {
+    let broker = Mosquitto::start();
+    let ok = Endpoint::start(Reply::Status(200));
+    let gone = Endpoint::start(Reply::Status(404));
+    let down = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port).replace("[heartbeat]", "socket_mode = \"0666\"\n[heartbeat]")
+        + &subscription("ok", &ok.url(), "")
+        + &subscription("gone", &gone.url(), "")
+        + &subscription("down", &format!("http://127.0.0.1:{down}/hook"), "");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    Field { broker, agent, ok, gone, _dir: dir }
+}
+
+impl Field {
+    fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleethook"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.agent.config)
+            .output()
+            .unwrap();
+        let (stdout, stderr) =
+            (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+        assert!(!stdout.contains(SECRET) && !stderr.contains(SECRET), "a secret leaked: {stdout}{stderr}");
+        (out.status.success(), stdout, stderr)
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let (ok, out, err) = self.cli(&all);
+        assert!(ok, "fleethook {args:?} failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
+    fn sub(&self, name: &str) -> Value {
+        let status = self.json(&["status"]);
+        status["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap().clone()
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.agent.dir.join("status.sock")
+    }
+}
+
+/// Raw protocol: sends lines, returns one response per line.
+fn raw(socket: &std::path::Path, lines: &[&[u8]]) -> Vec<Value> {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    lines
+        .iter()
+        .map(|line| {
+            s.write_all(line).unwrap();
+            s.write_all(b"\n").unwrap();
+            let mut answer = String::new();
+            reader.read_line(&mut answer).unwrap();
+            serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"))
+        })
+        .collect()
+}
+
+#[test]
+fn a_field_tech_sees_what_is_stuck_and_fixes_it() {
+    let f = field();
+    let messages: Vec<_> = (0..5).map(|n| mission("agv-1", n, "completed")).collect();
+    publish(f.broker.port, &messages);
+    f.ok.wait_for(5, LONG);
+    assert!(wait_until(LONG, || f.sub("gone")["failed"] == 5));
+    assert!(wait_until(LONG, || f.sub("down")["state"] == "offline"));
+    let status = f.json(&["status"]);
+    assert_eq!(status["device_id"], "test-robot");
+    assert_eq!(status["mqtt"]["connected"], true);
+    assert!(status["storage"]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(status["storage"]["events"], 5);
+    let down = f.sub("down");
+    assert_eq!((down["pending"].as_u64(), down["in_flight"].as_u64()), (Some(5), Some(0)));
+    assert!(down["next_attempt_at"].is_string(), "{down}");
+    assert_eq!(f.sub("ok")["delivered"], 5);
+    assert_eq!(f.sub("ok")["state"], "online");
+    assert!(!status.to_string().contains("whsec_"), "no secret in status");
+
+    // What is stuck, and why.
+    let queue = f.json(&["queue"]);
+    assert_eq!(queue.as_array().unwrap().len(), 10, "5 failed for gone + 5 pending for down: {queue}");
+    let log = f.json(&["log", "--subscription", "gone"]);
+    assert_eq!(log.as_array().unwrap().len(), 5);
+    assert!(log.as_array().unwrap().iter().all(|a| a["status"] == 404 && a["outcome"] == "failed"));
+    let one = queue[0]["delivery_id"].as_str().unwrap().to_string();
+    let shown = f.json(&["show", &one]);
+    assert_eq!(shown["deliveries"].as_array().unwrap().len(), 3, "one delivery per subscription");
+
+    // Pause, retry, emit, test.
+    f.cli(&["pause", "down"]);
+    assert_eq!(f.sub("down")["state"], "paused");
+    let retried = f.json(&["retry", "--failed"]);
+    assert_eq!(retried["retried"], 5);
+    f.gone.wait_for(10, LONG);
+    assert!(wait_until(LONG, || f.sub("gone")["failed"] == 5));
+    assert_eq!(f.gone.count(), 10, "the 404 endpoint saw the 5 again");
+    let emitted = f.json(&["emit", "mission.aborted", "--data", "{\"reason\":\"manual\"}"]);
+    assert_eq!(emitted["delivery_ids"].as_array().unwrap().len(), 3);
+    let got = f.ok.wait_for(6, LONG);
+    assert_eq!(got[5].json()["type"], "mission.aborted");
+    assert_eq!(got[5].json()["data"]["reason"], "manual");
+    let test = f.json(&["test", "ok"]);
+    assert_eq!((test["outcome"].as_str(), test["status"].as_u64()), (Some("delivered"), Some(200)));
+    assert_eq!(f.ok.wait_for(7, LONG)[6].json()["type"], "fleethook.test");
+    let (_, table, _) = f.cli(&["status"]);
+    assert!(table.contains("SUBSCRIPTION") && table.contains("paused"), "{table}");
+    let (_, frame, _) = f.cli(&["top", "--once"]);
+    assert!(frame.contains("down") && frame.contains("storage"), "{frame}");
+
+    // Resume drains what waited; pause survives a restart.
+    f.cli(&["resume", "down"]);
+    assert_ne!(f.sub("down")["state"], "paused");
+
+    // Garbage gets an error, and the connection still works.
+    let answers = raw(&f.socket(), &[b"this is not json", br#"{"cmd":"status"}"#, br#"{"cmd":"format_disk"}"#]);
+    assert_eq!(answers[0]["ok"], false);
+    assert_eq!(answers[0]["error"]["code"], "bad_request");
+    assert_eq!(answers[1]["ok"], true);
+    assert_eq!(answers[2]["error"]["code"], "unknown_command");
+}
+
+#[test]
+fn the_socket_survives_abuse_and_keeps_delivering() {
+    let f = field();
+    // A huge line gets an error and the connection is closed.
+    let mut s = UnixStream::connect(f.socket()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The agent may hang up before the whole line is written; that is its answer too.
+    let _ = s.write_all(&vec![b'x'; 200 * 1024]);
+    let mut answer = String::new();
+    let _ = BufReader::new(&s).read_line(&mut answer);
+    let answer: Value = serde_json::from_str(&answer).unwrap_or_else(|e| panic!("{e}: {answer}"));
+    assert_eq!(answer["error"]["code"], "too_long");
+    // A client that connects and says nothing does not block anyone.
+    let _silent = UnixStream::connect(f.socket()).unwrap();
+    // A hundred clients at once: each gets an answer (or `busy`).
+    let socket = f.socket();
+    let handles: Vec<_> = (0..100)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || raw(&socket, &[br#"{"cmd":"status"}"#]).remove(0))
+        })
+        .collect();
+    for h in handles {
+        let v = h.join().unwrap();
+        assert!(v["ok"] == true || v["error"]["code"] == "busy", "{v}");
+    }
+    publish(f.broker.port, &[mission("agv-1", 1, "completed")]);
+    f.ok.wait_for(1, LONG);
+    assert_eq!(raw(&f.socket(), &[br#"{"cmd":"status"}"#])[0]["ok"], true);
+}
+
+#[test]
+fn pause_survives_a_restart_and_strangers_may_only_look() {
+    let mut f = field();
+    f.cli(&["pause", "ok"]);
+    assert!(f.agent.terminate().success());
+    f.agent.spawn();
+    f.agent.wait_subscribed();
+    publish(f.broker.port, &[mission("agv-1", 1, "completed")]);
+    assert!(wait_until(LONG, || f.sub("ok")["pending"] == 1));
+    assert_eq!(f.sub("ok")["state"], "paused");
+    assert_eq!(f.ok.count(), 0);
+
+    // Another uid that is not in the agent's group: status yes, changes no.
+    let as_nobody = |args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_fleethook")])
+            .args(args)
+            .arg("--socket")
+            .arg(f.socket())
+            .output()
+            .unwrap()
+    };
+    let look = as_nobody(&["status", "--json"]);
+    assert!(look.status.success(), "{}", String::from_utf8_lossy(&look.stderr));
+    let change = as_nobody(&["resume", "ok"]);
+    assert!(!change.status.success());
+    assert!(
+        String::from_utf8_lossy(&change.stderr).contains("forbidden"),
+        "{}",
+        String::from_utf8_lossy(&change.stderr)
+    );
+    assert_eq!(f.sub("ok")["state"], "paused");
+    f.cli(&["resume", "ok"]);
+    f.ok.wait_for(1, LONG);
+}
