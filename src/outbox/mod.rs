@@ -44,13 +44,14 @@
 pub mod query;
 mod repair;
 mod schema;
+pub mod space;
 mod store;
 mod writer;
 
 use std::sync::Arc;
 
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 pub use schema::open;
 pub use store::{Store, Stored, content_key};
@@ -193,6 +194,9 @@ pub struct AttemptRecord {
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct SubscriptionStats {
     pub name: String,
+    /// Deliveries ever created; equals pending + delivered + failed + expired + evicted +
+    /// superseded (in-flight deliveries are pending on disk).
+    pub created: u64,
     pub pending: u64,
     pub delivered: u64,
     pub failed: u64,
@@ -259,7 +263,7 @@ pub(crate) enum Command {
 /// The async face of the outbox: cheap to clone, every call goes to the writer thread.
 #[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::UnboundedSender<Command>,
+    tx: std::sync::mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
     new_work: Arc<Notify>,
 }

@@ -38,6 +38,7 @@ pub fn stats(c: &Connection) -> rusqlite::Result<Stats> {
         let n = r.get::<_, i64>(2)?.max(0) as u64;
         let s = entry(&mut subs, &name);
         match outcome.as_str() {
+            "created" => s.created = n,
             "delivered" => s.delivered = n,
             "failed" => s.failed = n,
             "expired" => s.expired = n,

@@ -8,7 +8,6 @@ use super::{AttemptRecord, Due, DueBatch, Inbound, NewEvent, NextState, Quaranti
 
 /// How long a dedupe key is remembered, and how many at most.
 const DEDUPE_WINDOW_MS: i64 = 24 * 3600 * 1000;
-const DEDUPE_MAX_KEYS: i64 = 100_000;
 
 /// What storing one inbound message did.
 #[derive(Debug, PartialEq, Eq)]
@@ -121,6 +120,7 @@ impl Store {
                     d.expires_ms,
                     collapse_key
                 ])?;
+            bump(&self.conn, &d.subscription, "created", 1)?;
             delivery_ids.push(delivery_id);
         }
         Ok(Stored::Event { delivery_ids })
@@ -286,14 +286,14 @@ impl Store {
             .execute(params![subscription, keep as i64])
     }
 
-    /// Forgets dedupe keys past the window, and beyond the newest [`DEDUPE_MAX_KEYS`].
-    pub fn trim_dedupe(&self, now_ms: i64) -> rusqlite::Result<()> {
+    /// Forgets dedupe keys past the window, and beyond the newest `max_keys`.
+    pub fn trim_dedupe(&self, now_ms: i64, max_keys: i64) -> rusqlite::Result<()> {
         self.conn.prepare_cached("DELETE FROM dedupe WHERE seen_ms < ?1")?.execute([now_ms - DEDUPE_WINDOW_MS])?;
         self.conn
             .prepare_cached(
                 "DELETE FROM dedupe WHERE seen_ms < (SELECT seen_ms FROM dedupe ORDER BY seen_ms DESC LIMIT 1 OFFSET ?1)",
             )?
-            .execute([DEDUPE_MAX_KEYS])?;
+            .execute([max_keys])?;
         Ok(())
     }
 

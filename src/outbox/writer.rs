@@ -1,23 +1,38 @@
 //! The writer thread: owns the read-write connection and group-commits every command that
 //! is waiting into one transaction. SQLite calls block, so they live on a std thread of
 //! their own rather than on the async runtime.
+//!
+//! Ingest commands are committed strictly in receive order, because the commit watermark
+//! (what ingest acks up to) is the last committed sequence number. When they cannot be
+//! committed — the disk cap with `when_full = "backpressure"`, or a full filesystem —
+//! they are *held*, unacked, while everything else (delivery results, reads) goes on; the
+//! broker keeps the rest. Held ingest is retried until it fits.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 
+use super::space::{Budget, HIGH, RETENTION_MS, Reclaimed};
 use super::store::{Store, Stored};
 use super::{Command, DueBatch, Inbound, Outbox, OutboxError, Repair, Repaired, Stats};
-use crate::config::StorageConfig;
+use crate::config::{StorageConfig, WhenFull};
 use crate::event::now_ms;
 
 /// At most this many commands go into one transaction.
 const MAX_BATCH: usize = 2048;
 /// Trim a subscription's audit log after this many new rows.
 const AUDIT_TRIM_EVERY: u64 = 256;
+/// After a full filesystem, transactions stay this small…
+const TIGHT_BYTES: usize = 64 * 1024;
+/// …for this long.
+const TIGHT_FOR: Duration = Duration::from_secs(600);
+/// How often finished rows past retention are deleted and free pages returned.
+const HOUSEKEEPING: Duration = Duration::from_secs(30);
 
 /// The running writer; join it after every [`Outbox`] clone is dropped.
 pub struct WriterThread {
@@ -28,17 +43,28 @@ impl WriterThread {
     /// Opens the outbox and starts its writer.
     pub fn start(cfg: &StorageConfig) -> Result<(Outbox, WriterThread), OutboxError> {
         let conn = super::schema::open(cfg)?;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let budget = Budget::new(cfg.max_bytes, page_size as u64);
+        let store = Store::new(conn);
+        store.apply_budget(&budget)?;
+        let (tx, rx) = mpsc::channel();
         let (committed_tx, committed) = watch::channel(0u64);
         let new_work = Arc::new(Notify::new());
         let writer = Writer {
-            store: Store::new(conn),
+            store,
             rx,
             committed: committed_tx,
             new_work: new_work.clone(),
             audit_per_subscription: cfg.audit_per_subscription,
             audit_added: HashMap::new(),
-            batches: 0,
+            budget,
+            path: cfg.path.clone(),
+            evict: cfg.when_full == WhenFull::DropOldest,
+            held: VecDeque::new(),
+            full: false,
+            retry_held_at: Instant::now(),
+            tight_until: None,
+            housekeeping_at: Instant::now() + HOUSEKEEPING,
         };
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
@@ -57,12 +83,24 @@ impl WriterThread {
 
 struct Writer {
     store: Store,
-    rx: mpsc::UnboundedReceiver<Command>,
+    rx: mpsc::Receiver<Command>,
     committed: watch::Sender<u64>,
     new_work: Arc<Notify>,
     audit_per_subscription: u64,
     audit_added: HashMap<String, u64>,
-    batches: u64,
+    budget: Budget,
+    path: PathBuf,
+    evict: bool,
+    /// Ingest waiting for room, in receive order.
+    held: VecDeque<Command>,
+    /// Ingest is held until room appears…
+    full: bool,
+    /// …and is tried again at this time.
+    retry_held_at: Instant,
+    /// After the filesystem filled up: small transactions and an early-truncated WAL, so
+    /// that the WAL cannot eat the space that came back before it is checkpointed.
+    tight_until: Option<Instant>,
+    housekeeping_at: Instant,
 }
 
 /// A command's answer, held until its transaction commits.
@@ -75,65 +113,229 @@ enum Reply {
     Held(Vec<(String, String)>),
 }
 
+fn is_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+}
+
+fn payload_bytes(c: &Command) -> usize {
+    match c {
+        Command::Ingest { inbound, .. } => match inbound.as_ref() {
+            Inbound::Event(e) => e.data.len() + 200 * e.deliveries.len(),
+            Inbound::Quarantine(q) => q.payload.len(),
+            Inbound::Nothing => 0,
+        },
+        _ => 0,
+    }
+}
+
 impl Writer {
     fn run(mut self) {
-        while let Some(first) = self.rx.blocking_recv() {
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+        loop {
+            let first = if self.held.is_empty() {
+                match self.rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => break,
+                }
+            } else {
+                // Something is held: look again soon even if nothing comes.
+                let wait = if self.full { Duration::from_millis(250) } else { Duration::ZERO };
+                match self.rx.recv_timeout(wait) {
+                    Ok(c) => Some(c),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            let mut batch: Vec<Command> = first.into_iter().collect();
+            let mut bytes: usize = batch.iter().map(payload_bytes).sum();
+            while batch.len() < MAX_BATCH && bytes < self.budget.batch_bytes() {
                 match self.rx.try_recv() {
-                    Ok(c) => batch.push(c),
+                    Ok(c) => {
+                        bytes += payload_bytes(&c);
+                        batch.push(c);
+                    }
                     Err(_) => break,
                 }
             }
             self.commit_batch(batch);
         }
+        if !self.held.is_empty() {
+            tracing::warn!(
+                held = self.held.len(),
+                "Stopping with unacked messages held for room; the broker sends them again."
+            );
+        }
         tracing::debug!("outbox writer stopped");
     }
 
-    /// Applies and commits a batch, retrying until the disk takes it: a full disk or an
-    /// I/O error must not lose acknowledged work, and nothing is acked before this
-    /// returns.
-    fn commit_batch(&mut self, batch: Vec<Command>) {
-        let mut backoff = Duration::from_millis(100);
-        let (replies, new_work) = loop {
-            match self.apply(&batch) {
-                Ok(r) => break r,
+    fn set_full(&mut self, full: bool, why: &str) {
+        if full {
+            if !self.full {
+                tracing::warn!(
+                    held = self.held.len(),
+                    reason = why,
+                    "The outbox is full: MQTT messages are not acked (the broker holds them) until there is room."
+                );
+            }
+            self.retry_held_at = Instant::now() + Duration::from_millis(250);
+        } else if self.full {
+            tracing::info!("The outbox has room again; ingest resumes.");
+        }
+        self.full = full;
+    }
+
+    /// Makes room, one small transaction per step so that no step overruns the WAL's
+    /// share; says whether ingest may go on.
+    fn relieve(&mut self, evict: bool) -> bool {
+        let now = now_ms();
+        let mut total = Reclaimed::default();
+        loop {
+            let step = (|| {
+                self.store.begin()?;
+                let done = self.store.room_step(&self.budget, evict, now)?;
+                self.store.commit()?;
+                Ok::<_, rusqlite::Error>(done)
+            })();
+            match step {
+                Ok(done) if done.deleted == 0 && done.evicted == 0 => break,
+                Ok(done) => {
+                    total.deleted += done.deleted;
+                    total.evicted += done.evicted;
+                    let _ = self.store.checkpoint_if_large(&self.path, &self.budget);
+                }
                 Err(e) => {
                     self.store.rollback();
-                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, commands = batch.len(),
-                        "The outbox could not commit; ingest is not acked until it can (check free disk space).");
+                    tracing::debug!(error = %e, "Could not make room.");
+                    break;
+                }
+            }
+        }
+        if total.evicted > 0 {
+            tracing::warn!(
+                evicted = total.evicted,
+                max_bytes = self.budget.max_bytes,
+                "The outbox reached storage.max_bytes: evicted the lowest-priority, oldest pending deliveries."
+            );
+        }
+        !self.store.over(&self.budget, HIGH).unwrap_or(true)
+    }
+
+    /// How many held ingest commands the next transaction takes: all that fit the batch
+    /// budget, or a few while finding out whether a full disk has room again.
+    fn held_to_take(&self) -> usize {
+        if self.full && Instant::now() < self.retry_held_at {
+            return 0;
+        }
+        let limit = if self.full { 16 } else { usize::MAX };
+        let max_bytes = if self.tight() { TIGHT_BYTES } else { self.budget.batch_bytes() };
+        let mut bytes = 0;
+        let mut n = 0;
+        for c in self.held.iter().take(limit) {
+            bytes += payload_bytes(c);
+            n += 1;
+            if bytes >= max_bytes {
+                break;
+            }
+        }
+        n
+    }
+
+    fn tight(&self) -> bool {
+        self.tight_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Command>) {
+        let (ingest, others): (Vec<Command>, Vec<Command>) =
+            batch.into_iter().partition(|c| matches!(c, Command::Ingest { .. }));
+        self.held.extend(ingest);
+        let mut backoff = Duration::from_millis(100);
+        let (replies, taken, new_work) = loop {
+            let take = self.held_to_take();
+            match self.apply(&others, take) {
+                Ok((replies, new_work)) => break (replies, take, new_work),
+                Err(e) => {
+                    self.store.rollback();
+                    if is_full(&e) && take > 0 {
+                        // Our own cap (pages used near max_page_count) is made room for;
+                        // a full filesystem is waited out, never answered by evicting.
+                        let at_cap = self.store.over(&self.budget, HIGH).unwrap_or(false);
+                        if !(at_cap && self.relieve(self.evict)) {
+                            let why = if at_cap { "storage.max_bytes reached" } else { "the filesystem is full" };
+                            self.set_full(true, why);
+                            if !at_cap {
+                                self.tight_until = Some(Instant::now() + TIGHT_FOR);
+                            }
+                            // Move what the WAL holds into the database and give its space back.
+                            let _ = self.store.checkpoint_truncate();
+                        }
+                        continue;
+                    }
+                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, commands = others.len() + take,
+                        "The outbox cannot commit; nothing is acked until it can (check free disk space).");
+                    let _ = self.store.checkpoint_truncate();
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         };
-        let mut max_seq = None;
-        for (cmd, reply) in batch.into_iter().zip(replies) {
+        for (cmd, reply) in others.into_iter().zip(replies) {
             match (cmd, reply) {
-                (Command::Ingest { seq, .. }, _) => max_seq = Some(seq),
-                (Command::Due { reply, .. }, Reply::Due(d)) => {
-                    let _ = reply.send(d);
-                }
-                (Command::Record { reply, .. }, Reply::Recorded) => {
-                    let _ = reply.send(());
-                }
-                (Command::Stats { reply }, Reply::Stats(s)) => {
-                    let _ = reply.send(s);
-                }
-                (Command::Repair { reply, .. }, Reply::Repaired(r)) => {
-                    let _ = reply.send(r);
-                }
-                (Command::Held { reply }, Reply::Held(h)) => {
-                    let _ = reply.send(h);
-                }
+                (Command::Due { reply, .. }, Reply::Due(d)) => drop(reply.send(d)),
+                (Command::Record { reply, .. }, Reply::Recorded) => drop(reply.send(())),
+                (Command::Stats { reply }, Reply::Stats(s)) => drop(reply.send(s)),
+                (Command::Repair { reply, .. }, Reply::Repaired(r)) => drop(reply.send(r)),
+                (Command::Held { reply }, Reply::Held(h)) => drop(reply.send(h)),
                 _ => {}
             }
         }
-        if let Some(seq) = max_seq {
+        if taken > 0 && self.full {
+            self.set_full(false, "");
+            let _ = self.store.checkpoint_truncate();
+        }
+        if taken < self.held.len() && !self.full {
+            // More is held than one batch takes: come back for it without waiting.
+            self.retry_held_at = Instant::now();
+        }
+        let mut last = None;
+        for cmd in self.held.drain(..taken) {
+            if let Command::Ingest { seq, .. } = cmd {
+                last = Some(seq);
+            }
+        }
+        if let Some(seq) = last {
             self.committed.send_replace(seq);
         }
         if new_work {
             self.new_work.notify_one();
+        }
+        self.after_commit();
+    }
+
+    /// Keeps the files inside the budget and the tables tidy.
+    fn after_commit(&mut self) {
+        if self.store.over(&self.budget, HIGH).unwrap_or(false) && !self.relieve(self.evict) && !self.evict {
+            self.set_full(true, "storage.max_bytes reached");
+        }
+        if self.tight() && super::space::wal_bytes(&self.path) > TIGHT_BYTES as u64 * 4 {
+            let _ = self.store.checkpoint_truncate();
+        }
+        if let Err(e) = self.store.checkpoint_if_large(&self.path, &self.budget) {
+            tracing::debug!(error = %e, "WAL checkpoint deferred.");
+        }
+        if Instant::now() >= self.housekeeping_at {
+            self.housekeeping_at = Instant::now() + HOUSEKEEPING;
+            let now = now_ms();
+            let keys = self.budget.dedupe_keys();
+            let result = (|| {
+                self.store.begin()?;
+                while self.store.delete_finished(now - RETENTION_MS, 256)? > 0 {}
+                self.store.trim_dedupe(now, keys)?;
+                self.store.shrink()?;
+                self.store.commit()
+            })();
+            if let Err(e) = result {
+                self.store.rollback();
+                tracing::debug!(error = %e, "Housekeeping deferred.");
+            }
         }
     }
 
@@ -157,19 +359,15 @@ impl Writer {
         })
     }
 
-    fn apply(&mut self, batch: &[Command]) -> rusqlite::Result<(Vec<Reply>, bool)> {
+    /// Applies `others` and the first `take` held ingest commands in one transaction.
+    fn apply(&mut self, others: &[Command], take: usize) -> rusqlite::Result<(Vec<Reply>, bool)> {
         let now = now_ms();
         self.store.begin()?;
-        let mut replies = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(others.len());
         let mut new_work = false;
-        for cmd in batch {
+        for cmd in others {
             let reply = match cmd {
-                Command::Ingest { inbound, .. } => {
-                    if let Stored::Event { delivery_ids } = self.store.insert(inbound, now)? {
-                        new_work |= !delivery_ids.is_empty();
-                    }
-                    Reply::None
-                }
+                Command::Ingest { .. } => Reply::None,
                 Command::Due { subscription, now_ms, limit, fifo, .. } => {
                     Reply::Due(self.store.due(subscription, *now_ms, *limit, *fifo)?)
                 }
@@ -192,9 +390,13 @@ impl Writer {
             };
             replies.push(reply);
         }
-        self.batches += 1;
-        if self.batches % 1024 == 0 {
-            self.store.trim_dedupe(now)?;
+        let held: Vec<&Command> = self.held.iter().take(take).collect();
+        for cmd in held {
+            if let Command::Ingest { inbound, .. } = cmd
+                && let Stored::Event { delivery_ids } = self.store.insert(inbound, now)?
+            {
+                new_work |= !delivery_ids.is_empty();
+            }
         }
         self.store.commit()?;
         Ok((replies, new_work))
