@@ -223,6 +223,38 @@ priority = "high"
 }
 
 #[test]
+fn backpressure_leaves_messages_with_the_broker_instead_of_evicting() {
+    let broker = Mosquitto::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port)
+        .replace("synchronous = \"normal\"", "max_bytes = \"1MiB\"\nwhen_full = \"backpressure\"")
+        + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    let filler = "z".repeat(1000);
+    const N: u64 = 2000;
+    let messages: Vec<_> = (0..N)
+        .map(|n| {
+            (
+                "fleet/agv-1/mission".to_string(),
+                format!(r#"{{"seq":{n},"status":"completed","fill":"{filler}"}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    for chunk in messages.chunks(500) {
+        publish(broker.port, chunk);
+    }
+    assert!(wait_until(LONG, || agent.log().contains("The outbox is full")), "{}", agent.log());
+    let queued = agent.count("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = 'created'");
+    assert!(queued < N as i64, "the rest waits at the broker ({queued} queued)");
+    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    assert!(wait_until(LONG, || all_arrived(&ep, N)), "{} of {N} arrived", arrivals(&ep).len());
+    report("backpressure", &ep, N, 0);
+    assert_eq!(agent.count("SELECT COUNT(*) FROM counters WHERE outcome = 'evicted' AND n > 0"), 0, "nothing evicted");
+}
+
+#[test]
 fn a_full_filesystem_pauses_ingest_and_it_resumes_when_space_returns() {
     let mount = tempfile::tempdir().unwrap();
     let mounted = std::process::Command::new("mount")
