@@ -1,7 +1,8 @@
-//! Wires the agent together: the outbox writer, ingest and the dispatcher, one shutdown
-//! token, and the order things stop in. Knows no MQTT, SQL or HTTP details.
+//! Wires the agent together: the outbox writer, ingest, the dispatcher, the heartbeat and
+//! the status socket; one shutdown token; the order things stop in; SIGHUP reloads.
+//! Knows no MQTT, SQL or HTTP details.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tokio::task::JoinHandle;
@@ -9,10 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::delivery::{DeliveryError, Dispatcher, EndpointViews};
+use crate::health::Liveness;
 use crate::ingest::Router;
+use crate::ingest::heartbeat::{self, Heartbeat};
 use crate::ingest::mqtt::{self, MqttStatus, MqttView};
 use crate::outbox::{Outbox, OutboxError, WriterThread};
-use crate::status::{self, Context};
+use crate::status::{self, Context, Live};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -22,45 +25,37 @@ pub enum AppError {
     Delivery(#[from] DeliveryError),
 }
 
+/// The tasks that a reload replaces: they follow routes and subscriptions.
+struct Generation {
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
 /// A running agent. Cancel the token it was started with, then [`Agent::wait`].
 pub struct Agent {
     pub mqtt: MqttView,
-    pub endpoints: EndpointViews,
     pub outbox: Outbox,
-    ingest: JoinHandle<()>,
-    dispatcher: JoinHandle<()>,
+    pub liveness: Arc<Liveness>,
+    live: Arc<RwLock<Live>>,
+    generation: Generation,
     status: Option<JoinHandle<()>>,
     writer: WriterThread,
     shutdown: CancellationToken,
+    config: Config,
 }
 
 impl Agent {
     pub fn start(config: &Config, shutdown: CancellationToken) -> Result<Agent, AppError> {
-        let (outbox, writer) = WriterThread::start(&config.storage)?;
-        let dispatcher = Dispatcher::new(config, outbox.clone())?;
-        let endpoints = dispatcher.views();
-        let control = dispatcher.handle();
+        let liveness = Liveness::new();
+        let (outbox, writer) = WriterThread::start(&config.storage, liveness.writer())?;
         let mqtt: MqttView = Arc::new(Mutex::new(MqttStatus::default()));
-        let ingest = tokio::spawn(mqtt::run(
-            config.mqtt.clone(),
-            Router::new(config),
-            outbox.clone(),
-            mqtt.clone(),
-            shutdown.clone(),
-        ));
-        let dispatcher = tokio::spawn(dispatcher.run(shutdown.clone()));
+        let (generation, live) = start_generation(config, &outbox, &mqtt, &liveness, &shutdown)?;
+        let live = Arc::new(RwLock::new(live));
         let socket = &config.status.socket;
         let status = match status::bind(socket, config.status.socket_mode) {
             Ok(listener) => {
-                let ctx = Context {
-                    config: Arc::new(config.clone()),
-                    outbox: outbox.clone(),
-                    router: Router::new(config),
-                    mqtt: mqtt.clone(),
-                    endpoints: endpoints.clone(),
-                    dispatcher: control,
-                    started: Instant::now(),
-                };
+                let ctx =
+                    Context { outbox: outbox.clone(), mqtt: mqtt.clone(), live: live.clone(), started: Instant::now() };
                 Some(tokio::spawn(status::serve(listener, Arc::new(ctx), shutdown.clone())))
             }
             Err(e) => {
@@ -71,64 +66,148 @@ impl Agent {
         };
         tracing::info!(device_id = %config.device_id, outbox = %config.storage.path.display(),
             subscriptions = config.subscriptions.len(), routes = config.routes.len(), "fleethook is running.");
-        Ok(Agent { mqtt, endpoints, outbox, ingest, dispatcher, status, writer, shutdown })
+        Ok(Agent { mqtt, outbox, liveness, live, generation, status, writer, shutdown, config: config.clone() })
+    }
+
+    /// What delivery reports about each subscription's endpoint.
+    pub fn endpoints(&self) -> EndpointViews {
+        self.live.read().map(|l| l.endpoints.clone()).unwrap_or_default()
+    }
+
+    /// Applies new routes and subscriptions without losing queued work: the current
+    /// ingest and dispatcher finish (acking what committed, letting in-flight requests
+    /// end) and new ones start. Settings that need a restart are named in a warning.
+    pub async fn reload(&mut self, new: Config) -> Result<(), AppError> {
+        let old = &self.config;
+        let mut needs_restart = Vec::new();
+        if new.mqtt.url != old.mqtt.url || new.mqtt.client_id != old.mqtt.client_id || new.device_id != old.device_id {
+            needs_restart.push("device_id / [mqtt]");
+        }
+        if new.storage.path != old.storage.path || new.storage.max_bytes != old.storage.max_bytes {
+            needs_restart.push("[storage]");
+        }
+        if new.status.socket != old.status.socket {
+            needs_restart.push("[status]");
+        }
+        // Build the new dispatcher first: a bad CA file refuses the reload, the old stays.
+        Dispatcher::new(&new, self.outbox.clone(), self.liveness.delivery())?;
+        self.generation.stop.cancel();
+        for t in self.generation.tasks.drain(..) {
+            let _ = t.await;
+        }
+        if let Ok(mut m) = self.mqtt.lock() {
+            m.subscribed = false;
+        }
+        let (generation, live) = start_generation(&new, &self.outbox, &self.mqtt, &self.liveness, &self.shutdown)?;
+        self.generation = generation;
+        if let Ok(mut l) = self.live.write() {
+            *l = live;
+        }
+        if !needs_restart.is_empty() {
+            tracing::warn!(sections = ?needs_restart, "Reloaded routes and subscriptions; these settings changed and apply after a restart.");
+        }
+        tracing::info!(subscriptions = new.subscriptions.len(), routes = new.routes.len(), "Configuration reloaded.");
+        self.config = new;
+        Ok(())
     }
 
     /// Waits for shutdown, then stops ingest (acking what committed), lets in-flight
     /// deliveries finish within the grace period, and commits the last batch.
     pub async fn wait(self) {
         self.shutdown.cancelled().await;
-        let _ = self.ingest.await;
-        let _ = self.dispatcher.await;
+        self.generation.stop.cancel();
+        for t in self.generation.tasks {
+            let _ = t.await;
+        }
         if let Some(status) = self.status {
             let _ = status.await;
         }
         drop(self.outbox);
+        drop(self.live);
         let writer = self.writer;
         let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         tracing::info!("fleethook stopped.");
     }
 }
 
-/// Runs the agent until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<(), AppError> {
+/// Starts ingest, the dispatcher and the heartbeat for one configuration.
+fn start_generation(
+    config: &Config,
+    outbox: &Outbox,
+    mqtt: &MqttView,
+    liveness: &Arc<Liveness>,
+    shutdown: &CancellationToken,
+) -> Result<(Generation, Live), AppError> {
+    let stop = shutdown.child_token();
+    let dispatcher = Dispatcher::new(config, outbox.clone(), liveness.delivery())?;
+    let endpoints = dispatcher.views();
+    let control = dispatcher.handle();
+    let router = Router::new(config);
+    let mut tasks = vec![
+        tokio::spawn(mqtt::run(
+            config.mqtt.clone(),
+            router.clone(),
+            outbox.clone(),
+            mqtt.clone(),
+            liveness.ingest(),
+            stop.clone(),
+        )),
+        tokio::spawn(dispatcher.run(stop.clone())),
+    ];
+    if !config.heartbeat.interval.is_zero() {
+        let hb = Heartbeat {
+            interval: config.heartbeat.interval,
+            device_id: config.device_id.clone(),
+            state_path: config.storage.path.clone(),
+            router: router.clone(),
+            outbox: outbox.clone(),
+            mqtt: mqtt.clone(),
+            endpoints: endpoints.clone(),
+        };
+        tasks.push(tokio::spawn(heartbeat::run(hb, stop.clone())));
+    }
+    let live = Live { config: Arc::new(config.clone()), router, endpoints, dispatcher: control };
+    Ok((Generation { stop, tasks }, live))
+}
+
+/// Runs the agent until SIGTERM or SIGINT; SIGHUP reloads `config_path`.
+pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), AppError> {
+    use tokio::signal::unix::{SignalKind, signal};
     let shutdown = CancellationToken::new();
-    let agent = Agent::start(&config, shutdown.clone())?;
-    tokio::spawn(signals(shutdown.clone()));
+    let mut agent = Agent::start(&config, shutdown.clone())?;
     // Outside systemd there is no NOTIFY_SOCKET and these do nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     if let Some(interval) = sd_notify::watchdog_enabled() {
-        tokio::spawn(watchdog(interval / 2, shutdown.clone()));
+        tokio::spawn(crate::health::watchdog(agent.liveness.clone(), interval / 2, shutdown.clone()));
     }
-    let stopping = shutdown.clone();
-    tokio::spawn(async move {
-        stopping.cancelled().await;
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    });
-    agent.wait().await;
-    Ok(())
-}
-
-/// Pings systemd's watchdog while the runtime is alive.
-async fn watchdog(every: std::time::Duration, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        tracing::error!("Cannot install signal handlers; stopping.");
+        shutdown.cancel();
+        agent.wait().await;
+        return Ok(());
+    };
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => { let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]); }
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down."); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down."); break; }
+            _ = hup.recv() => {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Reloading]);
+                match Config::load(&config_path) {
+                    Ok(new) => {
+                        if let Err(e) = agent.reload(new).await {
+                            tracing::error!(error = %e, "SIGHUP: the new configuration could not start; the old one stays.");
+                        }
+                    }
+                    Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid; the old one stays."),
+                }
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+            }
         }
     }
-}
-
-async fn signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::warn!("Cannot install signal handlers.");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down."),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down."),
-    }
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
+    agent.wait().await;
+    Ok(())
 }

@@ -22,6 +22,9 @@ struct Cli {
     /// Print the socket's JSON result instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// Where logs go: journald under systemd, else human-readable stderr (auto), or json.
+    #[arg(long, global = true, value_enum, default_value = "auto")]
+    log_format: fleethook::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -120,12 +123,6 @@ enum Command {
         #[arg(long)]
         seconds: Option<u64>,
     },
-}
-
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 fn main() -> ExitCode {
@@ -269,13 +266,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         },
         Command::Run => {
-            init_logging("info");
+            fleethook::logging::init(cli.log_format, "info");
             let config = Config::load(&cli.config)?;
-            runtime()?.block_on(fleethook::app::run(config))?;
+            runtime()?.block_on(fleethook::app::run(config, cli.config.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Receive { port, bind, secrets, body } => {
-            init_logging("info");
+            fleethook::logging::init(cli.log_format, "info");
             let rt = runtime()?;
             rt.block_on(async {
                 let listener = tokio::net::TcpListener::bind((bind.as_str(), port))
@@ -319,7 +316,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Emit { .. }
         | Command::Top { .. } => unreachable!("handled above"),
         Command::Demo { seconds } => {
-            init_logging("warn,rumqttd=off");
+            fleethook::logging::init(cli.log_format, "warn,rumqttd=off");
             let rt = runtime()?;
             let summary = rt.block_on(async {
                 let stop = CancellationToken::new();

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, Ordering, Subscription};
 use crate::event::now_ms;
+use crate::health::Beat;
 use crate::outbox::{AttemptRecord, Due, NextState, Outbox, Terminal};
 use endpoint::{Endpoint, State};
 use outcome::{Verdict, classify_error, classify_status, needs_operator};
@@ -103,10 +104,11 @@ pub struct Dispatcher {
     views: EndpointViews,
     control_tx: mpsc::UnboundedSender<Control>,
     control: mpsc::UnboundedReceiver<Control>,
+    beat: Beat,
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, outbox: Outbox) -> Result<Self, DeliveryError> {
+    pub fn new(config: &Config, outbox: Outbox, beat: Beat) -> Result<Self, DeliveryError> {
         let mut lanes = Vec::new();
         for sub in &config.subscriptions {
             let client =
@@ -131,6 +133,7 @@ impl Dispatcher {
             views: Arc::new(Mutex::new(Vec::new())),
             control_tx,
             control,
+            beat,
         })
     }
 
@@ -181,7 +184,11 @@ impl Dispatcher {
                 }
             }
         }
+        let mut beat = tokio::time::interval(crate::health::BEAT);
+        let started = Instant::now();
         loop {
+            self.beat.beat();
+            crate::health::wedge_if_asked("delivery", started);
             self.fill(&mut tasks, &done_tx).await;
             self.publish_views();
             let wake = self.lanes.iter().filter_map(|l| l.wake_at).min();
@@ -202,6 +209,7 @@ impl Dispatcher {
                     }
                 }
                 _ = sleep => {}
+                _ = beat.tick() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport};
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport,
+};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -15,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::Router;
 use crate::config::MqttConfig;
 use crate::event::now_ms;
+use crate::health::Beat;
 use crate::outbox::Outbox;
 
 /// Accept any message the protocol allows (256 MiB): one larger than the client's limit
@@ -63,7 +66,14 @@ fn options(cfg: &MqttConfig) -> Result<MqttOptions, std::io::Error> {
 
 /// Runs ingest until `shutdown`; then sends the acks of what has committed and
 /// disconnects.
-pub async fn run(cfg: MqttConfig, router: Router, outbox: Outbox, view: MqttView, shutdown: CancellationToken) {
+pub async fn run(
+    cfg: MqttConfig,
+    router: Router,
+    outbox: Outbox,
+    view: MqttView,
+    beat: Beat,
+    shutdown: CancellationToken,
+) {
     update(&view, |v| v.url = cfg.url.clone());
     let opts = match options(&cfg) {
         Ok(o) => o,
@@ -74,23 +84,34 @@ pub async fn run(cfg: MqttConfig, router: Router, outbox: Outbox, view: MqttView
             return;
         }
     };
-    let (client, mut eventloop) = AsyncClient::new(opts, 4096);
+    let (client, eventloop) = AsyncClient::new(opts, 4096);
+    // The event loop is polled by a task of its own and never cancelled mid-poll; this
+    // loop only takes finished events from it.
+    let (events_tx, mut events) = mpsc::channel(256);
+    let driver_stop = CancellationToken::new();
+    let driver = tokio::spawn(drive(eventloop, events_tx, driver_stop.clone()));
     let generation = Arc::new(AtomicU64::new(0));
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(ack_in_order(client.clone(), outbox.committed(), ack_rx, generation.clone()));
     let filters: Vec<SubscribeFilter> =
         router.filters().into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)).collect();
     let mut seq: u64 = 0;
-    let mut backoff = Duration::from_millis(250);
+    let mut tick = tokio::time::interval(crate::health::BEAT);
+    let started = std::time::Instant::now();
     loop {
+        beat.beat();
+        crate::health::wedge_if_asked("ingest", started);
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
-            ev = eventloop.poll() => ev,
+            _ = tick.tick() => continue,
+            ev = events.recv() => match ev {
+                Some(ev) => ev,
+                None => break,
+            },
         };
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 generation.fetch_add(1, Ordering::SeqCst);
-                backoff = Duration::from_millis(250);
                 tracing::info!(url = %cfg.url, client_id = %cfg.client_id, session_present = ack.session_present, "Connected to the MQTT broker.");
                 update(&view, |v| {
                     v.connected = true;
@@ -135,36 +156,54 @@ pub async fn run(cfg: MqttConfig, router: Router, outbox: Outbox, view: MqttView
                 if was_connected {
                     tracing::warn!(error = %e, url = %cfg.url, "Lost the MQTT connection; reconnecting.");
                 } else {
-                    tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "MQTT connect failed.");
+                    tracing::debug!(error = %e, "MQTT connect failed; retrying with backoff.");
                 }
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
             }
         }
     }
-    // Send the acks of everything already committed, then say goodbye. What is not acked
-    // here the broker sends again (DUP), and dedupe recognises it.
+    // Send the acks of everything already committed (the driver keeps polling, so they go
+    // out), then say goodbye. What is not acked here the broker sends again (DUP), and
+    // dedupe recognises it.
     drop(ack_tx);
-    let flush = async {
-        let mut acker = acker;
-        loop {
-            tokio::select! {
-                _ = &mut acker => break,
-                ev = eventloop.poll() => if ev.is_err() { break },
-            }
-        }
-        let _ = client.try_disconnect();
-        for _ in 0..8 {
-            if eventloop.poll().await.is_err() {
+    let _ = tokio::time::timeout(Duration::from_secs(2), acker).await;
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        while let Some(ev) = events.recv().await {
+            if ev.is_err() {
                 break;
             }
         }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(2), flush).await;
+    })
+    .await;
+    driver_stop.cancel();
+    let _ = driver.await;
     update(&view, |v| v.connected = false);
+}
+
+/// Polls the event loop and hands each event over; after an error (the next poll
+/// reconnects) it waits with a backoff that resets on a successful connect.
+async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let ev = tokio::select! {
+            _ = stop.cancelled() => return,
+            ev = eventloop.poll() => ev,
+        };
+        let failed = ev.is_err();
+        if matches!(ev, Ok(Event::Incoming(Packet::ConnAck(_)))) {
+            backoff = Duration::from_millis(250);
+        }
+        if tx.send(ev).await.is_err() {
+            return;
+        }
+        if failed {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
 }
 
 /// Acks each message once the outbox has committed it, in the order received. An ack for

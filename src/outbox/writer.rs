@@ -22,6 +22,7 @@ use super::store::{Store, Stored};
 use super::{Command, DueBatch, Inbound, Outbox, OutboxError, Repair, Repaired, Stats};
 use crate::config::{StorageConfig, WhenFull};
 use crate::event::now_ms;
+use crate::health::Beat;
 
 /// At most this many commands go into one transaction.
 const MAX_BATCH: usize = 2048;
@@ -41,7 +42,7 @@ pub struct WriterThread {
 
 impl WriterThread {
     /// Opens the outbox and starts its writer.
-    pub fn start(cfg: &StorageConfig) -> Result<(Outbox, WriterThread), OutboxError> {
+    pub fn start(cfg: &StorageConfig, beat: Beat) -> Result<(Outbox, WriterThread), OutboxError> {
         let conn = super::schema::open(cfg)?;
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let budget = Budget::new(cfg.max_bytes, page_size as u64);
@@ -65,6 +66,8 @@ impl WriterThread {
             retry_held_at: Instant::now(),
             tight_until: None,
             housekeeping_at: Instant::now() + HOUSEKEEPING,
+            beat,
+            started: Instant::now(),
         };
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
@@ -101,6 +104,8 @@ struct Writer {
     /// that the WAL cannot eat the space that came back before it is checkpointed.
     tight_until: Option<Instant>,
     housekeeping_at: Instant,
+    beat: Beat,
+    started: Instant,
 }
 
 /// A command's answer, held until its transaction commits.
@@ -131,19 +136,19 @@ fn payload_bytes(c: &Command) -> usize {
 impl Writer {
     fn run(mut self) {
         loop {
-            let first = if self.held.is_empty() {
-                match self.rx.recv() {
-                    Ok(c) => Some(c),
-                    Err(_) => break,
-                }
-            } else {
-                // Something is held: look again soon even if nothing comes.
-                let wait = if self.full { Duration::from_millis(250) } else { Duration::ZERO };
-                match self.rx.recv_timeout(wait) {
-                    Ok(c) => Some(c),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
+            self.beat.beat();
+            crate::health::wedge_if_asked("writer", self.started);
+            // Idle, wake once a beat; with something held, look again soon.
+            let wait = match (self.held.is_empty(), self.full) {
+                (true, _) => crate::health::BEAT,
+                (false, true) => Duration::from_millis(250),
+                (false, false) => Duration::ZERO,
+            };
+            let first = match self.rx.recv_timeout(wait) {
+                Ok(c) => Some(c),
+                Err(RecvTimeoutError::Timeout) if self.held.is_empty() => continue,
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break,
             };
             let mut batch: Vec<Command> = first.into_iter().collect();
             let mut bytes: usize = batch.iter().map(payload_bytes).sum();
@@ -273,6 +278,7 @@ impl Writer {
                         "The outbox cannot commit; nothing is acked until it can (check free disk space).");
                     let _ = self.store.checkpoint_truncate();
                     std::thread::sleep(backoff);
+                    self.beat.beat();
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }

@@ -2,7 +2,7 @@
 //! thread; changes go to the outbox writer or the dispatcher as messages.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -19,14 +19,20 @@ use crate::outbox::{NewDelivery, NewEvent, Outbox, Repair};
 /// How long `test` waits for the attempt's outcome.
 const TEST_WAIT: Duration = Duration::from_secs(30);
 
-/// Everything the handlers need of the running agent.
-pub struct Context {
+/// What follows the configuration, replaced as a whole on reload.
+#[derive(Clone)]
+pub struct Live {
     pub config: Arc<Config>,
-    pub outbox: Outbox,
     pub router: Router,
-    pub mqtt: MqttView,
     pub endpoints: EndpointViews,
     pub dispatcher: DispatcherHandle,
+}
+
+/// Everything the handlers need of the running agent.
+pub struct Context {
+    pub outbox: Outbox,
+    pub mqtt: MqttView,
+    pub live: Arc<RwLock<Live>>,
     pub started: Instant,
 }
 
@@ -45,8 +51,13 @@ fn parse_time(s: &str, now_ms: i64) -> Result<i64, ErrorBody> {
 }
 
 impl Context {
+    /// The configuration-dependent parts as of now.
+    fn live(&self) -> Result<Live, ErrorBody> {
+        self.live.read().map(|l| l.clone()).map_err(|_| internal("state lock poisoned"))
+    }
+
     fn db_path(&self) -> PathBuf {
-        self.config.storage.path.clone()
+        self.live().map(|l| l.config.storage.path.clone()).unwrap_or_default()
     }
 
     async fn read<T: Send + 'static>(
@@ -61,7 +72,7 @@ impl Context {
     }
 
     fn known(&self, subscription: &str) -> Result<(), ErrorBody> {
-        match self.config.subscription(subscription) {
+        match self.live()?.config.subscription(subscription) {
             Some(_) => Ok(()),
             None => Err(ErrorBody::new("not_found", format!("no subscription named `{subscription}`"))),
         }
@@ -114,7 +125,7 @@ impl Context {
             Request::Pause { subscription } => self.hold(subscription, true).await,
             Request::Resume { subscription } => self.hold(subscription, false).await,
             Request::Emit { event_type, data } => {
-                let deliveries = self.router.deliveries(&event_type, None, now_ms());
+                let deliveries = self.live()?.router.deliveries(&event_type, None, now_ms());
                 let (event_id, ids) = self.emit(event_type, data, deliveries).await?;
                 Ok(json!({ "event_id": event_id, "delivery_ids": ids }))
             }
@@ -126,11 +137,9 @@ impl Context {
         self.known(&subscription)?;
         let state = pause.then(|| "paused".to_string());
         self.outbox.repair(Repair::Hold { subscription: subscription.clone(), state }).await.map_err(internal)?;
-        let applied = if pause {
-            self.dispatcher.pause(&subscription).await
-        } else {
-            self.dispatcher.resume(&subscription).await
-        };
+        let dispatcher = self.live()?.dispatcher;
+        let applied =
+            if pause { dispatcher.pause(&subscription).await } else { dispatcher.resume(&subscription).await };
         if !applied {
             return Err(internal("the dispatcher is not running"));
         }
@@ -152,7 +161,7 @@ impl Context {
         let event = NewEvent {
             id: id.clone(),
             event_type,
-            device_id: self.config.device_id.clone(),
+            device_id: self.live()?.config.device_id.clone(),
             created_ms: now_ms(),
             topic: String::new(),
             data: data.to_string(),
@@ -168,7 +177,8 @@ impl Context {
 
     /// Sends a `fleethook.test` event to one subscription now and waits for the outcome.
     async fn test(&self, subscription: String) -> Result<Value, ErrorBody> {
-        let sub = self
+        let live = self.live()?;
+        let sub = live
             .config
             .subscription(&subscription)
             .ok_or_else(|| ErrorBody::new("not_found", format!("no subscription named `{subscription}`")))?;
@@ -207,12 +217,13 @@ impl Context {
     }
 
     async fn status(&self) -> Result<Value, ErrorBody> {
+        let live = self.live()?;
         let stats = self.read(|r| r.stats()).await?;
-        let bytes = bytes_on_disk(&self.config.storage.path);
+        let bytes = bytes_on_disk(&live.config.storage.path);
         let mqtt = self.mqtt.lock().map(|m| m.clone()).unwrap_or_default();
-        let views = self.endpoints.lock().map(|v| v.clone()).unwrap_or_default();
+        let views = live.endpoints.lock().map(|v| v.clone()).unwrap_or_default();
         let now = now_ms();
-        let subscriptions: Vec<Value> = self
+        let subscriptions: Vec<Value> = live
             .config
             .subscriptions
             .iter()
@@ -240,13 +251,13 @@ impl Context {
             .collect();
         Ok(json!({
             "version": env!("CARGO_PKG_VERSION"),
-            "device_id": self.config.device_id,
+            "device_id": live.config.device_id,
             "uptime_s": self.started.elapsed().as_secs(),
             "mqtt": { "connected": mqtt.connected, "url": mqtt.url, "last_error": mqtt.last_error },
             "storage": {
-                "path": self.config.storage.path,
+                "path": live.config.storage.path,
                 "bytes": bytes,
-                "max_bytes": self.config.storage.max_bytes,
+                "max_bytes": live.config.storage.max_bytes,
                 "events": stats.events,
                 "quarantined": stats.quarantined,
             },

@@ -1,0 +1,118 @@
+//! Liveness for systemd's watchdog: each long-lived loop beats at least once a second
+//! while it is turning (idle or busy), and the watchdog pings systemd only while every
+//! loop has beaten since the last ping. A wedged loop stops the pings, and systemd
+//! restarts the agent.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+/// How often an idle loop beats.
+pub const BEAT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Default)]
+pub struct Liveness {
+    pub ingest: AtomicU64,
+    pub writer: AtomicU64,
+    pub delivery: AtomicU64,
+}
+
+/// One loop's heart.
+#[derive(Clone, Debug)]
+pub struct Beat(Arc<Liveness>, fn(&Liveness) -> &AtomicU64);
+
+impl Beat {
+    pub fn beat(&self) {
+        (self.1)(&self.0).fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Liveness {
+    pub fn new() -> Arc<Liveness> {
+        Arc::new(Liveness::default())
+    }
+
+    pub fn ingest(self: &Arc<Self>) -> Beat {
+        Beat(self.clone(), |l| &l.ingest)
+    }
+
+    pub fn writer(self: &Arc<Self>) -> Beat {
+        Beat(self.clone(), |l| &l.writer)
+    }
+
+    pub fn delivery(self: &Arc<Self>) -> Beat {
+        Beat(self.clone(), |l| &l.delivery)
+    }
+
+    fn snapshot(&self) -> [u64; 3] {
+        [
+            self.ingest.load(Ordering::Relaxed),
+            self.writer.load(Ordering::Relaxed),
+            self.delivery.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+/// Names the loops that have not beaten between two snapshots.
+pub fn stalled(before: [u64; 3], after: [u64; 3]) -> Vec<&'static str> {
+    ["ingest", "writer", "delivery"]
+        .into_iter()
+        .zip(before.iter().zip(after.iter()))
+        .filter(|(_, (b, a))| a == b)
+        .map(|(n, _)| n)
+        .collect()
+}
+
+/// Pings systemd's watchdog every `every` while all loops make progress.
+pub async fn watchdog(live: Arc<Liveness>, every: Duration, shutdown: CancellationToken) {
+    let mut last = live.snapshot();
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = live.snapshot();
+        let stuck = stalled(last, now);
+        if stuck.is_empty() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        } else {
+            tracing::error!(loops = ?stuck, "A loop is not making progress; withholding the watchdog ping so systemd restarts the agent.");
+        }
+        last = now;
+    }
+}
+
+/// Fault injection for tests: `FLEETHOOK_FAULT_WEDGE=writer` (or `ingest`, `delivery`)
+/// makes that loop block forever after `FLEETHOOK_FAULT_WEDGE_AFTER` seconds (default 2).
+pub fn wedge_if_asked(name: &str, started: std::time::Instant) {
+    if std::env::var("FLEETHOOK_FAULT_WEDGE").ok().as_deref() != Some(name) {
+        return;
+    }
+    let after = std::env::var("FLEETHOOK_FAULT_WEDGE_AFTER").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    if started.elapsed() >= Duration::from_secs(after) {
+        tracing::warn!(loop_name = name, "Fault injection: this loop now blocks forever.");
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loop_that_did_not_beat_is_named() {
+        let live = Liveness::new();
+        let before = live.snapshot();
+        live.ingest().beat();
+        live.writer().beat();
+        assert_eq!(stalled(before, live.snapshot()), ["delivery"]);
+        live.delivery().beat();
+        assert!(stalled(before, live.snapshot()).is_empty());
+    }
+}

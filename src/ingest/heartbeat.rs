@@ -1,0 +1,132 @@
+//! `agent.heartbeat`: every `heartbeat.interval` the agent reports the robot's vitals
+//! (sysinfo) and its own (queue depth, oldest pending, MQTT and endpoint states). Low
+//! priority and collapsing, so a robot that was offline for a day sends one, not 1440.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::Router;
+use super::mqtt::MqttView;
+use crate::delivery::EndpointViews;
+use crate::event::{Priority, new_id, now_ms};
+use crate::outbox::{NewEvent, Outbox, Repair};
+
+pub const EVENT_TYPE: &str = "agent.heartbeat";
+
+/// Free bytes on the filesystem holding `path` (the state directory).
+pub fn free_disk(path: &Path) -> Option<u64> {
+    let dir = if path.is_dir() { path } else { path.parent().filter(|p| !p.as_os_str().is_empty())? };
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+/// The robot's vitals and the agent's own state.
+pub struct Vitals {
+    system: Option<sysinfo::System>,
+    started: Instant,
+}
+
+impl Vitals {
+    pub fn new() -> Vitals {
+        let system = sysinfo::System::new().ok().map(|mut s| {
+            s.refresh_cpu_usage();
+            s
+        });
+        Vitals { system, started: Instant::now() }
+    }
+
+    /// Sysinfo figures; CPU is the usage since the previous call.
+    pub fn sample(&mut self, state_path: &Path) -> Value {
+        let (cpu, mem_used, mem_total) = match &mut self.system {
+            Some(s) => {
+                s.refresh_cpu_usage();
+                s.refresh_memory();
+                (Some(s.global_cpu_usage()), Some(s.used_memory()), Some(s.total_memory()))
+            }
+            None => (None, None, None),
+        };
+        let load = sysinfo::System::load_average().ok();
+        json!({
+            "cpu_percent": cpu.map(|c| (c * 10.0).round() / 10.0),
+            "load": load.map(|l| json!([l.one, l.five, l.fifteen])),
+            "memory_used_bytes": mem_used,
+            "memory_total_bytes": mem_total,
+            "disk_free_bytes": free_disk(state_path),
+            "uptime_s": sysinfo::System::uptime().ok(),
+            "agent_uptime_s": self.started.elapsed().as_secs(),
+            "agent_version": env!("CARGO_PKG_VERSION"),
+        })
+    }
+}
+
+impl Default for Vitals {
+    fn default() -> Self {
+        Vitals::new()
+    }
+}
+
+/// What the heartbeat reads and where it goes.
+pub struct Heartbeat {
+    pub interval: Duration,
+    pub device_id: String,
+    pub state_path: std::path::PathBuf,
+    pub router: Router,
+    pub outbox: Outbox,
+    pub mqtt: MqttView,
+    pub endpoints: EndpointViews,
+}
+
+/// Emits heartbeats until `shutdown`.
+pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
+    let Heartbeat { interval, device_id, state_path, router, outbox, mqtt, endpoints } = hb;
+    let mut vitals = Vitals::new();
+    let mut tick = tokio::time::interval(interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = now_ms();
+        let deliveries = router.deliveries(EVENT_TYPE, None, now);
+        if deliveries.is_empty() {
+            continue;
+        }
+        let mut data = vitals.sample(&state_path);
+        if let Ok(stats) = outbox.stats().await {
+            let pending: u64 = stats.subscriptions.iter().map(|s| s.pending).sum();
+            let oldest = stats.subscriptions.iter().filter_map(|s| s.oldest_pending_ms).min();
+            data["queue_depth"] = json!(pending);
+            data["oldest_pending_age_s"] = json!(oldest.map(|t| (now - t).max(0) / 1000));
+        }
+        let m = mqtt.lock().map(|m| m.clone()).unwrap_or_default();
+        data["mqtt"] = json!({ "connected": m.connected, "last_error": m.last_error });
+        let states: serde_json::Map<String, Value> =
+            endpoints.lock().map(|v| v.iter().map(|e| (e.name.clone(), json!(e.state))).collect()).unwrap_or_default();
+        data["endpoints"] = Value::Object(states);
+        let event = NewEvent {
+            id: new_id(),
+            event_type: EVENT_TYPE.into(),
+            device_id: device_id.clone(),
+            created_ms: now,
+            topic: String::new(),
+            data: data.to_string(),
+            priority: Priority::Low,
+            collapse: true,
+            dedupe_key: None,
+            dedupe_check: false,
+            deliveries,
+        };
+        if let Err(e) = outbox.repair(Repair::Emit(Box::new(event))).await {
+            tracing::debug!(error = %e, "Heartbeat not queued.");
+        }
+    }
+}
