@@ -23,6 +23,8 @@ pub enum AppError {
     Outbox(#[from] OutboxError),
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
 }
 
 /// The tasks that a reload replaces: they follow routes and subscriptions.
@@ -174,20 +176,16 @@ fn start_generation(
 pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), AppError> {
     use tokio::signal::unix::{SignalKind, signal};
     let shutdown = CancellationToken::new();
+    // Handlers first, so a SIGTERM during start-up is a clean shutdown, not a kill.
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
     let mut agent = Agent::start(&config, shutdown.clone())?;
     // Outside systemd there is no NOTIFY_SOCKET and these do nothing.
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     if let Some(interval) = sd_notify::watchdog_enabled() {
         tokio::spawn(crate::health::watchdog(agent.liveness.clone(), interval / 2, shutdown.clone()));
     }
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
-        tracing::error!("Cannot install signal handlers; stopping.");
-        shutdown.cancel();
-        agent.wait().await;
-        return Ok(());
-    };
     loop {
         tokio::select! {
             _ = term.recv() => { tracing::info!("SIGTERM: shutting down."); break; }

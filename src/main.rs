@@ -23,7 +23,7 @@ struct Cli {
     #[arg(long, global = true)]
     json: bool,
     /// Where logs go: journald under systemd, else human-readable stderr (auto), or json.
-    #[arg(long, global = true, value_enum, default_value = "auto")]
+    #[arg(long, global = true, value_enum, env = "FLEETHOOK_LOG_FORMAT", default_value = "auto")]
     log_format: fleethook::logging::LogFormat,
     #[command(subcommand)]
     command: Command,

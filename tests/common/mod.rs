@@ -297,6 +297,8 @@ async fn answer(
 pub struct Agent {
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// Extra environment for the agent process.
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
     log: PathBuf,
     starts: usize,
@@ -305,11 +307,37 @@ pub struct Agent {
 impl Agent {
     /// Writes `config` (with `{dir}` replaced by the agent's directory) and starts it.
     pub fn start(dir: &Path, config: &str) -> Agent {
-        let config_path = dir.join("fleethook.toml");
-        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string())).unwrap();
-        let mut a = Agent { dir: dir.to_path_buf(), config: config_path, child: None, log: PathBuf::new(), starts: 0 };
+        Agent::start_env(dir, config, &[])
+    }
+
+    pub fn start_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Agent {
+        let mut a = Agent::configure(dir, config);
+        a.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         a.spawn();
         a
+    }
+
+    /// Writes the config without starting the agent.
+    pub fn configure(dir: &Path, config: &str) -> Agent {
+        let config_path = dir.join("fleethook.toml");
+        std::fs::write(&config_path, config.replace("{dir}", &dir.display().to_string())).unwrap();
+        Agent {
+            dir: dir.to_path_buf(),
+            config: config_path,
+            env: Vec::new(),
+            child: None,
+            log: PathBuf::new(),
+            starts: 0,
+        }
+    }
+
+    /// Replaces the config file (for SIGHUP).
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(&self.config, config.replace("{dir}", &self.dir.display().to_string())).unwrap();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.as_ref().expect("agent running").id(), sig);
     }
 
     pub fn spawn(&mut self) {
@@ -320,6 +348,7 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "fleethook=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
