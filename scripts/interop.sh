@@ -77,7 +77,7 @@ for i in $(seq 1 "$COUNT"); do
 done
 WANT=$((COUNT * 3))
 for _ in $(seq 600); do
-    [ "$(wc -l < "$WORK/requests.jsonl" 2>/dev/null || echo 0)" -ge "$WANT" ] && break
+    [ "$(wc -l 2>/dev/null < "$WORK/requests.jsonl" || echo 0)" -ge "$WANT" ] && break
     sleep 0.1
 done
 END=$(date +%s.%N)

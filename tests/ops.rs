@@ -247,3 +247,31 @@ fn journal_fields(mut data: &[u8]) -> std::collections::HashMap<String, String> 
     }
     out
 }
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/fleethook.service")).unwrap();
+    for needed in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "StateDirectory=fleethook",
+        "ProtectSystem=strict",
+        "SystemCallFilter=@system-service",
+        "UMask=0077",
+    ] {
+        assert!(unit.contains(needed), "the unit sets {needed}");
+    }
+    // Verify against the binary just built (the packaged one lives in /usr/bin).
+    let path = dir.path().join("fleethook.service");
+    std::fs::write(&path, unit.replace("/usr/bin/fleethook", env!("CARGO_BIN_EXE_fleethook"))).unwrap();
+    let out = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is installed (.ci/run installs the systemd package)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.contains("fleethook")).collect();
+    assert!(out.status.success() && problems.is_empty(), "systemd-analyze verify: {stderr}");
+}

@@ -1,0 +1,508 @@
+//! `cargo bench --bench pipeline [-- --quick]`: the real agent (release binary) between a
+//! real mosquitto and an HTTP receiver in this process, measured beside the ceilings of
+//! the parts it sits between, in the same run: raw MQTT QoS 1, raw HTTP POSTs, raw SQLite
+//! commits. Prints a table and writes target/bench/pipeline.json.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const PAYLOAD_PAD: usize = 200;
+
+struct Opts {
+    quick: bool,
+}
+
+impl Opts {
+    fn n(&self, quick: u64, full: u64) -> u64 {
+        if self.quick { quick } else { full }
+    }
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn payload(seq: u64) -> Vec<u8> {
+    format!(r#"{{"seq":{seq},"ts_ns":{},"status":"completed","pad":"{}"}}"#, now_ns(), "p".repeat(PAYLOAD_PAD))
+        .into_bytes()
+}
+
+// ---------------------------------------------------------------- the receiver
+
+#[derive(Default)]
+struct Received {
+    count: AtomicU64,
+    latencies_ns: Mutex<Vec<u64>>,
+}
+
+/// An HTTP receiver in this process (hyper, keep-alive) that counts and timestamps.
+async fn receiver(port: u16, got: Arc<Received>, stop: CancellationToken) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a { Ok(a) => a, Err(_) => continue },
+        };
+        let got = got.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let got = got.clone();
+                async move {
+                    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                    let arrived = now_ns();
+                    if let Ok(v) = serde_json::from_slice::<Value>(&body)
+                        && let Some(ts) = v.pointer("/data/ts_ns").and_then(Value::as_u64)
+                    {
+                        got.latencies_ns.lock().unwrap().push(arrived.saturating_sub(ts));
+                    }
+                    got.count.fetch_add(1, Ordering::Relaxed);
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b""))))
+                }
+            });
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+            tokio::select! { _ = conn => {}, _ = stop.cancelled() => {} }
+        });
+    }
+}
+
+// ---------------------------------------------------------------- mosquitto
+
+struct Broker {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn mosquitto() -> Broker {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("m.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages 1000\nmax_queued_messages 0\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let bin = if Path::new("/usr/sbin/mosquitto").exists() { "/usr/sbin/mosquitto" } else { "mosquitto" };
+    let child =
+        Command::new(bin).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("mosquitto");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Broker { port, child, _dir: dir }
+}
+
+/// Publishes `n` QoS 1 messages as fast as the broker acks them, or at `rate` per second.
+async fn publish(port: u16, topic: &str, n: u64, rate: Option<f64>) -> Duration {
+    let mut opts = rumqttc::MqttOptions::new(format!("bench-pub-{}", free_port()), "127.0.0.1", port);
+    opts.set_inflight(1000);
+    opts.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 1000);
+    let acked = Arc::new(AtomicU64::new(0));
+    let a = acked.clone();
+    let driver = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                    a.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+    let start = Instant::now();
+    for i in 0..n {
+        if let Some(r) = rate {
+            let due = start + Duration::from_secs_f64(i as f64 / r);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload(i)).await.unwrap();
+    }
+    while acked.load(Ordering::Relaxed) < n {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = start.elapsed();
+    driver.abort();
+    took
+}
+
+// ---------------------------------------------------------------- ceilings
+
+async fn mqtt_ceiling(broker: &Broker, n: u64) -> f64 {
+    let mut opts = rumqttc::MqttOptions::new("bench-sub", "127.0.0.1", broker.port);
+    opts.set_inflight(1000);
+    let (client, mut events) = rumqttc::AsyncClient::new(opts, 1000);
+    client.subscribe("ceiling/#", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    loop {
+        if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) = events.poll().await {
+            break;
+        }
+    }
+    let got = Arc::new(AtomicU64::new(0));
+    let g = got.clone();
+    let sub = tokio::spawn(async move {
+        let mut first = None;
+        loop {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(_))) = events.poll().await {
+                first.get_or_insert_with(Instant::now);
+                if g.fetch_add(1, Ordering::Relaxed) + 1 == n {
+                    return first.unwrap().elapsed();
+                }
+            }
+        }
+    });
+    let port = broker.port;
+    let start = Instant::now();
+    publish(port, "ceiling/x", n, None).await;
+    let _ = tokio::time::timeout(Duration::from_secs(120), sub).await;
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn http_ceiling(n: u64, body_len: usize) -> f64 {
+    let port = free_port();
+    let got = Arc::new(Received::default());
+    let stop = CancellationToken::new();
+    tokio::spawn(receiver(port, got.clone(), stop.clone()));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    fleethook::init_crypto();
+    let client = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
+    let body = "b".repeat(body_len);
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let permit = sem.clone().acquire_owned().await.unwrap();
+        let (client, body) = (client.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = client.post(format!("http://127.0.0.1:{port}/")).body(body).send().await;
+            drop(permit);
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    stop.cancel();
+    rate
+}
+
+fn sqlite_ceiling(n: u64, batch: u64) -> f64 {
+    use fleethook::outbox::{Inbound, NewDelivery, NewEvent, Store};
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = fleethook::config::StorageConfig {
+        path: dir.path().join("o.db"),
+        max_bytes: 1 << 34,
+        when_full: fleethook::config::WhenFull::DropOldest,
+        synchronous: fleethook::config::Synchronous::Full,
+        audit_per_subscription: 1000,
+    };
+    let mut store = Store::new(fleethook::outbox::open(&cfg).unwrap());
+    let start = Instant::now();
+    let mut i = 0;
+    while i < n {
+        store.begin().unwrap();
+        for _ in 0..batch {
+            let e = NewEvent {
+                id: fleethook::event::new_id(),
+                event_type: "mission.completed".into(),
+                device_id: "agv".into(),
+                created_ms: 0,
+                topic: "fleet/agv/mission".into(),
+                data: String::from_utf8(payload(i)).unwrap(),
+                priority: fleethook::event::Priority::Normal,
+                collapse: false,
+                dedupe_key: Some(fleethook::outbox::content_key("t", &i.to_le_bytes())),
+                dedupe_check: false,
+                deliveries: vec![NewDelivery { subscription: "s".into(), expires_ms: i64::MAX }],
+            };
+            store.insert(&Inbound::Event(e), 0).unwrap();
+            i += 1;
+        }
+        store.commit().unwrap();
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+// ---------------------------------------------------------------- the agent
+
+struct Agent {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Agent {
+    fn start(dir: &Path, broker: u16, endpoint: u16, name: &str) -> Agent {
+        let config = format!(
+            r#"device_id = "bench-agv"
+[mqtt]
+url = "mqtt://127.0.0.1:{broker}"
+client_id = "fleethook-bench-{name}"
+[storage]
+path = "{dir}/outbox.db"
+max_bytes = "4GiB"
+[status]
+socket = "{dir}/status.sock"
+[heartbeat]
+interval = "0s"
+[delivery]
+offline_probe_max = "1s"
+[[route]]
+topic = "fleet/+/mission"
+event = "mission.{{/status}}"
+device_id = "{{topic.1}}"
+[[subscription]]
+name = "bench"
+url = "http://127.0.0.1:{endpoint}/hook"
+allow_http = true
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+max_in_flight = 32
+"#,
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("fleethook.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_fleethook"))
+            .args(["run", "--config"])
+            .arg(dir.join("fleethook.toml"))
+            .env("RUST_LOG", "fleethook=warn,fleethook::ingest=info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let a = Agent { child, dir: dir.to_path_buf() };
+        for _ in 0..500 {
+            if std::fs::read_to_string(dir.join("agent.log"))
+                .unwrap_or_default()
+                .contains("Subscribed to the route topics")
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        a
+    }
+
+    fn proc(&self, file: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id())).unwrap_or_default()
+    }
+
+    fn status_kib(&self, key: &str) -> u64 {
+        self.proc("status")
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn rss_mib(&self) -> f64 {
+        self.status_kib("VmRSS:") as f64 / 1024.0
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        self.status_kib("VmHWM:") as f64 / 1024.0
+    }
+
+    /// User + system CPU seconds so far.
+    fn cpu_s(&self) -> f64 {
+        let stat = self.proc("stat");
+        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // Fields after the command: state is 0, utime 11, stime 12.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn write_bytes(&self) -> u64 {
+        self.proc("io")
+            .lines()
+            .find_map(|l| l.strip_prefix("write_bytes: "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn outbox_bytes(&self) -> u64 {
+        let db = self.dir.join("outbox.db");
+        let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        size(db.clone()) + size(PathBuf::from(format!("{}-wal", db.display())))
+    }
+
+    fn queued(&self) -> u64 {
+        let socket = self.dir.join("status.sock");
+        fleethook::status::client::call(&socket, &fleethook::status::Request::Status)
+            .ok()
+            .and_then(|v| v.pointer("/storage/events").and_then(Value::as_u64))
+            .unwrap_or(0)
+    }
+}
+
+async fn wait_count(got: &Received, n: u64, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while got.count.load(Ordering::Relaxed) < n {
+        if start.elapsed() > limit {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Some(start.elapsed())
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1e6
+}
+
+// ---------------------------------------------------------------- the run
+
+#[tokio::main]
+async fn main() {
+    let opts = Opts { quick: std::env::args().any(|a| a == "--quick") };
+    let mut results: Vec<(String, f64, String, Option<f64>)> = Vec::new();
+    let mut record = |name: &str, value: f64, unit: &str, ceiling: Option<f64>| {
+        let ratio = ceiling.map(|c| value / c);
+        println!(
+            "{name:<44} {value:>12.2} {unit:<10} {}",
+            ratio.map(|r| format!("{:>5.0} % of ceiling", r * 100.0)).unwrap_or_default()
+        );
+        let _ = std::io::stdout().flush();
+        results.push((name.to_string(), value, unit.to_string(), ratio));
+    };
+    println!("fleethook pipeline benchmark ({})", if opts.quick { "quick" } else { "full" });
+    let broker = mosquitto();
+
+    // Ceilings, same machine, same moment.
+    let envelope_len = 460;
+    let mqtt = mqtt_ceiling(&broker, opts.n(20_000, 100_000)).await;
+    record("ceiling: MQTT QoS 1 (rumqttc → mosquitto → rumqttc)", mqtt, "msg/s", None);
+    let http = http_ceiling(opts.n(20_000, 100_000), envelope_len).await;
+    record("ceiling: HTTP POST (reqwest, 32 in flight)", http, "req/s", None);
+    let rows = opts.n(20_000, 100_000);
+    let sqlite = tokio::task::spawn_blocking(move || sqlite_ceiling(rows, 256)).await.unwrap();
+    record("ceiling: SQLite FULL, our schema, 256 rows/commit", sqlite, "rows/s", None);
+    let smallest = mqtt.min(http).min(sqlite);
+
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = free_port();
+    let got = Arc::new(Received::default());
+    let stop = CancellationToken::new();
+    tokio::spawn(receiver(endpoint, got.clone(), stop.clone()));
+    let agent = Agent::start(dir.path(), broker.port, endpoint, "main");
+
+    // Idle.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle_rss = agent.rss_mib();
+    let idle_for = Duration::from_secs(opts.n(3, 10));
+    let cpu0 = agent.cpu_s();
+    tokio::time::sleep(idle_for).await;
+    let idle_cpu = (agent.cpu_s() - cpu0) / idle_for.as_secs_f64() * 100.0;
+    record("agent: RSS idle", idle_rss, "MiB", None);
+    record("agent: idle CPU", idle_cpu, "% of a core", None);
+
+    // Latency at a steady 200 events/s.
+    let secs = opts.n(3, 10);
+    got.latencies_ns.lock().unwrap().clear();
+    let before = got.count.load(Ordering::Relaxed);
+    publish(broker.port, "fleet/bench-agv/mission", 200 * secs, Some(200.0)).await;
+    wait_count(&got, before + 200 * secs, Duration::from_secs(30)).await;
+    let mut lat = std::mem::take(&mut *got.latencies_ns.lock().unwrap());
+    lat.sort_unstable();
+    record("latency publish → endpoint p50 @200/s", percentile(&lat, 0.50), "ms", None);
+    record("latency publish → endpoint p99 @200/s", percentile(&lat, 0.99), "ms", None);
+    record("latency publish → endpoint p99.9 @200/s", percentile(&lat, 0.999), "ms", None);
+
+    // Throughput, publishing as fast as the broker takes it.
+    let n = opts.n(20_000, 100_000);
+    let before = got.count.load(Ordering::Relaxed);
+    let (cpu0, w0) = (agent.cpu_s(), agent.write_bytes());
+    let start = Instant::now();
+    let publisher = tokio::spawn(publish(broker.port, "fleet/bench-agv/mission", n, None));
+    let took = wait_count(&got, before + n, Duration::from_secs(600)).await.unwrap_or(start.elapsed());
+    let _ = publisher.await;
+    let delivered_rate = n as f64 / took.as_secs_f64();
+    let cpu_per_10k = (agent.cpu_s() - cpu0) / n as f64 * 10_000.0;
+    let written_per_event = (agent.write_bytes() - w0) as f64 / n as f64;
+    record("agent: end-to-end delivered (throughput)", delivered_rate, "events/s", Some(smallest));
+    record("agent: peak RSS", agent.peak_rss_mib(), "MiB", None);
+    record("agent: CPU per 10 000 delivered", cpu_per_10k, "CPU s", None);
+    let payload_len = payload(0).len() as f64;
+    record("agent: disk written per delivered event", written_per_event, "bytes", None);
+    record("agent: … as a multiple of the payload", written_per_event / payload_len, "× payload", None);
+    drop(agent);
+
+    // Durable ingest with the endpoint down, then the drain.
+    let backlog = opts.n(100_000, 1_000_000);
+    let down = free_port();
+    let dir2 = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir2.path(), broker.port, down, "drain");
+    let start = Instant::now();
+    let publisher = tokio::spawn(publish(broker.port, "fleet/bench-agv/mission", backlog, None));
+    while agent.queued() < backlog && start.elapsed() < Duration::from_secs(900) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ingest_rate = backlog as f64 / start.elapsed().as_secs_f64();
+    let _ = publisher.await;
+    record("agent: durable ingest (endpoint down)", ingest_rate, "events/s", Some(mqtt));
+    record("agent: RSS with the backlog queued", agent.rss_mib(), "MiB", None);
+    record("agent: outbox bytes per queued event", agent.outbox_bytes() as f64 / backlog as f64, "bytes", None);
+    let drained = Arc::new(Received::default());
+    tokio::spawn(receiver(down, drained.clone(), stop.clone()));
+    let took = wait_count(&drained, backlog, Duration::from_secs(1800)).await;
+    let drain_rate = took.map(|t| backlog as f64 / t.as_secs_f64()).unwrap_or(0.0);
+    record("agent: drain of the backlog", drain_rate, "events/s", Some(http));
+    drop(agent);
+    stop.cancel();
+
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::env::consts::ARCH
+    );
+    let json = json!({
+        "mode": if opts.quick { "quick" } else { "full" },
+        "machine": machine,
+        "payload_bytes": payload_len,
+        "results": results.iter().map(|(n, v, u, r)| json!({"name": n, "value": v, "unit": u, "ratio_to_ceiling": r})).collect::<Vec<_>>(),
+    });
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("pipeline.json"), serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    println!("wrote target/bench/pipeline.json");
+}
