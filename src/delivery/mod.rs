@@ -30,6 +30,9 @@ pub enum DeliveryError {
     Client { name: String, source: http::ClientError },
 }
 
+/// Due deliveries fetched ahead per parallel lane.
+const PREFETCH: usize = 128;
+
 /// What the status socket and heartbeat see of each subscription's endpoint.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct EndpointView {
@@ -80,6 +83,8 @@ struct Lane {
     client: reqwest::Client,
     endpoint: Endpoint,
     in_flight: HashSet<i64>,
+    /// Due deliveries fetched ahead, oldest first; never also in flight.
+    prefetched: std::collections::VecDeque<Due>,
     /// Fetch again at the next chance (new work, or a slot freed).
     dirty: bool,
     wake_at: Option<Instant>,
@@ -118,6 +123,7 @@ impl Dispatcher {
                 sub: Arc::new(sub.clone()),
                 client,
                 in_flight: HashSet::new(),
+                prefetched: std::collections::VecDeque::new(),
                 dirty: true,
                 wake_at: None,
                 last_status: None,
@@ -248,21 +254,32 @@ impl Dispatcher {
             }
             lane.dirty = false;
             let fifo = lane.sub.ordering == Ordering::Fifo;
-            let fetch = room + lane.in_flight.len();
-            let batch = match self.outbox.due(&lane.sub.name, now_ms(), fetch, fifo).await {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Cannot read due deliveries.");
-                    return;
-                }
-            };
-            let lane = &mut self.lanes[idx];
             let probe = lane.endpoint.state == State::Offline;
-            let fresh: Vec<Due> =
-                batch.rows.into_iter().filter(|d| !lane.in_flight.contains(&d.seq)).take(room).collect();
-            if let Some(ms) = batch.next_due_ms {
-                let at = Instant::now() + Duration::from_millis((ms - now_ms()).max(0) as u64);
-                lane.wake_at = Some(lane.wake_at.map_or(at, |w| w.min(at)));
+            // A FIFO lane or a probe takes exactly what it sends; otherwise fetch ahead so
+            // that a burst of completions does not cost a fetch each.
+            if lane.prefetched.is_empty() || fifo || probe {
+                lane.prefetched.clear();
+                let ahead = if fifo || probe { room } else { room.max(PREFETCH) };
+                let fetch = ahead + lane.in_flight.len();
+                let batch = match self.outbox.due(&lane.sub.name, now_ms(), fetch, fifo).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot read due deliveries.");
+                        return;
+                    }
+                };
+                let lane = &mut self.lanes[idx];
+                lane.prefetched.extend(batch.rows.into_iter().filter(|d| !lane.in_flight.contains(&d.seq)));
+                if let Some(ms) = batch.next_due_ms {
+                    let at = Instant::now() + Duration::from_millis((ms - now_ms()).max(0) as u64);
+                    lane.wake_at = Some(lane.wake_at.map_or(at, |w| w.min(at)));
+                }
+            }
+            let lane = &mut self.lanes[idx];
+            let take = room.min(lane.prefetched.len());
+            let fresh: Vec<Due> = lane.prefetched.drain(..take).collect();
+            if !lane.prefetched.is_empty() {
+                lane.dirty = true;
             }
             lane.endpoint.started(fresh.len());
             for due in fresh {

@@ -16,17 +16,7 @@ use crate::outbox::{NewEvent, Outbox, Repair};
 
 pub const EVENT_TYPE: &str = "agent.heartbeat";
 
-/// Free bytes on the filesystem holding `path` (the state directory).
-pub fn free_disk(path: &Path) -> Option<u64> {
-    let dir = if path.is_dir() { path } else { path.parent().filter(|p| !p.as_os_str().is_empty())? };
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
-}
+pub use crate::outbox::space::free_disk;
 
 /// The robot's vitals and the agent's own state.
 pub struct Vitals {

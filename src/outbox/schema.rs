@@ -145,8 +145,10 @@ impl From<rusqlite::Error> for Checked {
 fn open_checked(path: &Path, cfg: &StorageConfig) -> Result<Connection, Checked> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // auto_vacuum only takes effect before the first table exists.
+    // auto_vacuum and page_size only take effect before the first table exists. Small
+    // pages: a commit rewrites every page it touches, and flash wears per byte written.
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    conn.pragma_update(None, "page_size", 1024)?;
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
         return Err(Checked::Corrupt(check));

@@ -72,6 +72,19 @@ pub struct Reclaimed {
     pub evicted: u64,
 }
 
+/// Free bytes on the filesystem holding `path` (a file or directory).
+pub fn free_disk(path: &Path) -> Option<u64> {
+    let dir = if path.is_dir() { path } else { path.parent().filter(|p| !p.as_os_str().is_empty())? };
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: statvfs is plain old data; zeroed is a valid value to be overwritten.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    Some(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 pub fn wal_bytes(path: &Path) -> u64 {
     std::fs::metadata(format!("{}-wal", path.display())).map(|m| m.len()).unwrap_or(0)
 }

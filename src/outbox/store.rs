@@ -21,7 +21,14 @@ pub enum Stored {
 pub struct Store {
     conn: Connection,
     duplicates: u64,
+    /// When each subscription was last swept for expired deliveries.
+    expired_at: std::collections::HashMap<String, i64>,
+    expire_sweep_ms: i64,
 }
+
+/// Expiry is swept at most this often per subscription: the sweep reads every pending
+/// row, and `due` runs after every completion.
+const EXPIRE_SWEEP_MS: i64 = 5_000;
 
 pub(super) fn bump(conn: &Connection, subscription: &str, outcome: &str, n: i64) -> rusqlite::Result<()> {
     if n == 0 {
@@ -46,7 +53,13 @@ pub fn content_key(topic: &str, payload: &[u8]) -> Vec<u8> {
 
 impl Store {
     pub fn new(conn: Connection) -> Self {
-        Store { conn, duplicates: 0 }
+        Store { conn, duplicates: 0, expired_at: std::collections::HashMap::new(), expire_sweep_ms: EXPIRE_SWEEP_MS }
+    }
+
+    /// Sweeps for expired deliveries on every `due` (tests that step time by hand).
+    pub fn sweep_expiry_always(mut self) -> Self {
+        self.expire_sweep_ms = 0;
+        self
     }
 
     pub fn conn(&self) -> &Connection {
@@ -155,8 +168,12 @@ impl Store {
     }
 
     /// Expires what is past its age, then lists due deliveries (see `Outbox::due`).
-    pub fn due(&self, subscription: &str, now_ms: i64, limit: usize, fifo: bool) -> rusqlite::Result<DueBatch> {
-        self.expire(subscription, now_ms)?;
+    pub fn due(&mut self, subscription: &str, now_ms: i64, limit: usize, fifo: bool) -> rusqlite::Result<DueBatch> {
+        let last = self.expired_at.get(subscription).copied().unwrap_or(i64::MIN);
+        if now_ms.saturating_sub(last) >= self.expire_sweep_ms || now_ms < last {
+            self.expire(subscription, now_ms)?;
+            self.expired_at.insert(subscription.to_string(), now_ms);
+        }
         let sql = if fifo {
             "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms
              FROM deliveries d JOIN events e ON e.seq = d.event_seq
@@ -191,7 +208,7 @@ impl Store {
                 data: r.get(8)?,
             });
         }
-        if !fifo {
+        if !fifo && rows.len() < limit {
             next_due_ms = self
                 .conn
                 .prepare_cached(

@@ -118,8 +118,16 @@ enum Reply {
     Held(Vec<(String, String)>),
 }
 
-fn is_full(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
+/// SQLITE_FULL, or an I/O error while the filesystem has (next to) no room left: a full
+/// disk surfaces as either, depending on which file SQLite was growing.
+fn is_full(e: &rusqlite::Error, path: &std::path::Path) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => true,
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::SystemIoFailure => {
+            super::space::free_disk(path).is_some_and(|free| free < 256 * 1024)
+        }
+        _ => false,
+    }
 }
 
 fn payload_bytes(c: &Command) -> usize {
@@ -259,7 +267,7 @@ impl Writer {
                 Ok((replies, new_work)) => break (replies, take, new_work),
                 Err(e) => {
                     self.store.rollback();
-                    if is_full(&e) && take > 0 {
+                    if is_full(&e, &self.path) && take > 0 {
                         // Our own cap (pages used near max_page_count) is made room for;
                         // a full filesystem is waited out, never answered by evicting.
                         let at_cap = self.store.over(&self.budget, HIGH).unwrap_or(false);

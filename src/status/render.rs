@@ -40,6 +40,11 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// The elements of a JSON array (none for anything else).
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(|a| a.as_slice()).unwrap_or_default()
+}
+
 fn bytes(n: u64) -> String {
     bytesize::ByteSize::b(n).display().iec().to_string()
 }
@@ -79,10 +84,7 @@ pub fn status(v: &Value) -> String {
         s(&st["quarantined"]),
         s(&st["path"]),
     ));
-    let rows: Vec<Vec<String>> = v["subscriptions"]
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(&v["subscriptions"])
         .iter()
         .map(|sub| {
             vec![
@@ -122,10 +124,7 @@ pub fn status(v: &Value) -> String {
 }
 
 pub fn queue(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(v)
         .iter()
         .map(|d| {
             vec![
@@ -144,10 +143,7 @@ pub fn queue(v: &Value) -> String {
 }
 
 pub fn log(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v
-        .as_array()
-        .map(|a| a.as_slice())
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(v)
         .iter()
         .map(|a| {
             vec![
@@ -187,10 +183,7 @@ pub fn top(v: &Value, previous: Option<&Value>, seconds: f64) -> String {
     let mut out = status(v);
     if let Some(prev) = previous {
         out.push('\n');
-        let rows: Vec<Vec<String>> = v["subscriptions"]
-            .as_array()
-            .map(|a| a.as_slice())
-            .unwrap_or_default()
+        let rows: Vec<Vec<String>> = items(&v["subscriptions"])
             .iter()
             .map(|sub| {
                 let before = prev["subscriptions"]
