@@ -481,6 +481,12 @@ async fn main() {
     let _ = publisher.await;
     record("agent: durable ingest (endpoint down)", ingest_rate, "events/s", Some(mqtt));
     record("agent: RSS with the backlog queued", agent.rss_mib(), "MiB", None);
+    println!(
+        "  (of which anonymous {:.1} MiB, file-backed {:.1} MiB, shared {:.1} MiB)",
+        agent.status_kib("RssAnon:") as f64 / 1024.0,
+        agent.status_kib("RssFile:") as f64 / 1024.0,
+        agent.status_kib("RssShmem:") as f64 / 1024.0
+    );
     record("agent: outbox bytes per queued event", agent.outbox_bytes() as f64 / backlog as f64, "bytes", None);
     let drained = Arc::new(Received::default());
     tokio::spawn(receiver(down, drained.clone(), stop.clone()));

@@ -151,6 +151,8 @@ impl Reader {
         let conn =
             Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         conn.busy_timeout(std::time::Duration::from_secs(2))?;
+        // A short-lived reader needs little cache; the writer's is the one that matters.
+        conn.pragma_update(None, "cache_size", -256)?;
         Ok(Reader { conn })
     }
 

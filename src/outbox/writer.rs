@@ -28,6 +28,9 @@ use crate::health::Beat;
 const MAX_BATCH: usize = 2048;
 /// Trim a subscription's audit log after this many new rows.
 const AUDIT_TRIM_EVERY: u64 = 256;
+/// A batch this large means load: the next batch waits up to [`LINGER`] to grow.
+const BUSY_BATCH: usize = 16;
+const LINGER: Duration = Duration::from_millis(1);
 /// After a full filesystem, transactions stay this small…
 const TIGHT_BYTES: usize = 64 * 1024;
 /// …for this long.
@@ -68,6 +71,7 @@ impl WriterThread {
             housekeeping_at: Instant::now() + HOUSEKEEPING,
             beat,
             started: Instant::now(),
+            busy: false,
         };
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
@@ -106,6 +110,8 @@ struct Writer {
     housekeeping_at: Instant,
     beat: Beat,
     started: Instant,
+    /// The last batch was large: the next one lingers.
+    busy: bool,
 }
 
 /// A command's answer, held until its transaction commits.
@@ -160,15 +166,26 @@ impl Writer {
             };
             let mut batch: Vec<Command> = first.into_iter().collect();
             let mut bytes: usize = batch.iter().map(payload_bytes).sum();
+            // Under load, linger a moment so that one commit (one fsync, one rewrite of the
+            // hot pages) carries more work; when idle, commit at once for latency.
+            let linger_until = self.busy.then(|| Instant::now() + LINGER);
             while batch.len() < MAX_BATCH && bytes < self.budget.batch_bytes() {
-                match self.rx.try_recv() {
-                    Ok(c) => {
+                let next = match linger_until {
+                    Some(until) => match until.checked_duration_since(Instant::now()) {
+                        Some(left) => self.rx.recv_timeout(left).ok(),
+                        None => self.rx.try_recv().ok(),
+                    },
+                    None => self.rx.try_recv().ok(),
+                };
+                match next {
+                    Some(c) => {
                         bytes += payload_bytes(&c);
                         batch.push(c);
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
+            self.busy = batch.len() >= BUSY_BATCH;
             self.commit_batch(batch);
         }
         if !self.held.is_empty() {

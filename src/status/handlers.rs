@@ -65,10 +65,20 @@ impl Context {
         f: impl FnOnce(&Reader) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, ErrorBody> {
         let path = self.db_path();
-        tokio::task::spawn_blocking(move || Reader::open(&path).and_then(|r| f(&r)))
-            .await
-            .map_err(internal)?
-            .map_err(internal)
+        tokio::task::spawn_blocking(move || {
+            let result = Reader::open(&path).and_then(|r| f(&r));
+            // A big listing can leave megabytes free but held by the allocator; hand
+            // them back, a robot's memory is small.
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only returns free heap memory to the OS.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            result
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)
     }
 
     fn known(&self, subscription: &str) -> Result<(), ErrorBody> {
