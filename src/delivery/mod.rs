@@ -8,7 +8,7 @@ pub mod http;
 pub mod outcome;
 pub mod schedule;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -425,9 +425,4 @@ pub fn next_state(sub: &Subscription, due: &Due, verdict: &Verdict, now_ms: i64)
             }
         }
     }
-}
-
-/// For tests and the heartbeat: pending work per subscription name.
-pub fn by_name(views: &[EndpointView]) -> HashMap<&str, &EndpointView> {
-    views.iter().map(|v| (v.name.as_str(), v)).collect()
 }
