@@ -33,25 +33,29 @@ pub struct Budget {
 impl Budget {
     pub fn new(max_bytes: u64, page_size: u64) -> Budget {
         let wal_bytes = (max_bytes / 8).clamp(32 * 1024, 16 * 1024 * 1024);
-        let max_pages = (max_bytes.saturating_sub(wal_bytes) / page_size).max(16);
+        // Half the WAL's share again is kept free: a checkpoint cannot truncate the WAL
+        // while a reader (the status socket) holds an old snapshot.
+        let max_pages = (max_bytes.saturating_sub(wal_bytes + wal_bytes / 2) / page_size).max(16);
         Budget { max_bytes, page_size, wal_bytes, max_pages }
     }
 
     /// WAL pages after which SQLite checkpoints on its own.
     pub fn autocheckpoint_pages(&self) -> u64 {
-        (self.wal_bytes / 2 / self.page_size).max(4)
+        (self.wal_bytes / 4 / self.page_size).max(4)
     }
 
     /// The most payload bytes one transaction may add, so that one batch cannot overrun
     /// the WAL's share.
     pub fn batch_bytes(&self) -> usize {
-        (self.wal_bytes / 4) as usize
+        // A commit writes about three times its payload into the WAL (rows, indexes,
+        // counters), and the WAL is truncated once past a quarter of its share.
+        (self.wal_bytes / 8) as usize
     }
 
     /// Rows handled per step while making room: small steps on a small cap, so that one
     /// step's WAL stays well inside the WAL's share.
     pub fn chunk_rows(&self) -> i64 {
-        (self.max_pages / 16).clamp(8, 256) as i64
+        (self.max_pages / 64).clamp(8, 256) as i64
     }
 
     /// Audit rows kept per subscription under pressure: fewer on a small cap.
@@ -222,7 +226,7 @@ impl Store {
 
     /// Truncates the WAL to nothing once it has grown past its share.
     pub fn checkpoint_if_large(&self, path: &Path, b: &Budget) -> rusqlite::Result<()> {
-        if wal_bytes(path) > b.wal_bytes / 2 {
+        if wal_bytes(path) > b.wal_bytes / 4 {
             let _: (i64, i64, i64) = self
                 .conn()
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
@@ -239,8 +243,8 @@ mod tests {
     fn the_budget_splits_the_cap() {
         let b = Budget::new(1 << 20, 4096);
         assert_eq!(b.wal_bytes, 128 * 1024);
-        assert_eq!(b.max_pages, (1024 - 128) / 4);
-        assert!(b.max_pages * 4096 + b.wal_bytes <= 1 << 20);
+        assert_eq!(b.max_pages, (1024 - 192) / 4);
+        assert!(b.max_pages * 4096 + b.wal_bytes * 3 / 2 <= 1 << 20);
         assert_eq!(b.dedupe_keys(), 512);
         assert_eq!(Budget::new(256 << 20, 4096).wal_bytes, 16 << 20);
     }
