@@ -261,6 +261,14 @@ struct Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        // SIGINT first: a `perf record` wrapper writes its data on the way out.
+        let _ = Command::new("kill").arg("-INT").arg(self.child.id().to_string()).status();
+        for _ in 0..100 {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -297,7 +305,16 @@ max_in_flight = 32
         );
         std::fs::write(dir.join("fleethook.toml"), config).unwrap();
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fleethook"))
+        // FLEETHOOK_BENCH_PERF=FILE runs the throughput agent under `perf record` into FILE.
+        let mut command = match std::env::var("FLEETHOOK_BENCH_PERF") {
+            Ok(out) if name == "main" => {
+                let mut c = Command::new("perf");
+                c.args(["record", "-g", "-F", "499", "-o", &out, "--", env!("CARGO_BIN_EXE_fleethook")]);
+                c
+            }
+            _ => Command::new(env!("CARGO_BIN_EXE_fleethook")),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(dir.join("fleethook.toml"))
             .env("RUST_LOG", "fleethook=warn,fleethook::ingest=info")
