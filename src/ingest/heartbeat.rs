@@ -91,7 +91,15 @@ pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
             continue;
         }
         let mut data = vitals.sample(&state_path);
-        if let Ok(stats) = outbox.stats().await {
+        // Counted on a read-only connection: the query reads every pending row, and the
+        // writer has better things to do.
+        let path = state_path.clone();
+        let stats =
+            tokio::task::spawn_blocking(move || crate::outbox::query::Reader::open(&path).and_then(|r| r.stats()))
+                .await
+                .ok()
+                .and_then(Result::ok);
+        if let Some(stats) = stats {
             let pending: u64 = stats.subscriptions.iter().map(|s| s.pending).sum();
             let oldest = stats.subscriptions.iter().filter_map(|s| s.oldest_pending_ms).min();
             data["queue_depth"] = json!(pending);
