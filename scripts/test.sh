@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: installs mosquitto when it is missing
-# (the integration tests start a real broker per test), then runs `cargo test`.
+# The whole test suite, on a fresh machine: installs what the tests use when it is
+# missing (mosquitto, a real broker per test; systemd's systemd-analyze, to verify the
+# unit; util-linux's setpriv, to test the socket's permission check), then `cargo test`.
+# Run it as root: a few tests mount a small tmpfs and bind journald's socket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+PKGS=()
+command -v mosquitto_pub >/dev/null 2>&1 || PKGS+=(mosquitto-clients)
+{ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } || PKGS+=(mosquitto)
+command -v systemd-analyze >/dev/null 2>&1 || PKGS+=(systemd)
+command -v setpriv >/dev/null 2>&1 || PKGS+=(util-linux)
+if [ ${#PKGS[@]} -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-    echo "scripts/test.sh: installing mosquitto (the tests run a real broker)" >&2
+    echo "scripts/test.sh: installing ${PKGS[*]}" >&2
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq mosquitto mosquitto-clients >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${PKGS[@]}" >/dev/null
 fi
 
 exec cargo test "$@"
