@@ -99,6 +99,8 @@ struct Done {
     verdict: Verdict,
     status: Option<u16>,
     probe: bool,
+    /// What the outbox must record; the dispatcher commits a wave of these at once.
+    record: AttemptRecord,
 }
 
 pub struct Dispatcher {
@@ -208,12 +210,7 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
                 _ = new_work.notified() => self.lanes.iter_mut().for_each(|l| l.dirty = true),
                 Some(c) = self.control.recv() => self.control(c),
-                Some(done) = done_rx.recv() => {
-                    self.finish(done);
-                    while let Ok(done) = done_rx.try_recv() {
-                        self.finish(done);
-                    }
-                }
+                Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx).await,
                 _ = sleep => {}
                 _ = beat.tick() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -222,7 +219,15 @@ impl Dispatcher {
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, grace_s = self.grace.as_secs(), "Waiting for in-flight deliveries before exit.");
-            let drained = tokio::time::timeout(self.grace, async { while tasks.join_next().await.is_some() {} }).await;
+            let drained = tokio::time::timeout(self.grace, async {
+                while !tasks.is_empty() || !done_rx.is_empty() {
+                    tokio::select! {
+                        Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx).await,
+                        Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    }
+                }
+            })
+            .await;
             if drained.is_err() {
                 tracing::warn!(
                     abandoned = tasks.len(),
@@ -286,14 +291,30 @@ impl Dispatcher {
                 let Ok(permit) = self.global.clone().try_acquire_owned() else { break };
                 lane.in_flight.insert(due.seq);
                 let job = Attempt { lane: idx, sub: lane.sub.clone(), client: lane.client.clone(), due, probe };
-                let outbox = self.outbox.clone();
                 let done_tx = done_tx.clone();
                 tasks.spawn(async move {
-                    let done = job.run(&outbox).await;
+                    let done = job.run().await;
                     drop(permit);
                     let _ = done_tx.send(done);
                 });
             }
+        }
+    }
+
+    /// Commits the results of every attempt that has finished, in one transaction, then
+    /// frees their slots: a delivery leaves the in-flight set only once its result is on
+    /// disk, so it is never fetched again meanwhile.
+    async fn finish_wave(&mut self, first: Done, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
+        let mut wave = vec![first];
+        while let Ok(done) = done_rx.try_recv() {
+            wave.push(done);
+        }
+        let records = wave.iter().map(|d| d.record.clone()).collect();
+        if let Err(e) = self.outbox.record(records).await {
+            tracing::warn!(error = %e, attempts = wave.len(), "Cannot record attempts; they are sent again after restart.");
+        }
+        for done in wave {
+            self.finish(done);
         }
     }
 
@@ -354,7 +375,7 @@ struct Attempt {
 }
 
 impl Attempt {
-    async fn run(self, outbox: &Outbox) -> Done {
+    async fn run(self) -> Done {
         let started_ms = now_ms();
         let prepared = http::prepare(&self.sub, &self.due, SystemTime::now());
         let attempt = prepared.attempt;
@@ -400,10 +421,7 @@ impl Attempt {
             snippet: sent.snippet,
             next,
         };
-        if let Err(e) = outbox.record(record).await {
-            tracing::warn!(error = %e, delivery_id = %self.due.delivery_id, "Cannot record an attempt; it is sent again after restart.");
-        }
-        Done { lane: self.lane, seq: self.due.seq, verdict, status: sent.status, probe: self.probe }
+        Done { lane: self.lane, seq: self.due.seq, verdict, status: sent.status, probe: self.probe, record }
     }
 }
 

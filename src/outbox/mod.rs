@@ -256,7 +256,7 @@ pub(crate) enum Command {
     Repair { repair: Repair, reply: oneshot::Sender<Repaired> },
     Held { reply: oneshot::Sender<Vec<(String, String)>> },
     Due { subscription: String, now_ms: i64, limit: usize, fifo: bool, reply: oneshot::Sender<DueBatch> },
-    Record { record: Box<AttemptRecord>, reply: oneshot::Sender<()> },
+    Record { records: Vec<AttemptRecord>, reply: oneshot::Sender<()> },
     Stats { reply: oneshot::Sender<Stats> },
 }
 
@@ -301,10 +301,11 @@ impl Outbox {
         rx.await.map_err(|_| OutboxError::Closed)
     }
 
-    /// Writes an attempt's audit row and moves its delivery on; returns once committed.
-    pub async fn record(&self, record: AttemptRecord) -> Result<(), OutboxError> {
+    /// Writes attempts' audit rows and moves their deliveries on, in one transaction;
+    /// returns once committed.
+    pub async fn record(&self, records: Vec<AttemptRecord>) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Record { record: Box::new(record), reply }).map_err(|_| OutboxError::Closed)?;
+        self.tx.send(Command::Record { records, reply }).map_err(|_| OutboxError::Closed)?;
         rx.await.map_err(|_| OutboxError::Closed)
     }
 

@@ -402,12 +402,14 @@ impl Writer {
                 Command::Due { subscription, now_ms, limit, fifo, .. } => {
                     Reply::Due(self.store.due(subscription, *now_ms, *limit, *fifo)?)
                 }
-                Command::Record { record, .. } => {
-                    self.store.record(record)?;
-                    let added = self.audit_added.entry(record.subscription.clone()).or_default();
-                    *added += 1;
-                    if *added % AUDIT_TRIM_EVERY == 0 {
-                        self.store.trim_audit(&record.subscription, self.audit_per_subscription)?;
+                Command::Record { records, .. } => {
+                    for record in records {
+                        self.store.record(record)?;
+                        let added = self.audit_added.entry(record.subscription.clone()).or_default();
+                        *added += 1;
+                        if *added % AUDIT_TRIM_EVERY == 0 {
+                            self.store.trim_audit(&record.subscription, self.audit_per_subscription)?;
+                        }
                     }
                     Reply::Recorded
                 }
