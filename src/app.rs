@@ -9,7 +9,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::delivery::{DeliveryError, Dispatcher, EndpointViews};
+use crate::delivery::{DeliveryError, Dispatcher};
 use crate::health::Liveness;
 use crate::ingest::Router;
 use crate::ingest::heartbeat::{self, Heartbeat};
@@ -69,11 +69,6 @@ impl Agent {
         tracing::info!(device_id = %config.device_id, outbox = %config.storage.path.display(),
             subscriptions = config.subscriptions.len(), routes = config.routes.len(), "fleethook is running.");
         Ok(Agent { mqtt, outbox, liveness, live, generation, status, writer, shutdown, config: config.clone() })
-    }
-
-    /// What delivery reports about each subscription's endpoint.
-    pub fn endpoints(&self) -> EndpointViews {
-        self.live.read().map(|l| l.endpoints.clone()).unwrap_or_default()
     }
 
     /// Applies new routes and subscriptions without losing queued work: the current

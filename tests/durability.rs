@@ -12,6 +12,12 @@ use common::*;
 
 const LONG: Duration = Duration::from_secs(60);
 
+/// Messages of about 1 KB: `{"seq":N,<extra>"fill":"…"}` for each seq.
+fn padded(topic: &str, seqs: std::ops::Range<u64>, extra: &str) -> Vec<(String, Vec<u8>)> {
+    let fill = "f".repeat(1000);
+    seqs.map(|n| (topic.to_string(), format!(r#"{{"seq":{n},{extra}"fill":"{fill}"}}"#).into_bytes())).collect()
+}
+
 /// How many times each published seq arrived.
 fn arrivals(ep: &Endpoint) -> HashMap<u64, usize> {
     let mut seen = HashMap::new();
@@ -177,18 +183,11 @@ priority = "high"
             }
         })
     };
-    let filler = "x".repeat(1000);
-    let low: Vec<_> = (0..4000)
-        .map(|n| ("fleet/agv-1/telemetry".to_string(), format!(r#"{{"seq":{n},"fill":"{filler}"}}"#).into_bytes()))
-        .collect();
+    let low = padded("fleet/agv-1/telemetry", 0..4000, "");
     for chunk in low.chunks(500) {
         publish(broker.port, chunk);
     }
-    let high: Vec<_> = (0..200)
-        .map(|n| {
-            ("fleet/agv-1/alert".to_string(), format!(r#"{{"seq":{},"fill":"{filler}"}}"#, 10_000 + n).into_bytes())
-        })
-        .collect();
+    let high = padded("fleet/agv-1/alert", 10_000..10_200, "");
     publish(broker.port, &high);
     assert!(
         wait_until(LONG, || agent.count("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = 'created'") == 4200)
@@ -232,16 +231,8 @@ fn backpressure_leaves_messages_with_the_broker_instead_of_evicting() {
         + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
     let agent = Agent::start(dir.path(), &config);
     agent.wait_subscribed();
-    let filler = "z".repeat(1000);
     const N: u64 = 2000;
-    let messages: Vec<_> = (0..N)
-        .map(|n| {
-            (
-                "fleet/agv-1/mission".to_string(),
-                format!(r#"{{"seq":{n},"status":"completed","fill":"{filler}"}}"#).into_bytes(),
-            )
-        })
-        .collect();
+    let messages = padded("fleet/agv-1/mission", 0..N, r#""status":"completed","#);
     for chunk in messages.chunks(500) {
         publish(broker.port, chunk);
     }
@@ -282,16 +273,8 @@ fn a_full_filesystem_pauses_ingest_and_it_resumes_when_space_returns() {
     let home = tempfile::tempdir().unwrap();
     let mut agent = Agent::start(home.path(), &config);
     agent.wait_subscribed();
-    let filler = "y".repeat(1000);
     const N: u64 = 800;
-    let messages: Vec<_> = (0..N)
-        .map(|n| {
-            (
-                "fleet/agv-1/mission".to_string(),
-                format!(r#"{{"seq":{n},"status":"completed","fill":"{filler}"}}"#).into_bytes(),
-            )
-        })
-        .collect();
+    let messages = padded("fleet/agv-1/mission", 0..N, r#""status":"completed","#);
     let publisher = {
         let port = broker.port;
         std::thread::spawn(move || {

@@ -15,19 +15,11 @@ use crate::event::{new_id, validate_event_type};
 use crate::outbox::content_key;
 use crate::outbox::{Inbound, NewDelivery, NewEvent, QUARANTINE_KEEP, Quarantined};
 
-/// What each subscription needs at ingest: its name, selectors and default age limit.
-#[derive(Clone, Debug)]
-struct Target {
-    name: String,
-    wants: crate::config::Subscription,
-    max_age: Duration,
-}
-
 /// Routes and subscriptions, compiled for ingest.
 #[derive(Clone, Debug)]
 pub struct Router {
     routes: Vec<RouteConfig>,
-    targets: Vec<Target>,
+    subscriptions: Vec<crate::config::Subscription>,
     device_id: String,
     max_payload: usize,
 }
@@ -36,11 +28,7 @@ impl Router {
     pub fn new(config: &Config) -> Self {
         Router {
             routes: config.routes.clone(),
-            targets: config
-                .subscriptions
-                .iter()
-                .map(|s| Target { name: s.name.clone(), wants: s.clone(), max_age: s.max_age })
-                .collect(),
+            subscriptions: config.subscriptions.clone(),
             device_id: config.device_id.clone(),
             max_payload: config.mqtt.max_payload as usize,
         }
@@ -59,12 +47,12 @@ impl Router {
 
     /// The deliveries an event of this type gets, with their expiry.
     pub fn deliveries(&self, event_type: &str, ttl: Option<Duration>, now_ms: i64) -> Vec<NewDelivery> {
-        self.targets
+        self.subscriptions
             .iter()
-            .filter(|t| t.wants.wants(event_type))
-            .map(|t| NewDelivery {
-                subscription: t.name.clone(),
-                expires_ms: now_ms.saturating_add(ttl.unwrap_or(t.max_age).as_millis() as i64),
+            .filter(|s| s.wants(event_type))
+            .map(|s| NewDelivery {
+                subscription: s.name.clone(),
+                expires_ms: now_ms.saturating_add(ttl.unwrap_or(s.max_age).as_millis() as i64),
             })
             .collect()
     }

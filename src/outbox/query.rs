@@ -2,7 +2,7 @@
 //! connection (WAL lets it read while the writer commits), so a slow `queue` listing never
 //! holds up ingest.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
@@ -59,8 +59,7 @@ pub fn stats(c: &Connection) -> rusqlite::Result<Stats> {
 
 /// The outbox's size on disk: the database file plus its WAL.
 pub fn bytes_on_disk(path: &Path) -> u64 {
-    let wal = PathBuf::from(format!("{}-wal", path.display()));
-    [path.to_path_buf(), wal].iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) + super::space::wal_bytes(path)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -246,11 +245,5 @@ impl Reader {
                 audit_row,
             )
             .optional()
-    }
-
-    /// Subscriptions an operator paused, or whose endpoint answered 410.
-    pub fn held(&self) -> rusqlite::Result<Vec<(String, String)>> {
-        let mut stmt = self.conn.prepare("SELECT subscription, state FROM held")?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
     }
 }

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use sha2::{Digest, Sha256};
 
-use super::{AttemptRecord, Due, DueBatch, Inbound, NewEvent, NextState, Quarantined, Stats, Terminal};
+use super::{AttemptRecord, Due, DueBatch, Inbound, NewEvent, NextState, Quarantined, Stats};
 
 /// How long a dedupe key is remembered, and how many at most.
 const DEDUPE_WINDOW_MS: i64 = 24 * 3600 * 1000;
@@ -323,14 +323,6 @@ impl Store {
     /// The terminal state a delivery reached, for tests and `show`.
     pub fn delivery_state(&self, delivery_id: &str) -> rusqlite::Result<Option<String>> {
         self.conn.query_row("SELECT state FROM deliveries WHERE id = ?1", [delivery_id], |r| r.get(0)).optional()
-    }
-}
-
-impl Terminal {
-    pub fn from_str_opt(s: &str) -> Option<Terminal> {
-        [Terminal::Delivered, Terminal::Failed, Terminal::Expired, Terminal::Evicted, Terminal::Superseded]
-            .into_iter()
-            .find(|t| t.as_str() == s)
     }
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::event::Priority;
-use crate::outbox::NewDelivery;
+use crate::outbox::{NewDelivery, Terminal};
 
 fn store(dir: &tempfile::TempDir) -> Store {
     let cfg = StorageConfig {
