@@ -245,33 +245,64 @@ fn backpressure_leaves_messages_with_the_broker_instead_of_evicting() {
     assert_eq!(agent.count("SELECT COUNT(*) FROM counters WHERE outcome = 'evicted' AND n > 0"), 0, "nothing evicted");
 }
 
+/// A small tmpfs, unmounted when dropped; tests that fill a filesystem need root.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(mounted, "this test mounts a small tmpfs to fill it; it needs root (CI runs as root)");
+        Tmpfs(dir)
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+
+    /// Writes a file until the filesystem has no room left.
+    fn fill(&self, name: &str) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join(name)).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).and_then(|_| f.sync_all()).is_ok() {}
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
+/// The config of an agent whose outbox lives in `dir` and whose endpoint is at `port`.
+fn outbox_in(dir: &std::path::Path, broker_port: u16, port: u16) -> String {
+    base_config(broker_port).replace("{dir}/outbox.db", &format!("{}/outbox.db", dir.display()))
+        + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "")
+}
+
+fn log_tail(agent: &Agent) -> String {
+    let log = agent.log();
+    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+    tail.join("\n")
+}
+
 #[test]
 fn a_full_filesystem_pauses_ingest_and_it_resumes_when_space_returns() {
-    let mount = tempfile::tempdir().unwrap();
-    let mounted = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(mount.path())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    assert!(mounted, "this test mounts a 2 MiB tmpfs to fill it; it needs root (CI runs as root)");
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(mount.path().to_path_buf());
-    let filler_path = mount.path().join("filler");
+    let disk = Tmpfs::mount("2m");
+    let filler_path = disk.path().join("filler");
     std::fs::write(&filler_path, vec![0u8; 1536 * 1024]).unwrap();
 
     let broker = Mosquitto::start();
     let port = free_port();
-    let config = base_config(broker.port).replace("{dir}/outbox.db", &format!("{}/outbox.db", mount.path().display()))
-        + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
     // The agent's config and log stay outside the full filesystem; only the outbox is on it.
     let home = tempfile::tempdir().unwrap();
-    let mut agent = Agent::start(home.path(), &config);
+    let mut agent = Agent::start(home.path(), &outbox_in(disk.path(), broker.port, port));
     agent.wait_subscribed();
     const N: u64 = 800;
     let messages = padded("fleet/agv-1/mission", 0..N, r#""status":"completed","#);
@@ -295,13 +326,66 @@ fn a_full_filesystem_pauses_ingest_and_it_resumes_when_space_returns() {
     publisher.join().unwrap();
     let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
     let ok = wait_until(LONG, || all_arrived(&ep, N));
-    let log = agent.log();
-    let tail: Vec<&str> = log.lines().rev().take(15).collect();
-    assert!(ok, "after space returned, {} of {N} arrived; log tail:\n{}", arrivals(&ep).len(), tail.join("\n"));
+    assert!(ok, "after space returned, {} of {N} arrived; log tail:\n{}", arrivals(&ep).len(), log_tail(&agent));
     report("enospc", &ep, N, 0);
     if agent.log().contains("filesystem is full") {
         assert!(agent.log().contains("ingest resumes"), "a held ingest says when it resumes");
     }
+}
+
+/// The disk fills up while nothing arrives over MQTT: the only writes are the audit rows
+/// of an offline endpoint's probes. They wait for room like ingest does, and once space
+/// returns the writer recovers and the backlog drains.
+#[test]
+fn a_disk_that_fills_while_only_delivery_results_are_written_recovers() {
+    let disk = Tmpfs::mount("4m");
+    let broker = Mosquitto::start();
+    let port = free_port();
+    let home = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(home.path(), &outbox_in(disk.path(), broker.port, port));
+    agent.wait_subscribed();
+    const N: u64 = 200;
+    publish(broker.port, &padded("fleet/agv-1/mission", 0..N / 2, r#""status":"completed","#));
+    let created = || {
+        let db = rusqlite::Connection::open_with_flags(
+            disk.path().join("outbox.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        db.query_row("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = 'created'", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    assert!(wait_until(LONG, || created() == (N / 2) as i64), "the first half is queued");
+
+    disk.fill("filler");
+    assert!(
+        wait_until(LONG, || agent.log().contains("filesystem is full") || agent.log().contains("cannot commit")),
+        "probes of the offline endpoint cannot be recorded on a full disk:\n{}",
+        log_tail(&agent)
+    );
+    let rest = padded("fleet/agv-1/mission", N / 2..N, r#""status":"completed","#);
+    let publisher = {
+        let port = broker.port;
+        std::thread::spawn(move || publish(port, &rest))
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(agent.is_running(), "a full filesystem never crashes the agent");
+    // The field tech's first question still gets an answer.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_fleethook"))
+        .args(["status", "--json", "--socket"])
+        .arg(home.path().join("status.sock"))
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)
+        .unwrap_or_else(|e| panic!("status answers on a full disk ({e}): {}", String::from_utf8_lossy(&status.stderr)));
+    assert_eq!(status["subscriptions"][0]["pending"], (N / 2) as i64, "{status}");
+
+    std::fs::remove_file(disk.path().join("filler")).unwrap();
+    publisher.join().unwrap();
+    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    let ok = wait_until(LONG, || all_arrived(&ep, N));
+    assert!(ok, "after space returned, {} of {N} arrived; log tail:\n{}", arrivals(&ep).len(), log_tail(&agent));
+    report("enospc-results", &ep, N, 0);
 }
 
 fn corrupted_start(damage: impl FnOnce(&std::path::Path)) {

@@ -153,16 +153,30 @@ fn open_checked(path: &Path, cfg: &StorageConfig) -> Result<Connection, Checked>
     if check != "ok" {
         return Err(Checked::Corrupt(check));
     }
+    configure(&conn, cfg.synchronous)?;
+    migrate(&conn)?;
+    Ok(conn)
+}
+
+/// A fresh read-write connection to an outbox that is already open and migrated: the
+/// writer swaps to one after repeated I/O failures, because a connection whose pager hit
+/// an error can keep returning it after the cause (a full disk) is gone.
+pub fn reopen(path: &Path, synchronous: Synchronous) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    configure(&conn, synchronous)?;
+    Ok(conn)
+}
+
+fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    let sync = match cfg.synchronous {
+    let sync = match synchronous {
         Synchronous::Full => "FULL",
         Synchronous::Normal => "NORMAL",
     };
     conn.pragma_update(None, "synchronous", sync)?;
     conn.pragma_update(None, "journal_size_limit", 4 * 1024 * 1024)?;
-    conn.pragma_update(None, "foreign_keys", "OFF")?;
-    migrate(&conn)?;
-    Ok(conn)
+    conn.pragma_update(None, "foreign_keys", "OFF")
 }
 
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {

@@ -56,6 +56,11 @@ impl Store {
         Store { conn, duplicates: 0, expired_at: std::collections::HashMap::new(), expire_sweep_ms: EXPIRE_SWEEP_MS }
     }
 
+    /// Continues on a new connection to the same file; the old one is closed.
+    pub fn replace_conn(&mut self, conn: Connection) {
+        self.conn = conn;
+    }
+
     /// Sweeps for expired deliveries on every `due` (tests that step time by hand).
     pub fn sweep_expiry_always(mut self) -> Self {
         self.expire_sweep_ms = 0;

@@ -19,8 +19,8 @@ use tokio::sync::{Notify, watch};
 
 use super::space::{Budget, HIGH, RETENTION_MS, Reclaimed};
 use super::store::{Store, Stored};
-use super::{Command, DueBatch, Inbound, Outbox, OutboxError, Repair, Repaired, Stats};
-use crate::config::{StorageConfig, WhenFull};
+use super::{Command, DueBatch, Inbound, Outbox, OutboxError, Repair, Repaired};
+use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::event::now_ms;
 use crate::health::Beat;
 
@@ -37,6 +37,9 @@ const TIGHT_BYTES: usize = 64 * 1024;
 const TIGHT_FOR: Duration = Duration::from_secs(600);
 /// How often finished rows past retention are deleted and free pages returned.
 const HOUSEKEEPING: Duration = Duration::from_secs(30);
+const FILESYSTEM_FULL: &str = "the filesystem is full";
+/// After this many failed attempts in a row the writer continues on a fresh connection.
+const REOPEN_AFTER: u32 = 3;
 
 /// The running writer; join it after every [`Outbox`] clone is dropped.
 pub struct WriterThread {
@@ -63,6 +66,7 @@ impl WriterThread {
             audit_added: HashMap::new(),
             budget,
             path: cfg.path.clone(),
+            synchronous: cfg.synchronous,
             evict: cfg.when_full == WhenFull::DropOldest,
             held: VecDeque::new(),
             full: false,
@@ -97,6 +101,7 @@ struct Writer {
     audit_added: HashMap<String, u64>,
     budget: Budget,
     path: PathBuf,
+    synchronous: Synchronous,
     evict: bool,
     /// Ingest waiting for room, in receive order.
     held: VecDeque<Command>,
@@ -119,9 +124,7 @@ enum Reply {
     None,
     Due(DueBatch),
     Recorded,
-    Stats(Stats),
     Repaired(Repaired),
-    Held(Vec<(String, String)>),
 }
 
 /// SQLITE_FULL, or an I/O error while the filesystem has (next to) no room left: a full
@@ -199,7 +202,15 @@ impl Writer {
 
     fn set_full(&mut self, full: bool, why: &str) {
         if full {
-            if !self.full {
+            if !self.full && why == FILESYSTEM_FULL {
+                tracing::error!(
+                    held = self.held.len(),
+                    free_bytes = super::space::free_disk(&self.path),
+                    path = %self.path.display(),
+                    reason = why,
+                    "The filesystem holding the outbox is full: MQTT messages are not acked (the broker holds them) and delivery results wait until there is room."
+                );
+            } else if !self.full {
                 tracing::warn!(
                     held = self.held.len(),
                     reason = why,
@@ -277,48 +288,68 @@ impl Writer {
         let (ingest, others): (Vec<Command>, Vec<Command>) =
             batch.into_iter().partition(|c| matches!(c, Command::Ingest { .. }));
         self.held.extend(ingest);
+        // Reads are answered on their own, so that `status` works while a full disk
+        // stops every write.
+        let (reads, others): (Vec<Command>, Vec<Command>) =
+            others.into_iter().partition(|c| matches!(c, Command::Stats { .. } | Command::Held { .. }));
+        self.answer(reads);
         let mut backoff = Duration::from_millis(100);
+        let mut failures = 0;
+        let mut disk_was_full = false;
         let (replies, taken, new_work) = loop {
             let take = self.held_to_take();
-            match self.apply(&others, take) {
+            let e = match self.apply(&others, take) {
                 Ok((replies, new_work)) => break (replies, take, new_work),
-                Err(e) => {
-                    self.store.rollback();
-                    if is_full(&e, &self.path) && take > 0 {
-                        // Our own cap (pages used near max_page_count) is made room for;
-                        // a full filesystem is waited out, never answered by evicting.
-                        let at_cap = self.store.over(&self.budget, HIGH).unwrap_or(false);
-                        if !(at_cap && self.relieve(self.evict)) {
-                            let why = if at_cap { "storage.max_bytes reached" } else { "the filesystem is full" };
-                            self.set_full(true, why);
-                            if !at_cap {
-                                self.tight_until = Some(Instant::now() + TIGHT_FOR);
-                            }
-                            // Move what the WAL holds into the database and give its space back.
-                            let _ = self.store.checkpoint_truncate();
-                        }
-                        continue;
-                    }
-                    tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, commands = others.len() + take,
-                        "The outbox cannot commit; nothing is acked until it can (check free disk space).");
-                    let _ = self.store.checkpoint_truncate();
-                    std::thread::sleep(backoff);
-                    self.beat.beat();
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
+                Err(e) => e,
+            };
+            self.store.rollback();
+            failures += 1;
+            if failures % REOPEN_AFTER == 0 {
+                self.reopen();
             }
+            let full = is_full(&e, &self.path);
+            if full {
+                // Our own cap (pages used near max_page_count) is made room for;
+                // a full filesystem is waited out, never answered by evicting.
+                let at_cap = self.store.over(&self.budget, HIGH).unwrap_or(false);
+                if at_cap && take > 0 && self.relieve(self.evict) {
+                    continue;
+                }
+                disk_was_full |= !at_cap;
+                let why = if at_cap { "storage.max_bytes reached" } else { FILESYSTEM_FULL };
+                self.set_full(true, why);
+                if !at_cap {
+                    self.tight_until = Some(Instant::now() + TIGHT_FOR);
+                }
+                // Move what the WAL holds into the database and give its space back.
+                let _ = self.store.checkpoint_truncate();
+                if take > 0 {
+                    // Ingest waits (unacked); the rest is tried again without it.
+                    continue;
+                }
+            } else {
+                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, commands = others.len() + take,
+                    free_bytes = super::space::free_disk(&self.path), wal_bytes = super::space::wal_bytes(&self.path),
+                    "The outbox cannot commit; nothing is acked until it can.");
+                let _ = self.store.checkpoint_truncate();
+            }
+            std::thread::sleep(backoff);
+            self.beat.beat();
+            // A full disk is checked often: delivery results wait on it.
+            let most = if full { Duration::from_secs(1) } else { Duration::from_secs(5) };
+            backoff = (backoff * 2).min(most);
         };
         for (cmd, reply) in others.into_iter().zip(replies) {
             match (cmd, reply) {
                 (Command::Due { reply, .. }, Reply::Due(d)) => drop(reply.send(d)),
                 (Command::Record { reply, .. }, Reply::Recorded) => drop(reply.send(())),
-                (Command::Stats { reply }, Reply::Stats(s)) => drop(reply.send(s)),
                 (Command::Repair { reply, .. }, Reply::Repaired(r)) => drop(reply.send(r)),
-                (Command::Held { reply }, Reply::Held(h)) => drop(reply.send(h)),
                 _ => {}
             }
         }
-        if taken > 0 && self.full {
+        // Room again: proven by held ingest committing, or, with nothing held, by the
+        // write that had failed on the full filesystem.
+        if self.full && (taken > 0 || (disk_was_full && self.held.is_empty())) {
             self.set_full(false, "");
             let _ = self.store.checkpoint_truncate();
         }
@@ -339,6 +370,39 @@ impl Writer {
             self.new_work.notify_one();
         }
         self.after_commit();
+    }
+
+    /// Answers read-only commands outside any write transaction. One that fails gets no
+    /// answer: its caller sees the outbox as unavailable.
+    fn answer(&mut self, reads: Vec<Command>) {
+        for cmd in reads {
+            match cmd {
+                Command::Stats { reply } => match self.store.stats() {
+                    Ok(s) => drop(reply.send(s)),
+                    Err(e) => tracing::debug!(error = %e, "Could not read the outbox stats."),
+                },
+                Command::Held { reply } => match self.store.held() {
+                    Ok(h) => drop(reply.send(h)),
+                    Err(e) => tracing::debug!(error = %e, "Could not read the held subscriptions."),
+                },
+                _ => {}
+            }
+        }
+    }
+
+    /// Continues on a fresh connection: SQLite's pager can keep an I/O error (a full
+    /// disk) after its cause is gone, until the connection is closed.
+    fn reopen(&mut self) {
+        match super::schema::reopen(&self.path, self.synchronous) {
+            Ok(conn) => {
+                self.store.replace_conn(conn);
+                if let Err(e) = self.store.apply_budget(&self.budget) {
+                    tracing::debug!(error = %e, "Could not apply the storage budget to the new connection.");
+                }
+                tracing::debug!("The outbox writer reopened its connection after repeated failures.");
+            }
+            Err(e) => tracing::debug!(error = %e, "Could not reopen the outbox; trying the old connection again."),
+        }
     }
 
     /// Keeps the files inside the budget and the tables tidy.
@@ -398,7 +462,8 @@ impl Writer {
         let mut new_work = false;
         for cmd in others {
             let reply = match cmd {
-                Command::Ingest { .. } => Reply::None,
+                // Ingest is taken from `held` below; reads were answered before.
+                Command::Ingest { .. } | Command::Stats { .. } | Command::Held { .. } => Reply::None,
                 Command::Due { subscription, now_ms, limit, fifo, .. } => {
                     Reply::Due(self.store.due(subscription, *now_ms, *limit, *fifo)?)
                 }
@@ -413,8 +478,6 @@ impl Writer {
                     }
                     Reply::Recorded
                 }
-                Command::Stats { .. } => Reply::Stats(self.store.stats()?),
-                Command::Held { .. } => Reply::Held(self.store.held()?),
                 Command::Repair { repair, .. } => {
                     let done = self.repair(repair, now)?;
                     new_work |= done.count > 0 || !done.delivery_ids.is_empty();
