@@ -225,7 +225,7 @@ fn sqlite_ceiling(n: u64, batch: u64) -> f64 {
         synchronous: fleethook::config::Synchronous::Full,
         audit_per_subscription: 1000,
     };
-    let mut store = Store::new(fleethook::outbox::open(&cfg).unwrap());
+    let mut store = Store::new(fleethook::outbox::open(&cfg).unwrap()).unwrap();
     let start = Instant::now();
     let mut i = 0;
     while i < n {

@@ -84,7 +84,7 @@ fn check(store: &Store, model: &Model) -> Result<(), TestCaseError> {
 
 fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let mut store = Store::new(open(&cfg(dir.path())).unwrap()).sweep_expiry_always();
+    let mut store = Store::new(open(&cfg(dir.path())).unwrap()).unwrap().sweep_expiry_always();
     let mut model = Model { rows: Vec::new(), in_flight: Vec::new(), ids: HashMap::new() };
     let mut now: i64 = 1_000;
     let mut events = 0;
@@ -202,7 +202,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Tick { ms } => now += ms,
             Op::Reopen => {
                 drop(store);
-                store = Store::new(open(&cfg(dir.path())).unwrap()).sweep_expiry_always();
+                store = Store::new(open(&cfg(dir.path())).unwrap()).unwrap().sweep_expiry_always();
                 // What was in flight is simply pending again.
                 model.in_flight.clear();
             }

@@ -41,6 +41,7 @@
 //!                └─> quarantine(topic, reason, payload prefix)   (bad input)
 //! ```
 
+mod dedupe;
 pub mod query;
 mod repair;
 mod schema;
@@ -53,8 +54,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot, watch};
 
+pub use dedupe::content_key;
 pub use schema::open;
-pub use store::{Store, Stored, content_key};
+pub use store::{Store, Stored};
 pub use writer::WriterThread;
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +85,7 @@ pub struct NewEvent {
     /// A newer collapsing event of the same type and device supersedes a pending one.
     pub collapse: bool,
     /// Recognises a redelivery: the payload's own id, or a hash of topic and payload.
-    pub dedupe_key: Option<Vec<u8>>,
+    pub dedupe_key: Option<i64>,
     /// Whether to look the key up (always for a route's `dedupe`, only DUP otherwise).
     pub dedupe_check: bool,
     pub deliveries: Vec<NewDelivery>,

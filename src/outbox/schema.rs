@@ -80,6 +80,12 @@ CREATE TABLE held (
     since_ms     INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Dedupe keys live on the event row and in memory (see dedupe.rs): the keyed table put
+-- every insert on a random page.
+ALTER TABLE events ADD COLUMN dedupe_key INTEGER;
+DROP TABLE dedupe;
+"#,
 ];
 
 /// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.

@@ -63,9 +63,9 @@ impl Budget {
         (self.max_bytes / 4096).clamp(64, 1000)
     }
 
-    /// Dedupe keys kept: fewer on a small cap.
-    pub fn dedupe_keys(&self) -> i64 {
-        (self.max_bytes / 2048).clamp(256, 100_000) as i64
+    /// Dedupe keys held in memory: fewer for a small outbox (a smaller robot).
+    pub fn dedupe_keys(&self) -> usize {
+        (self.max_bytes / 2048).clamp(256, 100_000) as usize
     }
 }
 
@@ -171,7 +171,6 @@ impl Store {
             return Ok(done);
         }
         self.trim_quarantine(1000)?;
-        self.trim_dedupe(now_ms, b.dedupe_keys())?;
         self.trim_all_audit(b.audit_rows())?;
         let chunk = b.chunk_rows();
         done.deleted = self.delete_finished(i64::MAX, chunk)?;
@@ -217,7 +216,7 @@ impl Store {
     }
 
     /// Checkpoints everything and truncates the WAL to nothing.
-    pub fn checkpoint_truncate(&self) -> rusqlite::Result<()> {
+    pub fn checkpoint_truncate(&mut self) -> rusqlite::Result<()> {
         self.rollback();
         let _: (i64, i64, i64) =
             self.conn().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;

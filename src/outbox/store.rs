@@ -2,12 +2,12 @@
 //! inside the transaction it holds open for a batch. Tests drive a `Store` directly.
 
 use rusqlite::{Connection, OptionalExtension, params};
-use sha2::{Digest, Sha256};
 
+use super::dedupe::RecentKeys;
 use super::{AttemptRecord, Due, DueBatch, Inbound, NewEvent, NextState, Quarantined, Stats};
 
-/// How long a dedupe key is remembered, and how many at most.
-const DEDUPE_WINDOW_MS: i64 = 24 * 3600 * 1000;
+/// How many dedupe keys are remembered at most: those of the newest events.
+const DEDUPE_KEYS: usize = 100_000;
 
 /// What storing one inbound message did.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,6 +24,8 @@ pub struct Store {
     /// When each subscription was last swept for expired deliveries.
     expired_at: std::collections::HashMap<String, i64>,
     expire_sweep_ms: i64,
+    /// The dedupe keys of the newest events (see `dedupe`).
+    recent: RecentKeys,
 }
 
 /// Expiry is swept at most this often per subscription: the sweep reads every pending
@@ -42,18 +44,32 @@ pub(super) fn bump(conn: &Connection, subscription: &str, outcome: &str, n: i64)
     Ok(())
 }
 
-/// A dedupe key for a message without a payload id: its topic and payload.
-pub fn content_key(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut h = Sha256::new();
-    h.update(topic.as_bytes());
-    h.update([0u8]);
-    h.update(payload);
-    h.finalize().to_vec()
-}
-
 impl Store {
-    pub fn new(conn: Connection) -> Self {
-        Store { conn, duplicates: 0, expired_at: std::collections::HashMap::new(), expire_sweep_ms: EXPIRE_SWEEP_MS }
+    /// Takes the read-write connection of an opened outbox and fills the dedupe window
+    /// from its newest events.
+    pub fn new(conn: Connection) -> rusqlite::Result<Self> {
+        let mut store = Store {
+            conn,
+            duplicates: 0,
+            expired_at: std::collections::HashMap::new(),
+            expire_sweep_ms: EXPIRE_SWEEP_MS,
+            recent: RecentKeys::new(DEDUPE_KEYS),
+        };
+        store.load_dedupe_window(DEDUPE_KEYS)?;
+        Ok(store)
+    }
+
+    /// Holds the dedupe keys of the newest `capacity` events still in the outbox.
+    pub fn load_dedupe_window(&mut self, capacity: usize) -> rusqlite::Result<()> {
+        let mut keys: Vec<i64> = self
+            .conn
+            .prepare("SELECT dedupe_key FROM events WHERE dedupe_key IS NOT NULL ORDER BY seq DESC LIMIT ?1")?
+            .query_map([capacity as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        keys.reverse();
+        self.recent = RecentKeys::new(capacity);
+        self.recent.extend(keys);
+        Ok(())
     }
 
     /// Continues on a new connection to the same file; the old one is closed.
@@ -75,11 +91,14 @@ impl Store {
         self.conn.execute_batch("BEGIN IMMEDIATE")
     }
 
-    pub fn commit(&self) -> rusqlite::Result<()> {
-        self.conn.execute_batch("COMMIT")
+    pub fn commit(&mut self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("COMMIT")?;
+        self.recent.commit();
+        Ok(())
     }
 
-    pub fn rollback(&self) {
+    pub fn rollback(&mut self) {
+        self.recent.discard();
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
@@ -94,28 +113,21 @@ impl Store {
     }
 
     fn insert_event(&mut self, e: &NewEvent, now_ms: i64) -> rusqlite::Result<Stored> {
-        let c = &self.conn;
-        if let Some(key) = &e.dedupe_key {
-            if e.dedupe_check {
-                let seen: Option<i64> = c
-                    .prepare_cached("SELECT seen_ms FROM dedupe WHERE key = ?1")?
-                    .query_row([key], |r| r.get(0))
-                    .optional()?;
-                if seen.is_some_and(|t| now_ms - t < DEDUPE_WINDOW_MS) {
-                    self.duplicates += 1;
-                    return Ok(Stored::Duplicate);
-                }
-            }
-            c.prepare_cached("INSERT OR REPLACE INTO dedupe (key, seen_ms) VALUES (?1, ?2)")?
-                .execute(params![key, now_ms])?;
+        if let Some(key) = e.dedupe_key
+            && e.dedupe_check
+            && self.recent.contains(key)
+        {
+            self.duplicates += 1;
+            return Ok(Stored::Duplicate);
         }
         if e.deliveries.is_empty() {
             return Ok(Stored::Nothing);
         }
+        let c = &self.conn;
         c.prepare_cached(
-            "INSERT INTO events (id, type, device_id, created_ms, topic, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO events (id, type, device_id, created_ms, topic, data, dedupe_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?
-        .execute(params![e.id, e.event_type, e.device_id, e.created_ms, e.topic, e.data])?;
+        .execute(params![e.id, e.event_type, e.device_id, e.created_ms, e.topic, e.data, e.dedupe_key])?;
         let event_seq = c.last_insert_rowid();
         let collapse_key = e.collapse.then(|| format!("{}\u{1f}{}", e.event_type, e.device_id));
         let mut delivery_ids = Vec::with_capacity(e.deliveries.len());
@@ -140,6 +152,12 @@ impl Store {
                 ])?;
             bump(&self.conn, &d.subscription, "created", 1)?;
             delivery_ids.push(delivery_id);
+        }
+        if let Some(key) = e.dedupe_key {
+            self.recent.stage(key);
+            if self.conn.is_autocommit() {
+                self.recent.commit();
+            }
         }
         Ok(Stored::Event { delivery_ids })
     }
@@ -308,15 +326,12 @@ impl Store {
             .execute(params![subscription, keep as i64])
     }
 
-    /// Forgets dedupe keys past the window, and beyond the newest `max_keys`.
-    pub fn trim_dedupe(&self, now_ms: i64, max_keys: i64) -> rusqlite::Result<()> {
-        self.conn.prepare_cached("DELETE FROM dedupe WHERE seen_ms < ?1")?.execute([now_ms - DEDUPE_WINDOW_MS])?;
-        self.conn
-            .prepare_cached(
-                "DELETE FROM dedupe WHERE seen_ms < (SELECT seen_ms FROM dedupe ORDER BY seen_ms DESC LIMIT 1 OFFSET ?1)",
-            )?
-            .execute([max_keys])?;
-        Ok(())
+    /// Holds at most this many dedupe keys in memory.
+    pub fn limit_dedupe_window(&mut self, capacity: usize) -> rusqlite::Result<()> {
+        if capacity == self.recent.capacity() {
+            return Ok(());
+        }
+        self.load_dedupe_window(capacity)
     }
 
     pub fn stats(&self) -> rusqlite::Result<Stats> {

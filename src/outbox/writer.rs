@@ -52,8 +52,9 @@ impl WriterThread {
         let conn = super::schema::open(cfg)?;
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let budget = Budget::new(cfg.max_bytes, page_size as u64);
-        let store = Store::new(conn);
+        let mut store = Store::new(conn)?;
         store.apply_budget(&budget)?;
+        store.limit_dedupe_window(budget.dedupe_keys())?;
         let (tx, rx) = mpsc::channel();
         let (committed_tx, committed) = watch::channel(0u64);
         let new_work = Arc::new(Notify::new());
@@ -419,11 +420,9 @@ impl Writer {
         if Instant::now() >= self.housekeeping_at {
             self.housekeeping_at = Instant::now() + HOUSEKEEPING;
             let now = now_ms();
-            let keys = self.budget.dedupe_keys();
             let result = (|| {
                 self.store.begin()?;
                 while self.store.delete_finished(now - RETENTION_MS, 256)? > 0 {}
-                self.store.trim_dedupe(now, keys)?;
                 self.store.shrink()?;
                 self.store.commit()
             })();

@@ -1,6 +1,7 @@
 use super::*;
 use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::event::Priority;
+use crate::outbox::content_key;
 use crate::outbox::{NewDelivery, Terminal};
 
 fn store(dir: &tempfile::TempDir) -> Store {
@@ -11,7 +12,7 @@ fn store(dir: &tempfile::TempDir) -> Store {
         synchronous: Synchronous::Normal,
         audit_per_subscription: 1000,
     };
-    Store::new(crate::outbox::open(&cfg).unwrap())
+    Store::new(crate::outbox::open(&cfg).unwrap()).unwrap()
 }
 
 fn event(id: &str, subs: &[&str], collapse: bool) -> Inbound {
@@ -98,4 +99,23 @@ fn expiry_collapse_dedupe_and_quarantine_are_counted() {
     assert_eq!((stats.quarantined, stats.duplicates, stats.events), (1, 1, 2));
     assert!(s.due("a", 20_000, 10, false).unwrap().rows.is_empty());
     assert_eq!(s.stats().unwrap().subscription("a").unwrap().expired, 1);
+}
+
+#[test]
+fn dedupe_survives_a_restart_and_forgets_rolled_back_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(&dir);
+    // A batch that rolls back leaves no key: the same message retried is stored.
+    s.begin().unwrap();
+    assert!(matches!(s.insert(&event("r1", &["a"], false), 1000).unwrap(), Stored::Event { .. }));
+    assert_eq!(s.insert(&event("r1", &["a"], false), 1000).unwrap(), Stored::Duplicate, "within the batch too");
+    s.rollback();
+    s.begin().unwrap();
+    assert!(matches!(s.insert(&event("r1", &["a"], false), 1000).unwrap(), Stored::Event { .. }));
+    s.commit().unwrap();
+    drop(s);
+    // After a restart the key is known again from the event row.
+    let mut s = store(&dir);
+    assert_eq!(s.insert(&event("r1", &["a"], false), 1000).unwrap(), Stored::Duplicate);
+    assert!(matches!(s.insert(&event("r2", &["a"], false), 1000).unwrap(), Stored::Event { .. }));
 }
