@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
@@ -55,19 +55,42 @@ impl Liveness {
     }
 }
 
-/// Names the loops that have not beaten between two snapshots.
-pub fn stalled(before: [u64; 3], after: [u64; 3]) -> Vec<&'static str> {
-    ["ingest", "writer", "delivery"]
-        .into_iter()
-        .zip(before.iter().zip(after.iter()))
-        .filter(|(_, (b, a))| a == b)
-        .map(|(n, _)| n)
-        .collect()
+/// A loop that has not beaten for this long is stalled: idle loops beat once a [`BEAT`],
+/// so a short `WatchdogSec` never mistakes an idle agent for a wedged one.
+pub const STALL_AFTER: Duration = Duration::from_secs(2 * BEAT.as_secs());
+
+/// When each loop was last seen making progress.
+#[derive(Debug)]
+pub struct Progress {
+    counts: [u64; 3],
+    seen: [Instant; 3],
+}
+
+impl Progress {
+    pub fn new(counts: [u64; 3], now: Instant) -> Progress {
+        Progress { counts, seen: [now; 3] }
+    }
+
+    /// Takes a new snapshot; names the loops that have not beaten for [`STALL_AFTER`].
+    pub fn stalled(&mut self, counts: [u64; 3], now: Instant) -> Vec<&'static str> {
+        for ((seen, new), old) in self.seen.iter_mut().zip(counts).zip(self.counts) {
+            if new != old {
+                *seen = now;
+            }
+        }
+        self.counts = counts;
+        ["ingest", "writer", "delivery"]
+            .into_iter()
+            .zip(self.seen)
+            .filter(|(_, seen)| now.duration_since(*seen) >= STALL_AFTER)
+            .map(|(name, _)| name)
+            .collect()
+    }
 }
 
 /// Pings systemd's watchdog every `every` while all loops make progress.
 pub async fn watchdog(live: Arc<Liveness>, every: Duration, shutdown: CancellationToken) {
-    let mut last = live.snapshot();
+    let mut progress = Progress::new(live.snapshot(), Instant::now());
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -75,14 +98,12 @@ pub async fn watchdog(live: Arc<Liveness>, every: Duration, shutdown: Cancellati
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = live.snapshot();
-        let stuck = stalled(last, now);
+        let stuck = progress.stalled(live.snapshot(), Instant::now());
         if stuck.is_empty() {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
         } else {
             tracing::error!(loops = ?stuck, "A loop is not making progress; withholding the watchdog ping so systemd restarts the agent.");
         }
-        last = now;
     }
 }
 
@@ -106,13 +127,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_loop_that_did_not_beat_is_named() {
+    fn a_loop_is_stalled_only_after_missing_beats_for_a_while() {
         let live = Liveness::new();
-        let before = live.snapshot();
+        let t0 = Instant::now();
+        let mut progress = Progress::new(live.snapshot(), t0);
+        // Idle loops beat once a second; a check between two beats is not a stall.
+        assert!(progress.stalled(live.snapshot(), t0 + BEAT / 2).is_empty());
         live.ingest().beat();
         live.writer().beat();
-        assert_eq!(stalled(before, live.snapshot()), ["delivery"]);
+        assert_eq!(progress.stalled(live.snapshot(), t0 + STALL_AFTER), ["delivery"]);
         live.delivery().beat();
-        assert!(stalled(before, live.snapshot()).is_empty());
+        assert!(progress.stalled(live.snapshot(), t0 + STALL_AFTER + BEAT / 2).is_empty());
+        assert_eq!(
+            progress.stalled(live.snapshot(), t0 + STALL_AFTER * 2),
+            ["ingest", "writer"],
+            "the ones that stopped since"
+        );
     }
 }

@@ -151,10 +151,11 @@ impl From<rusqlite::Error> for Checked {
 fn open_checked(path: &Path, cfg: &StorageConfig) -> Result<Connection, Checked> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // auto_vacuum and page_size only take effect before the first table exists. Small
-    // pages: a commit rewrites every page it touches, and flash wears per byte written.
-    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+    // page_size and auto_vacuum only take effect before the first table exists, and
+    // page_size only before auto_vacuum (which writes the header). Small pages: a commit
+    // rewrites every page it touches, and flash wears per byte written.
     conn.pragma_update(None, "page_size", 1024)?;
+    conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
         return Err(Checked::Corrupt(check));
@@ -207,4 +208,37 @@ fn move_aside(path: &Path) -> Result<PathBuf, OutboxError> {
         }
     }
     Ok(aside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WhenFull;
+
+    #[test]
+    fn a_new_outbox_has_small_pages_incremental_vacuum_and_wal() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StorageConfig {
+            path: dir.path().join("outbox.db"),
+            max_bytes: 1 << 20,
+            when_full: WhenFull::DropOldest,
+            synchronous: Synchronous::Full,
+            audit_per_subscription: 1000,
+        };
+        let conn = open(&cfg).unwrap();
+        let pragma = |name: &str| {
+            conn.query_row(&format!("PRAGMA {name}"), [], |r| {
+                Ok(match r.get_ref(0)? {
+                    rusqlite::types::ValueRef::Integer(i) => i.to_string(),
+                    other => other.as_str().unwrap_or_default().to_string(),
+                })
+            })
+            .unwrap()
+        };
+        assert_eq!(pragma("page_size"), "1024");
+        assert_eq!(pragma("auto_vacuum"), "2", "incremental");
+        assert_eq!(pragma("journal_mode"), "wal");
+        assert_eq!(pragma("synchronous"), "2", "full");
+        assert_eq!(pragma("user_version"), MIGRATIONS.len().to_string());
+    }
 }
