@@ -82,6 +82,20 @@ pub struct StorageConfig {
     pub audit_per_subscription: u64,
 }
 
+#[cfg(test)]
+impl StorageConfig {
+    /// An outbox at `path` with room to spare, for unit tests.
+    pub fn for_tests(path: PathBuf) -> StorageConfig {
+        StorageConfig {
+            path,
+            max_bytes: 1 << 30,
+            when_full: WhenFull::DropOldest,
+            synchronous: Synchronous::Normal,
+            audit_per_subscription: 1000,
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusConfig {
     pub socket: PathBuf,

@@ -215,18 +215,12 @@ fn move_aside(path: &Path) -> Result<PathBuf, OutboxError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::WhenFull;
 
     #[test]
     fn a_new_outbox_has_its_page_size_incremental_vacuum_and_wal() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = StorageConfig {
-            path: dir.path().join("outbox.db"),
-            max_bytes: 1 << 20,
-            when_full: WhenFull::DropOldest,
-            synchronous: Synchronous::Full,
-            audit_per_subscription: 1000,
-        };
+        let cfg =
+            StorageConfig { synchronous: Synchronous::Full, ..StorageConfig::for_tests(dir.path().join("outbox.db")) };
         let conn = open(&cfg).unwrap();
         let pragma = |name: &str| {
             conn.query_row(&format!("PRAGMA {name}"), [], |r| {

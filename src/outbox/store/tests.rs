@@ -1,17 +1,10 @@
 use super::*;
-use crate::config::{StorageConfig, Synchronous, WhenFull};
+use crate::config::StorageConfig;
 use crate::event::Priority;
-use crate::outbox::content_key;
-use crate::outbox::{NewDelivery, Terminal};
+use crate::outbox::{NewDelivery, Terminal, content_key};
 
 fn store(dir: &tempfile::TempDir) -> Store {
-    let cfg = StorageConfig {
-        path: dir.path().join("outbox.db"),
-        max_bytes: 1 << 30,
-        when_full: WhenFull::DropOldest,
-        synchronous: Synchronous::Normal,
-        audit_per_subscription: 1000,
-    };
+    let cfg = StorageConfig::for_tests(dir.path().join("outbox.db"));
     Store::new(crate::outbox::open(&cfg).unwrap()).unwrap()
 }
 
