@@ -305,14 +305,16 @@ max_in_flight = 32
         );
         std::fs::write(dir.join("fleethook.toml"), config).unwrap();
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        // FLEETHOOK_BENCH_AGENT=PATH measures another build (an A/B against this one);
         // FLEETHOOK_BENCH_PERF=FILE runs the throughput agent under `perf record` into FILE.
+        let binary = std::env::var("FLEETHOOK_BENCH_AGENT").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fleethook").into());
         let mut command = match std::env::var("FLEETHOOK_BENCH_PERF") {
             Ok(out) if name == "main" => {
                 let mut c = Command::new("perf");
-                c.args(["record", "-g", "-F", "499", "-o", &out, "--", env!("CARGO_BIN_EXE_fleethook")]);
+                c.args(["record", "-g", "-F", "499", "-o", &out, "--", &binary]);
                 c
             }
-            _ => Command::new(env!("CARGO_BIN_EXE_fleethook")),
+            _ => Command::new(&binary),
         };
         let child = command
             .args(["run", "--config"])

@@ -128,6 +128,44 @@ fn server_errors_are_retried_until_delivered_and_404_is_not_retried() {
     assert_eq!(agent.count("SELECT COUNT(*) FROM attempts WHERE subscription = 'flaky'"), 3);
 }
 
+/// Slots are freed before an attempt's result commits, so the next request starts at once;
+/// a delivery whose result is still being written must not be fetched and sent again.
+#[test]
+fn a_burst_is_sent_once_per_delivery_while_results_commit_behind_it() {
+    const N: usize = 1500;
+    const REFUSED: usize = 40;
+    let broker = Mosquitto::start();
+    let parallel = Endpoint::start(Reply::Status(200));
+    let fifo = Endpoint::start(Reply::Status(200));
+    let flaky = Endpoint::scripted(vec![Reply::Status(503); REFUSED], Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = base_config(broker.port).replace("synchronous = \"normal\"", "synchronous = \"full\"");
+    config += &subscription("parallel", &parallel.url(), "max_in_flight = 32");
+    config += &subscription("fifo", &fifo.url(), "ordering = \"fifo\"");
+    config += &subscription("flaky", &flaky.url(), "retry = [\"50ms\", \"50ms\"]\nmax_in_flight = 16");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    let messages: Vec<_> = (0..N).map(|n| mission("agv-1", n, "completed")).collect();
+    publish(broker.port, &messages);
+
+    let long = Duration::from_secs(60);
+    parallel.wait_for(N, long);
+    let fifo_got = fifo.wait_for(N, long);
+    flaky.wait_for(N + REFUSED, long);
+    assert!(wait_until(long, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 0));
+    std::thread::sleep(Duration::from_millis(500));
+    for (name, endpoint, expected) in [("parallel", &parallel, N), ("fifo", &fifo, N), ("flaky", &flaky, N + REFUSED)] {
+        let got = endpoint.requests();
+        let ids: HashSet<_> = got.iter().map(|r| r.header("X-Fleethook-Delivery").unwrap().to_string()).collect();
+        assert_eq!(ids.len(), N, "{name}: every delivery arrived");
+        assert_eq!(got.len(), expected, "{name}: no delivery was sent while its last result was being written");
+    }
+    let order: Vec<_> = fifo_got.iter().map(|r| r.json()["data"]["seq"].as_u64().unwrap()).collect();
+    assert_eq!(order, (0..N as u64).collect::<Vec<_>>(), "fifo keeps event order");
+    let delivered = "SELECT SUM(n) FROM counters WHERE outcome = 'delivered'";
+    assert_eq!(agent.count(delivered), 3 * N as i64);
+}
+
 #[test]
 fn events_queued_at_sigterm_are_delivered_after_restart() {
     let broker = Mosquitto::start();

@@ -1,7 +1,8 @@
 //! The dispatcher: takes due deliveries from the outbox and sends them, within the global
 //! and per-subscription limits, the rate limits and each endpoint's state. Each attempt is
-//! prepare → send → classify → record; the delivery leaves the in-flight set only once its
-//! result has committed, so it is never fetched twice.
+//! prepare → send → classify → record. A finished attempt frees its slot at once, so the
+//! next request starts while its result commits; until that commit the delivery is
+//! *recording*: never fetched again, and on a FIFO lane it still holds the lane's one slot.
 
 pub mod endpoint;
 pub mod http;
@@ -83,6 +84,9 @@ struct Lane {
     client: reqwest::Client,
     endpoint: Endpoint,
     in_flight: HashSet<i64>,
+    /// Finished attempts whose results are not yet committed: the outbox still shows them
+    /// as due, so a fetch must skip them.
+    recording: HashSet<i64>,
     /// Due deliveries fetched ahead, oldest first; never also in flight.
     prefetched: std::collections::VecDeque<Due>,
     /// Fetch again at the next chance (new work, or a slot freed).
@@ -92,7 +96,7 @@ struct Lane {
     last_error: Option<String>,
 }
 
-/// One finished attempt, reported back to the loop after its record committed.
+/// One finished attempt, reported back to the loop before its record is committed.
 struct Done {
     lane: usize,
     seq: i64,
@@ -125,6 +129,7 @@ impl Dispatcher {
                 sub: Arc::new(sub.clone()),
                 client,
                 in_flight: HashSet::new(),
+                recording: HashSet::new(),
                 prefetched: std::collections::VecDeque::new(),
                 dirty: true,
                 wake_at: None,
@@ -180,6 +185,7 @@ impl Dispatcher {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut tasks = JoinSet::new();
+        let mut recordings: JoinSet<Recorded> = JoinSet::new();
         let new_work = self.outbox.new_work();
         // Paused and gone subscriptions stay so across restarts.
         if let Ok(held) = self.outbox.held().await {
@@ -210,7 +216,8 @@ impl Dispatcher {
                 _ = shutdown.cancelled() => break,
                 _ = new_work.notified() => self.lanes.iter_mut().for_each(|l| l.dirty = true),
                 Some(c) = self.control.recv() => self.control(c),
-                Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx).await,
+                Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings),
+                Some(recorded) = recordings.join_next(), if !recordings.is_empty() => self.recorded(recorded),
                 _ = sleep => {}
                 _ = beat.tick() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -219,22 +226,23 @@ impl Dispatcher {
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, grace_s = self.grace.as_secs(), "Waiting for in-flight deliveries before exit.");
-            let drained = tokio::time::timeout(self.grace, async {
-                while !tasks.is_empty() || !done_rx.is_empty() {
-                    tokio::select! {
-                        Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx).await,
-                        Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                    }
+        }
+        let drained = tokio::time::timeout(self.grace, async {
+            while !tasks.is_empty() || !done_rx.is_empty() || !recordings.is_empty() {
+                tokio::select! {
+                    Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings),
+                    Some(recorded) = recordings.join_next(), if !recordings.is_empty() => self.recorded(recorded),
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 }
-            })
-            .await;
-            if drained.is_err() {
-                tracing::warn!(
-                    abandoned = tasks.len(),
-                    "Abandoned in-flight deliveries at shutdown; they are sent again after restart."
-                );
-                tasks.abort_all();
             }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = tasks.len(),
+                "Abandoned in-flight deliveries at shutdown; they are sent again after restart."
+            );
+            tasks.abort_all();
         }
         self.publish_views();
     }
@@ -248,8 +256,12 @@ impl Dispatcher {
             if !lane.dirty && !timer_fired {
                 continue;
             }
-            let limit = if lane.sub.ordering == Ordering::Fifo { 1 } else { lane.sub.max_in_flight };
-            let (room, wake) = lane.endpoint.capacity(now, lane.in_flight.len(), limit);
+            let fifo = lane.sub.ordering == Ordering::Fifo;
+            let limit = if fifo { 1 } else { lane.sub.max_in_flight };
+            // FIFO: the next event waits until the head's result is on disk, so that a
+            // head to be retried is fetched again before anything behind it.
+            let busy = lane.in_flight.len() + if fifo { lane.recording.len() } else { 0 };
+            let (room, wake) = lane.endpoint.capacity(now, busy, limit);
             lane.wake_at = wake;
             let room = room.min(self.global.available_permits());
             if room == 0 {
@@ -258,14 +270,13 @@ impl Dispatcher {
                 continue;
             }
             lane.dirty = false;
-            let fifo = lane.sub.ordering == Ordering::Fifo;
             let probe = lane.endpoint.state == State::Offline;
             // A FIFO lane or a probe takes exactly what it sends; otherwise fetch ahead so
             // that a burst of completions does not cost a fetch each.
             if lane.prefetched.is_empty() || fifo || probe {
                 lane.prefetched.clear();
                 let ahead = if fifo || probe { room } else { room.max(PREFETCH) };
-                let fetch = ahead + lane.in_flight.len();
+                let fetch = ahead + lane.in_flight.len() + lane.recording.len();
                 let batch = match self.outbox.due(&lane.sub.name, now_ms(), fetch, fifo).await {
                     Ok(b) => b,
                     Err(e) => {
@@ -274,7 +285,11 @@ impl Dispatcher {
                     }
                 };
                 let lane = &mut self.lanes[idx];
-                lane.prefetched.extend(batch.rows.into_iter().filter(|d| !lane.in_flight.contains(&d.seq)));
+                // While this fetch was answered the loop handled no commit, so a delivery
+                // whose result committed before the fetch is already out of `recording`
+                // and shows its new state in `batch`.
+                let skip = |seq: &i64| lane.in_flight.contains(seq) || lane.recording.contains(seq);
+                lane.prefetched.extend(batch.rows.into_iter().filter(|d| !skip(&d.seq)));
                 if let Some(ms) = batch.next_due_ms {
                     let at = Instant::now() + Duration::from_millis((ms - now_ms()).max(0) as u64);
                     lane.wake_at = Some(lane.wake_at.map_or(at, |w| w.min(at)));
@@ -301,24 +316,51 @@ impl Dispatcher {
         }
     }
 
-    /// Commits the results of every attempt that has finished, in one transaction, then
-    /// frees their slots: a delivery leaves the in-flight set only once its result is on
-    /// disk, so it is never fetched again meanwhile.
-    async fn finish_wave(&mut self, first: Done, done_rx: &mut mpsc::UnboundedReceiver<Done>) {
+    /// Sends the results of every attempt that has finished to the outbox as one
+    /// transaction and frees their slots at once; each delivery stays in `recording`
+    /// (never fetched) until [`Dispatcher::recorded`] learns that the commit is done.
+    fn finish_wave(
+        &mut self,
+        first: Done,
+        done_rx: &mut mpsc::UnboundedReceiver<Done>,
+        recordings: &mut JoinSet<Recorded>,
+    ) {
         let mut wave = vec![first];
         while let Ok(done) = done_rx.try_recv() {
             wave.push(done);
         }
-        let records = wave.iter().map(|d| d.record.clone()).collect();
-        if let Err(e) = self.outbox.record(records).await {
-            tracing::warn!(error = %e, attempts = wave.len(), "Cannot record attempts; they are sent again after restart.");
-        }
+        let mut records = Vec::with_capacity(wave.len());
+        let mut seqs = Vec::with_capacity(wave.len());
         for done in wave {
-            self.finish(done);
+            seqs.push((done.lane, done.seq));
+            if let Some(lane) = self.lanes.get_mut(done.lane) {
+                lane.recording.insert(done.seq);
+            }
+            self.finish(&done);
+            records.push(done.record);
+        }
+        let outbox = self.outbox.clone();
+        recordings.spawn(async move {
+            let attempts = records.len();
+            if let Err(e) = outbox.record(records).await {
+                tracing::warn!(error = %e, attempts, "Cannot record attempts; they are sent again after restart.");
+            }
+            Recorded { seqs }
+        });
+    }
+
+    /// A wave's results are on disk: its deliveries may be fetched again.
+    fn recorded(&mut self, recorded: Result<Recorded, tokio::task::JoinError>) {
+        let Ok(recorded) = recorded else { return };
+        for (lane, seq) in recorded.seqs {
+            if let Some(lane) = self.lanes.get_mut(lane) {
+                lane.recording.remove(&seq);
+                lane.dirty = true;
+            }
         }
     }
 
-    fn finish(&mut self, done: Done) {
+    fn finish(&mut self, done: &Done) {
         let Some(lane) = self.lanes.get_mut(done.lane) else { return };
         lane.in_flight.remove(&done.seq);
         lane.dirty = true;
@@ -363,6 +405,11 @@ impl Dispatcher {
             *v = views;
         }
     }
+}
+
+/// The deliveries of a wave whose results committed (or could not be).
+struct Recorded {
+    seqs: Vec<(usize, i64)>,
 }
 
 /// One attempt of one delivery, run as its own task.
