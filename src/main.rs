@@ -143,6 +143,14 @@ fn main() -> ExitCode {
     }
 }
 
+/// The agent's runtime: one thread. Its tasks mostly wait on sockets and hand work to
+/// the outbox writer's own thread; a second worker thread only added wake-ups across
+/// cores (about a fifth more CPU per delivered event in the pipeline bench, for the same
+/// throughput) and leaves the robot's other core to ROS.
+fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
@@ -275,7 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => {
             fleethook::logging::init(cli.log_format, "info");
             let config = Config::load(&cli.config)?;
-            runtime()?.block_on(fleethook::app::run(config, cli.config.clone()))?;
+            agent_runtime()?.block_on(fleethook::app::run(config, cli.config.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Receive { port, bind, secrets, body } => {
