@@ -272,6 +272,31 @@ impl Store {
 
     /// Audits an attempt and moves its delivery on, only if it is still pending.
     pub fn record(&self, r: &AttemptRecord) -> rusqlite::Result<()> {
+        self.record_wave(std::slice::from_ref(r))
+    }
+
+    /// Records a wave of attempts; the terminal counters are bumped once per
+    /// (subscription, outcome), not once per attempt.
+    pub fn record_wave(&self, records: &[AttemptRecord]) -> rusqlite::Result<()> {
+        let mut counts: Vec<(&str, &str, i64)> = Vec::new();
+        for r in records {
+            let changed = self.record_one(r)? as i64;
+            if let NextState::Terminal(t) = &r.next {
+                match counts.iter_mut().find(|(s, o, _)| *s == r.subscription && *o == t.as_str()) {
+                    Some(entry) => entry.2 += changed,
+                    None => counts.push((&r.subscription, t.as_str(), changed)),
+                }
+            }
+        }
+        for (subscription, outcome, n) in counts {
+            bump(&self.conn, subscription, outcome, n)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one attempt's audit row and moves its delivery on; returns whether the
+    /// delivery was still pending (a result for a row already ended changes nothing).
+    fn record_one(&self, r: &AttemptRecord) -> rusqlite::Result<usize> {
         let c = &self.conn;
         let outcome = match &r.next {
             NextState::Terminal(t) => t.as_str(),
@@ -310,10 +335,7 @@ impl Store {
                 )?
                 .execute(params![r.delivery_seq, t.as_str(), r.attempt, r.started_ms + r.duration_ms, r.status, r.error])?,
         };
-        if let NextState::Terminal(t) = &r.next {
-            bump(c, &r.subscription, t.as_str(), changed as i64)?;
-        }
-        Ok(())
+        Ok(changed)
     }
 
     /// Keeps the newest `keep` audit rows of a subscription.

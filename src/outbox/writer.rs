@@ -467,8 +467,8 @@ impl Writer {
                     Reply::Due(self.store.due(subscription, *now_ms, *limit, *fifo)?)
                 }
                 Command::Record { records, .. } => {
+                    self.store.record_wave(records)?;
                     for record in records {
-                        self.store.record(record)?;
                         let added = self.audit_added.entry(record.subscription.clone()).or_default();
                         *added += 1;
                         if *added % AUDIT_TRIM_EVERY == 0 {
