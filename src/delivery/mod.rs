@@ -6,10 +6,10 @@
 
 pub mod endpoint;
 pub mod http;
+mod lane;
 pub mod outcome;
 pub mod schedule;
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -23,6 +23,7 @@ use crate::event::now_ms;
 use crate::health::Beat;
 use crate::outbox::{AttemptRecord, Due, NextState, Outbox, Terminal};
 use endpoint::{Endpoint, State};
+use lane::{Fetched, Lane};
 use outcome::{Verdict, classify_error, classify_status, needs_operator};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,9 +31,6 @@ pub enum DeliveryError {
     #[error("subscription {name}: {source}")]
     Client { name: String, source: http::ClientError },
 }
-
-/// Due deliveries fetched ahead per parallel lane.
-const PREFETCH: usize = 128;
 
 /// What the status socket and heartbeat see of each subscription's endpoint.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -79,23 +77,6 @@ impl DispatcherHandle {
     }
 }
 
-struct Lane {
-    sub: Arc<Subscription>,
-    client: reqwest::Client,
-    endpoint: Endpoint,
-    in_flight: HashSet<i64>,
-    /// Finished attempts whose results are not yet committed: the outbox still shows them
-    /// as due, so a fetch must skip them.
-    recording: HashSet<i64>,
-    /// Due deliveries fetched ahead, oldest first; never also in flight.
-    prefetched: std::collections::VecDeque<Due>,
-    /// Fetch again at the next chance (new work, or a slot freed).
-    dirty: bool,
-    wake_at: Option<Instant>,
-    last_status: Option<u16>,
-    last_error: Option<String>,
-}
-
 /// One finished attempt, reported back to the loop before its record is committed.
 struct Done {
     lane: usize,
@@ -124,18 +105,8 @@ impl Dispatcher {
         for sub in &config.subscriptions {
             let client =
                 http::client(sub).map_err(|source| DeliveryError::Client { name: sub.name.clone(), source })?;
-            lanes.push(Lane {
-                endpoint: Endpoint::new(config.delivery.offline_probe_max, sub.rate_limit, sub.enabled),
-                sub: Arc::new(sub.clone()),
-                client,
-                in_flight: HashSet::new(),
-                recording: HashSet::new(),
-                prefetched: std::collections::VecDeque::new(),
-                dirty: true,
-                wake_at: None,
-                last_status: None,
-                last_error: None,
-            });
+            let endpoint = Endpoint::new(config.delivery.offline_probe_max, sub.rate_limit, sub.enabled);
+            lanes.push(Lane::new(sub.clone(), client, endpoint));
         }
         let (control_tx, control) = mpsc::unbounded_channel();
         Ok(Dispatcher {
@@ -169,7 +140,7 @@ impl Dispatcher {
                     .lane(&name)
                     .map(|l| {
                         l.endpoint.resume();
-                        l.dirty = true;
+                        l.poke();
                     })
                     .is_some();
                 let _ = reply.send(found);
@@ -186,6 +157,7 @@ impl Dispatcher {
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
         let mut tasks = JoinSet::new();
         let mut recordings: JoinSet<Recorded> = JoinSet::new();
+        let mut fetches: JoinSet<Fetched> = JoinSet::new();
         let new_work = self.outbox.new_work();
         // Paused and gone subscriptions stay so across restarts.
         if let Ok(held) = self.outbox.held().await {
@@ -203,9 +175,9 @@ impl Dispatcher {
         loop {
             self.beat.beat();
             crate::health::wedge_if_asked("delivery", started);
-            self.fill(&mut tasks, &done_tx).await;
+            self.fill(&mut tasks, &done_tx, &mut fetches);
             self.publish_views();
-            let wake = self.lanes.iter().filter_map(|l| l.wake_at).min();
+            let wake = self.lanes.iter().filter_map(Lane::next_wake).min();
             let sleep = async {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -214,7 +186,8 @@ impl Dispatcher {
             };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = new_work.notified() => self.lanes.iter_mut().for_each(|l| l.dirty = true),
+                _ = new_work.notified() => self.lanes.iter_mut().for_each(Lane::poke),
+                Some(fetched) = fetches.join_next(), if !fetches.is_empty() => self.fetched(fetched),
                 Some(c) = self.control.recv() => self.control(c),
                 Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings),
                 Some(recorded) = recordings.join_next(), if !recordings.is_empty() => self.recorded(recorded),
@@ -247,15 +220,17 @@ impl Dispatcher {
         self.publish_views();
     }
 
-    /// Starts what may start now on every lane that has reason to look.
-    async fn fill(&mut self, tasks: &mut JoinSet<()>, done_tx: &mpsc::UnboundedSender<Done>) {
+    /// Starts what may start now on every lane that has reason to look, and the fetches
+    /// that keep each lane supplied.
+    fn fill(&mut self, tasks: &mut JoinSet<()>, done_tx: &mpsc::UnboundedSender<Done>, fetches: &mut JoinSet<Fetched>) {
         let now = Instant::now();
         for idx in 0..self.lanes.len() {
             let lane = &mut self.lanes[idx];
-            let timer_fired = lane.wake_at.is_some_and(|w| w <= now);
+            let timer_fired = lane.timer_fired(now);
             if !lane.dirty && !timer_fired {
                 continue;
             }
+            lane.dirty = false;
             let fifo = lane.sub.ordering == Ordering::Fifo;
             let limit = if fifo { 1 } else { lane.sub.max_in_flight };
             // FIFO: the next event waits until the head's result is on disk, so that a
@@ -266,42 +241,18 @@ impl Dispatcher {
             let room = room.min(self.global.available_permits());
             if room == 0 {
                 // Nothing may start: look again on a completion, new work or the wake time.
-                lane.dirty = false;
                 continue;
             }
-            lane.dirty = false;
             let probe = lane.endpoint.state == State::Offline;
-            // A FIFO lane or a probe takes exactly what it sends; otherwise fetch ahead so
-            // that a burst of completions does not cost a fetch each.
-            if lane.prefetched.is_empty() || fifo || probe {
-                lane.prefetched.clear();
-                let ahead = if fifo || probe { room } else { room.max(PREFETCH) };
-                let fetch = ahead + lane.in_flight.len() + lane.recording.len();
-                let batch = match self.outbox.due(&lane.sub.name, now_ms(), fetch, fifo).await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Cannot read due deliveries.");
-                        return;
-                    }
-                };
-                let lane = &mut self.lanes[idx];
-                // While this fetch was answered the loop handled no commit, so a delivery
-                // whose result committed before the fetch is already out of `recording`
-                // and shows its new state in `batch`.
-                let skip = |seq: &i64| lane.in_flight.contains(seq) || lane.recording.contains(seq);
-                lane.prefetched.extend(batch.rows.into_iter().filter(|d| !skip(&d.seq)));
-                if let Some(ms) = batch.next_due_ms {
-                    let at = Instant::now() + Duration::from_millis((ms - now_ms()).max(0) as u64);
-                    lane.wake_at = Some(lane.wake_at.map_or(at, |w| w.min(at)));
-                }
-            }
-            let lane = &mut self.lanes[idx];
+            // A FIFO lane or a probe sends exactly what it fetched for this start.
+            let exact = fifo || probe;
             let take = room.min(lane.prefetched.len());
             let fresh: Vec<Due> = lane.prefetched.drain(..take).collect();
-            if !lane.prefetched.is_empty() {
-                lane.dirty = true;
+            if exact {
+                lane.prefetched.clear();
             }
             lane.endpoint.started(fresh.len());
+            let started = fresh.len();
             for due in fresh {
                 let Ok(permit) = self.global.clone().try_acquire_owned() else { break };
                 lane.in_flight.insert(due.seq);
@@ -312,6 +263,26 @@ impl Dispatcher {
                     drop(permit);
                     let _ = done_tx.send(done);
                 });
+            }
+            if let Some(asked) = lane.fetch_limit(room - started, exact) {
+                lane.fetch_started();
+                let (outbox, name) = (self.outbox.clone(), lane.sub.name.clone());
+                fetches.spawn(async move {
+                    let batch = outbox.due(&name, now_ms(), asked, fifo).await;
+                    Fetched { lane: idx, asked, batch }
+                });
+            }
+        }
+    }
+
+    fn fetched(&mut self, fetched: Result<Fetched, tokio::task::JoinError>) {
+        let Ok(Fetched { lane, asked, batch }) = fetched else { return };
+        let Some(lane) = self.lanes.get_mut(lane) else { return };
+        match batch {
+            Ok(batch) => lane.fetched(batch, asked),
+            Err(e) => {
+                tracing::warn!(subscription = %lane.sub.name, error = %e, "Cannot read due deliveries; trying again in a second.");
+                lane.fetch_failed();
             }
         }
     }
@@ -332,7 +303,7 @@ impl Dispatcher {
         let mut records = Vec::with_capacity(wave.len());
         let mut seqs = Vec::with_capacity(wave.len());
         for done in wave {
-            seqs.push((done.lane, done.seq));
+            seqs.push((done.lane, done.seq, matches!(done.record.next, NextState::Retry { .. })));
             if let Some(lane) = self.lanes.get_mut(done.lane) {
                 lane.recording.insert(done.seq);
             }
@@ -352,10 +323,9 @@ impl Dispatcher {
     /// A wave's results are on disk: its deliveries may be fetched again.
     fn recorded(&mut self, recorded: Result<Recorded, tokio::task::JoinError>) {
         let Ok(recorded) = recorded else { return };
-        for (lane, seq) in recorded.seqs {
+        for (lane, seq, retry) in recorded.seqs {
             if let Some(lane) = self.lanes.get_mut(lane) {
-                lane.recording.remove(&seq);
-                lane.dirty = true;
+                lane.release(seq, retry);
             }
         }
     }
@@ -409,7 +379,8 @@ impl Dispatcher {
 
 /// The deliveries of a wave whose results committed (or could not be).
 struct Recorded {
-    seqs: Vec<(usize, i64)>,
+    /// (lane, delivery seq, whether it stays pending for a retry)
+    seqs: Vec<(usize, i64, bool)>,
 }
 
 /// One attempt of one delivery, run as its own task.
