@@ -310,10 +310,13 @@ impl Dispatcher {
             self.finish(&done);
             records.push(done.record);
         }
+        // A FIFO lane waits on its head's result; nothing else does.
+        let urgent =
+            seqs.iter().any(|(lane, ..)| self.lanes.get(*lane).is_some_and(|l| l.sub.ordering == Ordering::Fifo));
         let outbox = self.outbox.clone();
         recordings.spawn(async move {
             let attempts = records.len();
-            if let Err(e) = outbox.record(records).await {
+            if let Err(e) = outbox.record(records, urgent).await {
                 tracing::warn!(error = %e, attempts, "Cannot record attempts; they are sent again after restart.");
             }
             Recorded { seqs }

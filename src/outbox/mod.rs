@@ -254,12 +254,34 @@ pub struct Repaired {
 }
 
 pub(crate) enum Command {
-    Ingest { seq: u64, inbound: Box<Inbound> },
-    Repair { repair: Repair, reply: oneshot::Sender<Repaired> },
-    Held { reply: oneshot::Sender<Vec<(String, String)>> },
-    Due { subscription: String, now_ms: i64, limit: usize, fifo: bool, reply: oneshot::Sender<DueBatch> },
-    Record { records: Vec<AttemptRecord>, reply: oneshot::Sender<()> },
-    Stats { reply: oneshot::Sender<Stats> },
+    Ingest {
+        seq: u64,
+        inbound: Box<Inbound>,
+    },
+    Repair {
+        repair: Repair,
+        reply: oneshot::Sender<Repaired>,
+    },
+    Held {
+        reply: oneshot::Sender<Vec<(String, String)>>,
+    },
+    Due {
+        subscription: String,
+        now_ms: i64,
+        limit: usize,
+        fifo: bool,
+        reply: oneshot::Sender<DueBatch>,
+    },
+    /// `urgent`: something waits on this commit (a FIFO lane); otherwise the writer may
+    /// hold it a few milliseconds to share a commit with more work.
+    Record {
+        records: Vec<AttemptRecord>,
+        urgent: bool,
+        reply: oneshot::Sender<()>,
+    },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
 }
 
 /// The async face of the outbox: cheap to clone, every call goes to the writer thread.
@@ -287,8 +309,11 @@ impl Outbox {
         self.new_work.clone()
     }
 
-    /// Expires what is too old, then returns up to `limit` due deliveries of a
-    /// subscription, oldest first. With `fifo`, only the head of the queue, if it is due.
+    /// Returns up to `limit` due deliveries of a subscription, oldest first, as committed
+    /// (a result still waiting for its commit shows its delivery as due: the dispatcher
+    /// knows those and skips them). With `fifo`, only the head of the queue, if it is due.
+    /// Answered at once, outside any transaction; the expiry sweep it asks for follows in
+    /// the next one.
     pub async fn due(
         &self,
         subscription: &str,
@@ -304,10 +329,12 @@ impl Outbox {
     }
 
     /// Writes attempts' audit rows and moves their deliveries on, in one transaction;
-    /// returns once committed.
-    pub async fn record(&self, records: Vec<AttemptRecord>) -> Result<(), OutboxError> {
+    /// returns once committed. Unless `urgent`, that commit may wait a few milliseconds
+    /// (the writer's `RECORD_LINGER`) to carry other work too: fewer commits, fewer pages
+    /// written.
+    pub async fn record(&self, records: Vec<AttemptRecord>, urgent: bool) -> Result<(), OutboxError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Record { records, reply }).map_err(|_| OutboxError::Closed)?;
+        self.tx.send(Command::Record { records, urgent, reply }).map_err(|_| OutboxError::Closed)?;
         rx.await.map_err(|_| OutboxError::Closed)
     }
 

@@ -192,19 +192,42 @@ impl Store {
 
     /// Expires what is past its age, then lists due deliveries (see `Outbox::due`).
     pub fn due(&mut self, subscription: &str, now_ms: i64, limit: usize, fifo: bool) -> rusqlite::Result<DueBatch> {
+        self.sweep_expired(subscription, now_ms)?;
+        self.due_rows(subscription, now_ms, limit, fifo)
+    }
+
+    /// Ends what passed its max_age as `expired`, at most once per sweep interval.
+    pub fn sweep_expired(&mut self, subscription: &str, now_ms: i64) -> rusqlite::Result<()> {
         let last = self.expired_at.get(subscription).copied().unwrap_or(i64::MIN);
         if now_ms.saturating_sub(last) >= self.expire_sweep_ms || now_ms < last {
             self.expire(subscription, now_ms)?;
             self.expired_at.insert(subscription.to_string(), now_ms);
         }
+        Ok(())
+    }
+
+    /// Subscriptions already swept once whose next sweep is due: expiry goes on while
+    /// nothing fetches (a lane that found only expired rows has nothing to fetch).
+    pub fn sweeps_due(&self, now_ms: i64) -> Vec<String> {
+        self.expired_at
+            .iter()
+            .filter(|(_, last)| now_ms.saturating_sub(**last) >= self.expire_sweep_ms || now_ms < **last)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Reads up to `limit` due deliveries, oldest first, leaving out any past its
+    /// max_age that no sweep has ended yet. It writes nothing, so it may run outside a
+    /// transaction.
+    pub fn due_rows(&self, subscription: &str, now_ms: i64, limit: usize, fifo: bool) -> rusqlite::Result<DueBatch> {
         let sql = if fifo {
             "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms
              FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE d.subscription = ?1 AND d.state = 'pending' ORDER BY d.seq LIMIT ?3"
+             WHERE d.subscription = ?1 AND d.state = 'pending' AND d.expires_ms > ?2 ORDER BY d.seq LIMIT ?3"
         } else {
             "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms
              FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE d.subscription = ?1 AND d.state = 'pending' AND d.next_attempt_ms <= ?2
+             WHERE d.subscription = ?1 AND d.state = 'pending' AND d.next_attempt_ms <= ?2 AND d.expires_ms > ?2
              ORDER BY d.next_attempt_ms, d.seq LIMIT ?3"
         };
         let mut stmt = self.conn.prepare_cached(sql)?;

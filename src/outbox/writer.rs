@@ -19,7 +19,7 @@ use tokio::sync::{Notify, watch};
 
 use super::space::{Budget, HIGH, RETENTION_MS, Reclaimed};
 use super::store::{Store, Stored};
-use super::{Command, DueBatch, Inbound, Outbox, OutboxError, Repair, Repaired};
+use super::{Command, Inbound, Outbox, OutboxError, Repair, Repaired};
 use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::event::now_ms;
 use crate::health::Beat;
@@ -40,6 +40,12 @@ const HOUSEKEEPING: Duration = Duration::from_secs(30);
 const FILESYSTEM_FULL: &str = "the filesystem is full";
 /// After this many failed attempts in a row the writer continues on a fresh connection.
 const REOPEN_AFTER: u32 = 3;
+/// Delivery results nobody waits on are held this long for a commit they can share: each
+/// commit rewrites whole pages (the tables' last pages, every index's), so fewer commits
+/// mean fewer bytes written to the robot's flash.
+pub const RECORD_LINGER: Duration = Duration::from_millis(10);
+/// …or until this many are held.
+const RECORD_HOLD_MAX: usize = 4096;
 
 /// The running writer; join it after every [`Outbox`] clone is dropped.
 pub struct WriterThread {
@@ -77,6 +83,9 @@ impl WriterThread {
             beat,
             started: Instant::now(),
             busy: false,
+            deferred: Vec::new(),
+            deferred_until: None,
+            to_sweep: Vec::new(),
         };
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
@@ -118,12 +127,17 @@ struct Writer {
     started: Instant,
     /// The last batch was large: the next one lingers.
     busy: bool,
+    /// Delivery results held for a shared commit, and until when.
+    deferred: Vec<Command>,
+    deferred_until: Option<Instant>,
+    /// Subscriptions whose due deliveries were read since the last commit: their expiry
+    /// sweep runs in the next transaction.
+    to_sweep: Vec<String>,
 }
 
 /// A command's answer, held until its transaction commits.
 enum Reply {
     None,
-    Due(DueBatch),
     Recorded,
     Repaired(Repaired),
 }
@@ -157,14 +171,27 @@ impl Writer {
             self.beat.beat();
             crate::health::wedge_if_asked("writer", self.started);
             // Idle, wake once a beat; with something held, look again soon.
-            let wait = match (self.held.is_empty(), self.full) {
+            let mut wait = match (self.held.is_empty(), self.full) {
                 (true, _) => crate::health::BEAT,
                 (false, true) => Duration::from_millis(250),
                 (false, false) => Duration::ZERO,
             };
+            if let Some(until) = self.deferred_until {
+                wait = wait.min(until.saturating_duration_since(Instant::now()));
+            } else if self.held.is_empty() {
+                let sweeps = self.store.sweeps_due(now_ms());
+                if !sweeps.is_empty() {
+                    for subscription in sweeps {
+                        if !self.to_sweep.contains(&subscription) {
+                            self.to_sweep.push(subscription);
+                        }
+                    }
+                    self.commit_batch(Vec::new());
+                }
+            }
             let first = match self.rx.recv_timeout(wait) {
                 Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) if self.held.is_empty() => continue,
+                Err(RecvTimeoutError::Timeout) if self.held.is_empty() && self.deferred.is_empty() => continue,
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
@@ -191,6 +218,10 @@ impl Writer {
             }
             self.busy = batch.len() >= BUSY_BATCH;
             self.commit_batch(batch);
+        }
+        if !self.deferred.is_empty() {
+            self.deferred_until = Some(Instant::now());
+            self.commit_batch(Vec::new());
         }
         if !self.held.is_empty() {
             tracing::warn!(
@@ -291,9 +322,15 @@ impl Writer {
         self.held.extend(ingest);
         // Reads are answered on their own, so that `status` works while a full disk
         // stops every write.
-        let (reads, others): (Vec<Command>, Vec<Command>) =
-            others.into_iter().partition(|c| matches!(c, Command::Stats { .. } | Command::Held { .. }));
+        let (reads, others): (Vec<Command>, Vec<Command>) = others
+            .into_iter()
+            .partition(|c| matches!(c, Command::Stats { .. } | Command::Held { .. } | Command::Due { .. }));
         self.answer(reads);
+        if self.defer(others) {
+            return;
+        }
+        let others = std::mem::take(&mut self.deferred);
+        self.deferred_until = None;
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0;
         let mut disk_was_full = false;
@@ -342,7 +379,6 @@ impl Writer {
         };
         for (cmd, reply) in others.into_iter().zip(replies) {
             match (cmd, reply) {
-                (Command::Due { reply, .. }, Reply::Due(d)) => drop(reply.send(d)),
                 (Command::Record { reply, .. }, Reply::Recorded) => drop(reply.send(())),
                 (Command::Repair { reply, .. }, Reply::Repaired(r)) => drop(reply.send(r)),
                 _ => {}
@@ -367,10 +403,25 @@ impl Writer {
         if let Some(seq) = last {
             self.committed.send_replace(seq);
         }
+        self.to_sweep.clear();
         if new_work {
             self.new_work.notify_one();
         }
         self.after_commit();
+    }
+
+    /// Holds delivery results nobody waits on for a shared commit; says whether this
+    /// batch may wait (nothing urgent, no ingest ready, the hold neither old nor large).
+    fn defer(&mut self, others: Vec<Command>) -> bool {
+        if others.is_empty() && self.deferred.is_empty() {
+            return false;
+        }
+        let urgent = others.iter().any(|c| !matches!(c, Command::Record { urgent: false, .. }));
+        self.deferred.extend(others);
+        let until = *self.deferred_until.get_or_insert_with(|| Instant::now() + RECORD_LINGER);
+        let held: usize =
+            self.deferred.iter().map(|c| if let Command::Record { records, .. } = c { records.len() } else { 1 }).sum();
+        !urgent && self.held_to_take() == 0 && Instant::now() < until && held < RECORD_HOLD_MAX
     }
 
     /// Answers read-only commands outside any write transaction. One that fails gets no
@@ -378,6 +429,15 @@ impl Writer {
     fn answer(&mut self, reads: Vec<Command>) {
         for cmd in reads {
             match cmd {
+                Command::Due { subscription, now_ms, limit, fifo, reply } => {
+                    match self.store.due_rows(&subscription, now_ms, limit, fifo) {
+                        Ok(d) => drop(reply.send(d)),
+                        Err(e) => tracing::debug!(error = %e, "Could not read due deliveries."),
+                    }
+                    if !self.to_sweep.contains(&subscription) {
+                        self.to_sweep.push(subscription);
+                    }
+                }
                 Command::Stats { reply } => match self.store.stats() {
                     Ok(s) => drop(reply.send(s)),
                     Err(e) => tracing::debug!(error = %e, "Could not read the outbox stats."),
@@ -457,14 +517,16 @@ impl Writer {
     fn apply(&mut self, others: &[Command], take: usize) -> rusqlite::Result<(Vec<Reply>, bool)> {
         let now = now_ms();
         self.store.begin()?;
+        for subscription in &self.to_sweep {
+            self.store.sweep_expired(subscription, now)?;
+        }
         let mut replies = Vec::with_capacity(others.len());
         let mut new_work = false;
         for cmd in others {
             let reply = match cmd {
                 // Ingest is taken from `held` below; reads were answered before.
-                Command::Ingest { .. } | Command::Stats { .. } | Command::Held { .. } => Reply::None,
-                Command::Due { subscription, now_ms, limit, fifo, .. } => {
-                    Reply::Due(self.store.due(subscription, *now_ms, *limit, *fifo)?)
+                Command::Ingest { .. } | Command::Stats { .. } | Command::Held { .. } | Command::Due { .. } => {
+                    Reply::None
                 }
                 Command::Record { records, .. } => {
                     self.store.record_wave(records)?;
