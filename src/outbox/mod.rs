@@ -10,8 +10,11 @@
 //!    crash before the commit loses nothing: the broker still holds the message.
 //! 2. **One writer.** All writes go through one thread that owns the read-write
 //!    connection. Commands that arrive while a transaction is running are applied in the
-//!    next one (group commit: one fsync per batch, not per message). Readers such as the
-//!    status socket open their own read-only connections (WAL lets them run alongside).
+//!    next one (group commit: one fsync per batch, not per message). Delivery results
+//!    nobody waits on may be held a few milliseconds for a commit they can share. Reads
+//!    (due deliveries, stats) are answered at once from committed state, outside any
+//!    transaction; the status socket opens its own read-only connections (WAL lets them
+//!    run alongside).
 //! 3. **Exactly one terminal state.** A delivery row moves `pending → pending …` (each
 //!    failed attempt updates `attempts` and `next_attempt_ms`) and ends in exactly one of
 //!    `delivered`, `failed`, `expired`, `evicted`, `superseded`. Every transition to a
@@ -19,9 +22,11 @@
 //!    `attempts` (audit) row, and only from `pending` (`WHERE state = 'pending'`), so a
 //!    result that arrives for a delivery that expired or was superseded meanwhile is
 //!    audited but never counted twice.
-//! 4. **In flight is not a state on disk.** The dispatcher tracks what it is sending in
-//!    memory. After a crash every non-terminal row is simply `pending` again and is sent
-//!    again with the same `delivery_id`: at least once, never silently dropped.
+//! 4. **In flight is not a state on disk.** The dispatcher tracks in memory what it is
+//!    sending and what it has sent but not yet seen committed (a due read still shows
+//!    those as `pending`; it skips them). After a crash every non-terminal row is simply
+//!    `pending` again and is sent again with the same `delivery_id`: at least once, never
+//!    silently dropped.
 //! 5. **Nothing disappears silently.** Input that cannot become an event (not a JSON
 //!    object, too large, a template that cannot render) is committed to `quarantine`
 //!    with its reason before it is acked.

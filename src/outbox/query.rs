@@ -18,17 +18,27 @@ pub fn stats(c: &Connection) -> rusqlite::Result<Stats> {
         subs.push(SubscriptionStats { name: name.to_string(), ..Default::default() });
         subs.last_mut().expect("just pushed")
     }
+    // One pass over the pending index, without visiting the events: the oldest pending
+    // delivery is the one queued first (lowest seq), and only its event is read. With a
+    // million queued this is about half the work of joining every row to its event.
     let mut stmt = c.prepare_cached(
-        "SELECT d.subscription, COUNT(*), MIN(e.created_ms), MIN(d.next_attempt_ms) FROM deliveries d JOIN events e ON e.seq = d.event_seq
-         WHERE d.state = 'pending' GROUP BY d.subscription",
+        "SELECT subscription, COUNT(*), MIN(seq), MIN(next_attempt_ms) FROM deliveries
+         WHERE state = 'pending' GROUP BY subscription",
     )?;
     let mut q = stmt.query([])?;
+    let mut oldest = Vec::new();
     while let Some(r) = q.next()? {
         let name: String = r.get(0)?;
         let s = entry(&mut subs, &name);
         s.pending = r.get::<_, i64>(1)? as u64;
-        s.oldest_pending_ms = r.get(2)?;
         s.next_attempt_ms = r.get(3)?;
+        oldest.push((name, r.get::<_, i64>(2)?));
+    }
+    let mut created = c.prepare_cached(
+        "SELECT e.created_ms FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.seq = ?1",
+    )?;
+    for (name, seq) in oldest {
+        entry(&mut subs, &name).oldest_pending_ms = created.query_row([seq], |r| r.get(0)).optional()?;
     }
     let mut stmt = c.prepare_cached("SELECT subscription, outcome, n FROM counters")?;
     let mut q = stmt.query([])?;
