@@ -43,7 +43,7 @@ const REOPEN_AFTER: u32 = 3;
 /// Delivery results nobody waits on are held this long for a commit they can share: each
 /// commit rewrites whole pages (the tables' last pages, every index's), so fewer commits
 /// mean fewer bytes written to the robot's flash.
-pub const RECORD_LINGER: Duration = Duration::from_millis(10);
+const RECORD_LINGER: Duration = Duration::from_millis(10);
 /// …or until this many are held.
 const RECORD_HOLD_MAX: usize = 4096;
 
