@@ -26,10 +26,13 @@ pub struct Store {
     expire_sweep_ms: i64,
     /// The dedupe keys of the newest events (see `dedupe`).
     recent: RecentKeys,
+    /// Deliveries created in the open transaction, per subscription: counted once at
+    /// commit rather than with an upsert per event.
+    created: Vec<(String, i64)>,
 }
 
-/// Expiry is swept at most this often per subscription: the sweep reads every pending
-/// row, and `due` runs after every completion.
+/// Expiry is swept at most this often per subscription (the index makes a sweep cheap;
+/// the interval keeps it off the path of every fetch).
 const EXPIRE_SWEEP_MS: i64 = 5_000;
 
 pub(super) fn bump(conn: &Connection, subscription: &str, outcome: &str, n: i64) -> rusqlite::Result<()> {
@@ -54,6 +57,7 @@ impl Store {
             expired_at: std::collections::HashMap::new(),
             expire_sweep_ms: EXPIRE_SWEEP_MS,
             recent: RecentKeys::new(DEDUPE_KEYS),
+            created: Vec::new(),
         };
         store.load_dedupe_window(DEDUPE_KEYS)?;
         Ok(store)
@@ -92,6 +96,9 @@ impl Store {
     }
 
     pub fn commit(&mut self) -> rusqlite::Result<()> {
+        for (subscription, n) in std::mem::take(&mut self.created) {
+            bump(&self.conn, &subscription, "created", n)?;
+        }
         self.conn.execute_batch("COMMIT")?;
         self.recent.commit();
         Ok(())
@@ -99,6 +106,7 @@ impl Store {
 
     pub fn rollback(&mut self) {
         self.recent.discard();
+        self.created.clear();
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
@@ -150,7 +158,14 @@ impl Store {
                     d.expires_ms,
                     collapse_key
                 ])?;
-            bump(&self.conn, &d.subscription, "created", 1)?;
+            if self.conn.is_autocommit() {
+                bump(&self.conn, &d.subscription, "created", 1)?;
+            } else {
+                match self.created.iter_mut().find(|(name, _)| *name == d.subscription) {
+                    Some((_, n)) => *n += 1,
+                    None => self.created.push((d.subscription.clone(), 1)),
+                }
+            }
             delivery_ids.push(delivery_id);
         }
         if let Some(key) = e.dedupe_key {

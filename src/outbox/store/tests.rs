@@ -112,3 +112,22 @@ fn dedupe_survives_a_restart_and_forgets_rolled_back_batches() {
     assert_eq!(s.insert(&event("r1", &["a"], false), 1000).unwrap(), Stored::Duplicate);
     assert!(matches!(s.insert(&event("r2", &["a"], false), 1000).unwrap(), Stored::Event { .. }));
 }
+
+#[test]
+fn deliveries_created_in_a_transaction_are_counted_once_it_commits_and_not_after_a_rollback() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(&dir);
+    let created = |s: &Store| s.stats().unwrap().subscription("a").map_or(0, |a| a.created);
+    s.begin().unwrap();
+    s.insert(&event("t1", &["a", "b"], false), 1000).unwrap();
+    s.insert(&event("t2", &["a"], false), 1000).unwrap();
+    s.rollback();
+    s.begin().unwrap();
+    s.insert(&event("t3", &["a", "b"], false), 1000).unwrap();
+    s.insert(&event("t4", &["a"], false), 1000).unwrap();
+    s.commit().unwrap();
+    assert_eq!(created(&s), 2, "the rolled-back batch counts nothing");
+    assert_eq!(s.stats().unwrap().subscription("b").unwrap().created, 1);
+    s.insert(&event("t5", &["a"], false), 1000).unwrap();
+    assert_eq!(created(&s), 3, "outside a transaction, counted at once");
+}
