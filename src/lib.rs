@@ -12,7 +12,7 @@
 //! | [`outbox`] | the durable boundary: schema, the writer thread, all SQL |
 //! | [`delivery`] | the dispatcher, HTTP attempts, the outcome table, retry timing, endpoint state |
 //! | [`sign`] | signing and verifying, every scheme |
-//! | [`format`] | request bodies: envelope, Slack, PagerDuty, Datadog |
+//! | [`format`](mod@format) | request bodies: envelope, Slack, PagerDuty, Datadog |
 //! | [`status`] | the status socket: protocol, server, CLI client, tables |
 //! | [`receive`] | the verifying local endpoint of `fleethook receive` |
 //! | [`demo`] | `fleethook demo`: the whole pipeline on one machine |

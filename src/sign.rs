@@ -100,7 +100,7 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
     m
 }
 
-/// base64(HMAC-SHA256(key, "<id>.<ts>.<body>")): one Standard Webhooks signature.
+/// `base64(HMAC-SHA256(key, "<id>.<ts>.<body>"))`: one Standard Webhooks signature.
 pub fn standard_signature(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
     let ts = timestamp.to_string();
     let m = mac(key, &[msg_id.as_bytes(), b".", ts.as_bytes(), b".", body]);
@@ -112,7 +112,7 @@ pub fn sha256_signature(key: &[u8], body: &[u8]) -> String {
     hex::encode(mac(key, &[body]).finalize().into_bytes())
 }
 
-/// hex(HMAC-SHA256(key, "<ts>.<body>")): one Stripe-style `v1=` value.
+/// `hex(HMAC-SHA256(key, "<ts>.<body>"))`: one Stripe-style `v1=` value.
 pub fn stripe_signature(key: &[u8], timestamp: i64, body: &[u8]) -> String {
     let ts = timestamp.to_string();
     hex::encode(mac(key, &[ts.as_bytes(), b".", body]).finalize().into_bytes())

@@ -115,7 +115,7 @@ impl Store {
         Ok(self.used_pages()? as f64 > b.max_pages as f64 * share)
     }
 
-    /// Deletes up to [`CHUNK`] finished deliveries (older than `before_ms`), and the
+    /// Deletes up to `chunk` finished deliveries (older than `before_ms`), and the
     /// events left without deliveries. Returns how many deliveries went.
     pub fn delete_finished(&self, before_ms: i64, chunk: i64) -> rusqlite::Result<u64> {
         let c = self.conn();
@@ -139,7 +139,7 @@ impl Store {
         Ok(rows.len() as u64)
     }
 
-    /// Evicts up to [`CHUNK`] pending deliveries, lowest priority and oldest first.
+    /// Evicts up to `chunk` pending deliveries, lowest priority and oldest first.
     pub fn evict_pending(&self, now_ms: i64, chunk: i64) -> rusqlite::Result<u64> {
         let c = self.conn();
         let rows: Vec<(i64, String)> = c
