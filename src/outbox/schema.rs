@@ -91,6 +91,11 @@ DROP TABLE dedupe;
 -- (with a million queued, that read took the writer about a second every sweep).
 CREATE INDEX deliveries_expiry ON deliveries (subscription, expires_ms) WHERE state = 'pending';
 "#,
+    r#"
+-- A FIFO lane reads its queue's head in event order; without this index every fetch
+-- sorted the subscription's whole backlog.
+CREATE INDEX deliveries_fifo ON deliveries (subscription, seq) WHERE state = 'pending';
+"#,
 ];
 
 /// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.

@@ -131,3 +131,20 @@ fn deliveries_created_in_a_transaction_are_counted_once_it_commits_and_not_after
     s.insert(&event("t5", &["a"], false), 1000).unwrap();
     assert_eq!(created(&s), 3, "outside a transaction, counted at once");
 }
+
+/// Every fetch must read only the head of the queue: a plan that sorts (a temp B-tree)
+/// reads the subscription's whole backlog on each fetch.
+#[test]
+fn due_queries_walk_an_index_in_order_instead_of_sorting_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(&dir);
+    for (name, sql) in [("parallel", DUE_SQL), ("fifo", DUE_FIFO_SQL)] {
+        let mut plan = s.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let steps: Vec<String> =
+            plan.query_map(rusqlite::params!["a", 1000, 10], |r| r.get(3)).unwrap().map(Result::unwrap).collect();
+        let plan = steps.join("; ");
+        assert!(!plan.contains("TEMP B-TREE"), "{name} sorts the backlog: {plan}");
+        let index = if name == "fifo" { "deliveries_fifo" } else { "deliveries_pending" };
+        assert!(plan.contains(index), "{name} does not use {index}: {plan}");
+    }
+}
