@@ -84,10 +84,6 @@ impl RecentKeys {
         }
     }
 
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     #[cfg(test)]
     fn len(&self) -> usize {
         self.order.len()

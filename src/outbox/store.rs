@@ -26,9 +26,9 @@ pub struct Store {
     expire_sweep_ms: i64,
     /// The dedupe keys of the newest events (see `dedupe`).
     recent: RecentKeys,
-    /// Deliveries created in the open transaction, per subscription: counted once at
-    /// commit rather than with an upsert per event.
-    created: Vec<(String, i64)>,
+    /// Counter increments of the open transaction, per (subscription, outcome): written
+    /// once at commit rather than with an upsert per event or attempt.
+    counts: Vec<(String, &'static str, i64)>,
 }
 
 /// Expiry is swept at most this often per subscription (the index makes a sweep cheap;
@@ -62,32 +62,29 @@ pub(super) fn bump(conn: &Connection, subscription: &str, outcome: &str, n: i64)
 }
 
 impl Store {
-    /// Takes the read-write connection of an opened outbox and fills the dedupe window
-    /// from its newest events.
+    /// Takes the read-write connection of an opened outbox, with the largest dedupe window.
     pub fn new(conn: Connection) -> rusqlite::Result<Self> {
-        let mut store = Store {
-            conn,
-            duplicates: 0,
-            expired_at: std::collections::HashMap::new(),
-            expire_sweep_ms: EXPIRE_SWEEP_MS,
-            recent: RecentKeys::new(DEDUPE_KEYS),
-            created: Vec::new(),
-        };
-        store.load_dedupe_window(DEDUPE_KEYS)?;
-        Ok(store)
+        Self::with_dedupe_window(conn, DEDUPE_KEYS)
     }
 
-    /// Holds the dedupe keys of the newest `capacity` events still in the outbox.
-    pub fn load_dedupe_window(&mut self, capacity: usize) -> rusqlite::Result<()> {
-        let mut keys: Vec<i64> = self
-            .conn
+    /// Takes the read-write connection of an opened outbox and fills a dedupe window of
+    /// `capacity` keys from its newest events.
+    pub fn with_dedupe_window(conn: Connection, capacity: usize) -> rusqlite::Result<Self> {
+        let mut keys: Vec<i64> = conn
             .prepare("SELECT dedupe_key FROM events WHERE dedupe_key IS NOT NULL ORDER BY seq DESC LIMIT ?1")?
             .query_map([capacity as i64], |r| r.get(0))?
             .collect::<Result<_, _>>()?;
         keys.reverse();
-        self.recent = RecentKeys::new(capacity);
-        self.recent.extend(keys);
-        Ok(())
+        let mut recent = RecentKeys::new(capacity);
+        recent.extend(keys);
+        Ok(Store {
+            conn,
+            duplicates: 0,
+            expired_at: std::collections::HashMap::new(),
+            expire_sweep_ms: EXPIRE_SWEEP_MS,
+            recent,
+            counts: Vec::new(),
+        })
     }
 
     /// Continues on a new connection to the same file; the old one is closed.
@@ -110,8 +107,8 @@ impl Store {
     }
 
     pub fn commit(&mut self) -> rusqlite::Result<()> {
-        for (subscription, n) in std::mem::take(&mut self.created) {
-            bump(&self.conn, &subscription, "created", n)?;
+        for (subscription, outcome, n) in std::mem::take(&mut self.counts) {
+            bump(&self.conn, &subscription, outcome, n)?;
         }
         self.conn.execute_batch("COMMIT")?;
         self.recent.commit();
@@ -120,7 +117,7 @@ impl Store {
 
     pub fn rollback(&mut self) {
         self.recent.discard();
-        self.created.clear();
+        self.counts.clear();
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
         }
@@ -172,14 +169,7 @@ impl Store {
                     d.expires_ms,
                     collapse_key
                 ])?;
-            if self.conn.is_autocommit() {
-                bump(&self.conn, &d.subscription, "created", 1)?;
-            } else {
-                match self.created.iter_mut().find(|(name, _)| *name == d.subscription) {
-                    Some((_, n)) => *n += 1,
-                    None => self.created.push((d.subscription.clone(), 1)),
-                }
-            }
+            self.count(&d.subscription, "created", 1)?;
             delivery_ids.push(delivery_id);
         }
         if let Some(key) = e.dedupe_key {
@@ -313,33 +303,22 @@ impl Store {
         bump(c, subscription, "expired", n as i64)
     }
 
-    /// Audits an attempt and moves its delivery on, only if it is still pending.
-    pub fn record(&self, r: &AttemptRecord) -> rusqlite::Result<()> {
-        self.record_wave(std::slice::from_ref(r))
-    }
-
-    /// Records a wave of attempts; the terminal counters are bumped once per
-    /// (subscription, outcome), not once per attempt.
-    pub fn record_wave(&self, records: &[AttemptRecord]) -> rusqlite::Result<()> {
-        let mut counts: Vec<(&str, &str, i64)> = Vec::new();
-        for r in records {
-            let changed = self.record_one(r)? as i64;
-            if let NextState::Terminal(t) = &r.next {
-                match counts.iter_mut().find(|(s, o, _)| *s == r.subscription && *o == t.as_str()) {
-                    Some(entry) => entry.2 += changed,
-                    None => counts.push((&r.subscription, t.as_str(), changed)),
-                }
-            }
+    /// Adds to a counter: at commit inside a transaction (one upsert per subscription and
+    /// outcome per commit), at once outside one.
+    fn count(&mut self, subscription: &str, outcome: &'static str, n: i64) -> rusqlite::Result<()> {
+        if self.conn.is_autocommit() {
+            return bump(&self.conn, subscription, outcome, n);
         }
-        for (subscription, outcome, n) in counts {
-            bump(&self.conn, subscription, outcome, n)?;
+        match self.counts.iter_mut().find(|(s, o, _)| s == subscription && *o == outcome) {
+            Some((_, _, total)) => *total += n,
+            None => self.counts.push((subscription.to_string(), outcome, n)),
         }
         Ok(())
     }
 
-    /// Writes one attempt's audit row and moves its delivery on; returns whether the
-    /// delivery was still pending (a result for a row already ended changes nothing).
-    fn record_one(&self, r: &AttemptRecord) -> rusqlite::Result<usize> {
+    /// Audits an attempt and moves its delivery on, only if it is still pending (a result
+    /// for a row already ended is audited but changes and counts nothing).
+    pub fn record(&mut self, r: &AttemptRecord) -> rusqlite::Result<()> {
         let c = &self.conn;
         let outcome = match &r.next {
             NextState::Terminal(t) => t.as_str(),
@@ -378,7 +357,10 @@ impl Store {
                 )?
                 .execute(params![r.delivery_seq, t.as_str(), r.attempt, r.started_ms + r.duration_ms, r.status, r.error])?,
         };
-        Ok(changed)
+        if let NextState::Terminal(t) = &r.next {
+            self.count(&r.subscription, t.as_str(), changed as i64)?;
+        }
+        Ok(())
     }
 
     /// Keeps the newest `keep` audit rows of a subscription.
@@ -389,14 +371,6 @@ impl Store {
                     SELECT seq FROM attempts WHERE subscription = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
             )?
             .execute(params![subscription, keep as i64])
-    }
-
-    /// Holds at most this many dedupe keys in memory.
-    pub fn limit_dedupe_window(&mut self, capacity: usize) -> rusqlite::Result<()> {
-        if capacity == self.recent.capacity() {
-            return Ok(());
-        }
-        self.load_dedupe_window(capacity)
     }
 
     pub fn stats(&self) -> rusqlite::Result<Stats> {

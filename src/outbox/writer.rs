@@ -58,9 +58,8 @@ impl WriterThread {
         let conn = super::schema::open(cfg)?;
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let budget = Budget::new(cfg.max_bytes, page_size as u64);
-        let mut store = Store::new(conn)?;
+        let store = Store::with_dedupe_window(conn, budget.dedupe_keys())?;
         store.apply_budget(&budget)?;
-        store.limit_dedupe_window(budget.dedupe_keys())?;
         let (tx, rx) = mpsc::channel();
         let (committed_tx, committed) = watch::channel(0u64);
         let new_work = Arc::new(Notify::new());
@@ -181,11 +180,7 @@ impl Writer {
             } else if self.held.is_empty() {
                 let sweeps = self.store.sweeps_due(now_ms());
                 if !sweeps.is_empty() {
-                    for subscription in sweeps {
-                        if !self.to_sweep.contains(&subscription) {
-                            self.to_sweep.push(subscription);
-                        }
-                    }
+                    sweeps.into_iter().for_each(|subscription| self.sweep_later(subscription));
                     self.commit_batch(Vec::new());
                 }
             }
@@ -424,6 +419,13 @@ impl Writer {
         !urgent && self.held_to_take() == 0 && Instant::now() < until && held < RECORD_HOLD_MAX
     }
 
+    /// Has the next transaction sweep `subscription` for expired deliveries.
+    fn sweep_later(&mut self, subscription: String) {
+        if !self.to_sweep.contains(&subscription) {
+            self.to_sweep.push(subscription);
+        }
+    }
+
     /// Answers read-only commands outside any write transaction. One that fails gets no
     /// answer: its caller sees the outbox as unavailable.
     fn answer(&mut self, reads: Vec<Command>) {
@@ -434,9 +436,7 @@ impl Writer {
                         Ok(d) => drop(reply.send(d)),
                         Err(e) => tracing::debug!(error = %e, "Could not read due deliveries."),
                     }
-                    if !self.to_sweep.contains(&subscription) {
-                        self.to_sweep.push(subscription);
-                    }
+                    self.sweep_later(subscription);
                 }
                 Command::Stats { reply } => match self.store.stats() {
                     Ok(s) => drop(reply.send(s)),
@@ -529,8 +529,8 @@ impl Writer {
                     Reply::None
                 }
                 Command::Record { records, .. } => {
-                    self.store.record_wave(records)?;
                     for record in records {
+                        self.store.record(record)?;
                         let added = self.audit_added.entry(record.subscription.clone()).or_default();
                         *added += 1;
                         if *added % AUDIT_TRIM_EVERY == 0 {
