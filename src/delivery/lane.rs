@@ -79,10 +79,7 @@ impl Lane {
 
     /// The earliest time this lane wants to be looked at again.
     pub fn next_wake(&self) -> Option<Instant> {
-        match (self.wake_at, self.due_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        self.wake_at.into_iter().chain(self.due_at).min()
     }
 
     /// Whether a timer of this lane has fired; a fired due time is consumed.
@@ -122,6 +119,14 @@ impl Lane {
         self.due_at = None;
     }
 
+    /// A delivery's attempt finished: its slot is free, and it is recording until its
+    /// result is on disk.
+    pub fn finished(&mut self, seq: i64) {
+        self.in_flight.remove(&seq);
+        self.recording.insert(seq);
+        self.dirty = true;
+    }
+
     /// A delivery's result is on disk; a retry may be due again (or have a new due time).
     pub fn release(&mut self, seq: i64, retry: bool) {
         self.recording.remove(&seq);
@@ -136,9 +141,7 @@ impl Lane {
 
     /// Takes a fetch's answer: keeps what is due and not already known here.
     pub fn fetched(&mut self, batch: DueBatch, asked: usize) {
-        self.fetching = false;
         self.exhausted = batch.rows.len() < asked && !self.poked;
-        self.poked = false;
         let queued: HashSet<i64> = self.prefetched.iter().map(|d| d.seq).collect();
         let before = self.prefetched.len();
         for due in batch.rows {
@@ -151,7 +154,7 @@ impl Lane {
                 self.prefetched.push_back(due);
             }
         }
-        self.released.clear();
+        self.answered();
         if self.prefetched.len() > before || !self.exhausted {
             self.dirty = true;
         }
@@ -162,10 +165,15 @@ impl Lane {
 
     /// A fetch failed: try again in a second rather than at once.
     pub fn fetch_failed(&mut self) {
+        self.answered();
+        self.exhausted = true;
+        self.due_at = Some(Instant::now() + Duration::from_secs(1));
+    }
+
+    /// The fetch that was out has answered (or failed).
+    fn answered(&mut self) {
         self.fetching = false;
         self.poked = false;
-        self.exhausted = true;
         self.released.clear();
-        self.due_at = Some(Instant::now() + Duration::from_secs(1));
     }
 }

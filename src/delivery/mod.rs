@@ -304,9 +304,6 @@ impl Dispatcher {
         let mut seqs = Vec::with_capacity(wave.len());
         for done in wave {
             seqs.push((done.lane, done.seq, matches!(done.record.next, NextState::Retry { .. })));
-            if let Some(lane) = self.lanes.get_mut(done.lane) {
-                lane.recording.insert(done.seq);
-            }
             self.finish(&done);
             records.push(done.record);
         }
@@ -335,8 +332,7 @@ impl Dispatcher {
 
     fn finish(&mut self, done: &Done) {
         let Some(lane) = self.lanes.get_mut(done.lane) else { return };
-        lane.in_flight.remove(&done.seq);
-        lane.dirty = true;
+        lane.finished(done.seq);
         lane.endpoint.observe(&done.verdict, done.status, done.probe, Instant::now(), fastrand::f64());
         lane.last_status = done.status.or(lane.last_status);
         lane.last_error = match &done.verdict {
