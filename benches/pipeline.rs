@@ -37,6 +37,37 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// CPU seconds (user + system, all threads) a process has used so far.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields after the command: state is 0, utime 11, stime 12 (in USER_HZ, 100 here).
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// CPU used per unit of work, in µs, by the broker and by this process (publisher,
+/// subscriber, HTTP client and receiver) between `start` and now.
+struct CpuMeter {
+    broker_pid: u32,
+    broker0: f64,
+    bench0: f64,
+}
+
+impl CpuMeter {
+    fn start(broker: &Broker) -> CpuMeter {
+        let broker_pid = broker.child.id();
+        CpuMeter { broker_pid, broker0: cpu_seconds(broker_pid), bench0: cpu_seconds(std::process::id()) }
+    }
+
+    /// (broker µs, bench µs) per unit over `n` units.
+    fn per(&self, n: u64) -> (f64, f64) {
+        let us = |s: f64| s * 1e6 / n as f64;
+        (us(cpu_seconds(self.broker_pid) - self.broker0), us(cpu_seconds(std::process::id()) - self.bench0))
+    }
+}
+
 fn payload(seq: u64) -> Vec<u8> {
     format!(r#"{{"seq":{seq},"ts_ns":{},"status":"completed","pad":"{}"}}"#, now_ns(), "p".repeat(PAYLOAD_PAD))
         .into_bytes()
@@ -359,12 +390,7 @@ max_in_flight = 32
 
     /// User + system CPU seconds so far.
     fn cpu_s(&self) -> f64 {
-        let stat = self.proc("stat");
-        let after = stat.rsplit_once(')').map(|x| x.1).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // Fields after the command: state is 0, utime 11, stime 12.
-        (ticks(11) + ticks(12)) / 100.0
+        cpu_seconds(self.child.id())
     }
 
     fn write_bytes(&self) -> u64 {
@@ -420,7 +446,7 @@ async fn main() {
     let opts = Opts { quick: std::env::args().any(|a| a == "--quick") };
     let mut results: Vec<(String, f64, String, Option<f64>)> = Vec::new();
     let mut record = |name: &str, value: f64, unit: &str, ceiling: Option<f64>| {
-        let ratio = ceiling.map(|c| value / c);
+        let ratio = ceiling.filter(|c| c.is_finite()).map(|c| value / c);
         println!(
             "{name:<44} {value:>12.2} {unit:<10} {}",
             ratio.map(|r| format!("{:>5.0} % of ceiling", r * 100.0)).unwrap_or_default()
@@ -430,16 +456,32 @@ async fn main() {
     };
     println!("fleethook pipeline benchmark ({})", if opts.quick { "quick" } else { "full" });
     let broker = mosquitto();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
 
-    // Ceilings, same machine, same moment.
+    // Ceilings, same machine, same moment, with what each costs in CPU: everything here
+    // shares the same cores, so the agent's share of them bounds its throughput.
+    // FLEETHOOK_BENCH_AGENT_ONLY=1 skips them and the drain: a fast A/B of two builds.
+    let agent_only = std::env::var_os("FLEETHOOK_BENCH_AGENT_ONLY").is_some();
+    let (mut mqtt, mut http, mut sqlite) = (f64::NAN, f64::NAN, f64::NAN);
     let envelope_len = 460;
-    let mqtt = mqtt_ceiling(&broker, opts.n(20_000, 100_000)).await;
-    record("ceiling: MQTT QoS 1 (rumqttc → mosquitto → rumqttc)", mqtt, "msg/s", None);
-    let http = http_ceiling(opts.n(20_000, 100_000), envelope_len).await;
-    record("ceiling: HTTP POST (reqwest, 32 in flight)", http, "req/s", None);
-    let rows = opts.n(20_000, 100_000);
-    let sqlite = tokio::task::spawn_blocking(move || sqlite_ceiling(rows, 256)).await.unwrap();
-    record("ceiling: SQLite FULL, our schema, 256 rows/commit", sqlite, "rows/s", None);
+    let n = opts.n(20_000, 100_000);
+    if !agent_only {
+        let meter = CpuMeter::start(&broker);
+        mqtt = mqtt_ceiling(&broker, n).await;
+        let (mqtt_broker_us, mqtt_clients_us) = meter.per(n);
+        record("ceiling: MQTT QoS 1 (rumqttc → mosquitto → rumqttc)", mqtt, "msg/s", None);
+        println!(
+            "  (CPU per message: mosquitto {mqtt_broker_us:.1} µs, publisher + subscriber {mqtt_clients_us:.1} µs)"
+        );
+        let meter = CpuMeter::start(&broker);
+        http = http_ceiling(n, envelope_len).await;
+        let (_, http_us) = meter.per(n);
+        record("ceiling: HTTP POST (reqwest, 32 in flight)", http, "req/s", None);
+        println!("  (CPU per request: client + receiver {http_us:.1} µs)");
+        let rows = opts.n(20_000, 100_000);
+        sqlite = tokio::task::spawn_blocking(move || sqlite_ceiling(rows, 256)).await.unwrap();
+        record("ceiling: SQLite FULL, our schema, 256 rows/commit", sqlite, "rows/s", None);
+    }
     let smallest = mqtt.min(http).min(sqlite);
 
     let dir = tempfile::tempdir().unwrap();
@@ -463,8 +505,10 @@ async fn main() {
     let secs = opts.n(3, 10);
     got.latencies_ns.lock().unwrap().clear();
     let before = got.count.load(Ordering::Relaxed);
+    let w0 = agent.write_bytes();
     publish(broker.port, "fleet/bench-agv/mission", 200 * secs, Some(200.0)).await;
     wait_count(&got, before + 200 * secs, Duration::from_secs(30)).await;
+    let written_at_200 = (agent.write_bytes() - w0) as f64 / (200 * secs) as f64;
     let mut lat = std::mem::take(&mut *got.latencies_ns.lock().unwrap());
     lat.sort_unstable();
     record("latency publish → endpoint p50 @200/s", percentile(&lat, 0.50), "ms", None);
@@ -475,11 +519,13 @@ async fn main() {
     let n = opts.n(20_000, 100_000);
     let before = got.count.load(Ordering::Relaxed);
     let (cpu0, w0) = (agent.cpu_s(), agent.write_bytes());
+    let meter = CpuMeter::start(&broker);
     let start = Instant::now();
     let publisher = tokio::spawn(publish(broker.port, "fleet/bench-agv/mission", n, None));
     let took = wait_count(&got, before + n, Duration::from_secs(600)).await.unwrap_or(start.elapsed());
     let _ = publisher.await;
     let delivered_rate = n as f64 / took.as_secs_f64();
+    let (broker_us, bench_us) = meter.per(n);
     let cpu_per_10k = (agent.cpu_s() - cpu0) / n as f64 * 10_000.0;
     let written_per_event = (agent.write_bytes() - w0) as f64 / n as f64;
     record("agent: end-to-end delivered (throughput)", delivered_rate, "events/s", Some(smallest));
@@ -488,7 +534,23 @@ async fn main() {
     let payload_len = payload(0).len() as f64;
     record("agent: disk written per delivered event", written_per_event, "bytes", None);
     record("agent: … as a multiple of the payload", written_per_event / payload_len, "× payload", None);
+    record("agent: disk written per delivered event @200/s", written_at_200, "bytes", None);
+    // Where the cores went during the throughput run, per delivered event, and how much
+    // of it the agent may use for everything to fit at half the smallest ceiling.
+    let agent_us = cpu_per_10k * 100.0;
+    record("CPU per event in the throughput run: mosquitto", broker_us, "µs", None);
+    record("CPU per event: publisher + receiver (bench)", bench_us, "µs", None);
+    record("CPU per event: the agent", agent_us, "µs", None);
+    let fits = cores * 1e6 / (broker_us + bench_us + agent_us);
+    println!("  ({cores:.0} cores at that cost fit {fits:.0} events/s)");
+    let left_for_agent = cores * 1e6 / (0.5 * smallest) - broker_us - bench_us;
+    if left_for_agent.is_finite() {
+        record("CPU per event 50 % of the ceiling leaves the agent", left_for_agent, "µs", None);
+    }
     drop(agent);
+    if agent_only {
+        return;
+    }
 
     // Durable ingest with the endpoint down, then the drain.
     let backlog = opts.n(100_000, 1_000_000);

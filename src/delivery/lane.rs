@@ -99,17 +99,30 @@ impl Lane {
         self.dirty = true;
     }
 
-    /// How many rows to ask for, if a fetch should start now. `exact` lanes (FIFO, or an
-    /// offline probe) take exactly what they may send; others read ahead, and start the
-    /// next fetch before running dry.
-    pub fn fetch_limit(&self, room: usize, exact: bool) -> Option<usize> {
+    /// What to ask for, if a fetch should start now: how many rows, and the deliveries
+    /// the outbox should leave out of them. `exact` lanes (FIFO, or an offline probe) take
+    /// exactly what they may send; others read ahead, and start the next fetch before
+    /// running dry.
+    ///
+    /// The outbox still shows what this lane has in flight, is recording or has fetched
+    /// already as due. A parallel lane names those so the answer skips them instead of
+    /// carrying them back (at full speed they outnumber the new rows several times over).
+    /// A FIFO lane cannot skip its head, so it asks for the known ones too (it has none
+    /// when it fetches: a FIFO lane fetches only with nothing busy and nothing queued).
+    pub fn fetch_request(&self, room: usize, exact: bool, fifo: bool) -> Option<(usize, Vec<i64>)> {
         let low = self.prefetched.is_empty() || (!exact && self.prefetched.len() < PREFETCH / 2);
         // An exact lane with no room left fetches when a slot frees, not ahead.
         if self.fetching || self.exhausted || !low || (exact && room == 0) {
             return None;
         }
         let ahead = if exact { room } else { room.max(PREFETCH) };
-        Some(ahead + self.in_flight.len() + self.recording.len() + self.prefetched.len())
+        let known = self.in_flight.iter().chain(&self.recording).copied().chain(self.prefetched.iter().map(|d| d.seq));
+        if fifo {
+            return Some((ahead + known.count(), Vec::new()));
+        }
+        let mut skip: Vec<i64> = known.collect();
+        skip.sort_unstable();
+        Some((ahead, skip))
     }
 
     pub fn fetch_started(&mut self) {

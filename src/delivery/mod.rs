@@ -264,11 +264,11 @@ impl Dispatcher {
                     let _ = done_tx.send(done);
                 });
             }
-            if let Some(asked) = lane.fetch_limit(room - started, exact) {
+            if let Some((asked, skip)) = lane.fetch_request(room - started, exact, fifo) {
                 lane.fetch_started();
                 let (outbox, name) = (self.outbox.clone(), lane.sub.name.clone());
                 fetches.spawn(async move {
-                    let batch = outbox.due(&name, now_ms(), asked, fifo).await;
+                    let batch = outbox.due(&name, now_ms(), asked, fifo, skip).await;
                     Fetched { lane: idx, asked, batch }
                 });
             }

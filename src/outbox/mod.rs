@@ -275,6 +275,7 @@ pub(crate) enum Command {
         now_ms: i64,
         limit: usize,
         fifo: bool,
+        skip: Vec<i64>,
         reply: oneshot::Sender<DueBatch>,
     },
     /// `urgent`: something waits on this commit (a FIFO lane); otherwise the writer may
@@ -319,16 +320,18 @@ impl Outbox {
     /// knows those and skips them). With `fifo`, only the head of the queue, if it is due.
     /// Answered at once, outside any transaction; the expiry sweep it asks for follows in
     /// the next one.
+    /// `skip` (sorted) names deliveries to leave out of the answer; a FIFO read ignores it.
     pub async fn due(
         &self,
         subscription: &str,
         now_ms: i64,
         limit: usize,
         fifo: bool,
+        skip: Vec<i64>,
     ) -> Result<DueBatch, OutboxError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Due { subscription: subscription.to_string(), now_ms, limit, fifo, reply })
+            .send(Command::Due { subscription: subscription.to_string(), now_ms, limit, fifo, skip, reply })
             .map_err(|_| OutboxError::Closed)?;
         rx.await.map_err(|_| OutboxError::Closed)
     }

@@ -212,7 +212,7 @@ impl Store {
     /// Expires what is past its age, then lists due deliveries (see `Outbox::due`).
     pub fn due(&mut self, subscription: &str, now_ms: i64, limit: usize, fifo: bool) -> rusqlite::Result<DueBatch> {
         self.sweep_expired(subscription, now_ms)?;
-        self.due_rows(subscription, now_ms, limit, fifo)
+        self.due_rows(subscription, now_ms, limit, fifo, &[])
     }
 
     /// Ends what passed its max_age as `expired`, at most once per sweep interval.
@@ -236,15 +236,29 @@ impl Store {
     }
 
     /// Reads up to `limit` due deliveries, oldest first, leaving out any past its
-    /// max_age that no sweep has ended yet. It writes nothing, so it may run outside a
-    /// transaction.
-    pub fn due_rows(&self, subscription: &str, now_ms: i64, limit: usize, fifo: bool) -> rusqlite::Result<DueBatch> {
-        let sql = if fifo { DUE_FIFO_SQL } else { DUE_SQL };
+    /// max_age that no sweep has ended yet and, unless `fifo`, those in `skip` (sorted):
+    /// they are passed over before any of their columns is copied. It writes nothing,
+    /// so it may run outside a transaction.
+    pub fn due_rows(
+        &self,
+        subscription: &str,
+        now_ms: i64,
+        limit: usize,
+        fifo: bool,
+        skip: &[i64],
+    ) -> rusqlite::Result<DueBatch> {
+        let (sql, skip) = if fifo { (DUE_FIFO_SQL, &[][..]) } else { (DUE_SQL, skip) };
         let mut stmt = self.conn.prepare_cached(sql)?;
         let mut rows = Vec::new();
         let mut next_due_ms = None;
-        let mut q = stmt.query(params![subscription, now_ms, limit as i64])?;
-        while let Some(r) = q.next()? {
+        let mut q = stmt.query(params![subscription, now_ms, (limit + skip.len()) as i64])?;
+        while rows.len() < limit
+            && let Some(r) = q.next()?
+        {
+            let seq: i64 = r.get(0)?;
+            if skip.binary_search(&seq).is_ok() {
+                continue;
+            }
             let next_attempt_ms: i64 = r.get(9)?;
             if next_attempt_ms > now_ms {
                 // FIFO: the queue waits behind its head until the head is due.
@@ -252,7 +266,7 @@ impl Store {
                 break;
             }
             rows.push(Due {
-                seq: r.get(0)?,
+                seq,
                 delivery_id: r.get(1)?,
                 subscription: subscription.to_string(),
                 attempts: r.get(2)?,

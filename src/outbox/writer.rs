@@ -431,8 +431,8 @@ impl Writer {
     fn answer(&mut self, reads: Vec<Command>) {
         for cmd in reads {
             match cmd {
-                Command::Due { subscription, now_ms, limit, fifo, reply } => {
-                    match self.store.due_rows(&subscription, now_ms, limit, fifo) {
+                Command::Due { subscription, now_ms, limit, fifo, skip, reply } => {
+                    match self.store.due_rows(&subscription, now_ms, limit, fifo, &skip) {
                         Ok(d) => drop(reply.send(d)),
                         Err(e) => tracing::debug!(error = %e, "Could not read due deliveries."),
                     }

@@ -148,3 +148,23 @@ fn due_queries_walk_an_index_in_order_instead_of_sorting_the_backlog() {
         assert!(plan.contains(index), "{name} does not use {index}: {plan}");
     }
 }
+
+#[test]
+fn a_due_read_passes_over_what_the_lane_knows_and_still_fills_its_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(&dir);
+    for i in 0..6 {
+        s.insert(&event(&format!("e{i}"), &["a"], false), 1000).unwrap();
+    }
+    let all: Vec<i64> = s.due("a", 1000, 10, false).unwrap().rows.iter().map(|d| d.seq).collect();
+    assert_eq!(all.len(), 6);
+    // The first two are in flight and the fourth is queued in the lane already.
+    let skip = vec![all[0], all[1], all[3]];
+    let batch = s.due_rows("a", 1000, 2, false, &skip).unwrap();
+    assert_eq!(batch.rows.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![all[2], all[4]]);
+    let rest = s.due_rows("a", 1000, 10, false, &skip).unwrap();
+    assert_eq!(rest.rows.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![all[2], all[4], all[5]]);
+    // A FIFO read never skips its head: the queue waits behind it.
+    let head = s.due_rows("a", 1000, 1, true, &skip).unwrap();
+    assert_eq!(head.rows[0].seq, all[0]);
+}
