@@ -7,6 +7,9 @@ use rusqlite::Connection;
 use super::OutboxError;
 use crate::config::{StorageConfig, Synchronous};
 
+/// The page size of a new outbox (see `open_checked` for why this one).
+const PAGE_SIZE: i64 = 4096;
+
 /// Migrations in order; `PRAGMA user_version` records how many have run.
 const MIGRATIONS: &[&str] = &[
     r#"
@@ -162,11 +165,19 @@ fn open_checked(path: &Path, cfg: &StorageConfig) -> Result<Connection, Checked>
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // page_size and auto_vacuum only take effect before the first table exists, and
-    // page_size only before auto_vacuum (which writes the header). 4 KiB, not smaller:
-    // measured with the pipeline bench, 1 KiB pages wrote as many bytes per event once the
-    // tables were large (more interior pages per commit) and halved durable ingest with
-    // a million events queued (deeper B-trees).
-    conn.pragma_update(None, "page_size", 4096)?;
+    // page_size only before auto_vacuum (which writes the header); an outbox created with
+    // another page size keeps it.
+    //
+    // Every commit writes each page it touched, whole, to the WAL, and an event touches
+    // about a dozen B-trees between ingest and delivery, so at a robot's usual rate (one
+    // event per commit) the page size is most of the flash wear. Measured with the
+    // pipeline bench at 200 events/s: 54 KB written per delivered event with 4 KiB pages,
+    // 31 KB with 2 KiB, 20 KB with 1 KiB; under load all three write about the same. 4 KiB
+    // stays because smaller pages fit large payloads badly: a 1–2 KB event row takes a
+    // 2 KiB page to itself, wasting up to half the outbox (the ENOSPC test, 1 KB payloads
+    // on a 2 MiB filesystem, no longer fits), and 1 KiB pages cost a fifth of the drain
+    // rate and, earlier, half the durable ingest rate with a million queued.
+    conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
     if check != "ok" {
@@ -241,7 +252,7 @@ mod tests {
             })
             .unwrap()
         };
-        assert_eq!(pragma("page_size"), "4096");
+        assert_eq!(pragma("page_size"), PAGE_SIZE.to_string());
         assert_eq!(pragma("auto_vacuum"), "2", "incremental");
         assert_eq!(pragma("journal_mode"), "wal");
         assert_eq!(pragma("synchronous"), "2", "full");
