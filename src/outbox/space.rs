@@ -215,6 +215,11 @@ impl Store {
         Ok(())
     }
 
+    /// Hands every free page back to the filesystem, whatever their share of the file.
+    pub fn vacuum_free_pages(&self) -> rusqlite::Result<()> {
+        self.conn().execute_batch("PRAGMA incremental_vacuum")
+    }
+
     /// Checkpoints everything and truncates the WAL to nothing.
     pub fn checkpoint_truncate(&mut self) -> rusqlite::Result<()> {
         self.rollback();

@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
-use super::space::{Budget, HIGH, RETENTION_MS, Reclaimed};
+use super::space::{Budget, HIGH, RETENTION_MS};
 use super::store::{Store, Stored};
 use super::{Command, Inbound, Outbox, OutboxError, Repair, Repaired};
 use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::event::now_ms;
 use crate::health::Beat;
+
+mod room;
 
 /// At most this many commands go into one transaction.
 const MAX_BATCH: usize = 2048;
@@ -251,50 +253,23 @@ impl Writer {
         self.full = full;
     }
 
-    /// Makes room, one small transaction per step so that no step overruns the WAL's
-    /// share; says whether ingest may go on.
-    fn relieve(&mut self, evict: bool) -> bool {
-        let now = now_ms();
-        let mut total = Reclaimed::default();
-        loop {
-            let step = (|| {
-                self.store.begin()?;
-                let done = self.store.room_step(&self.budget, evict, now)?;
-                self.store.commit()?;
-                Ok::<_, rusqlite::Error>(done)
-            })();
-            match step {
-                Ok(done) if done.deleted == 0 && done.evicted == 0 => break,
-                Ok(done) => {
-                    total.deleted += done.deleted;
-                    total.evicted += done.evicted;
-                    let _ = self.store.checkpoint_if_large(&self.path, &self.budget);
-                }
-                Err(e) => {
-                    self.store.rollback();
-                    tracing::debug!(error = %e, "Could not make room.");
-                    break;
-                }
-            }
-        }
-        if total.evicted > 0 {
-            tracing::warn!(
-                evicted = total.evicted,
-                max_bytes = self.budget.max_bytes,
-                "The outbox reached storage.max_bytes: evicted the lowest-priority, oldest pending deliveries."
-            );
-        }
-        !self.store.over(&self.budget, HIGH).unwrap_or(true)
-    }
-
     /// How many held ingest commands the next transaction takes: all that fit the batch
     /// budget, or a few while finding out whether a full disk has room again.
     fn held_to_take(&self) -> usize {
         if self.full && Instant::now() < self.retry_held_at {
             return 0;
         }
+        if self.held.is_empty() {
+            return 0;
+        }
+        // A commit writes about three times its payload to the WAL and then, at the
+        // checkpoint, into the database: a batch fits what is above the reserve.
+        let room = self.filesystem_room().map_or(usize::MAX, |room| (room / 4) as usize);
+        if room == 0 {
+            return 0;
+        }
         let limit = if self.full { 16 } else { usize::MAX };
-        let max_bytes = if self.tight() { TIGHT_BYTES } else { self.budget.batch_bytes() };
+        let max_bytes = if self.tight() { TIGHT_BYTES } else { self.budget.batch_bytes() }.min(room);
         let mut bytes = 0;
         let mut n = 0;
         for c in self.held.iter().take(limit) {
@@ -471,6 +446,7 @@ impl Writer {
         if self.store.over(&self.budget, HIGH).unwrap_or(false) && !self.relieve(self.evict) && !self.evict {
             self.set_full(true, "storage.max_bytes reached");
         }
+        self.keep_the_filesystem_reserve();
         if self.tight() && super::space::wal_bytes(&self.path) > TIGHT_BYTES as u64 * 4 {
             let _ = self.store.checkpoint_truncate();
         }

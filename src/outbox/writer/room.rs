@@ -1,0 +1,108 @@
+//! Making room: under the cap (`storage.max_bytes`), and on a filesystem that is nearly
+//! full whatever the cap says.
+
+use super::Writer;
+use crate::event::now_ms;
+use crate::outbox::space::{self, HIGH, Reclaimed};
+
+/// Ingest never takes the filesystem's last this many bytes: delivery results, the
+/// deletes that make room and the checkpoints that hand it back all need a little space
+/// to commit, and an outbox that filled the disk itself could otherwise never recover.
+const FILESYSTEM_RESERVE: u64 = 512 * 1024;
+const FILESYSTEM_NEARLY_FULL: &str = "the filesystem is nearly full";
+
+impl Writer {
+    /// Makes room, one small transaction per step so that no step overruns the WAL's
+    /// share; says whether ingest may go on.
+    pub(super) fn relieve(&mut self, evict: bool) -> bool {
+        let now = now_ms();
+        let mut total = Reclaimed::default();
+        loop {
+            let step = (|| {
+                self.store.begin()?;
+                let done = self.store.room_step(&self.budget, evict, now)?;
+                self.store.commit()?;
+                Ok::<_, rusqlite::Error>(done)
+            })();
+            match step {
+                Ok(done) if done.deleted == 0 && done.evicted == 0 => break,
+                Ok(done) => {
+                    total.deleted += done.deleted;
+                    total.evicted += done.evicted;
+                    let _ = self.store.checkpoint_if_large(&self.path, &self.budget);
+                }
+                Err(e) => {
+                    self.store.rollback();
+                    tracing::debug!(error = %e, "Could not make room.");
+                    break;
+                }
+            }
+        }
+        if total.evicted > 0 {
+            tracing::warn!(
+                evicted = total.evicted,
+                max_bytes = self.budget.max_bytes,
+                "The outbox reached storage.max_bytes: evicted the lowest-priority, oldest pending deliveries."
+            );
+        }
+        !self.store.over(&self.budget, HIGH).unwrap_or(true)
+    }
+
+    /// Free bytes above the reserve on the outbox's filesystem, if known, less what the
+    /// WAL holds: a checkpoint needs that much again to write it into the database.
+    pub(super) fn filesystem_room(&self) -> Option<u64> {
+        let free = space::free_disk(&self.path)?;
+        Some(free.saturating_sub(FILESYSTEM_RESERVE + space::wal_bytes(&self.path)))
+    }
+
+    fn filesystem_short(&self) -> bool {
+        self.filesystem_room() == Some(0)
+    }
+
+    /// After each commit: near a full filesystem the WAL is checkpointed while that can
+    /// still be done, and ingest that reached the reserve waits while finished deliveries
+    /// make room.
+    pub(super) fn keep_the_filesystem_reserve(&mut self) {
+        let wal = space::wal_bytes(&self.path);
+        if wal > 0 && self.filesystem_room().is_some_and(|room| room < 4 * wal) {
+            let _ = self.store.checkpoint_truncate();
+        }
+        if !self.held.is_empty() && self.filesystem_short() {
+            self.set_full(true, FILESYSTEM_NEARLY_FULL);
+            self.reclaim_finished();
+        }
+    }
+
+    /// Ingest waits on a filesystem down to its reserve: finished deliveries (kept only
+    /// for `replay`, space permitting) are deleted and their pages handed back to the
+    /// filesystem, in small steps that fit the reserve.
+    fn reclaim_finished(&mut self) {
+        let chunk = self.budget.chunk_rows();
+        let mut deleted = 0;
+        loop {
+            let step = (|| {
+                self.store.begin()?;
+                let n = self.store.delete_finished(i64::MAX, chunk)?;
+                self.store.commit()?;
+                Ok::<_, rusqlite::Error>(n)
+            })();
+            match step {
+                Ok(0) => break,
+                Ok(n) => deleted += n,
+                Err(e) => {
+                    self.store.rollback();
+                    tracing::debug!(error = %e, "Could not delete finished deliveries.");
+                    break;
+                }
+            }
+            let _ = self.store.checkpoint_truncate();
+        }
+        if deleted > 0 {
+            if let Err(e) = self.store.vacuum_free_pages() {
+                tracing::debug!(error = %e, "Could not hand free pages back to the filesystem.");
+            }
+            let _ = self.store.checkpoint_truncate();
+            tracing::info!(deleted, "The filesystem is nearly full: deleted finished deliveries to make room.");
+        }
+    }
+}
