@@ -574,10 +574,17 @@ async fn main() {
     );
     record("agent: outbox bytes per queued event", agent.outbox_bytes() as f64 / backlog as f64, "bytes", None);
     let drained = Arc::new(Received::default());
+    let (agent_cpu0, meter) = (agent.cpu_s(), CpuMeter::start(&broker));
     tokio::spawn(receiver(down, drained.clone(), stop.clone()));
     let took = wait_count(&drained, backlog, Duration::from_secs(1800)).await;
     let drain_rate = took.map(|t| backlog as f64 / t.as_secs_f64()).unwrap_or(0.0);
+    let (_, receiver_us) = meter.per(backlog);
+    let agent_us = (agent.cpu_s() - agent_cpu0) * 1e6 / backlog as f64;
     record("agent: drain of the backlog", drain_rate, "events/s", Some(http));
+    println!(
+        "  (CPU per delivery: agent {agent_us:.1} µs, receiver {receiver_us:.1} µs; {cores:.0} cores at that cost fit {:.0}/s)",
+        cores * 1e6 / (agent_us + receiver_us)
+    );
     drop(agent);
     stop.cancel();
 
