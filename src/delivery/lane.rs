@@ -106,7 +106,7 @@ impl Lane {
     ///
     /// The outbox still shows what this lane has in flight, is recording or has fetched
     /// already as due. A parallel lane names those so the answer skips them instead of
-    /// carrying them back (at full speed they outnumber the new rows several times over).
+    /// carrying them back (at full speed they were over a third of every answer).
     /// A FIFO lane cannot skip its head, so it asks for the known ones too (it has none
     /// when it fetches: a FIFO lane fetches only with nothing busy and nothing queued).
     pub fn fetch_request(&self, room: usize, exact: bool, fifo: bool) -> Option<(usize, Vec<i64>)> {
