@@ -173,8 +173,8 @@ fn open_checked(path: &Path, cfg: &StorageConfig) -> Result<Connection, Checked>
     // event per commit) the page size is most of the flash wear. Measured with the
     // pipeline bench at 200 events/s: 54 KB written per delivered event with 4 KiB pages,
     // 31 KB with 2 KiB, 20 KB with 1 KiB; under load all three write about the same.
-    // Alternating quick runs of 2 KiB against 4 KiB: drain +8 %, durable ingest −3 %,
-    // throughput the same. 1 KiB pages cost a fifth of the drain rate and, earlier, half
+    // Alternating quick runs of 2 KiB against 4 KiB: drain +8 %, durable ingest −3 %
+    // (−5 to −15 % with a million queued), throughput the same. 1 KiB pages cost a fifth of the drain rate and, earlier, half
     // the durable ingest rate with a million queued (deep B-trees). The price of 2 KiB:
     // an event row of 1–2 KB (a payload that large) takes a page to itself, so such
     // events fill the cap up to a third sooner than with 4 KiB pages.
