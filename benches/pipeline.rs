@@ -478,8 +478,7 @@ async fn main() {
         let (_, http_us) = meter.per(n);
         record("ceiling: HTTP POST (reqwest, 32 in flight)", http, "req/s", None);
         println!("  (CPU per request: client + receiver {http_us:.1} µs)");
-        let rows = opts.n(20_000, 100_000);
-        sqlite = tokio::task::spawn_blocking(move || sqlite_ceiling(rows, 256)).await.unwrap();
+        sqlite = tokio::task::spawn_blocking(move || sqlite_ceiling(n, 256)).await.unwrap();
         record("ceiling: SQLite FULL, our schema, 256 rows/commit", sqlite, "rows/s", None);
     }
     let smallest = mqtt.min(http).min(sqlite);

@@ -318,9 +318,9 @@ impl Outbox {
     /// Returns up to `limit` due deliveries of a subscription, oldest first, as committed
     /// (a result still waiting for its commit shows its delivery as due: the dispatcher
     /// knows those and skips them). With `fifo`, only the head of the queue, if it is due.
+    /// `skip` (sorted) names deliveries to leave out of the answer; a FIFO read ignores it.
     /// Answered at once, outside any transaction; the expiry sweep it asks for follows in
     /// the next one.
-    /// `skip` (sorted) names deliveries to leave out of the answer; a FIFO read ignores it.
     pub async fn due(
         &self,
         subscription: &str,

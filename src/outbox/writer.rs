@@ -253,6 +253,19 @@ impl Writer {
         self.full = full;
     }
 
+    /// Runs `work` in a transaction of its own: committed if it succeeds, rolled back if
+    /// anything fails.
+    fn in_own_transaction<T>(&mut self, work: impl FnOnce(&mut Store) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let result = self.store.begin().and_then(|()| work(&mut self.store)).and_then(|done| {
+            self.store.commit()?;
+            Ok(done)
+        });
+        if result.is_err() {
+            self.store.rollback();
+        }
+        result
+    }
+
     /// How many held ingest commands the next transaction takes: all that fit the batch
     /// budget, or a few while finding out whether a full disk has room again.
     fn held_to_take(&self) -> usize {
@@ -456,14 +469,11 @@ impl Writer {
         if Instant::now() >= self.housekeeping_at {
             self.housekeeping_at = Instant::now() + HOUSEKEEPING;
             let now = now_ms();
-            let result = (|| {
-                self.store.begin()?;
-                while self.store.delete_finished(now - RETENTION_MS, 256)? > 0 {}
-                self.store.shrink()?;
-                self.store.commit()
-            })();
+            let result = self.in_own_transaction(|store| {
+                while store.delete_finished(now - RETENTION_MS, 256)? > 0 {}
+                store.shrink()
+            });
             if let Err(e) = result {
-                self.store.rollback();
                 tracing::debug!(error = %e, "Housekeeping deferred.");
             }
         }

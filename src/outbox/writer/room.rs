@@ -17,14 +17,9 @@ impl Writer {
     pub(super) fn relieve(&mut self, evict: bool) -> bool {
         let now = now_ms();
         let mut total = Reclaimed::default();
+        let budget = self.budget;
         loop {
-            let step = (|| {
-                self.store.begin()?;
-                let done = self.store.room_step(&self.budget, evict, now)?;
-                self.store.commit()?;
-                Ok::<_, rusqlite::Error>(done)
-            })();
-            match step {
+            match self.in_own_transaction(|store| store.room_step(&budget, evict, now)) {
                 Ok(done) if done.deleted == 0 && done.evicted == 0 => break,
                 Ok(done) => {
                     total.deleted += done.deleted;
@@ -32,7 +27,6 @@ impl Writer {
                     let _ = self.store.checkpoint_if_large(&self.path, &self.budget);
                 }
                 Err(e) => {
-                    self.store.rollback();
                     tracing::debug!(error = %e, "Could not make room.");
                     break;
                 }
@@ -51,23 +45,21 @@ impl Writer {
     /// Free bytes above the reserve on the outbox's filesystem, if known, less what the
     /// WAL holds: a checkpoint needs that much again to write it into the database.
     pub(super) fn filesystem_room(&self) -> Option<u64> {
-        let free = space::free_disk(&self.path)?;
-        Some(free.saturating_sub(FILESYSTEM_RESERVE + space::wal_bytes(&self.path)))
-    }
-
-    fn filesystem_short(&self) -> bool {
-        self.filesystem_room() == Some(0)
+        Some(room_above_reserve(space::free_disk(&self.path)?, space::wal_bytes(&self.path)))
     }
 
     /// After each commit: near a full filesystem the WAL is checkpointed while that can
     /// still be done, and ingest that reached the reserve waits while finished deliveries
     /// make room.
     pub(super) fn keep_the_filesystem_reserve(&mut self) {
+        let Some(free) = space::free_disk(&self.path) else { return };
         let wal = space::wal_bytes(&self.path);
-        if wal > 0 && self.filesystem_room().is_some_and(|room| room < 4 * wal) {
+        let mut room = room_above_reserve(free, wal);
+        if wal > 0 && room < 4 * wal {
             let _ = self.store.checkpoint_truncate();
+            room = self.filesystem_room().unwrap_or(room);
         }
-        if !self.held.is_empty() && self.filesystem_short() {
+        if room == 0 && !self.held.is_empty() {
             self.set_full(true, FILESYSTEM_NEARLY_FULL);
             self.reclaim_finished();
         }
@@ -80,17 +72,10 @@ impl Writer {
         let chunk = self.budget.chunk_rows();
         let mut deleted = 0;
         loop {
-            let step = (|| {
-                self.store.begin()?;
-                let n = self.store.delete_finished(i64::MAX, chunk)?;
-                self.store.commit()?;
-                Ok::<_, rusqlite::Error>(n)
-            })();
-            match step {
+            match self.in_own_transaction(|store| store.delete_finished(i64::MAX, chunk)) {
                 Ok(0) => break,
                 Ok(n) => deleted += n,
                 Err(e) => {
-                    self.store.rollback();
                     tracing::debug!(error = %e, "Could not delete finished deliveries.");
                     break;
                 }
@@ -105,4 +90,8 @@ impl Writer {
             tracing::info!(deleted, "The filesystem is nearly full: deleted finished deliveries to make room.");
         }
     }
+}
+
+fn room_above_reserve(free: u64, wal: u64) -> u64 {
+    free.saturating_sub(FILESYSTEM_RESERVE + wal)
 }
