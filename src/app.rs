@@ -2,8 +2,8 @@
 //! the status socket; one shutdown token; the order things stop in; SIGHUP reloads.
 //! Knows no MQTT, SQL or HTTP details.
 
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -11,11 +11,15 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::delivery::{DeliveryError, Dispatcher};
 use crate::health::Liveness;
+use crate::heartbeat::{self, Heartbeat};
 use crate::ingest::Router;
-use crate::ingest::heartbeat::{self, Heartbeat};
-use crate::ingest::mqtt::{self, MqttStatus, MqttView};
+use crate::ingest::mqtt;
+use crate::live::{Live, MqttView, new_mqtt_view};
 use crate::outbox::{Outbox, OutboxError, WriterThread};
-use crate::status::{self, Context, Live};
+use crate::status::{self, Context};
+
+/// How long shutdown waits for the outbox writer's last commit.
+const WRITER_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -50,7 +54,7 @@ impl Agent {
     pub fn start(config: &Config, shutdown: CancellationToken) -> Result<Agent, AppError> {
         let liveness = Liveness::new();
         let (outbox, writer) = WriterThread::start(&config.storage, liveness.writer())?;
-        let mqtt: MqttView = Arc::new(Mutex::new(MqttStatus::default()));
+        let mqtt = new_mqtt_view();
         let (generation, live) = start_generation(config, &outbox, &mqtt, &liveness, &shutdown)?;
         let live = Arc::new(RwLock::new(live));
         let socket = &config.status.socket;
@@ -121,8 +125,17 @@ impl Agent {
         }
         drop(self.outbox);
         drop(self.live);
+        // The writer gives up a commit that keeps failing within seconds; the bound is
+        // for whatever else could hold it, so SIGTERM always ends the agent. What did not
+        // commit was not acked: the broker sends it again.
         let writer = self.writer;
-        let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        let joined = tokio::time::timeout(WRITER_GRACE, tokio::task::spawn_blocking(move || writer.join())).await;
+        if joined.is_err() {
+            tracing::error!(
+                grace_s = WRITER_GRACE.as_secs(),
+                "The outbox writer did not stop in time; exiting without it."
+            );
+        }
         tracing::info!("fleethook stopped.");
     }
 }
@@ -143,7 +156,7 @@ fn start_generation(
     let mut tasks = vec![
         tokio::spawn(mqtt::run(
             config.mqtt.clone(),
-            router.clone(),
+            router,
             outbox.clone(),
             mqtt.clone(),
             liveness.ingest(),
@@ -151,19 +164,17 @@ fn start_generation(
         )),
         tokio::spawn(dispatcher.run(stop.clone())),
     ];
+    let config = Arc::new(config.clone());
     if !config.heartbeat.interval.is_zero() {
         let hb = Heartbeat {
-            interval: config.heartbeat.interval,
-            device_id: config.device_id.clone(),
-            state_path: config.storage.path.clone(),
-            router: router.clone(),
+            config: config.clone(),
             outbox: outbox.clone(),
             mqtt: mqtt.clone(),
             endpoints: endpoints.clone(),
         };
         tasks.push(tokio::spawn(heartbeat::run(hb, stop.clone())));
     }
-    let live = Live { config: Arc::new(config.clone()), router, endpoints, dispatcher: control };
+    let live = Live { config, endpoints, dispatcher: control };
     Ok((Generation { stop, tasks }, live))
 }
 

@@ -21,6 +21,13 @@ pub fn rfc3339_ms(ms: i64) -> String {
     humantime::format_rfc3339_millis(t).to_string()
 }
 
+/// One subscription an event goes to, and when it expires there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewDelivery {
+    pub subscription: String,
+    pub expires_ms: i64,
+}
+
 /// Eviction order under the disk cap: low goes first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Default)]
 #[serde(rename_all = "lowercase")]

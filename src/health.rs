@@ -109,15 +109,30 @@ pub async fn watchdog(live: Arc<Liveness>, every: Duration, shutdown: Cancellati
 
 /// Fault injection for tests: `FLEETHOOK_FAULT_WEDGE=writer` (or `ingest`, `delivery`)
 /// makes that loop block forever after `FLEETHOOK_FAULT_WEDGE_AFTER` seconds (default 2).
-pub fn wedge_if_asked(name: &str, started: std::time::Instant) {
-    if std::env::var("FLEETHOOK_FAULT_WEDGE").ok().as_deref() != Some(name) {
-        return;
+/// Read once when the loop starts, never on its hot path.
+#[derive(Debug)]
+pub struct Wedge {
+    name: &'static str,
+    at: Instant,
+}
+
+impl Wedge {
+    /// The wedge asked for loop `name`, if any.
+    pub fn from_env(name: &'static str) -> Option<Wedge> {
+        if std::env::var("FLEETHOOK_FAULT_WEDGE").ok().as_deref() != Some(name) {
+            return None;
+        }
+        let after = std::env::var("FLEETHOOK_FAULT_WEDGE_AFTER").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+        Some(Wedge { name, at: Instant::now() + Duration::from_secs(after) })
     }
-    let after = std::env::var("FLEETHOOK_FAULT_WEDGE_AFTER").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
-    if started.elapsed() >= Duration::from_secs(after) {
-        tracing::warn!(loop_name = name, "Fault injection: this loop now blocks forever.");
-        loop {
-            std::thread::sleep(Duration::from_secs(3600));
+
+    /// Blocks the calling thread forever once the wedge's time has come.
+    pub fn block_if_due(&self) {
+        if Instant::now() >= self.at {
+            tracing::warn!(loop_name = self.name, "Fault injection: this loop now blocks forever.");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
         }
     }
 }

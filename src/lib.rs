@@ -26,10 +26,13 @@ pub mod demo;
 pub mod event;
 pub mod format;
 pub mod health;
+pub mod heartbeat;
 pub mod ingest;
+pub mod live;
 pub mod logging;
 pub mod outbox;
 pub mod receive;
+pub mod route;
 pub mod sign;
 pub mod status;
 

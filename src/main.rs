@@ -143,10 +143,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// The agent's runtime: one thread. Its tasks mostly wait on sockets and hand work to
-/// the outbox writer's own thread; a second worker thread only added wake-ups across
-/// cores (about a fifth more CPU per delivered event in the pipeline bench, for the same
-/// throughput) and leaves the robot's other core to ROS.
+/// The agent's runtime: one thread, which leaves the robot's other core to ROS
+/// (docs/decisions.md: "A single-threaded runtime").
 fn agent_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
 }
@@ -211,75 +209,40 @@ fn top(cli: &Cli, once: bool, interval: Duration) -> anyhow::Result<ExitCode> {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let plain = |v: &serde_json::Value| format!("{v}\n");
     match &cli.command {
-        Command::Status => return ask(&cli, Request::Status, render::status),
+        Command::Status => ask(&cli, Request::Status, render::status),
         Command::Queue { subscription, state, limit } => {
             let r = Request::Queue { subscription: subscription.clone(), state: state.clone(), limit: Some(*limit) };
-            return ask(&cli, r, render::queue);
+            ask(&cli, r, render::queue)
         }
         Command::Log { subscription, outcome, limit } => {
             let r = Request::Log { subscription: subscription.clone(), outcome: outcome.clone(), limit: Some(*limit) };
-            return ask(&cli, r, render::log);
+            ask(&cli, r, render::log)
         }
-        Command::Show { id } => return ask(&cli, Request::Show { id: id.clone() }, render::show),
+        Command::Show { id } => ask(&cli, Request::Show { id: id.clone() }, render::show),
         Command::Retry { ids, failed, subscription } => {
             if ids.is_empty() && !failed {
                 anyhow::bail!("name delivery or event ids, or use --failed");
             }
             let r = Request::Retry { ids: ids.clone(), failed: *failed, subscription: subscription.clone() };
-            return ask(&cli, r, |v| format!("{} deliveries put back in the queue\n", v["retried"]));
+            ask(&cli, r, |v| format!("{} deliveries put back in the queue\n", v["retried"]))
         }
         Command::Replay { subscription, since, until } => {
             let r = Request::Replay { subscription: subscription.clone(), since: since.clone(), until: until.clone() };
-            return ask(&cli, r, |v| format!("{} deliveries queued again\n", v["replayed"]));
+            ask(&cli, r, |v| format!("{} deliveries queued again\n", v["replayed"]))
         }
-        Command::Pause { subscription } => {
-            return ask(&cli, Request::Pause { subscription: subscription.clone() }, plain);
-        }
-        Command::Resume { subscription } => {
-            return ask(&cli, Request::Resume { subscription: subscription.clone() }, plain);
-        }
-        Command::Test { subscription } => {
-            return ask(&cli, Request::Test { subscription: subscription.clone() }, |v| {
-                format!(
-                    "{} → {} (HTTP {}, {} ms){}\n",
-                    v["subscription"].as_str().unwrap_or("?"),
-                    v["outcome"].as_str().unwrap_or("?"),
-                    v["status"],
-                    v["duration_ms"],
-                    v["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
-                )
-            });
-        }
+        Command::Pause { subscription } => ask(&cli, Request::Pause { subscription: subscription.clone() }, plain),
+        Command::Resume { subscription } => ask(&cli, Request::Resume { subscription: subscription.clone() }, plain),
+        Command::Test { subscription } => ask(&cli, Request::Test { subscription: subscription.clone() }, tested),
         Command::Emit { event_type, data } => {
             let data = data.as_deref().map(serde_json::from_str).transpose().context("--data is not JSON")?;
-            let r = Request::Emit { event_type: event_type.clone(), data };
-            return ask(&cli, r, |v| {
-                format!(
-                    "queued event {} for {} subscription(s)\n",
-                    v["event_id"].as_str().unwrap_or("?"),
-                    v["delivery_ids"].as_array().map_or(0, |a| a.len())
-                )
-            });
+            ask(&cli, Request::Emit { event_type: event_type.clone(), data }, emitted)
         }
-        Command::Top { once, interval } => return top(&cli, *once, *interval),
-        _ => {}
-    }
-    match cli.command {
+        Command::Top { once, interval } => top(&cli, *once, *interval),
         Command::Secret => {
             println!("{}", fleethook::sign::new_secret());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Check => match Config::load(&cli.config) {
-            Ok(c) => {
-                print!("{}", c.to_redacted_toml());
-                eprintln!("{}: OK", cli.config.display());
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("{e:#}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        Command::Check => check(&cli.config),
         Command::Run => {
             fleethook::logging::init(cli.log_format, "info");
             let config = Config::load(&cli.config)?;
@@ -288,62 +251,87 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Receive { port, bind, secrets, body } => {
             fleethook::logging::init(cli.log_format, "info");
-            let rt = runtime()?;
-            rt.block_on(async {
-                let listener = tokio::net::TcpListener::bind((bind.as_str(), port))
-                    .await
-                    .with_context(|| format!("cannot listen on {bind}:{port}"))?;
-                eprintln!(
-                    "fleethook receive: listening on http://{}/ ({})",
-                    listener.local_addr()?,
-                    if secrets.is_empty() {
-                        "no secret given: signatures are not checked".to_string()
-                    } else {
-                        format!("verifying with {} secret(s)", secrets.len())
-                    }
-                );
-                let opts = fleethook::receive::ReceiveOptions {
-                    secrets,
-                    tolerance: fleethook::sign::DEFAULT_TOLERANCE,
-                    print: true,
-                    print_body: body,
-                };
-                let stop = CancellationToken::new();
-                let s = stop.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::signal::ctrl_c().await;
-                    s.cancel();
-                });
-                fleethook::receive::serve(listener, opts, None, stop).await;
-                anyhow::Ok(())
-            })?;
-            Ok(ExitCode::SUCCESS)
+            receive(bind, *port, secrets.clone(), *body)
         }
-        Command::Status
-        | Command::Queue { .. }
-        | Command::Log { .. }
-        | Command::Show { .. }
-        | Command::Retry { .. }
-        | Command::Replay { .. }
-        | Command::Pause { .. }
-        | Command::Resume { .. }
-        | Command::Test { .. }
-        | Command::Emit { .. }
-        | Command::Top { .. } => unreachable!("handled above"),
         Command::Demo { seconds } => {
             fleethook::logging::init(cli.log_format, "warn,rumqttd=off");
-            let rt = runtime()?;
-            let summary = rt.block_on(async {
-                let stop = CancellationToken::new();
-                let s = stop.clone();
-                tokio::spawn(async move {
-                    let _ = tokio::signal::ctrl_c().await;
-                    s.cancel();
-                });
-                fleethook::demo::run(fleethook::demo::DemoOptions { seconds }, stop).await
-            })?;
-            rt.shutdown_timeout(Duration::from_secs(1));
-            Ok(if summary.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            demo(*seconds)
         }
     }
+}
+
+fn tested(v: &serde_json::Value) -> String {
+    format!(
+        "{} → {} (HTTP {}, {} ms){}\n",
+        v["subscription"].as_str().unwrap_or("?"),
+        v["outcome"].as_str().unwrap_or("?"),
+        v["status"],
+        v["duration_ms"],
+        v["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+    )
+}
+
+fn emitted(v: &serde_json::Value) -> String {
+    format!(
+        "queued event {} for {} subscription(s)\n",
+        v["event_id"].as_str().unwrap_or("?"),
+        v["delivery_ids"].as_array().map_or(0, |a| a.len())
+    )
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match Config::load(path) {
+        Ok(c) => {
+            print!("{}", c.to_redacted_toml());
+            eprintln!("{}: OK", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("{e:#}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// A token cancelled by Ctrl-C.
+fn cancelled_by_ctrl_c() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        s.cancel();
+    });
+    stop
+}
+
+fn receive(bind: &str, port: u16, secrets: Vec<String>, body: bool) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let listener = tokio::net::TcpListener::bind((bind, port))
+            .await
+            .with_context(|| format!("cannot listen on {bind}:{port}"))?;
+        let verifying = if secrets.is_empty() {
+            "no secret given: signatures are not checked".to_string()
+        } else {
+            format!("verifying with {} secret(s)", secrets.len())
+        };
+        eprintln!("fleethook receive: listening on http://{}/ ({verifying})", listener.local_addr()?);
+        let opts = fleethook::receive::ReceiveOptions {
+            secrets,
+            tolerance: fleethook::sign::DEFAULT_TOLERANCE,
+            print: true,
+            print_body: body,
+        };
+        fleethook::receive::serve(listener, opts, None, cancelled_by_ctrl_c()).await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(seconds: Option<u64>) -> anyhow::Result<ExitCode> {
+    let rt = runtime()?;
+    let summary = rt.block_on(async {
+        fleethook::demo::run(fleethook::demo::DemoOptions { seconds }, cancelled_by_ctrl_c()).await
+    })?;
+    rt.shutdown_timeout(Duration::from_secs(1));
+    Ok(if summary.ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -1,4 +1,4 @@
-//! DESIGN §4's outcome table, one test per row, against real HTTP servers.
+//! The delivery rules table, one test per row, against real HTTP servers.
 
 mod common;
 

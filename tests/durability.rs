@@ -1,4 +1,4 @@
-//! DESIGN §1 proven by breaking things: kill -9 at random moments, a broker restart, the
+//! The guarantees proven by breaking things: kill -9 at random moments, a broker restart, the
 //! disk cap, a full filesystem, and corrupted database files.
 
 mod common;
@@ -253,6 +253,46 @@ fn backpressure_leaves_messages_with_the_broker_instead_of_evicting() {
     assert!(wait_until(LONG, || all_arrived(&ep, N)), "{} of {N} arrived", arrivals(&ep).len());
     report("backpressure", &ep, N, 0);
     assert_eq!(agent.count("SELECT COUNT(*) FROM counters WHERE outcome = 'evicted' AND n > 0"), 0, "nothing evicted");
+}
+
+/// Issue #14.1: at the cap with `backpressure` and the endpoint down, ingest used to
+/// fill the database to its very last page, after which not even the delivery results
+/// could commit: the writer retried forever, nothing was delivered when the endpoint came
+/// back, and SIGTERM could not stop the agent. Ingest now stops short of the cap.
+#[test]
+fn backpressure_at_the_cap_still_delivers_when_the_endpoint_returns() {
+    let broker = Mosquitto::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port)
+        .replace("synchronous = \"normal\"", "max_bytes = \"1MiB\"\nwhen_full = \"backpressure\"")
+        + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
+    let mut agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    const N: u64 = 8000;
+    let fill = "x".repeat(200);
+    let messages: Vec<(String, Vec<u8>)> = (0..N)
+        .map(|n| {
+            let body = format!(r#"{{"seq":{n},"status":"completed","fill":"{fill}"}}"#);
+            ("fleet/agv-1/mission".to_string(), body.into_bytes())
+        })
+        .collect();
+    // About 500 a second, as a bridge would publish them.
+    for chunk in messages.chunks(50) {
+        publish(broker.port, chunk);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(wait_until(LONG, || agent.log().contains("The outbox is full")), "{}", agent.log());
+    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    let deadline = Duration::from_secs(240);
+    assert!(
+        wait_until(deadline, || all_arrived(&ep, N)),
+        "{} of {N} arrived; log tail:\n{}",
+        arrivals(&ep).len(),
+        log_tail(&agent)
+    );
+    report("backpressure at the cap", &ep, N, 0);
+    assert!(agent.terminate().success(), "SIGTERM ends the agent cleanly");
 }
 
 /// A small tmpfs, unmounted when dropped; tests that fill a filesystem need root.

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 
 use fleethook::config::{StorageConfig, Synchronous, WhenFull};
 use fleethook::event::Priority;
-use fleethook::outbox::{AttemptRecord, Inbound, NewDelivery, NewEvent, NextState, Store, Stored, Terminal, open};
+use fleethook::outbox::{
+    AttemptRecord, AuditRow, Inbound, NewDelivery, NewEvent, NextState, Store, Stored, Terminal, open,
+};
 use proptest::prelude::*;
 
 const SUBS: [&str; 2] = ["a", "b"];
@@ -172,20 +174,20 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
                 store
-                    .record(&AttemptRecord {
-                        delivery_seq: seq,
-                        delivery_id: id,
-                        subscription: r.sub.to_string(),
-                        event_type,
-                        attempt: 1,
-                        started_ms: now,
-                        duration_ms: 1,
-                        status: Some(200),
-                        error_kind: None,
-                        error: None,
-                        snippet: None,
+                    .record(&AttemptRecord::new(
+                        seq,
+                        AuditRow {
+                            subscription: r.sub.to_string(),
+                            delivery_id: id,
+                            event_type,
+                            attempt: 1,
+                            started_ms: now,
+                            duration_ms: 1,
+                            status: Some(200),
+                            ..AuditRow::default()
+                        },
                         next,
-                    })
+                    ))
                     .unwrap();
             }
             Op::Succeed { .. } | Op::Fail { .. } => {}

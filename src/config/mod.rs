@@ -1,4 +1,4 @@
-//! The typed configuration (DESIGN §8): defaults, validation, and errors that name the
+//! The typed configuration (README "Configuration"): defaults, validation, and errors that name the
 //! file, the line and the key. Loaded once in `main` and passed down; never a global.
 
 mod build;
@@ -14,9 +14,9 @@ use serde::{Serialize, Serializer};
 
 pub use secret::Secret;
 
-use crate::event::{EventPattern, Priority};
+use crate::event::{EventPattern, NewDelivery, Priority};
 use crate::format::Format;
-use crate::ingest::route::{Template, TopicFilter};
+use crate::route::{Template, TopicFilter};
 use crate::sign::Scheme;
 
 pub const DEFAULT_PATH: &str = "/etc/fleethook/fleethook.toml";
@@ -280,6 +280,29 @@ impl Config {
     pub fn subscription(&self, name: &str) -> Option<&Subscription> {
         self.subscriptions.iter().find(|s| s.name == name)
     }
+
+    /// The deliveries an event of this type gets, with their expiry.
+    pub fn deliveries(&self, event_type: &str, ttl: Option<Duration>, now_ms: i64) -> Vec<NewDelivery> {
+        deliveries(&self.subscriptions, event_type, ttl, now_ms)
+    }
+}
+
+/// Subscription matching: one delivery per subscription that wants `event_type`, expiring
+/// after the route's `ttl` if it has one, else the subscription's `max_age`.
+pub fn deliveries(
+    subscriptions: &[Subscription],
+    event_type: &str,
+    ttl: Option<Duration>,
+    now_ms: i64,
+) -> Vec<NewDelivery> {
+    subscriptions
+        .iter()
+        .filter(|s| s.wants(event_type))
+        .map(|s| NewDelivery {
+            subscription: s.name.clone(),
+            expires_ms: now_ms.saturating_add(ttl.unwrap_or(s.max_age).as_millis() as i64),
+        })
+        .collect()
 }
 
 fn ser_mode<S: Serializer>(mode: &u32, s: S) -> Result<S::Ok, S::Error> {

@@ -3,8 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use super::outcome::Verdict;
 use super::schedule::probe_delay;
 use crate::config::RateLimit;
@@ -12,15 +10,7 @@ use crate::config::RateLimit;
 /// After this many 5xx in a row an endpoint gets one request at a time.
 pub const DEGRADED_AFTER: u32 = 5;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Online,
-    Offline,
-    Degraded,
-    Paused,
-    Gone,
-}
+pub use crate::live::EndpointState as State;
 
 #[derive(Debug)]
 pub struct Endpoint {

@@ -1,59 +1,75 @@
 //! One subscription's lane in the dispatcher: what it has in flight, what it is still
-//! recording, and the due deliveries it fetched ahead.
+//! recording, and the due deliveries it fetched ahead. A state machine with no I/O: the
+//! dispatcher asks it what may start ([`Lane::next_starts`]) and tells it what happened.
 //!
 //! Fetches run beside the dispatcher loop, never inside it, so a fetch that waits behind a
 //! commit does not hold up the completions and starts of every other request. That makes
 //! a fetch's answer possibly older than the loop's view: a delivery may have finished and
 //! had its result committed while the answer was on its way, and the answer still shows
 //! it due. Each lane therefore remembers what it released during a fetch and skips it.
+//! New work that arrives during a fetch is remembered too (`poked`): the answer may
+//! predate it, so it cannot prove the queue empty.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::endpoint::Endpoint;
-use crate::config::Subscription;
+use super::endpoint::{Endpoint, State};
+use super::outcome::Verdict;
+use crate::config::{Ordering, Subscription};
 use crate::event::now_ms;
+use crate::live::EndpointView;
 use crate::outbox::{Due, DueBatch};
 
 /// Due deliveries fetched ahead per parallel lane.
 pub const PREFETCH: usize = 128;
 
 pub struct Lane {
-    pub sub: Arc<Subscription>,
-    pub client: reqwest::Client,
-    pub endpoint: Endpoint,
-    pub in_flight: HashSet<i64>,
+    sub: Arc<Subscription>,
+    client: reqwest::Client,
+    endpoint: Endpoint,
+    in_flight: HashSet<i64>,
     /// Finished attempts whose results are not yet committed: the outbox still shows them
     /// as due, so a fetch must skip them.
-    pub recording: HashSet<i64>,
+    recording: HashSet<i64>,
     /// Due deliveries fetched ahead, oldest first; never also in flight.
-    pub prefetched: VecDeque<Due>,
-    /// A fetch is out; its answer arrives as a [`Fetched`].
+    prefetched: VecDeque<Due>,
+    /// A fetch is out; its answer arrives through [`Lane::fetched`].
     fetching: bool,
     /// Deliveries whose results committed while a fetch was out.
     released: HashSet<i64>,
     /// The last fetch got fewer rows than it asked for: nothing more is due until new
     /// work, a retry recorded, or `due_at`.
     exhausted: bool,
-    /// New work or a recorded retry arrived while a fetch was out: its answer may predate
-    /// it, so it cannot prove the queue empty.
+    /// New work or a recorded retry arrived while a fetch was out.
     poked: bool,
     /// Look again at the next chance (new work, a slot freed, a fetch answered).
-    pub dirty: bool,
+    dirty: bool,
     /// When the endpoint state or the rate limit next lets something start.
-    pub wake_at: Option<Instant>,
+    wake_at: Option<Instant>,
     /// When the earliest delivery that is not due yet becomes due.
-    pub due_at: Option<Instant>,
-    pub last_status: Option<u16>,
-    pub last_error: Option<String>,
+    due_at: Option<Instant>,
+    last_status: Option<u16>,
+    last_error: Option<String>,
 }
 
-/// A fetch's answer, for lane `lane`, which asked for `asked` rows.
-pub struct Fetched {
-    pub lane: usize,
+/// What a lane may do now.
+#[derive(Debug, Default)]
+pub struct Starts {
+    /// Deliveries to send now; the lane counts them in flight.
+    pub due: Vec<Due>,
+    /// They are offline probes.
+    pub probe: bool,
+    /// A fetch to start.
+    pub fetch: Option<FetchRequest>,
+}
+
+/// A fetch of due deliveries: how many rows, and which the outbox should leave out.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FetchRequest {
     pub asked: usize,
-    pub batch: Result<DueBatch, crate::outbox::OutboxError>,
+    pub skip: Vec<i64>,
+    pub fifo: bool,
 }
 
 impl Lane {
@@ -77,13 +93,42 @@ impl Lane {
         }
     }
 
+    pub fn name(&self) -> &str {
+        &self.sub.name
+    }
+
+    pub fn sub(&self) -> &Arc<Subscription> {
+        &self.sub
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn is_fifo(&self) -> bool {
+        self.sub.ordering == Ordering::Fifo
+    }
+
+    pub fn pause(&mut self) {
+        self.endpoint.pause();
+    }
+
+    pub fn resume(&mut self) {
+        self.endpoint.resume();
+        self.poke();
+    }
+
+    pub fn mark_gone(&mut self) {
+        self.endpoint.mark_gone();
+    }
+
     /// The earliest time this lane wants to be looked at again.
     pub fn next_wake(&self) -> Option<Instant> {
         self.wake_at.into_iter().chain(self.due_at).min()
     }
 
     /// Whether a timer of this lane has fired; a fired due time is consumed.
-    pub fn timer_fired(&mut self, now: Instant) -> bool {
+    fn timer_fired(&mut self, now: Instant) -> bool {
         let due = self.due_at.is_some_and(|at| at <= now);
         if due {
             self.due_at = None;
@@ -99,17 +144,57 @@ impl Lane {
         self.dirty = true;
     }
 
-    /// What to ask for, if a fetch should start now: how many rows, and the deliveries
-    /// the outbox should leave out of them. `exact` lanes (FIFO, or an offline probe) take
-    /// exactly what they may send; others read ahead, and start the next fetch before
-    /// running dry.
+    /// A slot freed somewhere: the global limit may let this lane start more.
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
+    /// What may start now with `global_room` free global slots: the deliveries to send
+    /// (now in flight) and the fetch that keeps the lane supplied. None when the lane has
+    /// no reason to look (nothing changed and no timer fired).
+    pub fn next_starts(&mut self, now: Instant, global_room: usize) -> Option<Starts> {
+        if !self.dirty && !self.timer_fired(now) {
+            return None;
+        }
+        self.dirty = false;
+        let fifo = self.is_fifo();
+        let limit = if fifo { 1 } else { self.sub.max_in_flight };
+        // FIFO: the next event waits until the head's result is on disk, so that a head
+        // to be retried is fetched again before anything behind it.
+        let busy = self.in_flight.len() + if fifo { self.recording.len() } else { 0 };
+        let (room, wake) = self.endpoint.capacity(now, busy, limit);
+        self.wake_at = wake;
+        let room = room.min(global_room);
+        if room == 0 {
+            // Nothing may start: look again on a completion, new work or the wake time.
+            return Some(Starts::default());
+        }
+        let probe = self.endpoint.state == State::Offline;
+        // A FIFO lane or a probe sends exactly what it fetched for this start.
+        let exact = fifo || probe;
+        let take = room.min(self.prefetched.len());
+        let due: Vec<Due> = self.prefetched.drain(..take).collect();
+        if exact {
+            self.prefetched.clear();
+        }
+        self.endpoint.started(due.len());
+        self.in_flight.extend(due.iter().map(|d| d.seq));
+        let fetch = self.fetch_request(room - due.len(), exact, fifo);
+        if fetch.is_some() {
+            self.fetch_started();
+        }
+        Some(Starts { due, probe, fetch })
+    }
+
+    /// What to ask for, if a fetch should start now. `exact` lanes (FIFO, or an offline
+    /// probe) take exactly what they may send; others read ahead, and start the next
+    /// fetch before running dry.
     ///
     /// The outbox still shows what this lane has in flight, is recording or has fetched
     /// already as due. A parallel lane names those so the answer skips them instead of
-    /// carrying them back (at full speed they were over a third of every answer).
-    /// A FIFO lane cannot skip its head, so it asks for the known ones too (it has none
-    /// when it fetches: a FIFO lane fetches only with nothing busy and nothing queued).
-    pub fn fetch_request(&self, room: usize, exact: bool, fifo: bool) -> Option<(usize, Vec<i64>)> {
+    /// carrying them back. A FIFO lane cannot skip its head, so it asks for the known
+    /// ones too (it has none when it fetches: it fetches only with nothing busy).
+    fn fetch_request(&self, room: usize, exact: bool, fifo: bool) -> Option<FetchRequest> {
         let low = self.prefetched.is_empty() || (!exact && self.prefetched.len() < PREFETCH / 2);
         // An exact lane with no room left fetches when a slot frees, not ahead.
         if self.fetching || self.exhausted || !low || (exact && room == 0) {
@@ -118,29 +203,45 @@ impl Lane {
         let ahead = if exact { room } else { room.max(PREFETCH) };
         let known = self.in_flight.iter().chain(&self.recording).copied().chain(self.prefetched.iter().map(|d| d.seq));
         if fifo {
-            return Some((ahead + known.count(), Vec::new()));
+            return Some(FetchRequest { asked: ahead + known.count(), skip: Vec::new(), fifo });
         }
         let mut skip: Vec<i64> = known.collect();
         skip.sort_unstable();
-        Some((ahead, skip))
+        Some(FetchRequest { asked: ahead, skip, fifo })
     }
 
-    pub fn fetch_started(&mut self) {
+    /// A delivery handed out by [`Lane::next_starts`] could not start after all (no global
+    /// slot): it is due again at the next fetch.
+    pub fn not_started(&mut self, seq: i64) {
+        self.in_flight.remove(&seq);
+        self.poke();
+    }
+
+    fn fetch_started(&mut self) {
         self.fetching = true;
         self.poked = false;
         self.released.clear();
         self.due_at = None;
     }
 
-    /// A delivery's attempt finished: its slot is free, and it is recording until its
-    /// result is on disk.
-    pub fn finished(&mut self, seq: i64) {
+    /// An attempt finished: its slot is free, it is recording until its result is on
+    /// disk, and the endpoint learns from its verdict.
+    pub fn finished(&mut self, seq: i64, verdict: &Verdict, status: Option<u16>, probe: bool, now: Instant) {
         self.in_flight.remove(&seq);
         self.recording.insert(seq);
         self.dirty = true;
+        self.endpoint.observe(verdict, status, probe, now, fastrand::f64());
+        self.last_status = status.or(self.last_status);
+        self.last_error = match verdict {
+            Verdict::Delivered => None,
+            Verdict::Retry { reason, .. } | Verdict::Offline { reason } | Verdict::Failed { reason, .. } => {
+                Some(reason.clone())
+            }
+        };
     }
 
-    /// A delivery's result is on disk; a retry may be due again (or have a new due time).
+    /// A delivery's result is on disk (or could not be written): it may be fetched
+    /// again, and a retry may be due again (or have a new due time).
     pub fn release(&mut self, seq: i64, retry: bool) {
         self.recording.remove(&seq);
         if self.fetching {
@@ -189,4 +290,23 @@ impl Lane {
         self.poked = false;
         self.released.clear();
     }
+
+    /// What `status` and the heartbeat show of this lane.
+    pub fn view(&self) -> EndpointView {
+        EndpointView {
+            name: self.sub.name.clone(),
+            url: self.sub.url.clone(),
+            state: self.endpoint.state,
+            in_flight: self.in_flight.len(),
+            last_status: self.last_status,
+            last_error: self.last_error.clone(),
+            next_attempt_at_ms: self
+                .endpoint
+                .next_probe()
+                .map(|at| now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as i64),
+        }
+    }
 }
+
+#[cfg(test)]
+mod tests;

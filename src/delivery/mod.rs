@@ -4,6 +4,7 @@
 //! next request starts while its result commits; until that commit the delivery is
 //! *recording*: never fetched again, and on a FIFO lane it still holds the lane's one slot.
 
+mod attempt;
 pub mod endpoint;
 pub mod http;
 mod lane;
@@ -11,81 +12,35 @@ pub mod outcome;
 pub mod schedule;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, Ordering, Subscription};
+use crate::config::Config;
 use crate::event::now_ms;
 use crate::health::Beat;
-use crate::outbox::{AttemptRecord, Due, NextState, Outbox, Terminal};
-use endpoint::{Endpoint, State};
-use lane::{Fetched, Lane};
-use outcome::{Verdict, classify_error, classify_status, needs_operator};
+use crate::live::{Control, DispatcherHandle, EndpointViews};
+use crate::outbox::{HoldState, NextState, Outbox, OutboxError};
+use attempt::{Attempt, Done};
+use endpoint::Endpoint;
+use lane::{FetchRequest, Lane};
+use outcome::Verdict;
+
+pub use attempt::next_state;
+
+/// A fetch's answer, for lane `lane`, which asked for `asked` rows.
+struct Fetched {
+    lane: usize,
+    asked: usize,
+    batch: Result<crate::outbox::DueBatch, OutboxError>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeliveryError {
     #[error("subscription {name}: {source}")]
     Client { name: String, source: http::ClientError },
-}
-
-/// What the status socket and heartbeat see of each subscription's endpoint.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct EndpointView {
-    pub name: String,
-    pub url: String,
-    pub state: State,
-    pub in_flight: usize,
-    pub last_status: Option<u16>,
-    pub last_error: Option<String>,
-    /// Unix ms of the next offline probe, when offline.
-    pub next_attempt_at_ms: Option<i64>,
-}
-
-pub type EndpointViews = Arc<Mutex<Vec<EndpointView>>>;
-
-/// Orders for a running dispatcher (from the status socket).
-#[derive(Debug)]
-pub enum Control {
-    /// Stop starting deliveries to a subscription; the reply says if it exists.
-    Pause(String, tokio::sync::oneshot::Sender<bool>),
-    Resume(String, tokio::sync::oneshot::Sender<bool>),
-}
-
-/// Sends [`Control`] orders to the dispatcher.
-#[derive(Clone, Debug)]
-pub struct DispatcherHandle(mpsc::UnboundedSender<Control>);
-
-impl DispatcherHandle {
-    async fn ask(&self, make: impl FnOnce(tokio::sync::oneshot::Sender<bool>) -> Control) -> bool {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.0.send(make(tx)).is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
-    }
-
-    pub async fn pause(&self, subscription: &str) -> bool {
-        self.ask(|tx| Control::Pause(subscription.to_string(), tx)).await
-    }
-
-    pub async fn resume(&self, subscription: &str) -> bool {
-        self.ask(|tx| Control::Resume(subscription.to_string(), tx)).await
-    }
-}
-
-/// One finished attempt, reported back to the loop before its record is committed.
-struct Done {
-    lane: usize,
-    seq: i64,
-    verdict: Verdict,
-    status: Option<u16>,
-    probe: bool,
-    /// What the outbox must record; the dispatcher commits a wave of these at once.
-    record: AttemptRecord,
 }
 
 pub struct Dispatcher {
@@ -94,7 +49,7 @@ pub struct Dispatcher {
     global: Arc<Semaphore>,
     grace: Duration,
     views: EndpointViews,
-    control_tx: mpsc::UnboundedSender<Control>,
+    handle: DispatcherHandle,
     control: mpsc::UnboundedReceiver<Control>,
     beat: Beat,
 }
@@ -108,41 +63,35 @@ impl Dispatcher {
             let endpoint = Endpoint::new(config.delivery.offline_probe_max, sub.rate_limit, sub.enabled);
             lanes.push(Lane::new(sub.clone(), client, endpoint));
         }
-        let (control_tx, control) = mpsc::unbounded_channel();
+        let (handle, control) = crate::live::control_channel();
         Ok(Dispatcher {
             lanes,
             outbox,
             global: Arc::new(Semaphore::new(config.delivery.max_in_flight)),
             grace: config.delivery.shutdown_grace,
             views: Arc::new(Mutex::new(Vec::new())),
-            control_tx,
+            handle,
             control,
             beat,
         })
     }
 
     pub fn handle(&self) -> DispatcherHandle {
-        DispatcherHandle(self.control_tx.clone())
+        self.handle.clone()
     }
 
     fn lane(&mut self, name: &str) -> Option<&mut Lane> {
-        self.lanes.iter_mut().find(|l| l.sub.name == name)
+        self.lanes.iter_mut().find(|l| l.name() == name)
     }
 
     fn control(&mut self, c: Control) {
         match c {
             Control::Pause(name, reply) => {
-                let found = self.lane(&name).map(|l| l.endpoint.pause()).is_some();
+                let found = self.lane(&name).map(Lane::pause).is_some();
                 let _ = reply.send(found);
             }
             Control::Resume(name, reply) => {
-                let found = self
-                    .lane(&name)
-                    .map(|l| {
-                        l.endpoint.resume();
-                        l.poke();
-                    })
-                    .is_some();
+                let found = self.lane(&name).map(Lane::resume).is_some();
                 let _ = reply.send(found);
             }
         }
@@ -163,18 +112,20 @@ impl Dispatcher {
         if let Ok(held) = self.outbox.held().await {
             for (name, state) in held {
                 if let Some(lane) = self.lane(&name) {
-                    match state.as_str() {
-                        "gone" => lane.endpoint.mark_gone(),
-                        _ => lane.endpoint.pause(),
+                    match state {
+                        HoldState::Gone => lane.mark_gone(),
+                        HoldState::Paused => lane.pause(),
                     }
                 }
             }
         }
         let mut beat = tokio::time::interval(crate::health::BEAT);
-        let started = Instant::now();
+        let wedge = crate::health::Wedge::from_env("delivery");
         loop {
             self.beat.beat();
-            crate::health::wedge_if_asked("delivery", started);
+            if let Some(w) = &wedge {
+                w.block_if_due();
+            }
             self.fill(&mut tasks, &done_tx, &mut fetches);
             self.publish_views();
             let wake = self.lanes.iter().filter_map(Lane::next_wake).min();
@@ -226,37 +177,19 @@ impl Dispatcher {
         let now = Instant::now();
         for idx in 0..self.lanes.len() {
             let lane = &mut self.lanes[idx];
-            let timer_fired = lane.timer_fired(now);
-            if !lane.dirty && !timer_fired {
-                continue;
-            }
-            lane.dirty = false;
-            let fifo = lane.sub.ordering == Ordering::Fifo;
-            let limit = if fifo { 1 } else { lane.sub.max_in_flight };
-            // FIFO: the next event waits until the head's result is on disk, so that a
-            // head to be retried is fetched again before anything behind it.
-            let busy = lane.in_flight.len() + if fifo { lane.recording.len() } else { 0 };
-            let (room, wake) = lane.endpoint.capacity(now, busy, limit);
-            lane.wake_at = wake;
-            let room = room.min(self.global.available_permits());
-            if room == 0 {
-                // Nothing may start: look again on a completion, new work or the wake time.
-                continue;
-            }
-            let probe = lane.endpoint.state == State::Offline;
-            // A FIFO lane or a probe sends exactly what it fetched for this start.
-            let exact = fifo || probe;
-            let take = room.min(lane.prefetched.len());
-            let fresh: Vec<Due> = lane.prefetched.drain(..take).collect();
-            if exact {
-                lane.prefetched.clear();
-            }
-            lane.endpoint.started(fresh.len());
-            let started = fresh.len();
-            for due in fresh {
-                let Ok(permit) = self.global.clone().try_acquire_owned() else { break };
-                lane.in_flight.insert(due.seq);
-                let job = Attempt { lane: idx, sub: lane.sub.clone(), client: lane.client.clone(), due, probe };
+            let Some(starts) = lane.next_starts(now, self.global.available_permits()) else { continue };
+            for due in starts.due {
+                let Ok(permit) = self.global.clone().try_acquire_owned() else {
+                    lane.not_started(due.seq);
+                    continue;
+                };
+                let job = Attempt {
+                    lane: idx,
+                    sub: lane.sub().clone(),
+                    client: lane.client().clone(),
+                    due,
+                    probe: starts.probe,
+                };
                 let done_tx = done_tx.clone();
                 tasks.spawn(async move {
                     let done = job.run().await;
@@ -264,9 +197,8 @@ impl Dispatcher {
                     let _ = done_tx.send(done);
                 });
             }
-            if let Some((asked, skip)) = lane.fetch_request(room - started, exact, fifo) {
-                lane.fetch_started();
-                let (outbox, name) = (self.outbox.clone(), lane.sub.name.clone());
+            if let Some(FetchRequest { asked, skip, fifo }) = starts.fetch {
+                let (outbox, name) = (self.outbox.clone(), lane.name().to_string());
                 fetches.spawn(async move {
                     let batch = outbox.due(&name, now_ms(), asked, fifo, skip).await;
                     Fetched { lane: idx, asked, batch }
@@ -281,7 +213,7 @@ impl Dispatcher {
         match batch {
             Ok(batch) => lane.fetched(batch, asked),
             Err(e) => {
-                tracing::warn!(subscription = %lane.sub.name, error = %e, "Cannot read due deliveries; trying again in a second.");
+                tracing::warn!(subscription = %lane.name(), error = %e, "Cannot read due deliveries; trying again in a second.");
                 lane.fetch_failed();
             }
         }
@@ -308,8 +240,7 @@ impl Dispatcher {
             records.push(done.record);
         }
         // A FIFO lane waits on its head's result; nothing else does.
-        let urgent =
-            seqs.iter().any(|(lane, ..)| self.lanes.get(*lane).is_some_and(|l| l.sub.ordering == Ordering::Fifo));
+        let urgent = seqs.iter().any(|(lane, ..)| self.lanes.get(*lane).is_some_and(Lane::is_fifo));
         let outbox = self.outbox.clone();
         recordings.spawn(async move {
             let attempts = records.len();
@@ -332,44 +263,19 @@ impl Dispatcher {
 
     fn finish(&mut self, done: &Done) {
         let Some(lane) = self.lanes.get_mut(done.lane) else { return };
-        lane.finished(done.seq);
-        lane.endpoint.observe(&done.verdict, done.status, done.probe, Instant::now(), fastrand::f64());
-        lane.last_status = done.status.or(lane.last_status);
-        lane.last_error = match &done.verdict {
-            Verdict::Delivered => None,
-            Verdict::Retry { reason, .. } | Verdict::Offline { reason } | Verdict::Failed { reason, .. } => {
-                Some(reason.clone())
-            }
-        };
+        lane.finished(done.seq, &done.verdict, done.status, done.probe, Instant::now());
         if matches!(done.verdict, Verdict::Failed { gone: true, .. }) {
-            tracing::error!(subscription = %lane.sub.name, url = %lane.sub.url,
+            tracing::error!(subscription = %lane.name(), url = %lane.sub().url,
                 "The endpoint answered 410 Gone; delivery to this subscription is paused until it is resumed.");
-            let outbox = self.outbox.clone();
-            let repair =
-                crate::outbox::Repair::Hold { subscription: lane.sub.name.clone(), state: Some("gone".into()) };
-            tokio::spawn(async move { outbox.repair(repair).await });
+            let (outbox, name) = (self.outbox.clone(), lane.name().to_string());
+            tokio::spawn(async move { outbox.hold(&name, Some(HoldState::Gone)).await });
         }
         // A slot anywhere frees capacity for every lane waiting on the global limit.
-        self.lanes.iter_mut().for_each(|l| l.dirty = true);
+        self.lanes.iter_mut().for_each(Lane::mark_dirty);
     }
 
     fn publish_views(&self) {
-        let views = self
-            .lanes
-            .iter()
-            .map(|l| EndpointView {
-                name: l.sub.name.clone(),
-                url: l.sub.url.clone(),
-                state: l.endpoint.state,
-                in_flight: l.in_flight.len(),
-                last_status: l.last_status,
-                last_error: l.last_error.clone(),
-                next_attempt_at_ms: l
-                    .endpoint
-                    .next_probe()
-                    .map(|at| now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as i64),
-            })
-            .collect();
+        let views = self.lanes.iter().map(Lane::view).collect();
         if let Ok(mut v) = self.views.lock() {
             *v = views;
         }
@@ -380,84 +286,4 @@ impl Dispatcher {
 struct Recorded {
     /// (lane, delivery seq, whether it stays pending for a retry)
     seqs: Vec<(usize, i64, bool)>,
-}
-
-/// One attempt of one delivery, run as its own task.
-struct Attempt {
-    lane: usize,
-    sub: Arc<Subscription>,
-    client: reqwest::Client,
-    due: Due,
-    probe: bool,
-}
-
-impl Attempt {
-    async fn run(self) -> Done {
-        let started_ms = now_ms();
-        let prepared = http::prepare(&self.sub, &self.due, SystemTime::now());
-        let attempt = prepared.attempt;
-        let sent = http::send(&self.client, &self.sub, prepared).await;
-        let verdict = match (&sent.status, &sent.error) {
-            (Some(status), _) => {
-                classify_status(*status, sent.retry_after.as_deref(), sent.location.as_deref(), SystemTime::now())
-            }
-            (None, Some((kind, text))) => {
-                if needs_operator(*kind) {
-                    tracing::error!(subscription = %self.sub.name, url = %self.sub.url, error = %text,
-                        "TLS failure talking to the endpoint; retrying, but an operator must fix the certificate or ca_file.");
-                }
-                classify_error(*kind, text)
-            }
-            (None, None) => classify_error(outcome::TransportError::Other, "no response"),
-        };
-        let next = next_state(&self.sub, &self.due, &verdict, started_ms + sent.duration.as_millis() as i64);
-        let (error_kind, error) = match (&sent.error, &verdict) {
-            (Some((kind, text)), _) => (Some(kind.as_str().to_string()), Some(text.clone())),
-            (None, Verdict::Failed { reason, .. } | Verdict::Retry { reason, .. }) => {
-                (Some("http".into()), Some(reason.clone()))
-            }
-            _ => (None, None),
-        };
-        tracing::debug!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, attempt,
-            status = ?sent.status, ?next, "Attempt finished.");
-        if let NextState::Terminal(Terminal::Failed) = next {
-            tracing::warn!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, event_type = %self.due.event_type,
-                attempt, error = error.as_deref().unwrap_or(""), "Delivery failed for good.");
-        }
-        let record = AttemptRecord {
-            delivery_seq: self.due.seq,
-            delivery_id: self.due.delivery_id.clone(),
-            subscription: self.sub.name.clone(),
-            event_type: self.due.event_type.clone(),
-            attempt,
-            started_ms,
-            duration_ms: sent.duration.as_millis() as i64,
-            status: sent.status,
-            error_kind,
-            error,
-            snippet: sent.snippet,
-            next,
-        };
-        Done { lane: self.lane, seq: self.due.seq, verdict, status: sent.status, probe: self.probe, record }
-    }
-}
-
-/// The rule table's consequence for the delivery row.
-pub fn next_state(sub: &Subscription, due: &Due, verdict: &Verdict, now_ms: i64) -> NextState {
-    match verdict {
-        Verdict::Delivered => NextState::Terminal(Terminal::Delivered),
-        Verdict::Failed { .. } => NextState::Terminal(Terminal::Failed),
-        // Unreachable: stays due; the endpoint's probe decides when it is tried again.
-        Verdict::Offline { .. } => NextState::Retry { at_ms: now_ms, charge: false },
-        Verdict::Retry { after, .. } => {
-            let used = due.budget_used + 1;
-            match schedule::retry_delay(&sub.retry, used, fastrand::f64()) {
-                None => NextState::Terminal(Terminal::Failed),
-                Some(delay) => {
-                    let delay = after.unwrap_or(delay);
-                    NextState::Retry { at_ms: now_ms + delay.as_millis() as i64, charge: true }
-                }
-            }
-        }
-    }
 }

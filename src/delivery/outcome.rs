@@ -1,4 +1,4 @@
-//! What an attempt's result means (DESIGN §4). Pure: the rule table as a function.
+//! What an attempt's result means (the README's delivery rules). Pure: the rule table as a function.
 
 use std::time::{Duration, SystemTime};
 

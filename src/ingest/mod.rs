@@ -2,18 +2,14 @@
 //! route, which event, which subscriptions, or which quarantine reason); `mqtt` is the
 //! rumqttc loop around it.
 
-pub mod heartbeat;
 pub mod mqtt;
-pub mod route;
-
-use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::config::{Config, RouteConfig};
 use crate::event::{new_id, validate_event_type};
 use crate::outbox::content_key;
-use crate::outbox::{Inbound, NewDelivery, NewEvent, QUARANTINE_KEEP, Quarantined};
+use crate::outbox::{Inbound, NewEvent, QUARANTINE_KEEP, Quarantined};
 
 /// Routes and subscriptions, compiled for ingest.
 #[derive(Clone, Debug)]
@@ -43,18 +39,6 @@ impl Router {
             }
         }
         out
-    }
-
-    /// The deliveries an event of this type gets, with their expiry.
-    pub fn deliveries(&self, event_type: &str, ttl: Option<Duration>, now_ms: i64) -> Vec<NewDelivery> {
-        self.subscriptions
-            .iter()
-            .filter(|s| s.wants(event_type))
-            .map(|s| NewDelivery {
-                subscription: s.name.clone(),
-                expires_ms: now_ms.saturating_add(ttl.unwrap_or(s.max_age).as_millis() as i64),
-            })
-            .collect()
     }
 
     /// Turns one message into what the outbox stores. Never fails: what cannot become an
@@ -124,7 +108,7 @@ impl Router {
         };
         Inbound::Event(NewEvent {
             id: new_id(),
-            deliveries: self.deliveries(&event_type, route.ttl, now_ms),
+            deliveries: crate::config::deliveries(&self.subscriptions, &event_type, route.ttl, now_ms),
             event_type,
             device_id,
             created_ms: now_ms,

@@ -3,14 +3,13 @@
 //! outbox has committed. The poll loop never waits for a commit: a separate acker task
 //! waits on the commit watermark and sends the acks.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport,
 };
-use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -18,30 +17,13 @@ use super::Router;
 use crate::config::MqttConfig;
 use crate::event::now_ms;
 use crate::health::Beat;
+use crate::live::{MqttView, update_mqtt as update};
 use crate::outbox::Outbox;
 
 /// Accept any message the protocol allows (256 MiB): one larger than the client's limit
 /// would break the connection and come back forever. Oversize payloads are quarantined.
 const MAX_INCOMING_PACKET: usize = 268_435_455;
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// The MQTT connection as `status` shows it.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct MqttStatus {
-    pub connected: bool,
-    pub subscribed: bool,
-    pub url: String,
-    pub last_error: Option<String>,
-    pub received: u64,
-}
-
-pub type MqttView = Arc<Mutex<MqttStatus>>;
-
-fn update(view: &MqttView, f: impl FnOnce(&mut MqttStatus)) {
-    if let Ok(mut v) = view.lock() {
-        f(&mut v);
-    }
-}
 
 fn options(cfg: &MqttConfig) -> Result<MqttOptions, std::io::Error> {
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
@@ -97,10 +79,12 @@ pub async fn run(
         router.filters().into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)).collect();
     let mut seq: u64 = 0;
     let mut tick = tokio::time::interval(crate::health::BEAT);
-    let started = std::time::Instant::now();
+    let wedge = crate::health::Wedge::from_env("ingest");
     loop {
         beat.beat();
-        crate::health::wedge_if_asked("ingest", started);
+        if let Some(w) = &wedge {
+            w.block_if_due();
+        }
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => continue,

@@ -1,4 +1,4 @@
-//! Recognising a message that was already stored (DESIGN §1, guarantee 2).
+//! Recognising a message that was already stored (the "few duplicates" guarantee).
 //!
 //! Each stored event carries its dedupe key in `events.dedupe_key`: 8 bytes of a hash of
 //! the payload's own id (routes with `dedupe`) or of topic and payload. The keys of the

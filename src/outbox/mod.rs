@@ -47,6 +47,7 @@
 //! ```
 
 mod dedupe;
+pub mod disk;
 pub mod query;
 mod repair;
 mod schema;
@@ -59,6 +60,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot, watch};
 
+pub use crate::event::NewDelivery;
 pub use dedupe::content_key;
 pub use schema::open;
 pub use store::{Store, Stored};
@@ -74,6 +76,8 @@ pub enum OutboxError {
     Corrupt(String),
     #[error("the outbox writer has stopped")]
     Closed,
+    #[error("the outbox could not commit this (the disk is full or failing); it is not recorded")]
+    Unanswered,
 }
 
 /// A message that matched a route and rendered into an event.
@@ -96,10 +100,30 @@ pub struct NewEvent {
     pub deliveries: Vec<NewDelivery>,
 }
 
-#[derive(Clone, Debug)]
-pub struct NewDelivery {
-    pub subscription: String,
-    pub expires_ms: i64,
+impl NewEvent {
+    /// An event the agent makes itself (the heartbeat, `emit`, `test`): no topic, no
+    /// dedupe, normal priority.
+    pub fn local(
+        event_type: &str,
+        device_id: &str,
+        data: &serde_json::Value,
+        now_ms: i64,
+        deliveries: Vec<NewDelivery>,
+    ) -> NewEvent {
+        NewEvent {
+            id: crate::event::new_id(),
+            event_type: event_type.to_string(),
+            device_id: device_id.to_string(),
+            created_ms: now_ms,
+            topic: String::new(),
+            data: data.to_string(),
+            priority: crate::event::Priority::Normal,
+            collapse: false,
+            dedupe_key: None,
+            dedupe_check: false,
+            deliveries,
+        }
+    }
 }
 
 /// Input that could not become an event.
@@ -180,12 +204,22 @@ pub enum NextState {
     Terminal(Terminal),
 }
 
-/// One attempt, as the audit log keeps it, and the delivery's next state.
-#[derive(Clone, Debug)]
-pub struct AttemptRecord {
-    pub delivery_seq: i64,
-    pub delivery_id: String,
+impl NextState {
+    /// The `outcome` its audit row names.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            NextState::Terminal(t) => t.as_str(),
+            NextState::Retry { charge: true, .. } => "retry",
+            NextState::Retry { charge: false, .. } => "offline",
+        }
+    }
+}
+
+/// One attempt as the audit log keeps it: written by the dispatcher, read by `log`/`show`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AuditRow {
     pub subscription: String,
+    pub delivery_id: String,
     pub event_type: String,
     pub attempt: u32,
     pub started_ms: i64,
@@ -194,7 +228,23 @@ pub struct AttemptRecord {
     pub error_kind: Option<String>,
     pub error: Option<String>,
     pub snippet: Option<String>,
+    pub outcome: String,
+}
+
+/// One finished attempt: its audit row and where its delivery goes next.
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    pub delivery_seq: i64,
+    pub audit: AuditRow,
     pub next: NextState,
+}
+
+impl AttemptRecord {
+    /// The audit row's `outcome` is taken from `next`.
+    pub fn new(delivery_seq: i64, mut audit: AuditRow, next: NextState) -> AttemptRecord {
+        audit.outcome = next.outcome().to_string();
+        AttemptRecord { delivery_seq, audit, next }
+    }
 }
 
 /// Counts per subscription, as the status socket and the heartbeat show them.
@@ -232,44 +282,53 @@ impl Stats {
 /// A change a field tech asked for through the status socket.
 #[derive(Clone, Debug)]
 pub enum Repair {
-    Retry {
-        ids: Vec<String>,
-        all_failed: bool,
-        subscription: Option<String>,
-    },
-    Replay {
-        subscription: String,
-        since_ms: i64,
-        until_ms: i64,
-    },
-    /// Hold (`Some("paused")`, `Some("gone")`) or release (`None`) a subscription.
-    Hold {
-        subscription: String,
-        state: Option<String>,
-    },
-    /// Queue an event that did not come from MQTT (`emit`, `test`, the heartbeat).
-    Emit(Box<NewEvent>),
+    Retry { ids: Vec<String>, all_failed: bool, subscription: Option<String> },
+    Replay { subscription: String, since_ms: i64, until_ms: i64 },
 }
 
-/// What a repair did: how many deliveries moved, or the ids of those created.
+/// Why a subscription is held across restarts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HoldState {
+    /// A field tech paused it.
+    Paused,
+    /// Its endpoint answered 410 Gone.
+    Gone,
+}
+
+impl HoldState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HoldState::Paused => "paused",
+            HoldState::Gone => "gone",
+        }
+    }
+
+    /// Unknown states read as paused: held either way, and a field tech can resume it.
+    pub fn parse(s: &str) -> HoldState {
+        match s {
+            "gone" => HoldState::Gone,
+            _ => HoldState::Paused,
+        }
+    }
+}
+
+/// What a repair did: how many deliveries moved.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Repaired {
     pub count: u64,
-    pub delivery_ids: Vec<String>,
 }
 
+/// What the writer thread is asked, classified once by where it goes.
 pub(crate) enum Command {
-    Ingest {
-        seq: u64,
-        inbound: Box<Inbound>,
-    },
-    Repair {
-        repair: Repair,
-        reply: oneshot::Sender<Repaired>,
-    },
-    Held {
-        reply: oneshot::Sender<Vec<(String, String)>>,
-    },
+    /// One MQTT message, committed in receive order before its ack.
+    Ingest { seq: u64, inbound: Box<Inbound> },
+    /// Answered at once from committed state, outside any transaction.
+    Read(Read),
+    /// Applied in the next transaction and answered once it commits.
+    Write(Write),
+}
+
+pub(crate) enum Read {
     Due {
         subscription: String,
         now_ms: i64,
@@ -278,6 +337,15 @@ pub(crate) enum Command {
         skip: Vec<i64>,
         reply: oneshot::Sender<DueBatch>,
     },
+    Stats {
+        reply: oneshot::Sender<Stats>,
+    },
+    Held {
+        reply: oneshot::Sender<Vec<(String, HoldState)>>,
+    },
+}
+
+pub(crate) enum Write {
     /// `urgent`: something waits on this commit (a FIFO lane); otherwise the writer may
     /// hold it a few milliseconds to share a commit with more work.
     Record {
@@ -285,8 +353,20 @@ pub(crate) enum Command {
         urgent: bool,
         reply: oneshot::Sender<()>,
     },
-    Stats {
-        reply: oneshot::Sender<Stats>,
+    Repair {
+        repair: Repair,
+        reply: oneshot::Sender<Repaired>,
+    },
+    /// An event that did not come from MQTT (`emit`, `test`, the heartbeat).
+    Emit {
+        event: Box<NewEvent>,
+        reply: oneshot::Sender<Vec<String>>,
+    },
+    /// Hold a subscription (`Some`) or release it (`None`).
+    Hold {
+        subscription: String,
+        state: Option<HoldState>,
+        reply: oneshot::Sender<()>,
     },
 }
 
@@ -329,11 +409,16 @@ impl Outbox {
         fifo: bool,
         skip: Vec<i64>,
     ) -> Result<DueBatch, OutboxError> {
+        let subscription = subscription.to_string();
+        self.ask(|reply| Command::Read(Read::Due { subscription, now_ms, limit, fifo, skip, reply })).await
+    }
+
+    /// Sends a command and waits for its answer. An answer that never comes means the
+    /// writer gave the command up (it could not commit) or stopped.
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, OutboxError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Command::Due { subscription: subscription.to_string(), now_ms, limit, fifo, skip, reply })
-            .map_err(|_| OutboxError::Closed)?;
-        rx.await.map_err(|_| OutboxError::Closed)
+        self.tx.send(make(reply)).map_err(|_| OutboxError::Closed)?;
+        rx.await.map_err(|_| OutboxError::Unanswered)
     }
 
     /// Writes attempts' audit rows and moves their deliveries on, in one transaction;
@@ -341,28 +426,32 @@ impl Outbox {
     /// (the writer's `RECORD_LINGER`) to carry other work too: fewer commits, fewer pages
     /// written.
     pub async fn record(&self, records: Vec<AttemptRecord>, urgent: bool) -> Result<(), OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Record { records, urgent, reply }).map_err(|_| OutboxError::Closed)?;
-        rx.await.map_err(|_| OutboxError::Closed)
+        self.ask(|reply| Command::Write(Write::Record { records, urgent, reply })).await
     }
 
     /// Applies a repair; returns once it has committed.
     pub async fn repair(&self, repair: Repair) -> Result<Repaired, OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Repair { repair, reply }).map_err(|_| OutboxError::Closed)?;
-        rx.await.map_err(|_| OutboxError::Closed)
+        self.ask(|reply| Command::Write(Write::Repair { repair, reply })).await
+    }
+
+    /// Queues an event that did not come from MQTT; returns its delivery ids once
+    /// committed.
+    pub async fn emit(&self, event: NewEvent) -> Result<Vec<String>, OutboxError> {
+        self.ask(|reply| Command::Write(Write::Emit { event: Box::new(event), reply })).await
+    }
+
+    /// Holds a subscription across restarts (`Some`), or releases it (`None`).
+    pub async fn hold(&self, subscription: &str, state: Option<HoldState>) -> Result<(), OutboxError> {
+        let subscription = subscription.to_string();
+        self.ask(|reply| Command::Write(Write::Hold { subscription, state, reply })).await
     }
 
     /// Subscriptions held across restarts, with their state.
-    pub async fn held(&self) -> Result<Vec<(String, String)>, OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Held { reply }).map_err(|_| OutboxError::Closed)?;
-        rx.await.map_err(|_| OutboxError::Closed)
+    pub async fn held(&self) -> Result<Vec<(String, HoldState)>, OutboxError> {
+        self.ask(|reply| Command::Read(Read::Held { reply })).await
     }
 
     pub async fn stats(&self) -> Result<Stats, OutboxError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Stats { reply }).map_err(|_| OutboxError::Closed)?;
-        rx.await.map_err(|_| OutboxError::Closed)
+        self.ask(|reply| Command::Read(Read::Stats { reply })).await
     }
 }

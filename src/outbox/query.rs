@@ -7,6 +7,8 @@ use std::path::Path;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
+pub use super::AuditRow;
+pub use super::disk::bytes_on_disk;
 use super::{Stats, SubscriptionStats};
 
 pub fn stats(c: &Connection) -> rusqlite::Result<Stats> {
@@ -67,11 +69,6 @@ pub fn stats(c: &Connection) -> rusqlite::Result<Stats> {
     })
 }
 
-/// The outbox's size on disk: the database file plus its WAL.
-pub fn bytes_on_disk(path: &Path) -> u64 {
-    std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) + super::space::wal_bytes(path)
-}
-
 #[derive(Clone, Debug, Serialize)]
 pub struct QueueRow {
     pub delivery_id: String,
@@ -85,21 +82,6 @@ pub struct QueueRow {
     pub next_attempt_ms: i64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct AuditRow {
-    pub subscription: String,
-    pub delivery_id: String,
-    pub event_type: String,
-    pub attempt: u32,
-    pub started_ms: i64,
-    pub duration_ms: i64,
-    pub status: Option<u16>,
-    pub error_kind: Option<String>,
-    pub error: Option<String>,
-    pub snippet: Option<String>,
-    pub outcome: String,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -5,6 +5,7 @@
 
 use rusqlite::params;
 
+use super::HoldState;
 use super::store::{Store, bump};
 
 impl Store {
@@ -64,20 +65,20 @@ impl Store {
         Ok(n as u64)
     }
 
-    /// Holds a subscription in `state` ("paused" or "gone"), or releases it with `None`.
-    pub fn hold(&self, subscription: &str, state: Option<&str>, now_ms: i64) -> rusqlite::Result<()> {
+    /// Holds a subscription in `state`, or releases it with `None`.
+    pub fn hold(&self, subscription: &str, state: Option<HoldState>, now_ms: i64) -> rusqlite::Result<()> {
         let c = self.conn();
         match state {
             Some(s) => c
                 .prepare_cached("INSERT OR REPLACE INTO held (subscription, state, since_ms) VALUES (?1, ?2, ?3)")?
-                .execute(params![subscription, s, now_ms])?,
+                .execute(params![subscription, s.as_str(), now_ms])?,
             None => c.prepare_cached("DELETE FROM held WHERE subscription = ?1")?.execute([subscription])?,
         };
         Ok(())
     }
 
-    pub fn held(&self) -> rusqlite::Result<Vec<(String, String)>> {
+    pub fn held(&self) -> rusqlite::Result<Vec<(String, HoldState)>> {
         let mut stmt = self.conn().prepare_cached("SELECT subscription, state FROM held")?;
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect()
+        stmt.query_map([], |r| Ok((r.get(0)?, HoldState::parse(&r.get::<_, String>(1)?))))?.collect()
     }
 }

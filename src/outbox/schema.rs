@@ -7,7 +7,7 @@ use rusqlite::Connection;
 use super::OutboxError;
 use crate::config::{StorageConfig, Synchronous};
 
-/// The page size of a new outbox (see `open_checked` for why this one).
+/// The page size of a new outbox (docs/decisions.md: "Outbox page size: 2 KiB").
 const PAGE_SIZE: i64 = 2048;
 
 /// Migrations in order; `PRAGMA user_version` records how many have run.
@@ -168,16 +168,8 @@ fn open_checked(path: &Path, cfg: &StorageConfig) -> Result<Connection, Checked>
     // page_size only before auto_vacuum (which writes the header); an outbox created with
     // another page size keeps it.
     //
-    // Every commit writes each page it touched, whole, to the WAL, and an event touches
-    // about a dozen B-trees between ingest and delivery, so at a robot's usual rate (one
-    // event per commit) the page size is most of the flash wear. Measured with the
-    // pipeline bench at 200 events/s: 54 KB written per delivered event with 4 KiB pages,
-    // 31 KB with 2 KiB, 20 KB with 1 KiB; under load all three write about the same.
-    // Alternating quick runs of 2 KiB against 4 KiB: drain +8 %, durable ingest −3 %
-    // (−5 to −15 % with a million queued), throughput the same. 1 KiB pages cost a fifth of the drain rate and, earlier, half
-    // the durable ingest rate with a million queued (deep B-trees). The price of 2 KiB:
-    // an event row of 1–2 KB (a payload that large) takes a page to itself, so such
-    // events fill the cap up to a third sooner than with 4 KiB pages.
+    // Most of the flash wear at a robot's usual rate is whole pages rewritten per commit
+    // (docs/decisions.md: "Outbox page size: 2 KiB").
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
     let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;

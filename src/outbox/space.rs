@@ -76,23 +76,6 @@ pub struct Reclaimed {
     pub evicted: u64,
 }
 
-/// Free bytes on the filesystem holding `path` (a file or directory).
-pub fn free_disk(path: &Path) -> Option<u64> {
-    let dir = if path.is_dir() { path } else { path.parent().filter(|p| !p.as_os_str().is_empty())? };
-    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statvfs is plain old data; zeroed is a valid value to be overwritten.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-pub fn wal_bytes(path: &Path) -> u64 {
-    std::fs::metadata(format!("{}-wal", path.display())).map(|m| m.len()).unwrap_or(0)
-}
-
 impl Store {
     /// Applies the budget's pragmas to the connection.
     pub fn apply_budget(&self, b: &Budget) -> rusqlite::Result<()> {
@@ -230,7 +213,7 @@ impl Store {
 
     /// Truncates the WAL to nothing once it has grown past its share.
     pub fn checkpoint_if_large(&self, path: &Path, b: &Budget) -> rusqlite::Result<()> {
-        if wal_bytes(path) > b.wal_bytes / 4 {
+        if super::disk::wal_bytes(path) > b.wal_bytes / 4 {
             let _: (i64, i64, i64) = self
                 .conn()
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;

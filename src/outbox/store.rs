@@ -332,13 +332,10 @@ impl Store {
 
     /// Audits an attempt and moves its delivery on, only if it is still pending (a result
     /// for a row already ended is audited but changes and counts nothing).
-    pub fn record(&mut self, r: &AttemptRecord) -> rusqlite::Result<()> {
+    pub fn record(&mut self, record: &AttemptRecord) -> rusqlite::Result<()> {
         let c = &self.conn;
-        let outcome = match &r.next {
-            NextState::Terminal(t) => t.as_str(),
-            NextState::Retry { charge: true, .. } => "retry",
-            NextState::Retry { charge: false, .. } => "offline",
-        };
+        let r = &record.audit;
+        let outcome = record.next.outcome();
         c.prepare_cached(
             "INSERT INTO attempts (subscription, delivery_id, event_type, attempt, started_ms, duration_ms, status, error_kind, error, snippet, outcome)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -356,22 +353,22 @@ impl Store {
             r.snippet,
             outcome
         ])?;
-        let changed = match &r.next {
+        let changed = match &record.next {
             NextState::Retry { at_ms, charge } => c
                 .prepare_cached(
                     "UPDATE deliveries SET attempts = ?2, budget_used = budget_used + ?3, next_attempt_ms = ?4,
                         updated_ms = ?5, last_status = ?6, last_error = ?7
                      WHERE seq = ?1 AND state = 'pending'",
                 )?
-                .execute(params![r.delivery_seq, r.attempt, *charge as i64, at_ms, r.started_ms + r.duration_ms, r.status, r.error])?,
+                .execute(params![record.delivery_seq, r.attempt, *charge as i64, at_ms, r.started_ms + r.duration_ms, r.status, r.error])?,
             NextState::Terminal(t) => c
                 .prepare_cached(
                     "UPDATE deliveries SET state = ?2, attempts = ?3, updated_ms = ?4, last_status = ?5, last_error = ?6
                      WHERE seq = ?1 AND state = 'pending'",
                 )?
-                .execute(params![r.delivery_seq, t.as_str(), r.attempt, r.started_ms + r.duration_ms, r.status, r.error])?,
+                .execute(params![record.delivery_seq, t.as_str(), r.attempt, r.started_ms + r.duration_ms, r.status, r.error])?,
         };
-        if let NextState::Terminal(t) = &r.next {
+        if let NextState::Terminal(t) = &record.next {
             self.count(&r.subscription, t.as_str(), changed as i64)?;
         }
         Ok(())

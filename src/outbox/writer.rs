@@ -2,13 +2,18 @@
 //! is waiting into one transaction. SQLite calls block, so they live on a std thread of
 //! their own rather than on the async runtime.
 //!
-//! Ingest commands are committed strictly in receive order, because the commit watermark
-//! (what ingest acks up to) is the last committed sequence number. When they cannot be
-//! committed — the disk cap with `when_full = "backpressure"`, or a full filesystem —
-//! they are *held*, unacked, while everything else (delivery results, reads) goes on; the
-//! broker keeps the rest. Held ingest is retried until it fits.
+//! Each turn takes what has arrived and sorts it once: reads are answered at once from
+//! committed state; writes (delivery results, repairs, local events, holds) wait for the
+//! next transaction; ingest goes to [`Admission`], which says how much of it the next
+//! transaction may take. A transaction that fails for want of room is tried again without
+//! ingest, after making room; one that keeps failing is given up after a few tries, so the
+//! loop always comes back to its channel (and to shutdown). Its callers then hear that it
+//! was not recorded.
+//!
+//! The watchdog beat means progress: the loop beats after a commit, when idle, and while
+//! waiting on a full filesystem (reported at ERROR), never while its commits keep failing.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -17,14 +22,18 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
+use super::disk::{Disk, RealDisk};
 use super::space::{Budget, HIGH, RETENTION_MS};
 use super::store::{Store, Stored};
-use super::{Command, Inbound, Outbox, OutboxError, Repair, Repaired};
+use super::{Command, Inbound, Outbox, OutboxError, Read, Repair, Repaired, Write};
 use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::event::now_ms;
-use crate::health::Beat;
+use crate::health::{Beat, Wedge};
 
+mod admission;
 mod room;
+
+use admission::{Admission, Blocked, TIGHT_BYTES};
 
 /// At most this many commands go into one transaction.
 const MAX_BATCH: usize = 2048;
@@ -33,18 +42,14 @@ const AUDIT_TRIM_EVERY: u64 = 256;
 /// A batch this large means load: the next batch waits up to [`LINGER`] to grow.
 const BUSY_BATCH: usize = 16;
 const LINGER: Duration = Duration::from_millis(1);
-/// After a full filesystem, transactions stay this small…
-const TIGHT_BYTES: usize = 64 * 1024;
-/// …for this long.
-const TIGHT_FOR: Duration = Duration::from_secs(600);
 /// How often finished rows past retention are deleted and free pages returned.
 const HOUSEKEEPING: Duration = Duration::from_secs(30);
-const FILESYSTEM_FULL: &str = "the filesystem is full";
 /// After this many failed attempts in a row the writer continues on a fresh connection.
 const REOPEN_AFTER: u32 = 3;
-/// Delivery results nobody waits on are held this long for a commit they can share: each
-/// commit rewrites whole pages (the tables' last pages, every index's), so fewer commits
-/// mean fewer bytes written to the robot's flash.
+/// After this many failed attempts in a row the writer gives the batch's writes up.
+const GIVE_UP_AFTER: u32 = 8;
+/// Delivery results nobody waits on are held this long for a commit they can share
+/// (docs/decisions.md: "Results share commits").
 const RECORD_LINGER: Duration = Duration::from_millis(10);
 /// …or until this many are held.
 const RECORD_HOLD_MAX: usize = 4096;
@@ -70,23 +75,16 @@ impl WriterThread {
             rx,
             committed: committed_tx,
             new_work: new_work.clone(),
-            audit_per_subscription: cfg.audit_per_subscription,
-            audit_added: HashMap::new(),
             budget,
             path: cfg.path.clone(),
             synchronous: cfg.synchronous,
             evict: cfg.when_full == WhenFull::DropOldest,
-            held: VecDeque::new(),
-            full: false,
-            retry_held_at: Instant::now(),
-            tight_until: None,
-            housekeeping_at: Instant::now() + HOUSEKEEPING,
+            disk: Box::new(RealDisk { path: cfg.path.clone() }),
+            admission: Admission::new(),
+            pending: Pending::default(),
+            upkeep: Upkeep::new(cfg.audit_per_subscription),
             beat,
-            started: Instant::now(),
             busy: false,
-            deferred: Vec::new(),
-            deferred_until: None,
-            to_sweep: Vec::new(),
         };
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
@@ -103,224 +101,240 @@ impl WriterThread {
     }
 }
 
-struct Writer {
-    store: Store,
-    rx: mpsc::Receiver<Command>,
-    committed: watch::Sender<u64>,
-    new_work: Arc<Notify>,
+/// Writes waiting for the next transaction, and until when they may wait for company.
+#[derive(Default)]
+struct Pending {
+    writes: Vec<Write>,
+    until: Option<Instant>,
+}
+
+/// Work that rides along with commits: expiry sweeps, audit trimming, housekeeping.
+struct Upkeep {
     audit_per_subscription: u64,
     audit_added: HashMap<String, u64>,
-    budget: Budget,
-    path: PathBuf,
-    synchronous: Synchronous,
-    evict: bool,
-    /// Ingest waiting for room, in receive order.
-    held: VecDeque<Command>,
-    /// Ingest is held until room appears…
-    full: bool,
-    /// …and is tried again at this time.
-    retry_held_at: Instant,
-    /// After the filesystem filled up: small transactions and an early-truncated WAL, so
-    /// that the WAL cannot eat the space that came back before it is checkpointed.
-    tight_until: Option<Instant>,
     housekeeping_at: Instant,
-    beat: Beat,
-    started: Instant,
-    /// The last batch was large: the next one lingers.
-    busy: bool,
-    /// Delivery results held for a shared commit, and until when.
-    deferred: Vec<Command>,
-    deferred_until: Option<Instant>,
     /// Subscriptions whose due deliveries were read since the last commit: their expiry
     /// sweep runs in the next transaction.
     to_sweep: Vec<String>,
 }
 
-/// A command's answer, held until its transaction commits.
-enum Reply {
-    None,
+impl Upkeep {
+    fn new(audit_per_subscription: u64) -> Upkeep {
+        Upkeep {
+            audit_per_subscription,
+            audit_added: HashMap::new(),
+            housekeeping_at: Instant::now() + HOUSEKEEPING,
+            to_sweep: Vec::new(),
+        }
+    }
+
+    fn sweep_later(&mut self, subscription: String) {
+        if !self.to_sweep.contains(&subscription) {
+            self.to_sweep.push(subscription);
+        }
+    }
+}
+
+/// What a write did, answered once its transaction commits.
+enum Applied {
     Recorded,
     Repaired(Repaired),
+    Emitted(Vec<String>),
+    Held,
+}
+
+/// How a turn of the loop went, for the watchdog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Turn {
+    /// Committed, or had nothing to commit.
+    Progress,
+    /// Waiting on the environment (a full filesystem), reported.
+    Waiting,
+    /// Commits keep failing.
+    Failing,
+}
+
+impl Write {
+    /// Results nobody waits on may be held for a shared commit; everything else goes now.
+    fn may_wait(&self) -> bool {
+        matches!(self, Write::Record { urgent: false, .. })
+    }
+
+    fn weight(&self) -> usize {
+        match self {
+            Write::Record { records, .. } => records.len(),
+            _ => 1,
+        }
+    }
+
+    fn settle(self, applied: Applied) {
+        match (self, applied) {
+            (Write::Record { reply, .. }, Applied::Recorded) => drop(reply.send(())),
+            (Write::Repair { reply, .. }, Applied::Repaired(r)) => drop(reply.send(r)),
+            (Write::Emit { reply, .. }, Applied::Emitted(ids)) => drop(reply.send(ids)),
+            (Write::Hold { reply, .. }, Applied::Held) => drop(reply.send(())),
+            _ => {}
+        }
+    }
 }
 
 /// SQLITE_FULL, or an I/O error while the filesystem has (next to) no room left: a full
 /// disk surfaces as either, depending on which file SQLite was growing.
-fn is_full(e: &rusqlite::Error, path: &std::path::Path) -> bool {
+fn is_full(e: &rusqlite::Error, disk: &dyn Disk) -> bool {
     match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => true,
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::SystemIoFailure => {
-            super::space::free_disk(path).is_some_and(|free| free < 256 * 1024)
+            disk.free_bytes().is_some_and(|free| free < 256 * 1024)
         }
         _ => false,
     }
 }
 
-fn payload_bytes(c: &Command) -> usize {
-    match c {
-        Command::Ingest { inbound, .. } => match inbound.as_ref() {
-            Inbound::Event(e) => e.data.len() + 200 * e.deliveries.len(),
-            Inbound::Quarantine(q) => q.payload.len(),
-            Inbound::Nothing => 0,
-        },
-        _ => 0,
-    }
+struct Writer {
+    store: Store,
+    rx: mpsc::Receiver<Command>,
+    committed: watch::Sender<u64>,
+    new_work: Arc<Notify>,
+    budget: Budget,
+    path: PathBuf,
+    synchronous: Synchronous,
+    evict: bool,
+    disk: Box<dyn Disk>,
+    admission: Admission,
+    pending: Pending,
+    upkeep: Upkeep,
+    beat: Beat,
+    /// The last batch was large: the next one lingers.
+    busy: bool,
 }
 
 impl Writer {
     fn run(mut self) {
+        let wedge = Wedge::from_env("writer");
         loop {
-            self.beat.beat();
-            crate::health::wedge_if_asked("writer", self.started);
-            // Idle, wake once a beat; with something held, look again soon.
-            let mut wait = match (self.held.is_empty(), self.full) {
-                (true, _) => crate::health::BEAT,
-                (false, true) => Duration::from_millis(250),
-                (false, false) => Duration::ZERO,
-            };
-            if let Some(until) = self.deferred_until {
-                wait = wait.min(until.saturating_duration_since(Instant::now()));
-            } else if self.held.is_empty() {
+            if let Some(w) = &wedge {
+                w.block_if_due();
+            }
+            if self.pending.until.is_none() && self.admission.is_empty() {
                 let sweeps = self.store.sweeps_due(now_ms());
                 if !sweeps.is_empty() {
-                    sweeps.into_iter().for_each(|subscription| self.sweep_later(subscription));
-                    self.commit_batch(Vec::new());
+                    sweeps.into_iter().for_each(|s| self.upkeep.sweep_later(s));
+                    self.commit_pending();
                 }
             }
-            let first = match self.rx.recv_timeout(wait) {
+            let first = match self.rx.recv_timeout(self.wait()) {
                 Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) if self.held.is_empty() && self.deferred.is_empty() => continue,
                 Err(RecvTimeoutError::Timeout) => None,
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut batch: Vec<Command> = first.into_iter().collect();
-            let mut bytes: usize = batch.iter().map(payload_bytes).sum();
-            // Under load, linger a moment so that one commit (one fsync, one rewrite of the
-            // hot pages) carries more work; when idle, commit at once for latency.
-            let linger_until = self.busy.then(|| Instant::now() + LINGER);
-            while batch.len() < MAX_BATCH && bytes < self.budget.batch_bytes() {
-                let next = match linger_until {
-                    Some(until) => match until.checked_duration_since(Instant::now()) {
-                        Some(left) => self.rx.recv_timeout(left).ok(),
-                        None => self.rx.try_recv().ok(),
-                    },
-                    None => self.rx.try_recv().ok(),
-                };
-                match next {
-                    Some(c) => {
-                        bytes += payload_bytes(&c);
-                        batch.push(c);
-                    }
-                    None => break,
-                }
+            let batch = self.gather(first);
+            if self.turn(batch) != Turn::Failing {
+                self.beat.beat();
             }
-            self.busy = batch.len() >= BUSY_BATCH;
-            self.commit_batch(batch);
         }
-        if !self.deferred.is_empty() {
-            self.deferred_until = Some(Instant::now());
-            self.commit_batch(Vec::new());
+        if !self.pending.writes.is_empty() {
+            self.commit_pending();
         }
-        if !self.held.is_empty() {
+        if !self.admission.is_empty() {
             tracing::warn!(
-                held = self.held.len(),
+                held = self.admission.len(),
                 "Stopping with unacked messages held for room; the broker sends them again."
             );
         }
         tracing::debug!("outbox writer stopped");
     }
 
-    fn set_full(&mut self, full: bool, why: &str) {
-        if full {
-            if !self.full && why == FILESYSTEM_FULL {
-                tracing::error!(
-                    held = self.held.len(),
-                    free_bytes = super::space::free_disk(&self.path),
-                    path = %self.path.display(),
-                    reason = why,
-                    "The filesystem holding the outbox is full: MQTT messages are not acked (the broker holds them) and delivery results wait until there is room."
-                );
-            } else if !self.full {
-                tracing::warn!(
-                    held = self.held.len(),
-                    reason = why,
-                    "The outbox is full: MQTT messages are not acked (the broker holds them) until there is room."
-                );
-            }
-            self.retry_held_at = Instant::now() + Duration::from_millis(250);
-        } else if self.full {
-            tracing::info!("The outbox has room again; ingest resumes.");
+    /// How long the loop may wait for the next command.
+    fn wait(&self) -> Duration {
+        let now = Instant::now();
+        let mut wait = if self.admission.is_empty() {
+            crate::health::BEAT
+        } else if self.admission.blocked().is_some() {
+            admission::RETRY_BLOCKED
+        } else {
+            Duration::ZERO
+        };
+        if let Some(until) = self.pending.until {
+            wait = wait.min(until.saturating_duration_since(now));
         }
-        self.full = full;
+        wait
     }
 
-    /// Runs `work` in a transaction of its own: committed if it succeeds, rolled back if
-    /// anything fails.
-    fn in_own_transaction<T>(&mut self, work: impl FnOnce(&mut Store) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-        let result = self.store.begin().and_then(|()| work(&mut self.store)).and_then(|done| {
-            self.store.commit()?;
-            Ok(done)
-        });
-        if result.is_err() {
-            self.store.rollback();
+    /// The first command and whatever else is waiting. Under load, lingers a moment so
+    /// that one commit (one fsync, one rewrite of the hot pages) carries more work; when
+    /// idle, commits at once for latency.
+    fn gather(&mut self, first: Option<Command>) -> Vec<Command> {
+        let mut batch: Vec<Command> = first.into_iter().collect();
+        let mut bytes: usize = batch.iter().map(command_bytes).sum();
+        let linger_until = self.busy.then(|| Instant::now() + LINGER);
+        while batch.len() < MAX_BATCH && bytes < self.budget.batch_bytes() {
+            let next = match linger_until.and_then(|until| until.checked_duration_since(Instant::now())) {
+                Some(left) => self.rx.recv_timeout(left).ok(),
+                None => self.rx.try_recv().ok(),
+            };
+            let Some(c) = next else { break };
+            bytes += command_bytes(&c);
+            batch.push(c);
         }
-        result
+        self.busy = batch.len() >= BUSY_BATCH;
+        batch
     }
 
-    /// How many held ingest commands the next transaction takes: all that fit the batch
-    /// budget, or a few while finding out whether a full disk has room again.
-    fn held_to_take(&self) -> usize {
-        if self.full && Instant::now() < self.retry_held_at {
-            return 0;
-        }
-        if self.held.is_empty() {
-            return 0;
-        }
-        // A commit writes about three times its payload to the WAL and then, at the
-        // checkpoint, into the database: a batch fits what is above the reserve.
-        let room = self.filesystem_room().map_or(usize::MAX, |room| (room / 4) as usize);
-        if room == 0 {
-            return 0;
-        }
-        let limit = if self.full { 16 } else { usize::MAX };
-        let max_bytes = if self.tight() { TIGHT_BYTES } else { self.budget.batch_bytes() }.min(room);
-        let mut bytes = 0;
-        let mut n = 0;
-        for c in self.held.iter().take(limit) {
-            bytes += payload_bytes(c);
-            n += 1;
-            if bytes >= max_bytes {
-                break;
+    /// Sorts a batch (reads answered, writes and ingest queued) and commits unless the
+    /// writes may wait for company.
+    fn turn(&mut self, batch: Vec<Command>) -> Turn {
+        for cmd in batch {
+            match cmd {
+                Command::Ingest { seq, inbound } => self.admission.hold(seq, inbound),
+                // Answered on their own, so that `status` works while a full disk stops
+                // every write.
+                Command::Read(read) => self.answer(read),
+                Command::Write(write) => self.pending.writes.push(write),
             }
         }
-        n
-    }
-
-    fn tight(&self) -> bool {
-        self.tight_until.is_some_and(|t| Instant::now() < t)
-    }
-
-    fn commit_batch(&mut self, batch: Vec<Command>) {
-        let (ingest, others): (Vec<Command>, Vec<Command>) =
-            batch.into_iter().partition(|c| matches!(c, Command::Ingest { .. }));
-        self.held.extend(ingest);
-        // Reads are answered on their own, so that `status` works while a full disk
-        // stops every write.
-        let (reads, others): (Vec<Command>, Vec<Command>) = others
-            .into_iter()
-            .partition(|c| matches!(c, Command::Stats { .. } | Command::Held { .. } | Command::Due { .. }));
-        self.answer(reads);
-        if self.defer(others) {
-            return;
+        if self.pending.writes.is_empty() && self.admission.is_empty() {
+            return Turn::Progress;
         }
-        let others = std::mem::take(&mut self.deferred);
-        self.deferred_until = None;
+        if self.writes_may_wait() {
+            return Turn::Progress;
+        }
+        self.commit_pending()
+    }
+
+    /// Results nobody waits on are held for a shared commit while nothing urgent, no
+    /// ingest ready, and the hold neither old nor large.
+    fn writes_may_wait(&mut self) -> bool {
+        if self.pending.writes.is_empty() {
+            return false;
+        }
+        let until = *self.pending.until.get_or_insert_with(|| Instant::now() + RECORD_LINGER);
+        let weight: usize = self.pending.writes.iter().map(Write::weight).sum();
+        self.pending.writes.iter().all(Write::may_wait)
+            && Instant::now() < until
+            && weight < RECORD_HOLD_MAX
+            && self.ingest_to_take() == 0
+    }
+
+    /// Commits the pending writes and what admission lets in; tries again without
+    /// ingest after making room, and gives the writes up after [`GIVE_UP_AFTER`] tries.
+    fn commit_pending(&mut self) -> Turn {
+        let writes = std::mem::take(&mut self.pending.writes);
+        self.pending.until = None;
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0;
-        let mut disk_was_full = false;
-        let (replies, taken, new_work) = loop {
-            let take = self.held_to_take();
-            let e = match self.apply(&others, take) {
-                Ok((replies, new_work)) => break (replies, take, new_work),
+        loop {
+            let take = self.ingest_to_take();
+            let e = match self.apply(&writes, take) {
+                Ok((applied, new_work)) => {
+                    let had_writes = !writes.is_empty();
+                    writes.into_iter().zip(applied).for_each(|(w, a)| w.settle(a));
+                    self.committed_ingest(take, had_writes);
+                    if new_work {
+                        self.new_work.notify_one();
+                    }
+                    self.after_commit();
+                    return Turn::Progress;
+                }
                 Err(e) => e,
             };
             self.store.rollback();
@@ -328,114 +342,133 @@ impl Writer {
             if failures % REOPEN_AFTER == 0 {
                 self.reopen();
             }
-            let full = is_full(&e, &self.path);
-            if full {
-                // Our own cap (pages used near max_page_count) is made room for;
-                // a full filesystem is waited out, never answered by evicting.
-                let at_cap = self.store.over(&self.budget, HIGH).unwrap_or(false);
-                if at_cap && take > 0 && self.relieve(self.evict) {
-                    continue;
-                }
-                disk_was_full |= !at_cap;
-                let why = if at_cap { "storage.max_bytes reached" } else { FILESYSTEM_FULL };
-                self.set_full(true, why);
-                if !at_cap {
-                    self.tight_until = Some(Instant::now() + TIGHT_FOR);
-                }
-                // Move what the WAL holds into the database and give its space back.
-                let _ = self.store.checkpoint_truncate();
-                if take > 0 {
-                    // Ingest waits (unacked); the rest is tried again without it.
-                    continue;
-                }
-            } else {
-                tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, commands = others.len() + take,
-                    free_bytes = super::space::free_disk(&self.path), wal_bytes = super::space::wal_bytes(&self.path),
-                    "The outbox cannot commit; nothing is acked until it can.");
-                let _ = self.store.checkpoint_truncate();
+            if failures >= GIVE_UP_AFTER {
+                return self.give_up(writes, &e);
+            }
+            if self.on_failure(&e, take) {
+                continue;
             }
             std::thread::sleep(backoff);
-            self.beat.beat();
-            // A full disk is checked often: delivery results wait on it.
-            let most = if full { Duration::from_secs(1) } else { Duration::from_secs(5) };
-            backoff = (backoff * 2).min(most);
-        };
-        for (cmd, reply) in others.into_iter().zip(replies) {
-            match (cmd, reply) {
-                (Command::Record { reply, .. }, Reply::Recorded) => drop(reply.send(())),
-                (Command::Repair { reply, .. }, Reply::Repaired(r)) => drop(reply.send(r)),
-                _ => {}
-            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
         }
-        // Room again: proven by held ingest committing, or, with nothing held, by the
-        // write that had failed on the full filesystem.
-        if self.full && (taken > 0 || (disk_was_full && self.held.is_empty())) {
-            self.set_full(false, "");
-            let _ = self.store.checkpoint_truncate();
-        }
-        if taken < self.held.len() && !self.full {
-            // More is held than one batch takes: come back for it without waiting.
-            self.retry_held_at = Instant::now();
-        }
-        let mut last = None;
-        for cmd in self.held.drain(..taken) {
-            if let Command::Ingest { seq, .. } = cmd {
-                last = Some(seq);
-            }
-        }
-        if let Some(seq) = last {
-            self.committed.send_replace(seq);
-        }
-        self.to_sweep.clear();
-        if new_work {
-            self.new_work.notify_one();
-        }
-        self.after_commit();
     }
 
-    /// Holds delivery results nobody waits on for a shared commit; says whether this
-    /// batch may wait (nothing urgent, no ingest ready, the hold neither old nor large).
-    fn defer(&mut self, others: Vec<Command>) -> bool {
-        if others.is_empty() && self.deferred.is_empty() {
+    /// Reacts to a failed transaction; says whether to try again at once (room was made,
+    /// or ingest is now held back from the next try).
+    fn on_failure(&mut self, e: &rusqlite::Error, took: usize) -> bool {
+        if !is_full(e, self.disk.as_ref()) {
+            tracing::error!(error = %e, free_bytes = self.disk.free_bytes(), wal_bytes = self.disk.wal_bytes(),
+                "The outbox cannot commit; nothing is acked until it can.");
+            let _ = self.store.checkpoint_truncate();
             return false;
         }
-        let urgent = others.iter().any(|c| !matches!(c, Command::Record { urgent: false, .. }));
-        self.deferred.extend(others);
-        let until = *self.deferred_until.get_or_insert_with(|| Instant::now() + RECORD_LINGER);
-        let held: usize =
-            self.deferred.iter().map(|c| if let Command::Record { records, .. } = c { records.len() } else { 1 }).sum();
-        !urgent && self.held_to_take() == 0 && Instant::now() < until && held < RECORD_HOLD_MAX
+        if self.store.over(&self.budget, HIGH).unwrap_or(false) {
+            // Our own cap: make room (finished rows, audit, and with drop_oldest pending
+            // deliveries); ingest waits unless that brought usage back under the mark.
+            let room = self.relieve(self.evict);
+            if !room {
+                self.block(Blocked::AtCap);
+            }
+            return room || took > 0;
+        }
+        // A full filesystem is waited out, never answered by evicting.
+        self.block(Blocked::FilesystemFull);
+        let _ = self.store.checkpoint_truncate();
+        took > 0
     }
 
-    /// Has the next transaction sweep `subscription` for expired deliveries.
-    fn sweep_later(&mut self, subscription: String) {
-        if !self.to_sweep.contains(&subscription) {
-            self.to_sweep.push(subscription);
+    /// Drops writes that cannot commit: their callers hear so (a result not recorded is
+    /// sent again), and the loop goes back to its channel instead of retrying forever.
+    fn give_up(&mut self, writes: Vec<Write>, e: &rusqlite::Error) -> Turn {
+        let waiting = self.admission.blocked() == Some(Blocked::FilesystemFull);
+        if !writes.is_empty() {
+            tracing::warn!(error = %e, writes = writes.len(),
+                "Gave up committing these writes; delivery results not recorded are sent again.");
+        }
+        drop(writes);
+        if waiting { Turn::Waiting } else { Turn::Failing }
+    }
+
+    fn block(&mut self, why: Blocked) {
+        if !self.admission.block(why, Instant::now()) {
+            return;
+        }
+        let held = self.admission.len();
+        match why {
+            Blocked::FilesystemFull => tracing::error!(held, free_bytes = self.disk.free_bytes(),
+                path = %self.path.display(), reason = why.reason(),
+                "The filesystem holding the outbox is full: MQTT messages are not acked (the broker holds them) and delivery results wait until there is room."),
+            _ => tracing::warn!(
+                held,
+                reason = why.reason(),
+                "The outbox is full: MQTT messages are not acked (the broker holds them) until there is room."
+            ),
         }
     }
 
-    /// Answers read-only commands outside any write transaction. One that fails gets no
-    /// answer: its caller sees the outbox as unavailable.
-    fn answer(&mut self, reads: Vec<Command>) {
-        for cmd in reads {
-            match cmd {
-                Command::Due { subscription, now_ms, limit, fifo, skip, reply } => {
-                    match self.store.due_rows(&subscription, now_ms, limit, fifo, &skip) {
-                        Ok(d) => drop(reply.send(d)),
-                        Err(e) => tracing::debug!(error = %e, "Could not read due deliveries."),
-                    }
-                    self.sweep_later(subscription);
-                }
-                Command::Stats { reply } => match self.store.stats() {
-                    Ok(s) => drop(reply.send(s)),
-                    Err(e) => tracing::debug!(error = %e, "Could not read the outbox stats."),
-                },
-                Command::Held { reply } => match self.store.held() {
-                    Ok(h) => drop(reply.send(h)),
-                    Err(e) => tracing::debug!(error = %e, "Could not read the held subscriptions."),
-                },
-                _ => {}
+    fn open(&mut self) {
+        if self.admission.open().is_some() {
+            tracing::info!("The outbox has room again; ingest resumes.");
+        }
+    }
+
+    /// How many held messages the next transaction takes. At the cap it first checks
+    /// that usage is back under the mark: ingest never takes the room that delivery
+    /// results need to commit.
+    fn ingest_to_take(&mut self) -> usize {
+        let now = Instant::now();
+        if self.admission.is_empty() || !self.admission.retry_due(now) {
+            return 0;
+        }
+        if self.admission.blocked() == Some(Blocked::AtCap) {
+            if self.store.over(&self.budget, HIGH).unwrap_or(true) && !self.relieve(self.evict) {
+                self.admission.block(Blocked::AtCap, now);
+                return 0;
             }
+            self.open();
+        }
+        self.admission.to_take(now, self.filesystem_room(), self.budget.batch_bytes())
+    }
+
+    /// After a commit that took `taken` held messages: acks may go out, and a commit
+    /// proves room again after a full filesystem.
+    fn committed_ingest(&mut self, taken: usize, had_writes: bool) {
+        let filesystem = self.admission.blocked() == Some(Blocked::FilesystemFull);
+        if taken > 0 || (filesystem && had_writes && self.admission.is_empty()) {
+            self.open();
+            if filesystem {
+                let _ = self.store.checkpoint_truncate();
+            }
+        }
+        if let Some(seq) = self.admission.committed(taken) {
+            self.committed.send_replace(seq);
+        }
+        if !self.admission.is_empty() {
+            // More is held than one batch takes: come back for it without waiting.
+            self.admission.retry_now(Instant::now());
+        }
+        self.upkeep.to_sweep.clear();
+    }
+
+    /// Answers a read-only command outside any write transaction. One that fails gets no
+    /// answer: its caller sees the outbox as unavailable.
+    fn answer(&mut self, read: Read) {
+        match read {
+            Read::Due { subscription, now_ms, limit, fifo, skip, reply } => {
+                match self.store.due_rows(&subscription, now_ms, limit, fifo, &skip) {
+                    Ok(d) => drop(reply.send(d)),
+                    Err(e) => tracing::debug!(error = %e, "Could not read due deliveries."),
+                }
+                self.upkeep.sweep_later(subscription);
+            }
+            Read::Stats { reply } => match self.store.stats() {
+                Ok(s) => drop(reply.send(s)),
+                Err(e) => tracing::debug!(error = %e, "Could not read the outbox stats."),
+            },
+            Read::Held { reply } => match self.store.held() {
+                Ok(h) => drop(reply.send(h)),
+                Err(e) => tracing::debug!(error = %e, "Could not read the held subscriptions."),
+            },
         }
     }
 
@@ -457,17 +490,17 @@ impl Writer {
     /// Keeps the files inside the budget and the tables tidy.
     fn after_commit(&mut self) {
         if self.store.over(&self.budget, HIGH).unwrap_or(false) && !self.relieve(self.evict) && !self.evict {
-            self.set_full(true, "storage.max_bytes reached");
+            self.block(Blocked::AtCap);
         }
         self.keep_the_filesystem_reserve();
-        if self.tight() && super::space::wal_bytes(&self.path) > TIGHT_BYTES as u64 * 4 {
+        if self.admission.tight(Instant::now()) && self.disk.wal_bytes() > TIGHT_BYTES as u64 * 4 {
             let _ = self.store.checkpoint_truncate();
         }
         if let Err(e) = self.store.checkpoint_if_large(&self.path, &self.budget) {
             tracing::debug!(error = %e, "WAL checkpoint deferred.");
         }
-        if Instant::now() >= self.housekeeping_at {
-            self.housekeeping_at = Instant::now() + HOUSEKEEPING;
+        if Instant::now() >= self.upkeep.housekeeping_at {
+            self.upkeep.housekeeping_at = Instant::now() + HOUSEKEEPING;
             let now = now_ms();
             let result = self.in_own_transaction(|store| {
                 while store.delete_finished(now - RETENTION_MS, 256)? > 0 {}
@@ -479,69 +512,87 @@ impl Writer {
         }
     }
 
-    fn repair(&mut self, repair: &Repair, now: i64) -> rusqlite::Result<Repaired> {
-        let count = |count| Repaired { count, delivery_ids: Vec::new() };
-        Ok(match repair {
-            Repair::Retry { ids, all_failed, subscription } => {
-                count(self.store.retry(ids, *all_failed, subscription.as_deref(), now)?)
+    /// Runs `work` in a transaction of its own: committed if it succeeds, rolled back if
+    /// anything fails.
+    fn in_own_transaction<T>(&mut self, work: impl FnOnce(&mut Store) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let result = self.store.begin().and_then(|()| work(&mut self.store)).and_then(|done| {
+            self.store.commit()?;
+            Ok(done)
+        });
+        if result.is_err() {
+            self.store.rollback();
+        }
+        result
+    }
+
+    fn apply_write(&mut self, write: &Write, now: i64) -> rusqlite::Result<Applied> {
+        Ok(match write {
+            Write::Record { records, .. } => {
+                for record in records {
+                    self.store.record(record)?;
+                    let subscription = &record.audit.subscription;
+                    let added = self.upkeep.audit_added.entry(subscription.clone()).or_default();
+                    *added += 1;
+                    if *added % AUDIT_TRIM_EVERY == 0 {
+                        self.store.trim_audit(subscription, self.upkeep.audit_per_subscription)?;
+                    }
+                }
+                Applied::Recorded
             }
-            Repair::Replay { subscription, since_ms, until_ms } => {
-                count(self.store.replay(subscription, *since_ms, *until_ms, now)?)
-            }
-            Repair::Hold { subscription, state } => {
-                self.store.hold(subscription, state.as_deref(), now)?;
-                count(1)
-            }
-            Repair::Emit(event) => match self.store.insert(&Inbound::Event((**event).clone()), now)? {
-                Stored::Event { delivery_ids } => Repaired { count: delivery_ids.len() as u64, delivery_ids },
-                _ => count(0),
+            Write::Repair { repair, .. } => Applied::Repaired(Repaired {
+                count: match repair {
+                    Repair::Retry { ids, all_failed, subscription } => {
+                        self.store.retry(ids, *all_failed, subscription.as_deref(), now)?
+                    }
+                    Repair::Replay { subscription, since_ms, until_ms } => {
+                        self.store.replay(subscription, *since_ms, *until_ms, now)?
+                    }
+                },
+            }),
+            Write::Emit { event, .. } => match self.store.insert(&Inbound::Event((**event).clone()), now)? {
+                Stored::Event { delivery_ids } => Applied::Emitted(delivery_ids),
+                _ => Applied::Emitted(Vec::new()),
             },
+            Write::Hold { subscription, state, .. } => {
+                self.store.hold(subscription, *state, now)?;
+                Applied::Held
+            }
         })
     }
 
-    /// Applies `others` and the first `take` held ingest commands in one transaction.
-    fn apply(&mut self, others: &[Command], take: usize) -> rusqlite::Result<(Vec<Reply>, bool)> {
+    /// Applies `writes` and the first `take` held messages in one transaction; says what
+    /// each write did and whether new deliveries may be due.
+    fn apply(&mut self, writes: &[Write], take: usize) -> rusqlite::Result<(Vec<Applied>, bool)> {
         let now = now_ms();
         self.store.begin()?;
-        for subscription in &self.to_sweep {
+        for subscription in &self.upkeep.to_sweep {
             self.store.sweep_expired(subscription, now)?;
         }
-        let mut replies = Vec::with_capacity(others.len());
+        let mut applied = Vec::with_capacity(writes.len());
         let mut new_work = false;
-        for cmd in others {
-            let reply = match cmd {
-                // Ingest is taken from `held` below; reads were answered before.
-                Command::Ingest { .. } | Command::Stats { .. } | Command::Held { .. } | Command::Due { .. } => {
-                    Reply::None
-                }
-                Command::Record { records, .. } => {
-                    for record in records {
-                        self.store.record(record)?;
-                        let added = self.audit_added.entry(record.subscription.clone()).or_default();
-                        *added += 1;
-                        if *added % AUDIT_TRIM_EVERY == 0 {
-                            self.store.trim_audit(&record.subscription, self.audit_per_subscription)?;
-                        }
-                    }
-                    Reply::Recorded
-                }
-                Command::Repair { repair, .. } => {
-                    let done = self.repair(repair, now)?;
-                    new_work |= done.count > 0 || !done.delivery_ids.is_empty();
-                    Reply::Repaired(done)
-                }
+        for write in writes {
+            let done = self.apply_write(write, now)?;
+            new_work |= match &done {
+                Applied::Repaired(r) => r.count > 0,
+                Applied::Emitted(ids) => !ids.is_empty(),
+                Applied::Recorded | Applied::Held => false,
             };
-            replies.push(reply);
+            applied.push(done);
         }
-        let held: Vec<&Command> = self.held.iter().take(take).collect();
-        for cmd in held {
-            if let Command::Ingest { inbound, .. } = cmd
-                && let Stored::Event { delivery_ids } = self.store.insert(inbound, now)?
-            {
+        for inbound in self.admission.peek(take) {
+            if let Stored::Event { delivery_ids } = self.store.insert(inbound, now)? {
                 new_work |= !delivery_ids.is_empty();
             }
         }
         self.store.commit()?;
-        Ok((replies, new_work))
+        Ok((applied, new_work))
+    }
+}
+
+/// What an ingest command adds to a batch, for the batch's byte budget.
+fn command_bytes(c: &Command) -> usize {
+    match c {
+        Command::Ingest { inbound, .. } => admission::weight(inbound),
+        _ => 0,
     }
 }

@@ -2,37 +2,24 @@
 //! thread; changes go to the outbox writer or the dispatcher as messages.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use super::{ErrorBody, Request};
-use crate::config::Config;
-use crate::delivery::{DispatcherHandle, EndpointViews};
-use crate::event::{Priority, new_id, now_ms, rfc3339_ms, validate_event_type};
-use crate::ingest::Router;
-use crate::ingest::mqtt::MqttView;
+use crate::event::{NewDelivery, now_ms, rfc3339_ms, validate_event_type};
+use crate::live::{EndpointState, Live, MqttView, SharedLive};
 use crate::outbox::query::{Reader, bytes_on_disk};
-use crate::outbox::{NewDelivery, NewEvent, Outbox, Repair};
+use crate::outbox::{HoldState, NewEvent, Outbox, Repair};
 
 /// How long `test` waits for the attempt's outcome.
 const TEST_WAIT: Duration = Duration::from_secs(30);
-
-/// What follows the configuration, replaced as a whole on reload.
-#[derive(Clone)]
-pub struct Live {
-    pub config: Arc<Config>,
-    pub router: Router,
-    pub endpoints: EndpointViews,
-    pub dispatcher: DispatcherHandle,
-}
 
 /// Everything the handlers need of the running agent.
 pub struct Context {
     pub outbox: Outbox,
     pub mqtt: MqttView,
-    pub live: Arc<RwLock<Live>>,
+    pub live: SharedLive,
     pub started: Instant,
 }
 
@@ -135,7 +122,7 @@ impl Context {
             Request::Pause { subscription } => self.hold(subscription, true).await,
             Request::Resume { subscription } => self.hold(subscription, false).await,
             Request::Emit { event_type, data } => {
-                let deliveries = self.live()?.router.deliveries(&event_type, None, now_ms());
+                let deliveries = self.live()?.config.deliveries(&event_type, None, now_ms());
                 let (event_id, ids) = self.emit(event_type, data, deliveries).await?;
                 Ok(json!({ "event_id": event_id, "delivery_ids": ids }))
             }
@@ -145,8 +132,8 @@ impl Context {
 
     async fn hold(&self, subscription: String, pause: bool) -> Result<Value, ErrorBody> {
         self.known(&subscription)?;
-        let state = pause.then(|| "paused".to_string());
-        self.outbox.repair(Repair::Hold { subscription: subscription.clone(), state }).await.map_err(internal)?;
+        let state = pause.then_some(HoldState::Paused);
+        self.outbox.hold(&subscription, state).await.map_err(internal)?;
         let dispatcher = self.live()?.dispatcher;
         let applied =
             if pause { dispatcher.pause(&subscription).await } else { dispatcher.resume(&subscription).await };
@@ -167,22 +154,10 @@ impl Context {
         if !data.is_object() {
             return Err(ErrorBody::new("bad_request", "data must be a JSON object"));
         }
-        let id = new_id();
-        let event = NewEvent {
-            id: id.clone(),
-            event_type,
-            device_id: self.live()?.config.device_id.clone(),
-            created_ms: now_ms(),
-            topic: String::new(),
-            data: data.to_string(),
-            priority: Priority::Normal,
-            collapse: false,
-            dedupe_key: None,
-            dedupe_check: false,
-            deliveries,
-        };
-        let done = self.outbox.repair(Repair::Emit(Box::new(event))).await.map_err(internal)?;
-        Ok((id, done.delivery_ids))
+        let event = NewEvent::local(&event_type, &self.live()?.config.device_id, &data, now_ms(), deliveries);
+        let id = event.id.clone();
+        let delivery_ids = self.outbox.emit(event).await.map_err(internal)?;
+        Ok((id, delivery_ids))
     }
 
     /// Sends a `fleethook.test` event to one subscription now and waits for the outcome.
@@ -244,7 +219,7 @@ impl Context {
                 json!({
                     "name": sub.name,
                     "url": sub.url,
-                    "state": v.map(|v| v.state).unwrap_or(crate::delivery::endpoint::State::Paused),
+                    "state": v.map(|v| v.state).unwrap_or(EndpointState::Paused),
                     "pending": s.pending,
                     "in_flight": v.map(|v| v.in_flight).unwrap_or(0),
                     "delivered": s.delivered,

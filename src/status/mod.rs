@@ -22,7 +22,7 @@ mod server;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use handlers::{Context, Live};
+pub use handlers::Context;
 pub use server::{bind, serve};
 
 /// Longest request line accepted.

@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::StorageConfig;
 use crate::event::Priority;
-use crate::outbox::{NewDelivery, Terminal, content_key};
+use crate::outbox::{AuditRow, NewDelivery, Terminal, content_key};
 
 fn store(dir: &tempfile::TempDir) -> Store {
     let cfg = StorageConfig::for_tests(dir.path().join("outbox.db"));
@@ -25,20 +25,17 @@ fn event(id: &str, subs: &[&str], collapse: bool) -> Inbound {
 }
 
 fn record(d: &Due, next: NextState) -> AttemptRecord {
-    AttemptRecord {
-        delivery_seq: d.seq,
-        delivery_id: d.delivery_id.clone(),
+    let audit = AuditRow {
         subscription: d.subscription.clone(),
+        delivery_id: d.delivery_id.clone(),
         event_type: d.event_type.clone(),
         attempt: d.attempts + 1,
         started_ms: 2000,
         duration_ms: 5,
         status: Some(200),
-        error_kind: None,
-        error: None,
-        snippet: None,
-        next,
-    }
+        ..AuditRow::default()
+    };
+    AttemptRecord::new(d.seq, audit, next)
 }
 
 #[test]

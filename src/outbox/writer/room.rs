@@ -1,15 +1,14 @@
 //! Making room: under the cap (`storage.max_bytes`), and on a filesystem that is nearly
 //! full whatever the cap says.
 
-use super::Writer;
+use super::{Blocked, Writer};
 use crate::event::now_ms;
-use crate::outbox::space::{self, HIGH, Reclaimed};
+use crate::outbox::space::{HIGH, Reclaimed};
 
 /// Ingest never takes the filesystem's last this many bytes: delivery results, the
 /// deletes that make room and the checkpoints that hand it back all need a little space
 /// to commit, and an outbox that filled the disk itself could otherwise never recover.
 const FILESYSTEM_RESERVE: u64 = 512 * 1024;
-const FILESYSTEM_NEARLY_FULL: &str = "the filesystem is nearly full";
 
 impl Writer {
     /// Makes room, one small transaction per step so that no step overruns the WAL's
@@ -45,22 +44,22 @@ impl Writer {
     /// Free bytes above the reserve on the outbox's filesystem, if known, less what the
     /// WAL holds: a checkpoint needs that much again to write it into the database.
     pub(super) fn filesystem_room(&self) -> Option<u64> {
-        Some(room_above_reserve(space::free_disk(&self.path)?, space::wal_bytes(&self.path)))
+        Some(room_above_reserve(self.disk.free_bytes()?, self.disk.wal_bytes()))
     }
 
     /// After each commit: near a full filesystem the WAL is checkpointed while that can
     /// still be done, and ingest that reached the reserve waits while finished deliveries
     /// make room.
     pub(super) fn keep_the_filesystem_reserve(&mut self) {
-        let Some(free) = space::free_disk(&self.path) else { return };
-        let wal = space::wal_bytes(&self.path);
+        let Some(free) = self.disk.free_bytes() else { return };
+        let wal = self.disk.wal_bytes();
         let mut room = room_above_reserve(free, wal);
         if wal > 0 && room < 4 * wal {
             let _ = self.store.checkpoint_truncate();
             room = self.filesystem_room().unwrap_or(room);
         }
-        if room == 0 && !self.held.is_empty() {
-            self.set_full(true, FILESYSTEM_NEARLY_FULL);
+        if room == 0 && !self.admission.is_empty() {
+            self.block(Blocked::NearlyFull);
             self.reclaim_finished();
         }
     }

@@ -3,20 +3,21 @@
 //! priority and collapsing, so a robot that was offline for a day sends one, not 1440.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::Router;
-use super::mqtt::MqttView;
-use crate::delivery::EndpointViews;
-use crate::event::{Priority, new_id, now_ms};
-use crate::outbox::{NewEvent, Outbox, Repair};
+use crate::config::Config;
+use crate::event::{Priority, now_ms};
+use crate::live::{EndpointViews, MqttView};
+use crate::outbox::query::Reader;
+use crate::outbox::{NewEvent, Outbox};
 
 pub const EVENT_TYPE: &str = "agent.heartbeat";
 
-pub use crate::outbox::space::free_disk;
+pub use crate::outbox::disk::free_disk;
 
 /// The robot's vitals and the agent's own state.
 pub struct Vitals {
@@ -65,18 +66,17 @@ impl Default for Vitals {
 
 /// What the heartbeat reads and where it goes.
 pub struct Heartbeat {
-    pub interval: Duration,
-    pub device_id: String,
-    pub state_path: std::path::PathBuf,
-    pub router: Router,
+    pub config: Arc<Config>,
     pub outbox: Outbox,
     pub mqtt: MqttView,
     pub endpoints: EndpointViews,
 }
 
-/// Emits heartbeats until `shutdown`.
+/// Emits heartbeats every `heartbeat.interval` until `shutdown`.
 pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
-    let Heartbeat { interval, device_id, state_path, router, outbox, mqtt, endpoints } = hb;
+    let Heartbeat { config, outbox, mqtt, endpoints } = hb;
+    let interval = config.heartbeat.interval;
+    let state_path = config.storage.path.clone();
     let mut vitals = Vitals::new();
     let mut tick = tokio::time::interval(interval);
     tick.tick().await;
@@ -86,7 +86,7 @@ pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = now_ms();
-        let deliveries = router.deliveries(EVENT_TYPE, None, now);
+        let deliveries = config.deliveries(EVENT_TYPE, None, now);
         if deliveries.is_empty() {
             continue;
         }
@@ -94,11 +94,10 @@ pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
         // Counted on a read-only connection: the query reads every pending row, and the
         // writer has better things to do.
         let path = state_path.clone();
-        let stats =
-            tokio::task::spawn_blocking(move || crate::outbox::query::Reader::open(&path).and_then(|r| r.stats()))
-                .await
-                .ok()
-                .and_then(Result::ok);
+        let stats = tokio::task::spawn_blocking(move || Reader::open(&path).and_then(|r| r.stats()))
+            .await
+            .ok()
+            .and_then(Result::ok);
         if let Some(stats) = stats {
             let pending: u64 = stats.subscriptions.iter().map(|s| s.pending).sum();
             let oldest = stats.subscriptions.iter().filter_map(|s| s.oldest_pending_ms).min();
@@ -110,20 +109,11 @@ pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
         let states: serde_json::Map<String, Value> =
             endpoints.lock().map(|v| v.iter().map(|e| (e.name.clone(), json!(e.state))).collect()).unwrap_or_default();
         data["endpoints"] = Value::Object(states);
-        let event = NewEvent {
-            id: new_id(),
-            event_type: EVENT_TYPE.into(),
-            device_id: device_id.clone(),
-            created_ms: now,
-            topic: String::new(),
-            data: data.to_string(),
-            priority: Priority::Low,
-            collapse: true,
-            dedupe_key: None,
-            dedupe_check: false,
-            deliveries,
-        };
-        if let Err(e) = outbox.repair(Repair::Emit(Box::new(event))).await {
+        let mut event = NewEvent::local(EVENT_TYPE, &config.device_id, &data, now, deliveries);
+        // Low priority and collapsing: after an outage, the newest one is what matters.
+        event.priority = Priority::Low;
+        event.collapse = true;
+        if let Err(e) = outbox.emit(event).await {
             tracing::debug!(error = %e, "Heartbeat not queued.");
         }
     }

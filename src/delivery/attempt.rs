@@ -1,0 +1,103 @@
+//! One attempt of one delivery: prepare → send → classify, and the consequence for the
+//! delivery row. Runs as a task of its own; the dispatcher records what it reports.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::http;
+use super::outcome::{self, Verdict, classify_error, classify_status, needs_operator};
+use super::schedule;
+use crate::config::Subscription;
+use crate::event::now_ms;
+use crate::outbox::{AttemptRecord, AuditRow, Due, NextState, Terminal};
+
+/// One finished attempt, reported back to the loop before its record is committed.
+pub struct Done {
+    pub lane: usize,
+    pub seq: i64,
+    pub verdict: Verdict,
+    pub status: Option<u16>,
+    pub probe: bool,
+    /// What the outbox must record; the dispatcher commits a wave of these at once.
+    pub record: AttemptRecord,
+}
+
+/// One attempt of one delivery, run as its own task.
+pub struct Attempt {
+    pub lane: usize,
+    pub sub: Arc<Subscription>,
+    pub client: reqwest::Client,
+    pub due: Due,
+    pub probe: bool,
+}
+
+impl Attempt {
+    pub async fn run(self) -> Done {
+        let started_ms = now_ms();
+        let prepared = http::prepare(&self.sub, &self.due, SystemTime::now());
+        let attempt = prepared.attempt;
+        let sent = http::send(&self.client, &self.sub, prepared).await;
+        let verdict = match (&sent.status, &sent.error) {
+            (Some(status), _) => {
+                classify_status(*status, sent.retry_after.as_deref(), sent.location.as_deref(), SystemTime::now())
+            }
+            (None, Some((kind, text))) => {
+                if needs_operator(*kind) {
+                    tracing::error!(subscription = %self.sub.name, url = %self.sub.url, error = %text,
+                        "TLS failure talking to the endpoint; retrying, but an operator must fix the certificate or ca_file.");
+                }
+                classify_error(*kind, text)
+            }
+            (None, None) => classify_error(outcome::TransportError::Other, "no response"),
+        };
+        let next = next_state(&self.sub, &self.due, &verdict, started_ms + sent.duration.as_millis() as i64);
+        let (error_kind, error) = match (&sent.error, &verdict) {
+            (Some((kind, text)), _) => (Some(kind.as_str().to_string()), Some(text.clone())),
+            (None, Verdict::Failed { reason, .. } | Verdict::Retry { reason, .. }) => {
+                (Some("http".into()), Some(reason.clone()))
+            }
+            _ => (None, None),
+        };
+        tracing::debug!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, attempt,
+            status = ?sent.status, ?next, "Attempt finished.");
+        if let NextState::Terminal(Terminal::Failed) = next {
+            tracing::warn!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, event_type = %self.due.event_type,
+                attempt, error = error.as_deref().unwrap_or(""), "Delivery failed for good.");
+        }
+        let audit = AuditRow {
+            subscription: self.sub.name.clone(),
+            delivery_id: self.due.delivery_id.clone(),
+            event_type: self.due.event_type.clone(),
+            attempt,
+            started_ms,
+            duration_ms: sent.duration.as_millis() as i64,
+            status: sent.status,
+            error_kind,
+            error,
+            snippet: sent.snippet,
+            outcome: String::new(),
+        };
+        let record = AttemptRecord::new(self.due.seq, audit, next);
+        Done { lane: self.lane, seq: self.due.seq, verdict, status: sent.status, probe: self.probe, record }
+    }
+}
+
+/// The rule table's consequence for the delivery row.
+pub fn next_state(sub: &Subscription, due: &Due, verdict: &Verdict, now_ms: i64) -> NextState {
+    match verdict {
+        Verdict::Delivered => NextState::Terminal(Terminal::Delivered),
+        Verdict::Failed { .. } => NextState::Terminal(Terminal::Failed),
+        // Unreachable: stays due; the endpoint's probe decides when it is tried again.
+        Verdict::Offline { .. } => NextState::Retry { at_ms: now_ms, charge: false },
+        Verdict::Retry { after, .. } => {
+            let used = due.budget_used + 1;
+            match schedule::retry_delay(&sub.retry, used, fastrand::f64()) {
+                None => NextState::Terminal(Terminal::Failed),
+                Some(delay) => {
+                    let delay = after.unwrap_or(delay);
+                    NextState::Retry { at_ms: now_ms + delay.as_millis() as i64, charge: true }
+                }
+            }
+        }
+    }
+}
