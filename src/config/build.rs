@@ -116,56 +116,9 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
         Some(d) => d,
         None => default_device_id(),
     };
-
     let mqtt = build_mqtt(&raw.mqtt, &device_id, issues);
-
-    let sp = root.key("storage");
-    let storage = StorageConfig {
-        path: PathBuf::from(raw.storage.path.clone().unwrap_or_else(|| "/var/lib/fleethook/outbox.db".into())),
-        max_bytes: opt(issues, sp.key("max_bytes"), raw.storage.max_bytes.as_ref(), size, 256 << 20),
-        when_full: opt(
-            issues,
-            sp.key("when_full"),
-            raw.storage.when_full.as_ref(),
-            |s| match s {
-                "drop_oldest" => Ok(WhenFull::DropOldest),
-                "backpressure" => Ok(WhenFull::Backpressure),
-                o => Err(format!("`{o}` is not drop_oldest or backpressure")),
-            },
-            WhenFull::DropOldest,
-        ),
-        synchronous: opt(
-            issues,
-            sp.key("synchronous"),
-            raw.storage.synchronous.as_ref(),
-            |s| match s {
-                "full" => Ok(Synchronous::Full),
-                "normal" => Ok(Synchronous::Normal),
-                o => Err(format!("`{o}` is not full or normal")),
-            },
-            Synchronous::Full,
-        ),
-        audit_per_subscription: raw.storage.audit_per_subscription.unwrap_or(1000),
-    };
-    if storage.max_bytes < 64 * 1024 {
-        issues.push(sp.key("max_bytes"), "must be at least 64KiB");
-    }
-
-    let status = StatusConfig {
-        socket: PathBuf::from(raw.status.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())),
-        socket_mode: opt(
-            issues,
-            root.key("status").key("socket_mode"),
-            raw.status.socket_mode.as_ref(),
-            |m| {
-                u32::from_str_radix(m.trim_start_matches("0o"), 8)
-                    .ok()
-                    .filter(|m| *m <= 0o777)
-                    .ok_or_else(|| format!("`{m}` is not an octal file mode like \"0660\""))
-            },
-            0o660,
-        ),
-    };
+    let storage = build_storage(&raw.storage, root.key("storage"), issues);
+    let status = build_status(&raw.status, root.key("status"), issues);
     let heartbeat = HeartbeatConfig {
         interval: opt(
             issues,
@@ -175,43 +128,10 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
             Duration::from_secs(60),
         ),
     };
-    let dp = root.key("delivery");
-    let delivery = DeliveryConfig {
-        max_in_flight: raw.delivery.max_in_flight.unwrap_or(32) as usize,
-        offline_probe_max: opt(
-            issues,
-            dp.key("offline_probe_max"),
-            raw.delivery.offline_probe_max.as_ref(),
-            duration,
-            Duration::from_secs(60),
-        ),
-        shutdown_grace: opt(
-            issues,
-            dp.key("shutdown_grace"),
-            raw.delivery.shutdown_grace.as_ref(),
-            duration,
-            Duration::from_secs(10),
-        ),
-    };
-    if delivery.max_in_flight == 0 {
-        issues.push(dp.key("max_in_flight"), "must be at least 1");
-    }
-
+    let delivery = build_delivery(&raw.delivery, root.key("delivery"), issues);
     let routes =
         raw.routes.iter().enumerate().filter_map(|(i, r)| build_route(r, root.key("route").index(i), issues)).collect();
-
-    let mut names = HashSet::new();
-    let mut subscriptions = Vec::new();
-    for (i, s) in raw.subscriptions.into_iter().enumerate() {
-        let p = root.key("subscription").index(i);
-        if !names.insert(s.name.clone()) {
-            issues.push(p.key("name"), format!("subscription name `{}` is used twice", s.name));
-        }
-        if let Some(sub) = build_subscription(s, p, issues) {
-            subscriptions.push(sub);
-        }
-    }
-
+    let subscriptions = build_subscriptions(raw.subscriptions, &root, issues);
     Config {
         source: source.to_path_buf(),
         device_id,
@@ -223,6 +143,97 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
         routes,
         subscriptions,
     }
+}
+
+fn build_storage(raw: &super::raw::RawStorage, sp: KeyPath, issues: &mut Issues) -> StorageConfig {
+    let storage = StorageConfig {
+        path: PathBuf::from(raw.path.clone().unwrap_or_else(|| "/var/lib/fleethook/outbox.db".into())),
+        max_bytes: opt(issues, sp.key("max_bytes"), raw.max_bytes.as_ref(), size, 256 << 20),
+        when_full: opt(
+            issues,
+            sp.key("when_full"),
+            raw.when_full.as_ref(),
+            |s| match s {
+                "drop_oldest" => Ok(WhenFull::DropOldest),
+                "backpressure" => Ok(WhenFull::Backpressure),
+                o => Err(format!("`{o}` is not drop_oldest or backpressure")),
+            },
+            WhenFull::DropOldest,
+        ),
+        synchronous: opt(
+            issues,
+            sp.key("synchronous"),
+            raw.synchronous.as_ref(),
+            |s| match s {
+                "full" => Ok(Synchronous::Full),
+                "normal" => Ok(Synchronous::Normal),
+                o => Err(format!("`{o}` is not full or normal")),
+            },
+            Synchronous::Full,
+        ),
+        audit_per_subscription: raw.audit_per_subscription.unwrap_or(1000),
+    };
+    if storage.max_bytes < 64 * 1024 {
+        issues.push(sp.key("max_bytes"), "must be at least 64KiB");
+    }
+    storage
+}
+
+fn build_status(raw: &super::raw::RawStatus, p: KeyPath, issues: &mut Issues) -> StatusConfig {
+    StatusConfig {
+        socket: PathBuf::from(raw.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())),
+        socket_mode: opt(
+            issues,
+            p.key("socket_mode"),
+            raw.socket_mode.as_ref(),
+            |m| {
+                u32::from_str_radix(m.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| format!("`{m}` is not an octal file mode like \"0660\""))
+            },
+            0o660,
+        ),
+    }
+}
+
+fn build_delivery(raw: &super::raw::RawDelivery, dp: KeyPath, issues: &mut Issues) -> DeliveryConfig {
+    let delivery = DeliveryConfig {
+        max_in_flight: raw.max_in_flight.unwrap_or(32) as usize,
+        offline_probe_max: opt(
+            issues,
+            dp.key("offline_probe_max"),
+            raw.offline_probe_max.as_ref(),
+            duration,
+            Duration::from_secs(60),
+        ),
+        shutdown_grace: opt(
+            issues,
+            dp.key("shutdown_grace"),
+            raw.shutdown_grace.as_ref(),
+            duration,
+            Duration::from_secs(10),
+        ),
+    };
+    if delivery.max_in_flight == 0 {
+        issues.push(dp.key("max_in_flight"), "must be at least 1");
+    }
+    delivery
+}
+
+fn build_subscriptions(raw: Vec<RawSubscription>, root: &KeyPath, issues: &mut Issues) -> Vec<Subscription> {
+    let mut names = HashSet::new();
+    let mut subscriptions = Vec::new();
+    for (i, s) in raw.into_iter().enumerate() {
+        let p = root.key("subscription").index(i);
+        if !names.insert(s.name.clone()) {
+            issues.push(p.key("name"), format!("subscription name `{}` is used twice", s.name));
+        }
+        if let Some(sub) = build_subscription(s, p, issues) {
+            subscriptions.push(sub);
+        }
+    }
+    subscriptions
 }
 
 fn build_mqtt(raw: &super::raw::RawMqtt, device_id: &str, issues: &mut Issues) -> MqttConfig {
@@ -294,7 +305,7 @@ fn looks_secret(header: &str) -> bool {
     ["auth", "key", "token", "secret", "cookie", "password"].iter().any(|w| h.contains(w))
 }
 
-fn build_subscription(s: RawSubscription, p: KeyPath, issues: &mut Issues) -> Option<Subscription> {
+fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -> Option<Subscription> {
     if s.name.trim().is_empty() || s.name.chars().any(|c| c.is_whitespace() || c.is_control()) {
         issues.push(p.key("name"), "a subscription name is one word with no spaces");
     }
@@ -303,51 +314,9 @@ fn build_subscription(s: RawSubscription, p: KeyPath, issues: &mut Issues) -> Op
     let default_scheme = if format == Format::Envelope { Scheme::Standard } else { Scheme::None };
     let signature = opt(issues, p.key("signature"), s.signature.as_ref(), Scheme::parse, default_scheme);
     let allow_http = s.allow_http.unwrap_or(false);
-    let url = match reqwest::Url::parse(&s.url) {
-        Ok(u) if u.scheme() == "https" => Some(u),
-        Ok(u) if u.scheme() == "http" && allow_http => Some(u),
-        Ok(u) if u.scheme() == "http" => {
-            issues.push(p.key("url"), "http:// sends events unencrypted; use https:// or set allow_http = true");
-            None
-        }
-        Ok(u) => {
-            issues.push(p.key("url"), format!("scheme `{}` is not https:// (or http:// with allow_http)", u.scheme()));
-            None
-        }
-        Err(e) => {
-            issues.push(p.key("url"), format!("`{}` is not a URL: {e}", s.url));
-            None
-        }
-    };
+    let url = subscription_url(&s.url, allow_http, &p, issues);
 
-    let mut secrets = Vec::new();
-    let sources: [(&str, Option<OneOrMany>, SecretSource); 4] = [
-        ("secret", s.secret, SecretSource::Inline),
-        ("secret_file", s.secret_file, SecretSource::File),
-        ("secret_env", s.secret_env, SecretSource::Env),
-        ("secret_credential", s.secret_credential, SecretSource::Credential),
-    ];
-    for (key, value, source) in sources {
-        for v in value.map(OneOrMany::into_vec).unwrap_or_default() {
-            if let Some(sec) = issues.take(p.key(key), secret::load(source, &v)) {
-                secrets.push((key, sec));
-            }
-        }
-    }
-    let mut keys = Vec::new();
-    for (key, sec) in &secrets {
-        match crate::sign::signing_key(signature, sec.expose()) {
-            Ok(k) => keys.push(k),
-            Err(e) => issues.push(p.key(key), format!("{e} (signature = \"{signature:?}\")").to_lowercase()),
-        }
-    }
-    if signature != Scheme::None && secrets.is_empty() {
-        issues.push(
-            p.key("secret"),
-            "a signing secret is required (secret, secret_file, secret_env or secret_credential; `fleethook secret` makes one), or set signature = \"none\"",
-        );
-    }
-
+    let (secrets, keys) = subscription_secrets(&mut s, signature, &p, issues);
     let events = match &s.events {
         Some(list) => list
             .iter()
@@ -370,24 +339,7 @@ fn build_subscription(s: RawSubscription, p: KeyPath, issues: &mut Issues) -> Op
     if http::HeaderName::from_bytes(format!("{header_prefix}-Event").as_bytes()).is_err() {
         issues.push(p.key("header_prefix"), format!("`{header_prefix}` cannot start a header name"));
     }
-    let mut headers = Vec::new();
-    for (name, value) in s.headers.clone().unwrap_or_default() {
-        let hp = p.key("headers").key(&name);
-        let Some(value) = value.as_str() else {
-            issues.push(hp, "header values are strings");
-            continue;
-        };
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err() || http::HeaderValue::from_str(value).is_err() {
-            issues.push(hp, "not a valid HTTP header");
-            continue;
-        }
-        let v = if looks_secret(&name) {
-            HeaderValue::Secret(Secret::new(value))
-        } else {
-            HeaderValue::Plain(value.to_string())
-        };
-        headers.push((name, v));
-    }
+    let headers = subscription_headers(s.headers.clone().unwrap_or_default(), &p, issues);
     let ordering = opt(
         issues,
         p.key("ordering"),
@@ -417,7 +369,7 @@ fn build_subscription(s: RawSubscription, p: KeyPath, issues: &mut Issues) -> Op
         url: without_credentials(&url),
         url_full: FullUrl(url),
         events,
-        secrets: secrets.into_iter().map(|(_, s)| s).collect(),
+        secrets,
         keys: SigningKeys(keys),
         signature,
         header_prefix,
@@ -445,6 +397,86 @@ fn build_subscription(s: RawSubscription, p: KeyPath, issues: &mut Issues) -> Op
         api_key,
         name: s.name,
     })
+}
+
+fn subscription_url(url: &str, allow_http: bool, p: &KeyPath, issues: &mut Issues) -> Option<reqwest::Url> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "https" => Some(u),
+        Ok(u) if u.scheme() == "http" && allow_http => Some(u),
+        Ok(u) if u.scheme() == "http" => {
+            issues.push(p.key("url"), "http:// sends events unencrypted; use https:// or set allow_http = true");
+            None
+        }
+        Ok(u) => {
+            issues.push(p.key("url"), format!("scheme `{}` is not https:// (or http:// with allow_http)", u.scheme()));
+            None
+        }
+        Err(e) => {
+            issues.push(p.key("url"), format!("`{url}` is not a URL: {e}"));
+            None
+        }
+    }
+}
+
+/// The subscription's secrets from all their sources, and the signing keys they stand for.
+fn subscription_secrets(
+    s: &mut RawSubscription,
+    signature: Scheme,
+    p: &KeyPath,
+    issues: &mut Issues,
+) -> (Vec<Secret>, Vec<Vec<u8>>) {
+    let mut secrets = Vec::new();
+    let sources: [(&str, Option<OneOrMany>, SecretSource); 4] = [
+        ("secret", s.secret.take(), SecretSource::Inline),
+        ("secret_file", s.secret_file.take(), SecretSource::File),
+        ("secret_env", s.secret_env.take(), SecretSource::Env),
+        ("secret_credential", s.secret_credential.take(), SecretSource::Credential),
+    ];
+    for (key, value, source) in sources {
+        for v in value.map(OneOrMany::into_vec).unwrap_or_default() {
+            if let Some(sec) = issues.take(p.key(key), secret::load(source, &v)) {
+                secrets.push((key, sec));
+            }
+        }
+    }
+    let mut keys = Vec::new();
+    for (key, sec) in &secrets {
+        match crate::sign::signing_key(signature, sec.expose()) {
+            Ok(k) => keys.push(k),
+            Err(e) => issues.push(p.key(key), format!("{e} (signature = \"{signature:?}\")").to_lowercase()),
+        }
+    }
+    if signature != Scheme::None && secrets.is_empty() {
+        issues.push(
+            p.key("secret"),
+            "a signing secret is required (secret, secret_file, secret_env or secret_credential; `fleethook secret` makes one), or set signature = \"none\"",
+        );
+    }
+
+    (secrets.into_iter().map(|(_, s)| s).collect(), keys)
+}
+
+/// Custom headers; ones whose name looks like a credential are kept as secrets.
+fn subscription_headers(raw: toml::Table, p: &KeyPath, issues: &mut Issues) -> Vec<(String, HeaderValue)> {
+    let mut headers = Vec::new();
+    for (name, value) in raw {
+        let hp = p.key("headers").key(&name);
+        let Some(value) = value.as_str() else {
+            issues.push(hp, "header values are strings");
+            continue;
+        };
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() || http::HeaderValue::from_str(value).is_err() {
+            issues.push(hp, "not a valid HTTP header");
+            continue;
+        }
+        let v = if looks_secret(&name) {
+            HeaderValue::Secret(Secret::new(value))
+        } else {
+            HeaderValue::Plain(value.to_string())
+        };
+        headers.push((name, v));
+    }
+    headers
 }
 
 /// `"5/s"`, `"100/m"`, `"1000/h"`.

@@ -96,20 +96,7 @@ pub async fn run(
         match event {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 generation.fetch_add(1, Ordering::SeqCst);
-                tracing::info!(url = %cfg.url, client_id = %cfg.client_id, session_present = ack.session_present, "Connected to the MQTT broker.");
-                update(&view, |v| {
-                    v.connected = true;
-                    v.last_error = None;
-                });
-                // A broker that kept our session keeps our subscriptions; one that did
-                // not (first start, or it lost its state) needs them again.
-                if !ack.session_present || !view.lock().map(|v| v.subscribed).unwrap_or(false) {
-                    if filters.is_empty() {
-                        tracing::warn!("No [[route]] is configured; nothing is subscribed.");
-                    } else if let Err(e) = client.try_subscribe_many(filters.clone()) {
-                        tracing::warn!(error = %e, "Cannot queue the MQTT subscriptions.");
-                    }
-                }
+                connected(&cfg, &view, &client, &filters, ack.session_present);
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 tracing::info!(filters = ?router.filters(), granted = ?ack.return_codes, "Subscribed to the route topics.");
@@ -131,24 +118,57 @@ pub async fn run(
                 }
             }
             Ok(_) => {}
-            Err(e) => {
-                let was_connected = view.lock().map(|v| v.connected).unwrap_or(false);
-                update(&view, |v| {
-                    v.connected = false;
-                    v.last_error = Some(e.to_string());
-                });
-                if was_connected {
-                    tracing::warn!(error = %e, url = %cfg.url, "Lost the MQTT connection; reconnecting.");
-                } else {
-                    tracing::debug!(error = %e, "MQTT connect failed; retrying with backoff.");
-                }
-            }
+            Err(e) => disconnected(&cfg, &view, &e),
         }
     }
-    // Send the acks of everything already committed (the driver keeps polling, so they go
-    // out), then say goodbye. What is not acked here the broker sends again (DUP), and
-    // dedupe recognises it.
     drop(ack_tx);
+    say_goodbye(client, acker, events, driver_stop, driver).await;
+    update(&view, |v| v.connected = false);
+}
+
+/// A CONNACK: the view says connected, and a broker that lost our session gets our
+/// subscriptions again.
+fn connected(cfg: &MqttConfig, view: &MqttView, client: &AsyncClient, filters: &[SubscribeFilter], kept: bool) {
+    tracing::info!(url = %cfg.url, client_id = %cfg.client_id, session_present = kept, "Connected to the MQTT broker.");
+    update(view, |v| {
+        v.connected = true;
+        v.last_error = None;
+    });
+    // A broker that kept our session keeps our subscriptions; one that did not (first
+    // start, or it lost its state) needs them again.
+    if !kept || !view.lock().map(|v| v.subscribed).unwrap_or(false) {
+        if filters.is_empty() {
+            tracing::warn!("No [[route]] is configured; nothing is subscribed.");
+        } else if let Err(e) = client.try_subscribe_many(filters.to_vec()) {
+            tracing::warn!(error = %e, "Cannot queue the MQTT subscriptions.");
+        }
+    }
+}
+
+/// A connection error: the driver reconnects with backoff; say so once per loss.
+fn disconnected(cfg: &MqttConfig, view: &MqttView, e: &ConnectionError) {
+    let was_connected = view.lock().map(|v| v.connected).unwrap_or(false);
+    update(view, |v| {
+        v.connected = false;
+        v.last_error = Some(e.to_string());
+    });
+    if was_connected {
+        tracing::warn!(error = %e, url = %cfg.url, "Lost the MQTT connection; reconnecting.");
+    } else {
+        tracing::debug!(error = %e, "MQTT connect failed; retrying with backoff.");
+    }
+}
+
+/// Sends the acks of everything already committed (the driver keeps polling, so they go
+/// out), then disconnects. What is not acked here the broker sends again (DUP), and dedupe
+/// recognises it.
+async fn say_goodbye(
+    client: AsyncClient,
+    acker: tokio::task::JoinHandle<()>,
+    mut events: mpsc::Receiver<Result<Event, ConnectionError>>,
+    driver_stop: CancellationToken,
+    driver: tokio::task::JoinHandle<()>,
+) {
     let _ = tokio::time::timeout(Duration::from_secs(2), acker).await;
     let _ = client.try_disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -161,7 +181,6 @@ pub async fn run(
     .await;
     driver_stop.cancel();
     let _ = driver.await;
-    update(&view, |v| v.connected = false);
 }
 
 /// Polls the event loop and hands each event over; after an error (the next poll

@@ -161,7 +161,7 @@ impl Admission {
 
     /// The first `n` committed: drops them and returns the last sequence number.
     pub fn committed(&mut self, n: usize) -> Option<u64> {
-        self.held.drain(..n.min(self.held.len())).last().map(|h| h.seq)
+        self.held.drain(..n.min(self.held.len())).next_back().map(|h| h.seq)
     }
 
     /// Looks again at once (more is held than one batch took).
