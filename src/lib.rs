@@ -3,17 +3,22 @@
 //!
 //! # Layout
 //!
+//! Lower rows never import higher ones, and no two modules import each other.
+//!
 //! | module | owns |
 //! | --- | --- |
-//! | [`app`] | wiring the tasks, the shutdown order |
-//! | [`config`] | the typed config, defaults, validation with file:line errors, secrets |
-//! | [`event`] | ids (UUIDv7), event-type patterns, the envelope body |
-//! | [`ingest`] | the MQTT loop, routes, acks after commit |
-//! | [`outbox`] | the durable boundary: schema, the writer thread, all SQL |
-//! | [`delivery`] | the dispatcher, HTTP attempts, the outcome table, retry timing, endpoint state |
-//! | [`sign`] | signing and verifying, every scheme |
-//! | [`format`](mod@format) | request bodies: envelope, Slack, PagerDuty, Datadog |
+//! | [`app`] | wiring the tasks, the shutdown order, reload, sd_notify |
+//! | [`live`] | the read-only live views shared by status, heartbeat and app |
 //! | [`status`] | the status socket: protocol, server, CLI client, tables |
+//! | [`heartbeat`] | `agent.heartbeat`, a producer of local events |
+//! | [`ingest`] | the MQTT loop, messages into events, acks after commit |
+//! | [`delivery`] | the dispatcher, lanes, HTTP attempts, the outcome table, retry timing, endpoint state |
+//! | [`outbox`] | the durable boundary: schema, the writer thread, all SQL |
+//! | [`config`] | the typed config, defaults, validation with file:line errors, secrets, subscription matching |
+//! | [`route`] | topic filters and templates: pure parsing |
+//! | [`format`](mod@format) | request bodies: envelope, Slack, PagerDuty, Datadog |
+//! | [`event`] | ids (UUIDv7), event-type patterns, the envelope body |
+//! | [`sign`] | signing and verifying, every scheme |
 //! | [`receive`] | the verifying local endpoint of `fleethook receive` |
 //! | [`demo`] | `fleethook demo`: the whole pipeline on one machine |
 //!
