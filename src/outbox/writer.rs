@@ -292,7 +292,7 @@ impl Writer {
                 Command::Write(write) => self.pending.writes.push(write),
             }
         }
-        if self.pending.writes.is_empty() && self.admission.is_empty() {
+        if self.pending.writes.is_empty() && self.admission.is_empty() && self.upkeep.to_sweep.is_empty() {
             return Turn::Progress;
         }
         if self.writes_may_wait() {
