@@ -35,6 +35,9 @@ mod room;
 
 use admission::{Admission, Blocked, TIGHT_BYTES};
 
+#[cfg(test)]
+mod tests;
+
 /// At most this many commands go into one transaction.
 const MAX_BATCH: usize = 2048;
 /// Trim a subscription's audit log after this many new rows.
@@ -62,35 +65,12 @@ pub struct WriterThread {
 impl WriterThread {
     /// Opens the outbox and starts its writer.
     pub fn start(cfg: &StorageConfig, beat: Beat) -> Result<(Outbox, WriterThread), OutboxError> {
-        let conn = super::schema::open(cfg)?;
-        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
-        let budget = Budget::new(cfg.max_bytes, page_size as u64);
-        let store = Store::with_dedupe_window(conn, budget.dedupe_keys())?;
-        store.apply_budget(&budget)?;
-        let (tx, rx) = mpsc::channel();
-        let (committed_tx, committed) = watch::channel(0u64);
-        let new_work = Arc::new(Notify::new());
-        let writer = Writer {
-            store,
-            rx,
-            committed: committed_tx,
-            new_work: new_work.clone(),
-            budget,
-            path: cfg.path.clone(),
-            synchronous: cfg.synchronous,
-            evict: cfg.when_full == WhenFull::DropOldest,
-            disk: Box::new(RealDisk { path: cfg.path.clone() }),
-            admission: Admission::new(),
-            pending: Pending::default(),
-            upkeep: Upkeep::new(cfg.audit_per_subscription),
-            beat,
-            busy: false,
-        };
+        let (outbox, writer) = Writer::open(cfg, beat, Box::new(RealDisk { path: cfg.path.clone() }))?;
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || writer.run())
             .map_err(|source| OutboxError::Io { path: "outbox writer thread".into(), source })?;
-        Ok((Outbox { tx, committed, new_work }, WriterThread { handle: Some(handle) }))
+        Ok((outbox, WriterThread { handle: Some(handle) }))
     }
 
     /// Waits for the writer to commit what it holds and stop (all senders dropped).
@@ -209,6 +189,35 @@ struct Writer {
 }
 
 impl Writer {
+    /// Opens the outbox at `cfg.path`, seeing its filesystem through `disk`.
+    fn open(cfg: &StorageConfig, beat: Beat, disk: Box<dyn Disk>) -> Result<(Outbox, Writer), OutboxError> {
+        let conn = super::schema::open(cfg)?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        let budget = Budget::new(cfg.max_bytes, page_size as u64);
+        let store = Store::with_dedupe_window(conn, budget.dedupe_keys())?;
+        store.apply_budget(&budget)?;
+        let (tx, rx) = mpsc::channel();
+        let (committed_tx, committed) = watch::channel(0u64);
+        let new_work = Arc::new(Notify::new());
+        let writer = Writer {
+            store,
+            rx,
+            committed: committed_tx,
+            new_work: new_work.clone(),
+            budget,
+            path: cfg.path.clone(),
+            synchronous: cfg.synchronous,
+            evict: cfg.when_full == WhenFull::DropOldest,
+            disk,
+            admission: Admission::new(),
+            pending: Pending::default(),
+            upkeep: Upkeep::new(cfg.audit_per_subscription),
+            beat,
+            busy: false,
+        };
+        Ok((Outbox { tx, committed, new_work }, writer))
+    }
+
     fn run(mut self) {
         let wedge = Wedge::from_env("writer");
         loop {
@@ -219,7 +228,7 @@ impl Writer {
                 let sweeps = self.store.sweeps_due(now_ms());
                 if !sweeps.is_empty() {
                     sweeps.into_iter().for_each(|s| self.upkeep.sweep_later(s));
-                    self.commit_pending();
+                    self.commit_pending(0);
                 }
             }
             let first = match self.rx.recv_timeout(self.wait()) {
@@ -233,7 +242,8 @@ impl Writer {
             }
         }
         if !self.pending.writes.is_empty() {
-            self.commit_pending();
+            let take = self.ingest_to_take();
+            self.commit_pending(take);
         }
         if !self.admission.is_empty() {
             tracing::warn!(
@@ -295,15 +305,18 @@ impl Writer {
         if self.pending.writes.is_empty() && self.admission.is_empty() && self.upkeep.to_sweep.is_empty() {
             return Turn::Progress;
         }
-        if self.writes_may_wait() {
+        // Asked once per turn: at the cap the answer costs a look at the page count.
+        let take = self.ingest_to_take();
+        if self.writes_may_wait(take) {
             return Turn::Progress;
         }
-        self.commit_pending()
+        self.commit_pending(take)
     }
 
     /// Results nobody waits on are held for a shared commit while nothing urgent, no
-    /// ingest ready, and the hold neither old nor large.
-    fn writes_may_wait(&mut self) -> bool {
+    /// ingest ready (`take` is what admission lets in now), and the hold neither old nor
+    /// large.
+    fn writes_may_wait(&mut self, take: usize) -> bool {
         if self.pending.writes.is_empty() {
             return false;
         }
@@ -312,18 +325,18 @@ impl Writer {
         self.pending.writes.iter().all(Write::may_wait)
             && Instant::now() < until
             && weight < RECORD_HOLD_MAX
-            && self.ingest_to_take() == 0
+            && take == 0
     }
 
-    /// Commits the pending writes and what admission lets in; tries again without
-    /// ingest after making room, and gives the writes up after [`GIVE_UP_AFTER`] tries.
-    fn commit_pending(&mut self) -> Turn {
+    /// Commits the pending writes and the first `take` held messages; tries again
+    /// (asking admission anew) after making room, and gives the writes up after
+    /// [`GIVE_UP_AFTER`] tries.
+    fn commit_pending(&mut self, mut take: usize) -> Turn {
         let writes = std::mem::take(&mut self.pending.writes);
         self.pending.until = None;
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0;
         loop {
-            let take = self.ingest_to_take();
             let e = match self.apply(&writes, take) {
                 Ok((applied, new_work)) => {
                     let had_writes = !writes.is_empty();
@@ -345,11 +358,15 @@ impl Writer {
             if failures >= GIVE_UP_AFTER {
                 return self.give_up(writes, &e);
             }
-            if self.on_failure(&e, take) {
-                continue;
+            if !self.on_failure(&e, take) {
+                // Waiting on a full filesystem is a reported wait, not a stall.
+                if self.admission.blocked() == Some(Blocked::FilesystemFull) {
+                    self.beat.beat();
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
-            std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(1));
+            take = self.ingest_to_take();
         }
     }
 
@@ -406,7 +423,7 @@ impl Writer {
         }
     }
 
-    fn open(&mut self) {
+    fn admit_again(&mut self) {
         if self.admission.open().is_some() {
             tracing::info!("The outbox has room again; ingest resumes.");
         }
@@ -425,7 +442,7 @@ impl Writer {
                 self.admission.block(Blocked::AtCap, now);
                 return 0;
             }
-            self.open();
+            self.admit_again();
         }
         self.admission.to_take(now, self.filesystem_room(), self.budget.batch_bytes())
     }
@@ -435,7 +452,7 @@ impl Writer {
     fn committed_ingest(&mut self, taken: usize, had_writes: bool) {
         let filesystem = self.admission.blocked() == Some(Blocked::FilesystemFull);
         if taken > 0 || (filesystem && had_writes && self.admission.is_empty()) {
-            self.open();
+            self.admit_again();
             if filesystem {
                 let _ = self.store.checkpoint_truncate();
             }
