@@ -231,14 +231,18 @@ priority = "high"
     );
 }
 
+/// A 1 MiB outbox with `when_full = "backpressure"` and one subscription on `port`.
+fn backpressure_config(broker_port: u16, port: u16) -> String {
+    base_config(broker_port).replace("synchronous = \"normal\"", "max_bytes = \"1MiB\"\nwhen_full = \"backpressure\"")
+        + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "")
+}
+
 #[test]
 fn backpressure_leaves_messages_with_the_broker_instead_of_evicting() {
     let broker = Mosquitto::start();
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port)
-        .replace("synchronous = \"normal\"", "max_bytes = \"1MiB\"\nwhen_full = \"backpressure\"")
-        + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
+    let config = backpressure_config(broker.port, port);
     let agent = Agent::start(dir.path(), &config);
     agent.wait_subscribed();
     const N: u64 = 2000;
@@ -264,9 +268,7 @@ fn backpressure_at_the_cap_still_delivers_when_the_endpoint_returns() {
     let broker = Mosquitto::start();
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port)
-        .replace("synchronous = \"normal\"", "max_bytes = \"1MiB\"\nwhen_full = \"backpressure\"")
-        + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
+    let config = backpressure_config(broker.port, port);
     let mut agent = Agent::start(dir.path(), &config);
     agent.wait_subscribed();
     const N: u64 = 8000;

@@ -39,6 +39,12 @@ fn batch(seqs: &[i64]) -> DueBatch {
     DueBatch { rows: seqs.iter().copied().map(due).collect(), next_due_ms: None }
 }
 
+/// The lane's first fetch goes out and is answered with `seqs`.
+fn supplied(l: &mut Lane, now: Instant, seqs: &[i64]) {
+    let fetch = l.next_starts(now, 32).unwrap().fetch.expect("a fresh lane fetches");
+    l.fetched(batch(seqs), fetch.asked);
+}
+
 fn started(s: &Starts) -> Vec<i64> {
     s.due.iter().map(|d| d.seq).collect()
 }
@@ -76,8 +82,7 @@ fn new_work_during_a_fetch_is_not_lost() {
 fn a_short_answer_waits_for_new_work() {
     let mut l = lane("");
     let now = Instant::now();
-    let fetch = l.next_starts(now, 32).unwrap().fetch.unwrap();
-    l.fetched(batch(&[]), fetch.asked);
+    supplied(&mut l, now, &[]);
     l.mark_dirty();
     assert!(l.next_starts(now, 32).unwrap().fetch.is_none(), "exhausted until poked");
     l.poke();
@@ -88,8 +93,7 @@ fn a_short_answer_waits_for_new_work() {
 fn what_was_released_during_a_fetch_is_skipped_from_its_answer() {
     let mut l = lane("");
     let now = Instant::now();
-    let fetch = l.next_starts(now, 32).unwrap().fetch.unwrap();
-    l.fetched(batch(&[1]), fetch.asked);
+    supplied(&mut l, now, &[1]);
     let s = l.next_starts(now, 32).unwrap();
     assert_eq!(started(&s), [1]);
     // 1 finishes (delivered) while a new fetch is out, and its result commits.
@@ -107,8 +111,7 @@ fn what_was_released_during_a_fetch_is_skipped_from_its_answer() {
 fn the_global_limit_caps_what_starts() {
     let mut l = lane("");
     let now = Instant::now();
-    let fetch = l.next_starts(now, 32).unwrap().fetch.unwrap();
-    l.fetched(batch(&[1, 2, 3]), fetch.asked);
+    supplied(&mut l, now, &[1, 2, 3]);
     assert!(l.next_starts(now, 0).unwrap().due.is_empty());
     l.mark_dirty();
     assert_eq!(started(&l.next_starts(now, 1).unwrap()), [1]);
@@ -137,8 +140,7 @@ fn a_fifo_lane_waits_for_its_head_to_be_recorded() {
 fn a_paused_lane_starts_nothing_until_resumed() {
     let mut l = lane("");
     let now = Instant::now();
-    let fetch = l.next_starts(now, 32).unwrap().fetch.unwrap();
-    l.fetched(batch(&[1]), fetch.asked);
+    supplied(&mut l, now, &[1]);
     l.pause();
     assert!(l.next_starts(now, 32).unwrap().due.is_empty());
     assert_eq!(l.view().state, State::Paused);
