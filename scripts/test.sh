@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine: installs what the tests use when it is
 # missing (mosquitto, a real broker per test; systemd's systemd-analyze, to verify the
-# unit; util-linux's setpriv, to test the socket's permission check), then `cargo test`.
-# Run it as root: a few tests mount a small tmpfs and bind journald's socket.
+# unit; util-linux's setpriv, to test the socket's permission check; fuse3, whose mount
+# helper backs the power-cut tests' filesystem), then `cargo test`. Run it as root: a few
+# tests mount a small tmpfs or a FUSE filesystem (/dev/fuse) and bind journald's socket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,7 @@ command -v mosquitto_pub >/dev/null 2>&1 || PKGS+=(mosquitto-clients)
 { command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; } || PKGS+=(mosquitto)
 command -v systemd-analyze >/dev/null 2>&1 || PKGS+=(systemd)
 command -v setpriv >/dev/null 2>&1 || PKGS+=(util-linux)
+command -v fusermount3 >/dev/null 2>&1 || PKGS+=(fuse3)
 if [ ${#PKGS[@]} -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
