@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,40 +15,6 @@ const LONG: Duration = Duration::from_secs(60);
 fn padded(topic: &str, seqs: std::ops::Range<u64>, extra: &str) -> Vec<(String, Vec<u8>)> {
     let fill = "f".repeat(1000);
     seqs.map(|n| (topic.to_string(), format!(r#"{{"seq":{n},{extra}"fill":"{fill}"}}"#).into_bytes())).collect()
-}
-
-/// How many times each published seq arrived.
-fn arrivals(ep: &Endpoint) -> HashMap<u64, usize> {
-    let mut seen = HashMap::new();
-    for r in ep.requests() {
-        *seen.entry(r.json()["data"]["seq"].as_u64().unwrap()).or_insert(0) += 1;
-    }
-    seen
-}
-
-fn all_arrived(ep: &Endpoint, n: u64) -> bool {
-    let seen = arrivals(ep);
-    (0..n).all(|i| seen.contains_key(&i))
-}
-
-fn report(name: &str, ep: &Endpoint, n: u64, kills: usize) {
-    let seen = arrivals(ep);
-    let missing: Vec<u64> = (0..n).filter(|i| !seen.contains_key(i)).collect();
-    let duplicates: usize = seen.values().map(|c| c - 1).sum();
-    println!("{name}: {n} published, {} delivered, {duplicates} duplicates, {kills} kills", seen.len());
-    assert!(missing.is_empty(), "{name}: {} never arrived: {:?}", missing.len(), &missing[..missing.len().min(20)]);
-}
-
-fn seed() -> u64 {
-    let s = std::env::var("FLEETHOOK_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(fastrand::u64_any);
-    println!("seed {s} (set FLEETHOOK_TEST_SEED to repeat)");
-    s
-}
-
-mod fastrand {
-    pub fn u64_any() -> u64 {
-        ::fastrand::u64(..)
-    }
 }
 
 #[test]
@@ -85,7 +50,7 @@ fn kill9_while_streaming_loses_nothing() {
     }
     publisher.join().unwrap();
     assert!(wait_until(LONG, || all_arrived(&ep, N)), "not everything arrived after {kills} kills");
-    report("kill9_while_streaming", &ep, N, kills);
+    report("kill9_while_streaming", &ep, N, &format!("{kills} kills"));
     assert!(kills >= 6);
 }
 
@@ -111,7 +76,7 @@ fn kill9_while_draining_a_backlog_loses_nothing() {
         agent.spawn();
     }
     assert!(wait_until(LONG, || all_arrived(&ep, N)));
-    report("kill9_while_draining", &ep, N, kills);
+    report("kill9_while_draining", &ep, N, &format!("{kills} kills"));
     // The outbox agrees: every delivery ended delivered, none lost or double counted.
     assert!(wait_until(LONG, || agent.count("SELECT n FROM counters WHERE outcome = 'delivered'") == N as i64));
     assert_eq!(agent.count("SELECT n FROM counters WHERE outcome = 'created'"), N as i64);
@@ -131,7 +96,7 @@ fn a_broker_restart_mid_stream_loses_nothing() {
     let second: Vec<_> = (100..200).map(|n| mission("agv-1", n, "completed")).collect();
     publish(broker.port, &second);
     assert!(wait_until(LONG, || all_arrived(&ep, 200)));
-    report("broker_restart", &ep, 200, 0);
+    report("broker_restart", &ep, 200, "0 kills");
 }
 
 #[test]
@@ -255,7 +220,7 @@ fn backpressure_leaves_messages_with_the_broker_instead_of_evicting() {
     assert!(queued < N as i64, "the rest waits at the broker ({queued} queued)");
     let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
     assert!(wait_until(LONG, || all_arrived(&ep, N)), "{} of {N} arrived", arrivals(&ep).len());
-    report("backpressure", &ep, N, 0);
+    report("backpressure", &ep, N, "0 kills");
     assert_eq!(agent.count("SELECT COUNT(*) FROM counters WHERE outcome = 'evicted' AND n > 0"), 0, "nothing evicted");
 }
 
@@ -293,7 +258,7 @@ fn backpressure_at_the_cap_still_delivers_when_the_endpoint_returns() {
         arrivals(&ep).len(),
         log_tail(&agent)
     );
-    report("backpressure at the cap", &ep, N, 0);
+    report("backpressure at the cap", &ep, N, "0 kills");
     assert!(agent.terminate().success(), "SIGTERM ends the agent cleanly");
 }
 
@@ -382,7 +347,7 @@ fn a_full_filesystem_pauses_ingest_and_it_resumes_when_space_returns() {
     let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
     let ok = wait_until(LONG, || all_arrived(&ep, N));
     assert!(ok, "after space returned, {} of {N} arrived; log tail:\n{}", arrivals(&ep).len(), log_tail(&agent));
-    report("enospc", &ep, N, 0);
+    report("enospc", &ep, N, "0 kills");
     if agent.log().contains("filesystem is full") {
         assert!(agent.log().contains("ingest resumes"), "a held ingest says when it resumes");
     }
@@ -440,7 +405,7 @@ fn a_disk_that_fills_while_only_delivery_results_are_written_recovers() {
     let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
     let ok = wait_until(LONG, || all_arrived(&ep, N));
     assert!(ok, "after space returned, {} of {N} arrived; log tail:\n{}", arrivals(&ep).len(), log_tail(&agent));
-    report("enospc-results", &ep, N, 0);
+    report("enospc-results", &ep, N, "0 kills");
 }
 
 fn corrupted_start(damage: impl FnOnce(&std::path::Path)) {

@@ -8,7 +8,6 @@
 mod common;
 mod lossyfs;
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,21 +19,6 @@ use lossyfs::{Cut, LossyFs};
 /// Cuts per run: the two runs together cut the power well over 20 times.
 const CUTS: usize = 15;
 const N: u64 = 1200;
-
-fn seed() -> u64 {
-    let s = std::env::var("FLEETHOOK_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
-    println!("seed {s} (set FLEETHOOK_TEST_SEED to repeat)");
-    s
-}
-
-/// How many times each published seq arrived.
-fn arrivals(ep: &Endpoint) -> HashMap<u64, usize> {
-    let mut seen = HashMap::new();
-    for r in ep.requests() {
-        *seen.entry(r.json()["data"]["seq"].as_u64().unwrap()).or_insert(0) += 1;
-    }
-    seen
-}
 
 /// SQLite's own verdict on the outbox as the cut left it, read without writing to it.
 fn integrity(db: &Path) -> String {
@@ -99,20 +83,8 @@ fn power_cuts(cut: Cut) {
     }
     publisher.join().unwrap();
     assert!(done.load(Ordering::SeqCst));
-    let arrived = wait_until(Duration::from_secs(120), || arrivals(&ep).len() as u64 == N);
-    let seen = arrivals(&ep);
-    let missing: Vec<u64> = (0..N).filter(|n| !seen.contains_key(n)).collect();
-    let duplicates: usize = seen.values().map(|c| c - 1).sum();
-    println!(
-        "{cut:?}: {N} published, {} delivered, {duplicates} duplicates, {CUTS} power cuts, {dropped} unsynced bytes dropped",
-        seen.len()
-    );
-    assert!(
-        arrived && missing.is_empty(),
-        "{} acked messages lost: {:?}",
-        missing.len(),
-        &missing[..missing.len().min(20)]
-    );
+    wait_until(Duration::from_secs(120), || all_arrived(&ep, N));
+    report(&format!("{cut:?}"), &ep, N, &format!("{CUTS} power cuts, {dropped} unsynced bytes dropped"));
     let logs = all_logs(dir.path());
     assert!(!logs.contains("failed its integrity check"), "the agent found its outbox corrupt");
     agent.kill9();

@@ -436,6 +436,37 @@ impl Drop for Agent {
 }
 
 /// The config head every test shares: broker, outbox in the agent's dir, one route.
+/// How many times each published seq (`{"seq":N,…}`) arrived.
+pub fn arrivals(ep: &Endpoint) -> std::collections::HashMap<u64, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for r in ep.requests() {
+        *seen.entry(r.json()["data"]["seq"].as_u64().unwrap()).or_insert(0) += 1;
+    }
+    seen
+}
+
+pub fn all_arrived(ep: &Endpoint, n: u64) -> bool {
+    let seen = arrivals(ep);
+    (0..n).all(|i| seen.contains_key(&i))
+}
+
+/// Prints what arrived of seqs `0..n` (with the `faults` the run caused) and asserts that
+/// every one did.
+pub fn report(name: &str, ep: &Endpoint, n: u64, faults: &str) {
+    let seen = arrivals(ep);
+    let missing: Vec<u64> = (0..n).filter(|i| !seen.contains_key(i)).collect();
+    let duplicates: usize = seen.values().map(|c| c - 1).sum();
+    println!("{name}: {n} published, {} delivered, {duplicates} duplicates, {faults}", seen.len());
+    assert!(missing.is_empty(), "{name}: {} never arrived: {:?}", missing.len(), &missing[..missing.len().min(20)]);
+}
+
+/// A random seed for a fault test, printed; `FLEETHOOK_TEST_SEED` repeats a run.
+pub fn seed() -> u64 {
+    let s = std::env::var("FLEETHOOK_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| fastrand::u64(..));
+    println!("seed {s} (set FLEETHOOK_TEST_SEED to repeat)");
+    s
+}
+
 pub fn base_config(broker_port: u16) -> String {
     format!(
         r#"
