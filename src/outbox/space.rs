@@ -8,8 +8,6 @@
 //! with `when_full = "drop_oldest"`, by evicting pending deliveries, lowest priority and
 //! oldest first. Every eviction is counted and audited.
 
-use std::path::Path;
-
 use rusqlite::params;
 
 use super::store::{Store, bump};
@@ -208,16 +206,6 @@ impl Store {
         self.rollback();
         let _: (i64, i64, i64) =
             self.conn().query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        Ok(())
-    }
-
-    /// Truncates the WAL to nothing once it has grown past its share.
-    pub fn checkpoint_if_large(&self, path: &Path, b: &Budget) -> rusqlite::Result<()> {
-        if super::disk::wal_bytes(path) > b.wal_bytes / 4 {
-            let _: (i64, i64, i64) = self
-                .conn()
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-        }
         Ok(())
     }
 }

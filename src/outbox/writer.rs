@@ -513,9 +513,7 @@ impl Writer {
         if self.admission.tight(Instant::now()) && self.disk.wal_bytes() > TIGHT_BYTES as u64 * 4 {
             let _ = self.store.checkpoint_truncate();
         }
-        if let Err(e) = self.store.checkpoint_if_large(&self.path, &self.budget) {
-            tracing::debug!(error = %e, "WAL checkpoint deferred.");
-        }
+        self.checkpoint_if_large();
         if Instant::now() >= self.upkeep.housekeeping_at {
             self.upkeep.housekeeping_at = Instant::now() + HOUSEKEEPING;
             let now = now_ms();
@@ -526,6 +524,15 @@ impl Writer {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "Housekeeping deferred.");
             }
+        }
+    }
+
+    /// Truncates the WAL to nothing once it has grown past a quarter of its share.
+    fn checkpoint_if_large(&mut self) {
+        if self.disk.wal_bytes() > self.budget.wal_bytes / 4
+            && let Err(e) = self.store.checkpoint_truncate()
+        {
+            tracing::debug!(error = %e, "WAL checkpoint deferred.");
         }
     }
 

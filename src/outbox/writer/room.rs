@@ -23,7 +23,7 @@ impl Writer {
                 Ok(done) => {
                     total.deleted += done.deleted;
                     total.evicted += done.evicted;
-                    let _ = self.store.checkpoint_if_large(&self.path, &self.budget);
+                    self.checkpoint_if_large();
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "Could not make room.");
