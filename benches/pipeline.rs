@@ -255,6 +255,7 @@ fn sqlite_ceiling(n: u64, batch: u64) -> f64 {
         when_full: fleethook::config::WhenFull::DropOldest,
         synchronous: fleethook::config::Synchronous::Full,
         audit_per_subscription: 1000,
+        write_behind: std::time::Duration::ZERO,
     };
     let mut store = Store::new(fleethook::outbox::open(&cfg).unwrap()).unwrap();
     let start = Instant::now();
@@ -273,7 +274,7 @@ fn sqlite_ceiling(n: u64, batch: u64) -> f64 {
                 collapse: false,
                 dedupe_key: Some(fleethook::outbox::content_key("t", &i.to_le_bytes())),
                 dedupe_check: false,
-                deliveries: vec![NewDelivery { subscription: "s".into(), expires_ms: i64::MAX }],
+                deliveries: vec![NewDelivery { id: fleethook::event::new_id(), subscription: "s".into(), expires_ms: i64::MAX }],
             };
             store.insert(&Inbound::Event(e), 0).unwrap();
             i += 1;

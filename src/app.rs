@@ -150,6 +150,14 @@ fn start_generation(
 ) -> Result<(Generation, Live), AppError> {
     let stop = shutdown.child_token();
     let dispatcher = Dispatcher::new(config, outbox.clone(), liveness.delivery())?;
+    // The fast path: ingest hands its messages to the dispatcher, which delivers from
+    // memory what it can within `storage.write_behind`.
+    let (dispatcher, intake) = if config.storage.write_behind.is_zero() {
+        (dispatcher, None)
+    } else {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        (dispatcher.with_intake(rx), Some(tx))
+    };
     let endpoints = dispatcher.views();
     let control = dispatcher.handle();
     let router = Router::new(config);
@@ -158,6 +166,7 @@ fn start_generation(
             config.mqtt.clone(),
             router,
             outbox.clone(),
+            intake,
             mqtt.clone(),
             liveness.ingest(),
             stop.clone(),

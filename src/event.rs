@@ -10,6 +10,22 @@ pub fn new_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
+/// A stable id for what has an id of its own (a route's `dedupe` pointer): the same
+/// `parts` always give the same UUID (version 8, from SHA-256), so an event sent again
+/// after a power cut carries the ids the receiver saw the first time.
+pub fn derived_id(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in parts {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    let digest = h.finalize();
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Builder::from_custom_bytes(bytes).into_uuid().to_string()
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -24,6 +40,8 @@ pub fn rfc3339_ms(ms: i64) -> String {
 /// One subscription an event goes to, and when it expires there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewDelivery {
+    /// The `delivery_id`, chosen at ingest: a delivery may be sent before it is stored.
+    pub id: String,
     pub subscription: String,
     pub expires_ms: i64,
 }
@@ -192,6 +210,15 @@ mod tests {
         assert_eq!(v["device_id"], "agv \"7\"");
         assert_eq!(v["timestamp"], "2026-05-10T18:04:31.000Z");
         assert!(body.ends_with(r#""data":{"status":"completed","n":1.50}}"#));
+    }
+
+    #[test]
+    fn derived_ids_are_stable_uuid_v8() {
+        let a = derived_id(&[b"route", b"m-1"]);
+        assert_eq!(a, derived_id(&[b"route", b"m-1"]));
+        assert_ne!(a, derived_id(&[b"route", b"m-2"]));
+        assert_ne!(derived_id(&[b"ab", b"c"]), derived_id(&[b"a", b"bc"]), "parts are length-prefixed");
+        assert_eq!(uuid::Uuid::parse_str(&a).unwrap().get_version_num(), 8);
     }
 
     #[test]

@@ -155,7 +155,9 @@ priority = "high"
     let high = padded("fleet/agv-1/alert", 10_000..10_200, "");
     publish(broker.port, &high);
     assert!(
-        wait_until(LONG, || agent.count("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = 'created'") == 4200)
+        wait_until(LONG, || agent.count("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = 'created'") == 4200),
+        "{}",
+        agent.log()
     );
     // Evictions leave audit rows. Look now: under the cap the audit log keeps only its
     // newest rows, and the deliveries to come push these out.
@@ -219,7 +221,7 @@ fn backpressure_leaves_messages_with_the_broker_instead_of_evicting() {
     let queued = agent.count("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = 'created'");
     assert!(queued < N as i64, "the rest waits at the broker ({queued} queued)");
     let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
-    assert!(wait_until(LONG, || all_arrived(&ep, N)), "{} of {N} arrived", arrivals(&ep).len());
+    assert!(wait_until(LONG, || all_arrived(&ep, N)), "{} of {N} arrived; {}", arrivals(&ep).len(), agent.log());
     report("backpressure", &ep, N, "0 kills");
     assert_eq!(agent.count("SELECT COUNT(*) FROM counters WHERE outcome = 'evicted' AND n > 0"), 0, "nothing evicted");
 }

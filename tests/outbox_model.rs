@@ -61,6 +61,7 @@ fn cfg(dir: &std::path::Path) -> StorageConfig {
         when_full: WhenFull::DropOldest,
         synchronous: Synchronous::Normal,
         audit_per_subscription: 1000,
+        write_behind: std::time::Duration::ZERO,
     }
 }
 
@@ -110,7 +111,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     dedupe_check: false,
                     deliveries: chosen
                         .iter()
-                        .map(|s| NewDelivery { subscription: s.to_string(), expires_ms: now + ttl })
+                        .map(|s| NewDelivery { id: fleethook::event::new_id(), subscription: s.to_string(), expires_ms: now + ttl })
                         .collect(),
                 };
                 let Stored::Event { delivery_ids } = store.insert(&Inbound::Event(event), now).unwrap() else {
@@ -175,7 +176,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 store
                     .record(&AttemptRecord::new(
-                        seq,
+                        Some(seq),
                         AuditRow {
                             subscription: r.sub.to_string(),
                             delivery_id: id,

@@ -145,6 +145,11 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
     }
 }
 
+/// `storage.write_behind` by default: a healthy endpoint on a LAN or LTE answers well
+/// within it; anything slower is stored first (docs/decisions.md: "The fast path").
+const WRITE_BEHIND: Duration = Duration::from_millis(100);
+const WRITE_BEHIND_MAX: Duration = Duration::from_secs(10);
+
 fn build_storage(raw: &super::raw::RawStorage, sp: KeyPath, issues: &mut Issues) -> StorageConfig {
     let storage = StorageConfig {
         path: PathBuf::from(raw.path.clone().unwrap_or_else(|| "/var/lib/fleethook/outbox.db".into())),
@@ -172,9 +177,16 @@ fn build_storage(raw: &super::raw::RawStorage, sp: KeyPath, issues: &mut Issues)
             Synchronous::Full,
         ),
         audit_per_subscription: raw.audit_per_subscription.unwrap_or(1000),
+        write_behind: opt(issues, sp.key("write_behind"), raw.write_behind.as_ref(), duration, WRITE_BEHIND),
     };
     if storage.max_bytes < 64 * 1024 {
         issues.push(sp.key("max_bytes"), "must be at least 64KiB");
+    }
+    if storage.write_behind > WRITE_BEHIND_MAX {
+        issues.push(
+            sp.key("write_behind"),
+            "must be at most 10s: the broker holds that long's messages unacked, and its in-flight window is small",
+        );
     }
     storage
 }

@@ -80,6 +80,10 @@ pub struct StorageConfig {
     pub when_full: WhenFull,
     pub synchronous: Synchronous,
     pub audit_per_subscription: u64,
+    /// How long an event may be attempted from memory before it must be stored (the
+    /// fast path, DESIGN guarantee 1); zero stores every event before its ack.
+    #[serde(serialize_with = "ser_duration")]
+    pub write_behind: Duration,
 }
 
 #[cfg(test)]
@@ -92,6 +96,7 @@ impl StorageConfig {
             when_full: WhenFull::DropOldest,
             synchronous: Synchronous::Normal,
             audit_per_subscription: 1000,
+            write_behind: Duration::from_millis(100),
         }
     }
 }
@@ -299,6 +304,7 @@ pub fn deliveries(
         .iter()
         .filter(|s| s.wants(event_type))
         .map(|s| NewDelivery {
+            id: crate::event::new_id(),
             subscription: s.name.clone(),
             expires_ms: now_ms.saturating_add(ttl.unwrap_or(s.max_age).as_millis() as i64),
         })

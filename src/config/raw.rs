@@ -43,6 +43,7 @@ pub struct RawStorage {
     pub when_full: Option<String>,
     pub synchronous: Option<String>,
     pub audit_per_subscription: Option<u64>,
+    pub write_behind: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use super::fast::FastRef;
 use super::http;
 use super::outcome::{self, Verdict, classify_error, classify_status, needs_operator};
 use super::schedule;
@@ -20,6 +21,8 @@ pub struct Done {
     pub probe: bool,
     /// What the outbox must record; the dispatcher commits a wave of these at once.
     pub record: AttemptRecord,
+    /// A fast-path delivery: its event is not stored (or was not when it started).
+    pub fast: Option<FastRef>,
 }
 
 /// One attempt of one delivery, run as its own task.
@@ -29,6 +32,7 @@ pub struct Attempt {
     pub client: reqwest::Client,
     pub due: Due,
     pub probe: bool,
+    pub fast: Option<FastRef>,
 }
 
 impl Attempt {
@@ -77,8 +81,10 @@ impl Attempt {
             snippet: sent.snippet,
             outcome: String::new(),
         };
-        let record = AttemptRecord::new(self.due.seq, audit, next);
-        Done { lane: self.lane, seq: self.due.seq, verdict, status: sent.status, probe: self.probe, record }
+        // A fast-path delivery has no row yet; if it gets one, it is found by its id.
+        let row = self.fast.is_none().then_some(self.due.seq);
+        let record = AttemptRecord::new(row, audit, next);
+        Done { lane: self.lane, seq: self.due.seq, verdict, status: sent.status, probe: self.probe, record, fast: self.fast }
     }
 }
 

@@ -9,12 +9,21 @@
 //! it due. Each lane therefore remembers what it released during a fetch and skips it.
 //! New work that arrives during a fetch is remembered too (`poked`): the answer may
 //! predate it, so it cannot prove the queue empty.
+//!
+//! The lane also sends the fast path's deliveries (events not stored, see `fast`). It
+//! takes them only when it is [`Lane::fast_ready`]: online, unthrottled, and with nothing
+//! of its own stored queue in sight — no row in flight or fetched, no message handed to
+//! the outbox that a fetch has not yet seen committed, no fast job being stored; on a
+//! FIFO lane, no head waiting for its retry either. Their rows may appear in a fetch
+//! (a job stored after its deadline while its attempt is still out): `fast_ids` makes the
+//! fetch skip them.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::endpoint::{Endpoint, State};
+use super::fast::FastRef;
 use super::outcome::Verdict;
 use crate::config::{Ordering, Subscription};
 use crate::event::now_ms;
@@ -51,6 +60,17 @@ pub struct Lane {
     due_at: Option<Instant>,
     last_status: Option<u16>,
     last_error: Option<String>,
+    /// Fast-path deliveries waiting for a slot, oldest first.
+    fast_queue: VecDeque<FastRef>,
+    fast_in_flight: usize,
+    /// Delivery ids of fast attempts in flight or recording: rows a fetch skips.
+    fast_ids: HashSet<String>,
+    /// The last ingest seq handed to the outbox with a delivery for this lane…
+    forwarded: u64,
+    /// …and the commit watermark under the last fetch that found the queue empty.
+    seen: u64,
+    /// Fast jobs of this lane being stored.
+    persisting: usize,
 }
 
 /// What a lane may do now.
@@ -60,6 +80,8 @@ pub struct Starts {
     pub due: Vec<Due>,
     /// They are offline probes.
     pub probe: bool,
+    /// Fast-path deliveries to send now; the lane counts them in flight.
+    pub fast: Vec<FastRef>,
     /// A fetch to start.
     pub fetch: Option<FetchRequest>,
 }
@@ -90,6 +112,12 @@ impl Lane {
             due_at: None,
             last_status: None,
             last_error: None,
+            fast_queue: VecDeque::new(),
+            fast_in_flight: 0,
+            fast_ids: HashSet::new(),
+            forwarded: 0,
+            seen: 0,
+            persisting: 0,
         }
     }
 
@@ -161,13 +189,28 @@ impl Lane {
         let limit = if fifo { 1 } else { self.sub.max_in_flight };
         // FIFO: the next event waits until the head's result is on disk, so that a head
         // to be retried is fetched again before anything behind it.
-        let busy = self.in_flight.len() + if fifo { self.recording.len() } else { 0 };
+        let busy = self.in_flight.len()
+            + self.fast_in_flight
+            + if fifo { self.recording.len() + self.fast_recording() } else { 0 };
         let (room, wake) = self.endpoint.capacity(now, busy, limit);
         self.wake_at = wake;
-        let room = room.min(global_room);
+        let mut room = room.min(global_room);
         if room == 0 {
             // Nothing may start: look again on a completion, new work or the wake time.
             return Some(Starts::default());
+        }
+        // What the fast path took was accepted while nothing stored was due: it goes first,
+        // unless the endpoint has stopped answering (then it waits for its deadline and
+        // is stored; probes are for stored deliveries).
+        let online = self.endpoint.state == State::Online;
+        let take_fast = if online { room.min(self.fast_queue.len()) } else { 0 };
+        let fast: Vec<FastRef> = self.fast_queue.drain(..take_fast).collect();
+        self.fast_in_flight += fast.len();
+        self.endpoint.started(fast.len());
+        room -= fast.len();
+        if room == 0 {
+            self.dirty = !self.fast_queue.is_empty();
+            return Some(Starts { fast, ..Default::default() });
         }
         let probe = self.endpoint.state == State::Offline;
         // A FIFO lane or a probe sends exactly what it fetched for this start.
@@ -183,7 +226,87 @@ impl Lane {
         if fetch.is_some() {
             self.fetch_started();
         }
-        Some(Starts { due, probe, fetch })
+        Some(Starts { due, probe, fetch, fast })
+    }
+
+    /// Fast attempts finished whose results are not yet committed (their job was stored).
+    fn fast_recording(&self) -> usize {
+        self.fast_ids.len().saturating_sub(self.fast_in_flight)
+    }
+
+    /// Whether a new event may go to this lane from memory (see the module doc).
+    pub fn fast_ready(&self) -> bool {
+        let quiet = self.exhausted
+            && !self.fetching
+            && self.prefetched.is_empty()
+            && self.in_flight.is_empty()
+            && self.persisting == 0
+            && self.seen >= self.forwarded;
+        let fifo_clear = !self.is_fifo() || (self.recording.is_empty() && self.due_at.is_none());
+        self.endpoint.state == State::Online && self.sub.rate_limit.is_none() && quiet && fifo_clear
+    }
+
+    /// Takes a fast-path delivery; it starts when a slot is free.
+    pub fn queue_fast(&mut self, r: FastRef) {
+        self.fast_queue.push_back(r);
+        self.dirty = true;
+    }
+
+    /// A queued fast-path delivery is stored instead of sent from memory.
+    pub fn unqueue_fast(&mut self, r: &FastRef) {
+        self.fast_queue.retain(|q| q != r);
+    }
+
+    /// A fast delivery handed out by [`Lane::next_starts`] could not start after all.
+    pub fn fast_not_started(&mut self, r: FastRef) {
+        self.fast_in_flight = self.fast_in_flight.saturating_sub(1);
+        self.fast_queue.push_front(r);
+        self.dirty = true;
+    }
+
+    /// A fast delivery whose job is gone (stored meanwhile) is not sent.
+    pub fn fast_dropped(&mut self) {
+        self.fast_in_flight = self.fast_in_flight.saturating_sub(1);
+        self.dirty = true;
+    }
+
+    /// A fast attempt of `delivery_id` starts.
+    pub fn fast_started(&mut self, delivery_id: &str) {
+        self.fast_ids.insert(delivery_id.to_string());
+    }
+
+    /// A fast attempt finished: its slot is free, and the endpoint learns from it. Its
+    /// id stays known until [`Lane::fast_settled`].
+    pub fn fast_finished(&mut self, verdict: &Verdict, status: Option<u16>, now: Instant) {
+        self.fast_in_flight = self.fast_in_flight.saturating_sub(1);
+        self.dirty = true;
+        self.observe(verdict, status, false, now);
+    }
+
+    /// A fast delivery is settled (delivered from memory, or its result committed): its
+    /// row, if it has one, is the queue's again.
+    pub fn fast_settled(&mut self, delivery_id: &str, retry: bool) {
+        self.fast_ids.remove(delivery_id);
+        if retry {
+            self.poke();
+        }
+        self.dirty = true;
+    }
+
+    /// A message with a delivery for this lane was handed to the outbox as ingest `seq`.
+    pub fn forwarded(&mut self, seq: u64) {
+        self.forwarded = self.forwarded.max(seq);
+        self.poke();
+    }
+
+    /// A fast job of this lane is being stored (`true`), or its commit is done.
+    pub fn persisting(&mut self, started: bool) {
+        if started {
+            self.persisting += 1;
+        } else {
+            self.persisting = self.persisting.saturating_sub(1);
+            self.poke();
+        }
     }
 
     /// What to ask for, if a fetch should start now. `exact` lanes (FIFO, or an offline
@@ -230,6 +353,10 @@ impl Lane {
         self.in_flight.remove(&seq);
         self.recording.insert(seq);
         self.dirty = true;
+        self.observe(verdict, status, probe, now);
+    }
+
+    fn observe(&mut self, verdict: &Verdict, status: Option<u16>, probe: bool, now: Instant) {
         self.endpoint.observe(verdict, status, probe, now, fastrand::f64());
         self.last_status = status.or(self.last_status);
         self.last_error = match verdict {
@@ -258,12 +385,16 @@ impl Lane {
         self.exhausted = batch.rows.len() < asked && !self.poked;
         let queued: HashSet<i64> = self.prefetched.iter().map(|d| d.seq).collect();
         let before = self.prefetched.len();
+        if self.exhausted {
+            self.seen = self.seen.max(batch.committed);
+        }
         for due in batch.rows {
             let seq = due.seq;
             let known = self.in_flight.contains(&seq)
                 || self.recording.contains(&seq)
                 || self.released.contains(&seq)
-                || queued.contains(&seq);
+                || queued.contains(&seq)
+                || self.fast_ids.contains(&due.delivery_id);
             if !known {
                 self.prefetched.push_back(due);
             }
@@ -297,7 +428,7 @@ impl Lane {
             name: self.sub.name.clone(),
             url: self.sub.url.clone(),
             state: self.endpoint.state,
-            in_flight: self.in_flight.len(),
+            in_flight: self.in_flight.len() + self.fast_in_flight,
             last_status: self.last_status,
             last_error: self.last_error.clone(),
             next_attempt_at_ms: self

@@ -6,11 +6,14 @@
 
 mod attempt;
 pub mod endpoint;
+pub mod fast;
+mod fast_path;
 pub mod http;
 mod lane;
 pub mod outcome;
 pub mod schedule;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,9 +25,10 @@ use crate::config::Config;
 use crate::event::now_ms;
 use crate::health::Beat;
 use crate::live::{Control, DispatcherHandle, EndpointViews};
-use crate::outbox::{HoldState, NextState, Outbox, OutboxError};
+use crate::outbox::{AttemptRecord, HoldState, NextState, Outbox, OutboxError};
 use attempt::{Attempt, Done};
 use endpoint::Endpoint;
+use fast::{Book, Intake};
 use lane::{FetchRequest, Lane};
 use outcome::Verdict;
 
@@ -52,6 +56,12 @@ pub struct Dispatcher {
     handle: DispatcherHandle,
     control: mpsc::UnboundedReceiver<Control>,
     beat: Beat,
+    /// Lane index by subscription name.
+    by_name: HashMap<String, usize>,
+    /// Messages from ingest when the fast path is on (`storage.write_behind` > 0).
+    intake: Option<mpsc::UnboundedReceiver<Intake>>,
+    write_behind: Duration,
+    fast: Book,
 }
 
 impl Dispatcher {
@@ -64,6 +74,7 @@ impl Dispatcher {
             lanes.push(Lane::new(sub.clone(), client, endpoint));
         }
         let (handle, control) = crate::live::control_channel();
+        let by_name = lanes.iter().enumerate().map(|(i, l): (usize, &Lane)| (l.name().to_string(), i)).collect();
         Ok(Dispatcher {
             lanes,
             outbox,
@@ -73,7 +84,18 @@ impl Dispatcher {
             handle,
             control,
             beat,
+            by_name,
+            intake: None,
+            write_behind: config.storage.write_behind,
+            fast: Book::default(),
         })
+    }
+
+    /// Takes ingest's messages from `intake` (the fast path): each is sent from memory
+    /// when its lanes are ready, else handed to the outbox in receive order.
+    pub fn with_intake(mut self, intake: mpsc::UnboundedReceiver<Intake>) -> Self {
+        self.intake = Some(intake);
+        self
     }
 
     pub fn handle(&self) -> DispatcherHandle {
@@ -107,6 +129,8 @@ impl Dispatcher {
         let mut tasks = JoinSet::new();
         let mut recordings: JoinSet<Recorded> = JoinSet::new();
         let mut fetches: JoinSet<Fetched> = JoinSet::new();
+        let mut persists: JoinSet<(u64, bool)> = JoinSet::new();
+        let mut intake = self.intake.take();
         let new_work = self.outbox.new_work();
         // Paused and gone subscriptions stay so across restarts.
         if let Ok(held) = self.outbox.held().await {
@@ -128,7 +152,7 @@ impl Dispatcher {
             }
             self.fill(&mut tasks, &done_tx, &mut fetches);
             self.publish_views();
-            let wake = self.lanes.iter().filter_map(Lane::next_wake).min();
+            let wake = self.lanes.iter().filter_map(Lane::next_wake).chain(self.fast.next_deadline()).min();
             let sleep = async {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -140,22 +164,36 @@ impl Dispatcher {
                 _ = new_work.notified() => self.lanes.iter_mut().for_each(Lane::poke),
                 Some(fetched) = fetches.join_next(), if !fetches.is_empty() => self.fetched(fetched),
                 Some(c) = self.control.recv() => self.control(c),
-                Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings),
+                Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings, &mut persists),
                 Some(recorded) = recordings.join_next(), if !recordings.is_empty() => self.recorded(recorded),
-                _ = sleep => {}
+                Some(taken) = fast_path::next_intake(&mut intake) => self.take(taken),
+                Some(Ok((job, ok))) = persists.join_next(), if !persists.is_empty() => self.persisted(job, ok, &mut recordings),
+                _ = sleep => self.overdue(&mut persists),
                 _ = beat.tick() => {}
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
+        }
+        // Ingest stops too: what it handed over goes to the outbox, and what is being
+        // sent from memory is stored now, so nothing waits on an attempt past the grace.
+        if let Some(rx) = &mut intake {
+            rx.close();
+            while let Ok(taken) = rx.try_recv() {
+                self.forward(taken);
+            }
+        }
+        for p in self.fast.all_unpersisted() {
+            self.persist(p, &mut persists);
         }
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, grace_s = self.grace.as_secs(), "Waiting for in-flight deliveries before exit.");
         }
         let drained = tokio::time::timeout(self.grace, async {
-            while !tasks.is_empty() || !done_rx.is_empty() || !recordings.is_empty() {
+            while !tasks.is_empty() || !done_rx.is_empty() || !recordings.is_empty() || !persists.is_empty() {
                 tokio::select! {
-                    Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings),
+                    Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings, &mut persists),
                     Some(recorded) = recordings.join_next(), if !recordings.is_empty() => self.recorded(recorded),
+                    Some(Ok((job, ok))) = persists.join_next(), if !persists.is_empty() => self.persisted(job, ok, &mut recordings),
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 }
             }
@@ -178,6 +216,33 @@ impl Dispatcher {
         for idx in 0..self.lanes.len() {
             let lane = &mut self.lanes[idx];
             let Some(starts) = lane.next_starts(now, self.global.available_permits()) else { continue };
+            for r in starts.fast {
+                let lane = &mut self.lanes[idx];
+                let (Some(due), Ok(permit)) = (self.fast.due(&r), self.global.clone().try_acquire_owned()) else {
+                    match self.fast.due(&r) {
+                        Some(_) => lane.fast_not_started(r),
+                        None => lane.fast_dropped(),
+                    }
+                    continue;
+                };
+                self.fast.started(&r);
+                lane.fast_started(&due.delivery_id);
+                let job = Attempt {
+                    lane: idx,
+                    sub: lane.sub().clone(),
+                    client: lane.client().clone(),
+                    due,
+                    probe: false,
+                    fast: Some(r),
+                };
+                let done_tx = done_tx.clone();
+                tasks.spawn(async move {
+                    let done = job.run().await;
+                    drop(permit);
+                    let _ = done_tx.send(done);
+                });
+            }
+            let lane = &mut self.lanes[idx];
             for due in starts.due {
                 let Ok(permit) = self.global.clone().try_acquire_owned() else {
                     lane.not_started(due.seq);
@@ -189,6 +254,7 @@ impl Dispatcher {
                     client: lane.client().clone(),
                     due,
                     probe: starts.probe,
+                    fast: None,
                 };
                 let done_tx = done_tx.clone();
                 tasks.spawn(async move {
@@ -227,27 +293,56 @@ impl Dispatcher {
         first: Done,
         done_rx: &mut mpsc::UnboundedReceiver<Done>,
         recordings: &mut JoinSet<Recorded>,
+        persists: &mut JoinSet<(u64, bool)>,
     ) {
         let mut wave = vec![first];
         while let Ok(done) = done_rx.try_recv() {
             wave.push(done);
         }
-        let mut records = Vec::with_capacity(wave.len());
-        let mut seqs = Vec::with_capacity(wave.len());
+        let mut durable = Vec::with_capacity(wave.len());
+        let mut fast = Vec::new();
         for done in wave {
-            seqs.push((done.lane, done.seq, matches!(done.record.next, NextState::Retry { .. })));
+            if let Some(r) = done.fast.clone() {
+                if let Some(record) = self.finish_fast(&done, r, persists) {
+                    fast.push((done.lane, record));
+                }
+                continue;
+            }
             self.finish(&done);
-            records.push(done.record);
+            durable.push((done.lane, done.seq, done.record));
         }
+        self.record_wave(durable, fast, recordings);
+    }
+
+    /// Commits attempts' results in one transaction: `durable` ones by their row,
+    /// `fast` ones (their jobs stored) by delivery id.
+    fn record_wave(
+        &mut self,
+        durable: Vec<(usize, i64, AttemptRecord)>,
+        fast: Vec<(usize, AttemptRecord)>,
+        recordings: &mut JoinSet<Recorded>,
+    ) {
+        if durable.is_empty() && fast.is_empty() {
+            return;
+        }
+        let retry = |r: &AttemptRecord| matches!(r.next, NextState::Retry { .. });
+        let seqs: Vec<_> = durable.iter().map(|(lane, seq, r)| (*lane, *seq, retry(r))).collect();
+        let fast_ids: Vec<_> = fast.iter().map(|(lane, r)| (*lane, r.audit.delivery_id.clone(), retry(r))).collect();
         // A FIFO lane waits on its head's result; nothing else does.
-        let urgent = seqs.iter().any(|(lane, ..)| self.lanes.get(*lane).is_some_and(Lane::is_fifo));
+        let urgent = seqs
+            .iter()
+            .map(|(lane, ..)| lane)
+            .chain(fast_ids.iter().map(|(lane, ..)| lane))
+            .any(|lane| self.lanes.get(*lane).is_some_and(Lane::is_fifo));
+        let records: Vec<AttemptRecord> =
+            durable.into_iter().map(|(.., r)| r).chain(fast.into_iter().map(|(_, r)| r)).collect();
         let outbox = self.outbox.clone();
         recordings.spawn(async move {
             let attempts = records.len();
             if let Err(e) = outbox.record(records, urgent).await {
                 tracing::warn!(error = %e, attempts, "Cannot record attempts; they are sent again after restart.");
             }
-            Recorded { seqs }
+            Recorded { seqs, fast_ids }
         });
     }
 
@@ -257,6 +352,11 @@ impl Dispatcher {
         for (lane, seq, retry) in recorded.seqs {
             if let Some(lane) = self.lanes.get_mut(lane) {
                 lane.release(seq, retry);
+            }
+        }
+        for (lane, id, retry) in recorded.fast_ids {
+            if let Some(lane) = self.lanes.get_mut(lane) {
+                lane.fast_settled(&id, retry);
             }
         }
     }
@@ -286,4 +386,6 @@ impl Dispatcher {
 struct Recorded {
     /// (lane, delivery seq, whether it stays pending for a retry)
     seqs: Vec<(usize, i64, bool)>,
+    /// The same for fast-path attempts whose job was stored: (lane, delivery id, retry).
+    fast_ids: Vec<(usize, String, bool)>,
 }

@@ -7,7 +7,7 @@ pub mod mqtt;
 use serde_json::Value;
 
 use crate::config::{Config, RouteConfig};
-use crate::event::{new_id, validate_event_type};
+use crate::event::{derived_id, new_id, validate_event_type};
 use crate::outbox::content_key;
 use crate::outbox::{Inbound, NewEvent, QUARANTINE_KEEP, Quarantined};
 
@@ -102,13 +102,23 @@ impl Router {
             Some(v @ Value::Number(_)) => Some(v.to_string()),
             _ => None,
         });
-        let (dedupe_key, dedupe_check) = match own_id {
-            Some(id) => (content_key(&format!("route:{}", route.topic.as_str()), id.as_bytes()), true),
-            None => (content_key(topic, payload), dup),
+        let mut deliveries = crate::config::deliveries(&self.subscriptions, &event_type, route.ttl, now_ms);
+        let (id, dedupe_key, dedupe_check) = match own_id {
+            Some(own) => {
+                // The payload's own id fixes the event's and its deliveries' ids: sent
+                // again after a power cut, it carries the ids the receiver already saw.
+                let scope = format!("route:{}", route.topic.as_str());
+                let id = derived_id(&[scope.as_bytes(), own.as_bytes()]);
+                for d in &mut deliveries {
+                    d.id = derived_id(&[id.as_bytes(), d.subscription.as_bytes()]);
+                }
+                (id, content_key(&scope, own.as_bytes()), true)
+            }
+            None => (new_id(), content_key(topic, payload), dup),
         };
         Inbound::Event(NewEvent {
-            id: new_id(),
-            deliveries: crate::config::deliveries(&self.subscriptions, &event_type, route.ttl, now_ms),
+            id,
+            deliveries,
             event_type,
             device_id,
             created_ms: now_ms,
@@ -177,6 +187,14 @@ max_age = "1h"
         assert_eq!(subs, ["missions", "all"]);
         assert_eq!(e.deliveries[1].expires_ms, 1000 + 3_600_000);
         assert!(e.dedupe_check, "a payload id is always checked");
+        let Inbound::Event(again) =
+            router().inbound("fleet/agv-3/mission", br#"{"status":"completed","mission_id":"m1"}"#, true, 2000)
+        else {
+            panic!()
+        };
+        assert_eq!(again.id, e.id, "the payload's own id fixes the event id");
+        assert_eq!(again.deliveries[0].id, e.deliveries[0].id, "and the delivery ids");
+        assert_ne!(e.deliveries[0].id, e.deliveries[1].id);
     }
 
     #[test]

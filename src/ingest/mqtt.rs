@@ -1,7 +1,8 @@
 //! The MQTT side of ingest: a persistent session (stable client id, `clean_session =
 //! false`), QoS 1 subscriptions, and manual acks sent in receive order only after the
-//! outbox has committed. The poll loop never waits for a commit: a separate acker task
-//! waits on the commit watermark and sends the acks.
+//! outbox has committed — or, on the fast path, once the dispatcher has delivered every
+//! delivery from memory. The poll loop never waits: a separate acker task waits on the
+//! commit watermark (or the dispatcher's word) and sends the acks, in receive order.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,11 +11,12 @@ use std::time::Duration;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Router;
 use crate::config::MqttConfig;
+use crate::delivery::fast::{Intake, Resolution};
 use crate::event::now_ms;
 use crate::health::Beat;
 use crate::live::{MqttView, update_mqtt as update};
@@ -48,10 +50,13 @@ fn options(cfg: &MqttConfig) -> Result<MqttOptions, std::io::Error> {
 
 /// Runs ingest until `shutdown`; then sends the acks of what has committed and
 /// disconnects.
+/// With `intake`, messages go to the dispatcher (the fast path), which sends them from
+/// memory or hands them to the outbox; without, straight to the outbox.
 pub async fn run(
     cfg: MqttConfig,
     router: Router,
     outbox: Outbox,
+    intake: Option<mpsc::UnboundedSender<Intake>>,
     view: MqttView,
     beat: Beat,
     shutdown: CancellationToken,
@@ -108,13 +113,26 @@ pub async fn run(
                 if let crate::outbox::Inbound::Quarantine(q) = &inbound {
                     tracing::warn!(topic = %q.topic, size = q.size, reason = %q.reason, "Quarantined an MQTT message.");
                 }
-                if outbox.ingest(seq, inbound).is_err() {
-                    tracing::warn!("The outbox has stopped; ingest stops too.");
-                    break;
-                }
+                let when = match &intake {
+                    Some(tx) => {
+                        let (resolved, rx) = oneshot::channel();
+                        if tx.send(Intake { seq, inbound, resolved }).is_err() {
+                            tracing::debug!("The dispatcher has stopped; ingest stops too.");
+                            break;
+                        }
+                        AckWhen::Resolved(rx)
+                    }
+                    None => {
+                        if outbox.ingest(seq, inbound).is_err() {
+                            tracing::warn!("The outbox has stopped; ingest stops too.");
+                            break;
+                        }
+                        AckWhen::Committed
+                    }
+                };
                 update(&view, |v| v.received += 1);
                 if publish.qos != QoS::AtMostOnce {
-                    let _ = ack_tx.send((seq, generation.load(Ordering::SeqCst), publish));
+                    let _ = ack_tx.send(Pending { seq, generation: generation.load(Ordering::SeqCst), publish, when });
                 }
             }
             Ok(_) => {}
@@ -209,17 +227,43 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, Connecti
     }
 }
 
-/// Acks each message once the outbox has committed it, in the order received. An ack for
-/// a message from an earlier connection is dropped: the broker resends that message and
-/// its packet id may already name another one.
+/// When a message may be acked.
+enum AckWhen {
+    /// Once the commit watermark passes its seq.
+    Committed,
+    /// When the dispatcher says (delivered from memory, or handed to the outbox).
+    Resolved(oneshot::Receiver<Resolution>),
+}
+
+/// A message waiting for its ack.
+struct Pending {
+    seq: u64,
+    /// The connection it came on.
+    generation: u64,
+    publish: Publish,
+    when: AckWhen,
+}
+
+/// Acks each message once it is safe (see [`AckWhen`]), in the order received. An ack
+/// for a message from an earlier connection is dropped: the broker resends that message
+/// and its packet id may already name another one. A message the dispatcher gave up on
+/// (it could not be stored) is not acked: the broker sends it again.
 async fn ack_in_order(
     client: AsyncClient,
     mut committed: watch::Receiver<u64>,
-    mut rx: mpsc::UnboundedReceiver<(u64, u64, Publish)>,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
     generation: Arc<AtomicU64>,
 ) {
-    while let Some((seq, conn_generation, publish)) = rx.recv().await {
-        if committed.wait_for(|c| *c >= seq).await.is_err() {
+    while let Some(Pending { seq, generation: conn_generation, publish, when }) = rx.recv().await {
+        let after_commit = match when {
+            AckWhen::Committed => true,
+            AckWhen::Resolved(rx) => match rx.await {
+                Ok(Resolution::Now) => false,
+                Ok(Resolution::AfterCommit) => true,
+                Err(_) => continue,
+            },
+        };
+        if after_commit && committed.wait_for(|c| *c >= seq).await.is_err() {
             return;
         }
         if conn_generation != generation.load(Ordering::SeqCst) {

@@ -10,8 +10,16 @@
 //! Keys staged by an open transaction count at once (a batch can hold a message and its
 //! redelivery) and become part of the window when it commits; a rolled-back transaction
 //! takes its keys with it, so a retried batch is not mistaken for its own duplicate.
+//!
+//! The window is shared ([`SharedKeys`]) between the writer and the fast path. An event
+//! that the fast path is sending from memory *claims* its key first, so a redelivery that
+//! arrives meanwhile (on either path) is recognised. A delivered event's key joins the
+//! window; one that falls back to the durable path keeps its claim until that commit has
+//! put the key in the window; one that could not be stored gives its claim back, so the
+//! broker's next redelivery is taken in.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 
@@ -90,9 +98,83 @@ impl RecentKeys {
     }
 }
 
+/// The dedupe window, shared by the writer and the fast path.
+#[derive(Clone)]
+pub struct SharedKeys(Arc<Mutex<Keys>>);
+
+pub struct Keys {
+    pub recent: RecentKeys,
+    claimed: HashSet<i64>,
+    /// Redeliveries the fast path recognised (the writer counts its own).
+    pub fast_duplicates: u64,
+}
+
+impl Keys {
+    pub fn contains(&self, key: i64) -> bool {
+        self.recent.contains(key) || self.claimed.contains(&key)
+    }
+}
+
+impl SharedKeys {
+    pub fn new(capacity: usize) -> SharedKeys {
+        SharedKeys(Arc::new(Mutex::new(Keys {
+            recent: RecentKeys::new(capacity),
+            claimed: HashSet::new(),
+            fast_duplicates: 0,
+        })))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Keys> {
+        // A panic elsewhere while holding it cannot leave the sets half-changed in a way
+        // that matters more than losing dedupe: keep going.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Claims `key` for an event about to be sent from memory; false (and counted) if
+    /// `check` and it is known already: the event is a redelivery. Unchecked keys (a
+    /// content hash of a message without DUP) are claimed all the same, so that their
+    /// redelivery is recognised.
+    pub fn claim(&self, key: i64, check: bool) -> bool {
+        let mut keys = self.lock();
+        if check && keys.contains(key) {
+            keys.fast_duplicates += 1;
+            return false;
+        }
+        keys.claimed.insert(key);
+        true
+    }
+
+    /// The claimed event was delivered: its key joins the window.
+    pub fn settle(&self, key: i64) {
+        let mut keys = self.lock();
+        keys.claimed.remove(&key);
+        keys.recent.extend([key]);
+    }
+
+    /// Gives a claim back: the event was stored (its key is in the window by its commit)
+    /// or could not be (the broker sends it again, and it must not look like a duplicate).
+    pub fn release(&self, key: i64) {
+        self.lock().claimed.remove(&key);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claimed_key_marks_a_redelivery_until_given_back() {
+        let keys = SharedKeys::new(10);
+        assert!(keys.claim(7, true));
+        assert!(!keys.claim(7, true), "a redelivery while the first is in flight");
+        assert!(keys.lock().contains(7), "the writer sees the claim too");
+        keys.release(7);
+        assert!(keys.claim(7, true), "a claim given back lets the next redelivery in");
+        keys.settle(7);
+        assert!(!keys.claim(7, true), "a delivered key stays in the window");
+        assert!(keys.claim(7, false), "an unchecked key is taken as new");
+        assert_eq!(keys.lock().fast_duplicates, 2);
+    }
 
     #[test]
     fn keys_depend_on_scope_and_bytes() {

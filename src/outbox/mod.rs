@@ -48,6 +48,7 @@
 
 mod dedupe;
 pub mod disk;
+mod fastlog;
 pub mod query;
 mod repair;
 mod schema;
@@ -61,7 +62,8 @@ use serde::Serialize;
 use tokio::sync::{Notify, oneshot, watch};
 
 pub use crate::event::NewDelivery;
-pub use dedupe::content_key;
+pub use dedupe::{SharedKeys, content_key};
+pub use fastlog::FastLog;
 pub use schema::open;
 pub use store::{Store, Stored};
 pub use writer::WriterThread;
@@ -148,7 +150,7 @@ pub enum Inbound {
 }
 
 /// A delivery that is due, with what is needed to send it.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Due {
     pub seq: i64,
     pub delivery_id: String,
@@ -169,6 +171,9 @@ pub struct DueBatch {
     pub rows: Vec<Due>,
     /// When the next not-yet-due delivery of the subscription becomes due.
     pub next_due_ms: Option<i64>,
+    /// The commit watermark when this was read: every message ingested up to it is in
+    /// the answer's view.
+    pub committed: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -216,7 +221,7 @@ impl NextState {
 }
 
 /// One attempt as the audit log keeps it: written by the dispatcher, read by `log`/`show`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct AuditRow {
     pub subscription: String,
     pub delivery_id: String,
@@ -234,17 +239,30 @@ pub struct AuditRow {
 /// One finished attempt: its audit row and where its delivery goes next.
 #[derive(Clone, Debug)]
 pub struct AttemptRecord {
-    pub delivery_seq: i64,
+    /// The delivery's row; None for an attempt sent from memory before its event was
+    /// stored (the row is then found by `audit.delivery_id`).
+    pub delivery_seq: Option<i64>,
     pub audit: AuditRow,
     pub next: NextState,
 }
 
 impl AttemptRecord {
     /// The audit row's `outcome` is taken from `next`.
-    pub fn new(delivery_seq: i64, mut audit: AuditRow, next: NextState) -> AttemptRecord {
+    pub fn new(delivery_seq: Option<i64>, mut audit: AuditRow, next: NextState) -> AttemptRecord {
         audit.outcome = next.outcome().to_string();
         AttemptRecord { delivery_seq, audit, next }
     }
+}
+
+/// An event the fast path delivered from memory, every delivery `delivered`: what the
+/// outbox keeps of it (see `fastlog`). `l` numbers it in the fast log.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct FastDone {
+    pub l: u64,
+    /// The event's dedupe key, if it has one.
+    pub key: Option<i64>,
+    /// One per delivery, each with outcome `delivered`.
+    pub audits: Vec<AuditRow>,
 }
 
 /// Counts per subscription, as the status socket and the heartbeat show them.
@@ -318,12 +336,29 @@ pub struct Repaired {
     pub count: u64,
 }
 
+/// What comes with a persisted event: its attempts so far, and whom to tell.
+pub(crate) struct Persisting {
+    pub records: Vec<AttemptRecord>,
+    pub reply: oneshot::Sender<()>,
+}
+
 /// What the writer thread is asked, classified once by where it goes.
 pub(crate) enum Command {
     /// One MQTT message, committed in receive order before its ack.
     Ingest { seq: u64, inbound: Box<Inbound> },
+    /// An event the fast path could not deliver from memory in time: stored with its
+    /// deliveries (ids chosen at ingest) and the attempts already made, in one
+    /// transaction, before its MQTT message is acked. Admitted like ingest (it waits
+    /// for room at the cap), but outside the commit watermark: `reply` answers it.
+    Persist { event: Box<NewEvent>, then: Box<Persisting> },
     /// Answered at once from committed state, outside any transaction.
     Read(Read),
+    /// An event delivered from memory: already in the fast log, written to the tables
+    /// with a later commit that need not be fsync'd (see `fastlog`).
+    Fast(FastDone),
+    /// Write what the fast path delivered to the tables now (before `log` or `show`
+    /// reads them); answered once committed.
+    FlushFast(oneshot::Sender<()>),
     /// Applied in the next transaction and answered once it commits.
     Write(Write),
 }
@@ -376,6 +411,8 @@ pub struct Outbox {
     tx: std::sync::mpsc::Sender<Command>,
     committed: watch::Receiver<u64>,
     new_work: Arc<Notify>,
+    keys: SharedKeys,
+    fast_log: Arc<std::sync::Mutex<FastLog>>,
 }
 
 impl Outbox {
@@ -427,6 +464,37 @@ impl Outbox {
     /// written.
     pub async fn record(&self, records: Vec<AttemptRecord>, urgent: bool) -> Result<(), OutboxError> {
         self.ask(|reply| Command::Write(Write::Record { records, urgent, reply })).await
+    }
+
+    /// Stores an event the fast path could not deliver in time, with the attempts made so
+    /// far. The command is queued before this returns (persists keep their order); the
+    /// receiver answers once it committed, and errs if it could not.
+    pub fn persist(&self, event: NewEvent, records: Vec<AttemptRecord>) -> oneshot::Receiver<()> {
+        let (reply, rx) = oneshot::channel();
+        // A writer gone drops the command, and with it `reply`: the receiver errs.
+        let then = Box::new(Persisting { records, reply });
+        let _ = self.tx.send(Command::Persist { event: Box::new(event), then });
+        rx
+    }
+
+    /// Keeps an event delivered from memory: appended to the fast log (in the page cache,
+    /// so it survives the agent's death; not fsync'd) before this returns, written to the
+    /// tables later. Call it before acking the event's message.
+    pub fn delivered_fast(&self, key: Option<i64>, audits: Vec<crate::outbox::AuditRow>) -> Result<(), OutboxError> {
+        let mut log = self.fast_log.lock().unwrap_or_else(|e| e.into_inner());
+        let done = log.append(key, audits);
+        // Sent under the log's lock: the writer gets entries in the log's order.
+        self.tx.send(Command::Fast(done)).map_err(|_| OutboxError::Closed)
+    }
+
+    /// Writes what the fast path delivered to the tables; returns once committed.
+    pub async fn flush_fast(&self) -> Result<(), OutboxError> {
+        self.ask(Command::FlushFast).await
+    }
+
+    /// The dedupe window shared with the writer.
+    pub fn keys(&self) -> &SharedKeys {
+        &self.keys
     }
 
     /// Applies a repair; returns once it has committed.

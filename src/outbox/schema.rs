@@ -99,6 +99,19 @@ CREATE INDEX deliveries_expiry ON deliveries (subscription, expires_ms) WHERE st
 -- sorted the subscription's whole backlog.
 CREATE INDEX deliveries_fifo ON deliveries (subscription, seq) WHERE state = 'pending';
 "#,
+    r#"
+-- Events delivered from memory (the fast path) are never stored: their dedupe keys are,
+-- appended in order (no index, no random page), so a redelivery after a restart is
+-- recognised. `meta` says how far the fast log has been written to the tables.
+CREATE TABLE delivered_keys (
+    seq INTEGER PRIMARY KEY,
+    key INTEGER NOT NULL
+);
+CREATE TABLE meta (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.

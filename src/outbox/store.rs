@@ -3,8 +3,8 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::dedupe::RecentKeys;
-use super::{AttemptRecord, Due, DueBatch, Inbound, NewEvent, NextState, Quarantined, Stats};
+use super::dedupe::SharedKeys;
+use super::{AttemptRecord, AuditRow, Due, DueBatch, FastDone, Inbound, NewEvent, NextState, Quarantined, Stats};
 
 /// How many dedupe keys are remembered at most: those of the newest events.
 const DEDUPE_KEYS: usize = 100_000;
@@ -24,8 +24,8 @@ pub struct Store {
     /// When each subscription was last swept for expired deliveries.
     expired_at: std::collections::HashMap<String, i64>,
     expire_sweep_ms: i64,
-    /// The dedupe keys of the newest events (see `dedupe`).
-    recent: RecentKeys,
+    /// The dedupe keys of the newest events (see `dedupe`), shared with the fast path.
+    keys: SharedKeys,
     /// Counter increments of the open transaction, per (subscription, outcome): written
     /// once at commit rather than with an upsert per event or attempt.
     counts: Vec<(String, &'static str, i64)>,
@@ -70,21 +70,30 @@ impl Store {
     /// Takes the read-write connection of an opened outbox and fills a dedupe window of
     /// `capacity` keys from its newest events.
     pub fn with_dedupe_window(conn: Connection, capacity: usize) -> rusqlite::Result<Self> {
-        let mut keys: Vec<i64> = conn
-            .prepare("SELECT dedupe_key FROM events WHERE dedupe_key IS NOT NULL ORDER BY seq DESC LIMIT ?1")?
-            .query_map([capacity as i64], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        keys.reverse();
-        let mut recent = RecentKeys::new(capacity);
-        recent.extend(keys);
+        let keys = SharedKeys::new(capacity);
+        // Stored events and events delivered from memory each keep their newest keys.
+        for sql in [
+            "SELECT dedupe_key FROM events WHERE dedupe_key IS NOT NULL ORDER BY seq DESC LIMIT ?1",
+            "SELECT key FROM delivered_keys ORDER BY seq DESC LIMIT ?1",
+        ] {
+            let mut newest: Vec<i64> =
+                conn.prepare(sql)?.query_map([capacity as i64], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            newest.reverse();
+            keys.lock().recent.extend(newest);
+        }
         Ok(Store {
             conn,
             duplicates: 0,
             expired_at: std::collections::HashMap::new(),
             expire_sweep_ms: EXPIRE_SWEEP_MS,
-            recent,
+            keys,
             counts: Vec::new(),
         })
+    }
+
+    /// The dedupe window, for the fast path.
+    pub fn keys(&self) -> SharedKeys {
+        self.keys.clone()
     }
 
     /// Continues on a new connection to the same file; the old one is closed.
@@ -111,12 +120,12 @@ impl Store {
             bump(&self.conn, &subscription, outcome, n)?;
         }
         self.conn.execute_batch("COMMIT")?;
-        self.recent.commit();
+        self.keys.lock().recent.commit();
         Ok(())
     }
 
     pub fn rollback(&mut self) {
-        self.recent.discard();
+        self.keys.lock().recent.discard();
         self.counts.clear();
         if !self.conn.is_autocommit() {
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -134,7 +143,7 @@ impl Store {
     fn insert_event(&mut self, e: &NewEvent, now_ms: i64) -> rusqlite::Result<Stored> {
         if let Some(key) = e.dedupe_key
             && e.dedupe_check
-            && self.recent.contains(key)
+            && self.keys.lock().contains(key)
         {
             self.duplicates += 1;
             return Ok(Stored::Duplicate);
@@ -143,10 +152,18 @@ impl Store {
             return Ok(Stored::Nothing);
         }
         let c = &self.conn;
-        c.prepare_cached(
-            "INSERT INTO events (id, type, device_id, created_ms, topic, data, dedupe_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        )?
-        .execute(params![e.id, e.event_type, e.device_id, e.created_ms, e.topic, e.data, e.dedupe_key])?;
+        // An id fixed by the payload's own id may be stored already (its key had left the
+        // window): that is a duplicate too, never a failed transaction.
+        let inserted = c
+            .prepare_cached(
+                "INSERT INTO events (id, type, device_id, created_ms, topic, data, dedupe_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (id) DO NOTHING",
+            )?
+            .execute(params![e.id, e.event_type, e.device_id, e.created_ms, e.topic, e.data, e.dedupe_key])?;
+        if inserted == 0 {
+            self.duplicates += 1;
+            return Ok(Stored::Duplicate);
+        }
         let event_seq = c.last_insert_rowid();
         let collapse_key = e.collapse.then(|| format!("{}\u{1f}{}", e.event_type, e.device_id));
         let mut delivery_ids = Vec::with_capacity(e.deliveries.len());
@@ -154,7 +171,7 @@ impl Store {
             if let Some(key) = &collapse_key {
                 self.supersede(&d.subscription, key, now_ms)?;
             }
-            let delivery_id = crate::event::new_id();
+            let delivery_id = d.id.clone();
             self.conn
                 .prepare_cached(
                     "INSERT INTO deliveries (id, event_seq, subscription, priority, next_attempt_ms, expires_ms, collapse_key, updated_ms)
@@ -173,9 +190,10 @@ impl Store {
             delivery_ids.push(delivery_id);
         }
         if let Some(key) = e.dedupe_key {
-            self.recent.stage(key);
+            let mut keys = self.keys.lock();
+            keys.recent.stage(key);
             if self.conn.is_autocommit() {
-                self.recent.commit();
+                keys.recent.commit();
             }
         }
         Ok(Stored::Event { delivery_ids })
@@ -287,7 +305,7 @@ impl Store {
                 )?
                 .query_row(params![subscription, now_ms], |r| r.get(0))?;
         }
-        Ok(DueBatch { rows, next_due_ms })
+        Ok(DueBatch { rows, next_due_ms, committed: 0 })
     }
 
     fn expire(&self, subscription: &str, now_ms: i64) -> rusqlite::Result<()> {
@@ -333,45 +351,92 @@ impl Store {
     /// Audits an attempt and moves its delivery on, only if it is still pending (a result
     /// for a row already ended is audited but changes and counts nothing).
     pub fn record(&mut self, record: &AttemptRecord) -> rusqlite::Result<()> {
-        let c = &self.conn;
         let r = &record.audit;
-        let outcome = record.next.outcome();
-        c.prepare_cached(
-            "INSERT INTO attempts (subscription, delivery_id, event_type, attempt, started_ms, duration_ms, status, error_kind, error, snippet, outcome)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        )?
-        .execute(params![
-            r.subscription,
-            r.delivery_id,
-            r.event_type,
-            r.attempt,
-            r.started_ms,
-            r.duration_ms,
-            r.status,
-            r.error_kind,
-            r.error,
-            r.snippet,
-            outcome
-        ])?;
+        self.audit(r, record.next.outcome())?;
+        let c = &self.conn;
+        // An attempt sent from memory before its event was stored names its delivery by id.
+        let (row, key): (&str, rusqlite::types::Value) = match record.delivery_seq {
+            Some(seq) => ("seq", seq.into()),
+            None => ("id", r.delivery_id.clone().into()),
+        };
         let changed = match &record.next {
             NextState::Retry { at_ms, charge } => c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE deliveries SET attempts = ?2, budget_used = budget_used + ?3, next_attempt_ms = ?4,
                         updated_ms = ?5, last_status = ?6, last_error = ?7
-                     WHERE seq = ?1 AND state = 'pending'",
-                )?
-                .execute(params![record.delivery_seq, r.attempt, *charge as i64, at_ms, r.started_ms + r.duration_ms, r.status, r.error])?,
+                     WHERE {row} = ?1 AND state = 'pending'"
+                ))?
+                .execute(params![key, r.attempt, *charge as i64, at_ms, r.started_ms + r.duration_ms, r.status, r.error])?,
             NextState::Terminal(t) => c
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE deliveries SET state = ?2, attempts = ?3, updated_ms = ?4, last_status = ?5, last_error = ?6
-                     WHERE seq = ?1 AND state = 'pending'",
-                )?
-                .execute(params![record.delivery_seq, t.as_str(), r.attempt, r.started_ms + r.duration_ms, r.status, r.error])?,
+                     WHERE {row} = ?1 AND state = 'pending'"
+                ))?
+                .execute(params![key, t.as_str(), r.attempt, r.started_ms + r.duration_ms, r.status, r.error])?,
         };
         if let NextState::Terminal(t) = &record.next {
             self.count(&r.subscription, t.as_str(), changed as i64)?;
         }
         Ok(())
+    }
+
+    fn audit(&self, r: &AuditRow, outcome: &str) -> rusqlite::Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO attempts (subscription, delivery_id, event_type, attempt, started_ms, duration_ms, status, error_kind, error, snippet, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                r.subscription,
+                r.delivery_id,
+                r.event_type,
+                r.attempt,
+                r.started_ms,
+                r.duration_ms,
+                r.status,
+                r.error_kind,
+                r.error,
+                r.snippet,
+                outcome
+            ])?;
+        Ok(())
+    }
+
+    /// Writes what the fast path delivered from memory: each delivery's audit row and
+    /// counts (created and delivered at once), and the event's dedupe key, so that a
+    /// redelivery after a restart is recognised. Marks the fast log applied up to here.
+    pub fn record_fast(&mut self, done: &FastDone) -> rusqlite::Result<()> {
+        for audit in &done.audits {
+            self.audit(audit, "delivered")?;
+            self.count(&audit.subscription, "created", 1)?;
+            self.count(&audit.subscription, "delivered", 1)?;
+        }
+        if let Some(key) = done.key {
+            self.conn.prepare_cached("INSERT INTO delivered_keys (key) VALUES (?1)")?.execute([key])?;
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (name, value) VALUES ('fast_applied', ?1)
+                 ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+            )?
+            .execute([done.l as i64])?;
+        Ok(())
+    }
+
+    /// The last fast-log entry already written to the tables.
+    pub fn fast_applied(&self) -> rusqlite::Result<u64> {
+        let v: Option<i64> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE name = 'fast_applied'", [], |r| r.get(0))
+            .optional()?;
+        Ok(v.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Keeps the newest `keep` keys of events delivered from memory.
+    pub fn trim_delivered_keys(&self, keep: usize) -> rusqlite::Result<usize> {
+        self.conn
+            .prepare_cached("DELETE FROM delivered_keys WHERE seq <= (SELECT MAX(seq) FROM delivered_keys) - ?1")?
+            .execute([keep as i64])
     }
 
     /// Keeps the newest `keep` audit rows of a subscription.
@@ -386,7 +451,7 @@ impl Store {
 
     pub fn stats(&self) -> rusqlite::Result<Stats> {
         let mut stats = super::query::stats(&self.conn)?;
-        stats.duplicates = self.duplicates;
+        stats.duplicates = self.duplicates + self.keys.lock().fast_duplicates;
         Ok(stats)
     }
 

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use super::disk::{Disk, RealDisk};
+use super::fastlog::{self, FastLog};
 use super::space::{Budget, HIGH, RETENTION_MS};
 use super::store::{Store, Stored};
-use super::{Command, Inbound, Outbox, OutboxError, Read, Repair, Repaired, Write};
+use super::{Command, FastDone, Inbound, Outbox, OutboxError, Read, Repair, Repaired, Write};
 use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::event::now_ms;
 use crate::health::{Beat, Wedge};
@@ -56,6 +57,11 @@ const GIVE_UP_AFTER: u32 = 8;
 const RECORD_LINGER: Duration = Duration::from_millis(10);
 /// …or until this many are held.
 const RECORD_HOLD_MAX: usize = 4096;
+/// What the fast path delivered is written to the tables at the latest after this long…
+/// (docs/decisions.md: "The fast path's writes"): the fast log holds it meanwhile.
+const FAST_FLUSH_AGE: Duration = Duration::from_secs(60);
+/// …or once this many events are waiting, or with any other commit.
+const FAST_FLUSH_EVENTS: usize = 2048;
 
 /// The running writer; join it after every [`Outbox`] clone is dropped.
 pub struct WriterThread {
@@ -86,6 +92,37 @@ impl WriterThread {
 struct Pending {
     writes: Vec<Write>,
     until: Option<Instant>,
+}
+
+/// What the fast path delivered, waiting to be written to the tables (it is in the fast
+/// log already).
+#[derive(Default)]
+struct FastPending {
+    done: Vec<FastDone>,
+    since: Option<Instant>,
+    /// `log`/`show` asked for a flush and wait for it.
+    waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl FastPending {
+    fn push(&mut self, done: FastDone) {
+        self.since.get_or_insert_with(Instant::now);
+        self.done.push(done);
+    }
+
+    /// Whether it must be written now rather than ride along with a later commit.
+    fn due(&self, now: Instant) -> bool {
+        !self.waiters.is_empty()
+            || self.done.len() >= FAST_FLUSH_EVENTS
+            || self.since.is_some_and(|t| now.duration_since(t) >= FAST_FLUSH_AGE)
+    }
+
+    fn flush_at(&self) -> Option<Instant> {
+        if !self.waiters.is_empty() {
+            return Some(Instant::now());
+        }
+        self.since.map(|t| t + FAST_FLUSH_AGE)
+    }
 }
 
 /// Work that rides along with commits: expiry sweeps, audit trimming, housekeeping.
@@ -182,6 +219,8 @@ struct Writer {
     disk: Box<dyn Disk>,
     admission: Admission,
     pending: Pending,
+    fast: FastPending,
+    fast_log: Arc<std::sync::Mutex<FastLog>>,
     upkeep: Upkeep,
     beat: Beat,
     /// The last batch was large: the next one lingers.
@@ -194,8 +233,10 @@ impl Writer {
         let conn = super::schema::open(cfg)?;
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let budget = Budget::new(cfg.max_bytes, page_size as u64);
-        let store = Store::with_dedupe_window(conn, budget.dedupe_keys())?;
+        let mut store = Store::with_dedupe_window(conn, budget.dedupe_keys())?;
         store.apply_budget(&budget)?;
+        let fast_log = Arc::new(std::sync::Mutex::new(recover_fast_log(&mut store, &cfg.path)?));
+        let keys = store.keys();
         let (tx, rx) = mpsc::channel();
         let (committed_tx, committed) = watch::channel(0u64);
         let new_work = Arc::new(Notify::new());
@@ -211,11 +252,13 @@ impl Writer {
             disk,
             admission: Admission::new(),
             pending: Pending::default(),
+            fast: FastPending::default(),
+            fast_log: fast_log.clone(),
             upkeep: Upkeep::new(cfg.audit_per_subscription),
             beat,
             busy: false,
         };
-        Ok((Outbox { tx, committed, new_work }, writer))
+        Ok((Outbox { tx, committed, new_work, keys, fast_log }, writer))
     }
 
     fn run(mut self) {
@@ -241,7 +284,7 @@ impl Writer {
                 self.beat.beat();
             }
         }
-        if !self.pending.writes.is_empty() {
+        if !self.pending.writes.is_empty() || !self.fast.done.is_empty() {
             let take = self.ingest_to_take();
             self.commit_pending(take);
         }
@@ -266,6 +309,9 @@ impl Writer {
         };
         if let Some(until) = self.pending.until {
             wait = wait.min(until.saturating_duration_since(now));
+        }
+        if let Some(at) = self.fast.flush_at() {
+            wait = wait.min(at.saturating_duration_since(now));
         }
         wait
     }
@@ -296,13 +342,22 @@ impl Writer {
         for cmd in batch {
             match cmd {
                 Command::Ingest { seq, inbound } => self.admission.hold(seq, inbound),
+                Command::Persist { mut event, then } => {
+                    // Its dedupe key was checked when the fast path took it.
+                    event.dedupe_check = false;
+                    self.admission.hold_persist(Box::new(Inbound::Event(*event)), then);
+                }
                 // Answered on their own, so that `status` works while a full disk stops
                 // every write.
                 Command::Read(read) => self.answer(read),
                 Command::Write(write) => self.pending.writes.push(write),
+                Command::Fast(done) => self.fast.push(done),
+                Command::FlushFast(reply) => self.fast.waiters.push(reply),
             }
         }
-        if self.pending.writes.is_empty() && self.admission.is_empty() && self.upkeep.to_sweep.is_empty() {
+        let fast_due = self.fast.due(Instant::now());
+        if self.pending.writes.is_empty() && self.admission.is_empty() && self.upkeep.to_sweep.is_empty() && !fast_due
+        {
             return Turn::Progress;
         }
         // Asked once per turn: at the cap the answer costs a look at the page count.
@@ -326,6 +381,7 @@ impl Writer {
             && Instant::now() < until
             && weight < RECORD_HOLD_MAX
             && take == 0
+            && !self.fast.due(Instant::now())
     }
 
     /// Commits the pending writes and the first `take` held messages; tries again
@@ -341,6 +397,7 @@ impl Writer {
                 Ok((applied, new_work)) => {
                     let had_writes = !writes.is_empty();
                     writes.into_iter().zip(applied).for_each(|(w, a)| w.settle(a));
+                    self.committed_fast();
                     self.committed_ingest(take, had_writes);
                     if new_work {
                         self.new_work.notify_one();
@@ -458,7 +515,11 @@ impl Writer {
             }
         }
         if let Some(seq) = self.admission.committed(taken) {
-            self.committed.send_replace(seq);
+            self.committed.send_if_modified(|c| {
+                let moved = seq > *c;
+                *c = (*c).max(seq);
+                moved
+            });
         }
         if !self.admission.is_empty() {
             // More is held than one batch takes: come back for it without waiting.
@@ -467,19 +528,51 @@ impl Writer {
         self.upkeep.to_sweep.clear();
     }
 
+    /// The fast path's events are in the tables: the log may forget them, and whoever
+    /// asked for the flush hears so.
+    fn committed_fast(&mut self) {
+        if let Some(last) = self.fast.done.last().map(|d| d.l) {
+            self.fast_log.lock().unwrap_or_else(|e| e.into_inner()).applied(last);
+        }
+        self.fast.done.clear();
+        self.fast.since = None;
+        for waiter in self.fast.waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
     /// Answers a read-only command outside any write transaction. One that fails gets no
     /// answer: its caller sees the outbox as unavailable.
     fn answer(&mut self, read: Read) {
         match read {
             Read::Due { subscription, now_ms, limit, fifo, skip, reply } => {
                 match self.store.due_rows(&subscription, now_ms, limit, fifo, &skip) {
-                    Ok(d) => drop(reply.send(d)),
+                    Ok(mut d) => {
+                        d.committed = *self.committed.borrow();
+                        drop(reply.send(d))
+                    }
                     Err(e) => tracing::debug!(error = %e, "Could not read due deliveries."),
                 }
                 self.upkeep.sweep_later(subscription);
             }
             Read::Stats { reply } => match self.store.stats() {
-                Ok(s) => drop(reply.send(s)),
+                Ok(mut s) => {
+                    // What the fast path delivered counts before it reaches the tables.
+                    for audit in self.fast.done.iter().flat_map(|d| &d.audits) {
+                        if let Some(sub) = s.subscriptions.iter_mut().find(|x| x.name == audit.subscription) {
+                            sub.created += 1;
+                            sub.delivered += 1;
+                        } else {
+                            s.subscriptions.push(super::SubscriptionStats {
+                                name: audit.subscription.clone(),
+                                created: 1,
+                                delivered: 1,
+                                ..Default::default()
+                            });
+                        }
+                    }
+                    drop(reply.send(s))
+                }
                 Err(e) => tracing::debug!(error = %e, "Could not read the outbox stats."),
             },
             Read::Held { reply } => match self.store.held() {
@@ -549,17 +642,22 @@ impl Writer {
         result
     }
 
+    /// Counts an audit row written, trimming the subscription's log now and then.
+    fn audited(&mut self, subscription: &str) -> rusqlite::Result<()> {
+        let added = self.upkeep.audit_added.entry(subscription.to_string()).or_default();
+        *added += 1;
+        if *added % AUDIT_TRIM_EVERY == 0 {
+            self.store.trim_audit(subscription, self.upkeep.audit_per_subscription)?;
+        }
+        Ok(())
+    }
+
     fn apply_write(&mut self, write: &Write, now: i64) -> rusqlite::Result<Applied> {
         Ok(match write {
             Write::Record { records, .. } => {
                 for record in records {
                     self.store.record(record)?;
-                    let subscription = &record.audit.subscription;
-                    let added = self.upkeep.audit_added.entry(subscription.clone()).or_default();
-                    *added += 1;
-                    if *added % AUDIT_TRIM_EVERY == 0 {
-                        self.store.trim_audit(subscription, self.upkeep.audit_per_subscription)?;
-                    }
+                    self.audited(&record.audit.subscription)?;
                 }
                 Applied::Recorded
             }
@@ -585,8 +683,29 @@ impl Writer {
     }
 
     /// Applies `writes` and the first `take` held messages in one transaction; says what
-    /// each write did and whether new deliveries may be due.
+    /// each write did and whether new deliveries may be due. A transaction that carries
+    /// only what can be rebuilt (the fast log's events, expiry sweeps) is not fsync'd:
+    /// the next durable commit or checkpoint syncs it.
     fn apply(&mut self, writes: &[Write], take: usize) -> rusqlite::Result<(Vec<Applied>, bool)> {
+        let light = writes.is_empty() && take == 0 && self.synchronous == Synchronous::Full;
+        if light {
+            self.store.conn().pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let result = self.apply_in_transaction(writes, take);
+        if result.is_err() {
+            self.store.rollback();
+        }
+        if light {
+            // The transaction is over (committed, or rolled back by the caller next).
+            let restored = self.store.conn().pragma_update(None, "synchronous", "FULL");
+            if let (Ok(_), Err(e)) = (&result, restored) {
+                return Err(e);
+            }
+        }
+        result
+    }
+
+    fn apply_in_transaction(&mut self, writes: &[Write], take: usize) -> rusqlite::Result<(Vec<Applied>, bool)> {
         let now = now_ms();
         self.store.begin()?;
         for subscription in &self.upkeep.to_sweep {
@@ -603,14 +722,46 @@ impl Writer {
             };
             applied.push(done);
         }
-        for inbound in self.admission.peek(take) {
+        let mut audited = Vec::new();
+        for (inbound, then) in self.admission.peek(take) {
             if let Stored::Event { delivery_ids } = self.store.insert(inbound, now)? {
                 new_work |= !delivery_ids.is_empty();
             }
+            for record in then.map(|t| t.records.as_slice()).unwrap_or_default() {
+                self.store.record(record)?;
+                audited.push(record.audit.subscription.clone());
+            }
         }
+        audited.iter().try_for_each(|s| self.audited(s))?;
+        let fast = std::mem::take(&mut self.fast.done);
+        let written = fast.iter().try_for_each(|done| {
+            self.store.record_fast(done)?;
+            done.audits.iter().try_for_each(|a| self.audited(&a.subscription))
+        });
+        self.fast.done = fast;
+        written?;
         self.store.commit()?;
         Ok((applied, new_work))
     }
+}
+
+/// Copies into the tables what the fast log holds beyond them (the agent was killed, or
+/// the power cut, before the writer's last flush), then starts the log afresh.
+fn recover_fast_log(store: &mut Store, db: &std::path::Path) -> Result<FastLog, OutboxError> {
+    let path = fastlog::path_for(db);
+    let applied = store.fast_applied()?;
+    let entries = fastlog::read(&path, applied);
+    let last = entries.last().map_or(applied, |d| d.l);
+    if !entries.is_empty() {
+        store.begin()?;
+        let copied = entries.iter().try_for_each(|d| store.record_fast(d)).and_then(|()| store.commit());
+        if let Err(e) = copied {
+            store.rollback();
+            return Err(e.into());
+        }
+        tracing::info!(events = entries.len(), "Recovered the fast path's deliveries from its log.");
+    }
+    Ok(FastLog::open(path, last))
 }
 
 /// What an ingest command adds to a batch, for the batch's byte budget.

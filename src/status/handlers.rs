@@ -168,6 +168,7 @@ impl Context {
             .subscription(&subscription)
             .ok_or_else(|| ErrorBody::new("not_found", format!("no subscription named `{subscription}`")))?;
         let deliveries = vec![NewDelivery {
+            id: crate::event::new_id(),
             subscription: subscription.clone(),
             expires_ms: now_ms() + sub.max_age.as_millis() as i64,
         }];

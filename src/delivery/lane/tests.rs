@@ -36,7 +36,7 @@ fn due(seq: i64) -> Due {
 }
 
 fn batch(seqs: &[i64]) -> DueBatch {
-    DueBatch { rows: seqs.iter().copied().map(due).collect(), next_due_ms: None }
+    DueBatch { rows: seqs.iter().copied().map(due).collect(), ..Default::default() }
 }
 
 /// The lane's first fetch goes out and is answered with `seqs`.

@@ -8,7 +8,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use super::super::{Inbound, NewEvent};
+use super::super::{Inbound, NewEvent, Persisting};
 
 /// How often a blocked admission looks again whether there is room.
 pub const RETRY_BLOCKED: Duration = Duration::from_millis(250);
@@ -49,9 +49,11 @@ enum State {
 
 /// One held message.
 struct Held {
+    /// Zero for a persisted fast-path event: it is not under the commit watermark.
     seq: u64,
     inbound: Box<Inbound>,
     bytes: usize,
+    then: Option<Box<Persisting>>,
 }
 
 /// What a held message adds to a transaction, roughly: its payload plus a delivery row
@@ -77,7 +79,13 @@ impl Admission {
 
     pub fn hold(&mut self, seq: u64, inbound: Box<Inbound>) {
         let bytes = weight(&inbound);
-        self.held.push_back(Held { seq, inbound, bytes });
+        self.held.push_back(Held { seq, inbound, bytes, then: None });
+    }
+
+    /// Holds an event of the fast path to be stored; its reply is answered at commit.
+    pub fn hold_persist(&mut self, inbound: Box<Inbound>, then: Box<Persisting>) {
+        let bytes = weight(&inbound);
+        self.held.push_back(Held { seq: 0, inbound, bytes, then: Some(then) });
     }
 
     pub fn len(&self) -> usize {
@@ -154,14 +162,25 @@ impl Admission {
         n
     }
 
-    /// The first `n` held messages, for the transaction.
-    pub fn peek(&self, n: usize) -> impl Iterator<Item = &Inbound> {
-        self.held.iter().take(n).map(|h| h.inbound.as_ref())
+    /// The first `n` held messages, for the transaction, with what comes with a
+    /// persisted event.
+    pub fn peek(&self, n: usize) -> impl Iterator<Item = (&Inbound, Option<&Persisting>)> {
+        self.held.iter().take(n).map(|h| (h.inbound.as_ref(), h.then.as_deref()))
     }
 
-    /// The first `n` committed: drops them and returns the last sequence number.
+    /// The first `n` committed: drops them (persisted events hear so) and returns the
+    /// highest sequence number among them.
     pub fn committed(&mut self, n: usize) -> Option<u64> {
-        self.held.drain(..n.min(self.held.len())).next_back().map(|h| h.seq)
+        let mut last = None;
+        for held in self.held.drain(..n.min(self.held.len())) {
+            match held.then {
+                Some(then) => {
+                    let _ = then.reply.send(());
+                }
+                None => last = Some(held.seq),
+            }
+        }
+        last
     }
 
     /// Looks again at once (more is held than one batch took).

@@ -39,7 +39,7 @@ fn ingest(seq: u64) -> Command {
         "r",
         &serde_json::json!({ "seq": seq }),
         1000,
-        vec![NewDelivery { subscription: "s".into(), expires_ms: i64::MAX }],
+        vec![NewDelivery { id: crate::event::new_id(), subscription: "s".into(), expires_ms: i64::MAX }],
     );
     event.priority = Priority::Normal;
     Command::Ingest { seq, inbound: Box::new(Inbound::Event(event)) }
@@ -57,7 +57,7 @@ fn delivered(d: &Due) -> (Command, oneshot::Receiver<()>) {
     let (reply, rx) = oneshot::channel();
     let audit =
         AuditRow { subscription: "s".into(), delivery_id: d.delivery_id.clone(), attempt: 1, ..AuditRow::default() };
-    let records = vec![AttemptRecord::new(d.seq, audit, NextState::Terminal(Terminal::Delivered))];
+    let records = vec![AttemptRecord::new(Some(d.seq), audit, NextState::Terminal(Terminal::Delivered))];
     (Command::Write(Write::Record { records, urgent: true, reply }), rx)
 }
 
@@ -107,7 +107,7 @@ fn results_nobody_waits_on_linger_unless_ingest_is_ready() {
     let first = due(&mut w);
     let (reply, mut recorded) = oneshot::channel();
     let audit = AuditRow { subscription: "s".into(), delivery_id: first[0].delivery_id.clone(), ..AuditRow::default() };
-    let records = vec![AttemptRecord::new(first[0].seq, audit, NextState::Terminal(Terminal::Delivered))];
+    let records = vec![AttemptRecord::new(Some(first[0].seq), audit, NextState::Terminal(Terminal::Delivered))];
     w.turn(vec![Command::Write(Write::Record { records, urgent: false, reply })]);
     assert!(recorded.try_recv().is_err(), "held for a shared commit");
     w.turn(vec![ingest(2)]);

@@ -1,0 +1,355 @@
+//! The fast path's book: events taken from ingest to be delivered from memory, before
+//! anything is written (DESIGN §1, guarantees 1 and 6). No I/O: the dispatcher asks it
+//! what to do and does it.
+//!
+//! # An event's life on the fast path
+//!
+//! ```text
+//!  ingest ──Intake──> dispatcher: every delivery's lane ready? ──no──> outbox.ingest (durable, as ever)
+//!                                      │ yes
+//!                                      ▼
+//!                       Job: one Slot per delivery, a deadline (now + storage.write_behind)
+//!       every slot 2xx before the deadline ──> fast log, then ack (Resolution::Now)
+//!       any other answer, or the deadline  ──> persist: the event, its deliveries and the
+//!                                              attempts so far in one commit, then ack;
+//!                                              attempts still in flight are recorded
+//!                                              later, by delivery id
+//! ```
+//!
+//! Once persisted, a job is only waiting for its commit; its in-flight attempts belong to
+//! the ordinary record path.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use tokio::sync::oneshot;
+
+use crate::outbox::{AttemptRecord, AuditRow, Due, Inbound, NewEvent, NextState, Terminal};
+
+/// When ingest may ack a message it handed to the dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// Delivered from memory, or stored by its own commit: ack now.
+    Now,
+    /// Handed to the outbox as ingest `seq`: ack once the commit watermark passes it.
+    AfterCommit,
+}
+
+/// One MQTT message from ingest, in receive order.
+pub struct Intake {
+    pub seq: u64,
+    pub inbound: Inbound,
+    /// Dropped unanswered: the message is not acked, and the broker sends it again.
+    pub resolved: oneshot::Sender<Resolution>,
+}
+
+/// Names one delivery of one job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FastRef {
+    pub job: u64,
+    pub index: usize,
+}
+
+#[derive(Debug)]
+enum Slot {
+    /// Waiting for a slot in its lane.
+    Queued,
+    InFlight,
+    Delivered(AuditRow),
+    /// Answered with something other than 2xx: recorded with the persist.
+    Answered(AttemptRecord),
+    /// In flight when the job was persisted: its result takes the ordinary record path.
+    Handed,
+}
+
+struct Job {
+    event: NewEvent,
+    lanes: Vec<usize>,
+    slots: Vec<Slot>,
+    deadline: Instant,
+    resolved: Option<oneshot::Sender<Resolution>>,
+    persisted: bool,
+    /// Results of attempts handed over while the persist was not yet committed: they go
+    /// to the outbox after it, so that their rows exist.
+    late: Vec<AttemptRecord>,
+}
+
+/// What the dispatcher must do after telling the book something.
+#[derive(Debug, Default)]
+pub struct Next {
+    /// Every delivery went: keep it in the fast log, then ack.
+    pub delivered: Option<Delivered>,
+    /// Store these jobs, in this order.
+    pub persist: Vec<Persist>,
+}
+
+#[derive(Debug)]
+pub struct Delivered {
+    pub key: Option<i64>,
+    pub audits: Vec<AuditRow>,
+    pub resolved: Option<oneshot::Sender<Resolution>>,
+}
+
+#[derive(Debug)]
+pub struct Persist {
+    pub job: u64,
+    pub event: NewEvent,
+    pub records: Vec<AttemptRecord>,
+    /// Lanes whose queue held a delivery of this job: they no longer send it from memory.
+    pub unqueued: Vec<(usize, FastRef)>,
+    /// Every lane the event goes to.
+    pub lanes: Vec<usize>,
+}
+
+/// What ends with a stored job.
+pub struct Persisted {
+    pub key: Option<i64>,
+    /// Whom to tell it may be acked; none if it was not stored.
+    pub resolved: Option<oneshot::Sender<Resolution>>,
+    pub lanes: Vec<usize>,
+    /// Results that waited for the commit.
+    pub late: Vec<AttemptRecord>,
+}
+
+#[derive(Default)]
+pub struct Book {
+    jobs: HashMap<u64, Job>,
+    next: u64,
+}
+
+impl Book {
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    /// Takes an event whose every delivery goes to lane `lanes[i]`; returns its job id.
+    pub fn open(
+        &mut self,
+        event: NewEvent,
+        lanes: Vec<usize>,
+        deadline: Instant,
+        resolved: oneshot::Sender<Resolution>,
+    ) -> u64 {
+        self.next += 1;
+        let slots = lanes.iter().map(|_| Slot::Queued).collect();
+        self.jobs.insert(self.next, Job { event, lanes, slots, deadline, resolved: Some(resolved), persisted: false, late: Vec::new() });
+        self.next
+    }
+
+    /// What an attempt of delivery `r` sends: the event as a due delivery, first attempt.
+    pub fn due(&self, r: &FastRef) -> Option<Due> {
+        let job = self.jobs.get(&r.job)?;
+        let d = job.event.deliveries.get(r.index)?;
+        Some(Due {
+            seq: 0,
+            delivery_id: d.id.clone(),
+            subscription: d.subscription.clone(),
+            attempts: 0,
+            budget_used: 0,
+            event_id: job.event.id.clone(),
+            event_type: job.event.event_type.clone(),
+            device_id: job.event.device_id.clone(),
+            created_ms: job.event.created_ms,
+            data: job.event.data.clone(),
+        })
+    }
+
+    pub fn started(&mut self, r: &FastRef) {
+        if let Some(slot) = self.jobs.get_mut(&r.job).and_then(|j| j.slots.get_mut(r.index)) {
+            *slot = Slot::InFlight;
+        }
+    }
+
+    /// Whether an attempt's result belongs to the book (true) or, its job persisted, to
+    /// the ordinary record path (false).
+    pub fn owns_result(&self, r: &FastRef) -> bool {
+        self.jobs.get(&r.job).is_some_and(|j| !j.persisted)
+    }
+
+    /// The result of an attempt handed over at its job's persist: kept until that commits
+    /// (None), or to be recorded now (the job is stored).
+    pub fn stash(&mut self, r: &FastRef, record: AttemptRecord) -> Option<AttemptRecord> {
+        match self.jobs.get_mut(&r.job) {
+            Some(job) => {
+                job.late.push(record);
+                None
+            }
+            None => Some(record),
+        }
+    }
+
+    /// An attempt of `r` finished with `record`.
+    pub fn finished(&mut self, r: &FastRef, record: AttemptRecord) -> Next {
+        let Some(job) = self.jobs.get_mut(&r.job) else { return Next::default() };
+        if job.persisted {
+            return Next::default();
+        }
+        let delivered = record.next == NextState::Terminal(Terminal::Delivered);
+        job.slots[r.index] = if delivered { Slot::Delivered(record.audit) } else { Slot::Answered(record) };
+        if !delivered {
+            return Next { persist: self.persist(r.job).into_iter().collect(), ..Default::default() };
+        }
+        if !job.slots.iter().all(|s| matches!(s, Slot::Delivered(_))) {
+            return Next::default();
+        }
+        let Some(mut job) = self.jobs.remove(&r.job) else { return Next::default() };
+        let audits = job
+            .slots
+            .drain(..)
+            .filter_map(|s| match s {
+                Slot::Delivered(a) => Some(a),
+                _ => None,
+            })
+            .collect();
+        Next {
+            delivered: Some(Delivered { key: job.event.dedupe_key, audits, resolved: job.resolved.take() }),
+            ..Default::default()
+        }
+    }
+
+    /// Jobs whose deadline has passed and are not persisted yet, oldest first.
+    pub fn overdue(&mut self, now: Instant) -> Vec<Persist> {
+        let mut late: Vec<u64> =
+            self.jobs.iter().filter(|(_, j)| !j.persisted && j.deadline <= now).map(|(id, _)| *id).collect();
+        late.sort_unstable();
+        late.into_iter().filter_map(|id| self.persist(id)).collect()
+    }
+
+    /// Every job not yet persisted, oldest first (shutdown).
+    pub fn all_unpersisted(&mut self) -> Vec<Persist> {
+        self.overdue(Instant::now() + std::time::Duration::from_secs(86_400 * 365))
+    }
+
+    /// Jobs not persisted yet with a delivery queued in `lane`, oldest first: a FIFO lane
+    /// that stops sending from memory must store them in order.
+    pub fn queued_in(&mut self, lane: usize) -> Vec<Persist> {
+        let mut ids: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| {
+                !j.persisted && j.lanes.iter().zip(&j.slots).any(|(l, s)| *l == lane && matches!(s, Slot::Queued))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| self.persist(id)).collect()
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.jobs.values().filter(|j| !j.persisted).map(|j| j.deadline).min()
+    }
+
+    /// Marks a job persisted and says what to store. Its in-flight attempts are handed to
+    /// the record path; its queued ones leave their lanes' queues.
+    fn persist(&mut self, id: u64) -> Option<Persist> {
+        let job = self.jobs.get_mut(&id)?;
+        if job.persisted {
+            return None;
+        }
+        job.persisted = true;
+        let mut records = Vec::new();
+        let mut unqueued = Vec::new();
+        for (index, slot) in job.slots.iter_mut().enumerate() {
+            match std::mem::replace(slot, Slot::Handed) {
+                Slot::Delivered(audit) => {
+                    records.push(AttemptRecord::new(None, audit, NextState::Terminal(Terminal::Delivered)))
+                }
+                Slot::Answered(record) => records.push(record),
+                Slot::Queued => unqueued.push((job.lanes[index], FastRef { job: id, index })),
+                Slot::InFlight | Slot::Handed => {}
+            }
+        }
+        Some(Persist { job: id, event: job.event.clone(), records, unqueued, lanes: job.lanes.clone() })
+    }
+
+    /// A persist committed (`ok`) or could not be: the job ends, and its message may be
+    /// acked (or, not stored, must not be).
+    pub fn persisted(&mut self, id: u64, ok: bool) -> Option<Persisted> {
+        let mut job = self.jobs.remove(&id)?;
+        let resolved = job.resolved.take().filter(|_| ok);
+        Some(Persisted { key: job.event.dedupe_key, resolved, lanes: job.lanes, late: job.late })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::NewDelivery;
+    use std::time::Duration;
+
+    fn event(subs: &[&str]) -> NewEvent {
+        let mut e = NewEvent::local(
+            "mission.done",
+            "agv",
+            &serde_json::json!({}),
+            0,
+            subs.iter()
+                .map(|s| NewDelivery { id: format!("d-{s}"), subscription: s.to_string(), expires_ms: i64::MAX })
+                .collect(),
+        );
+        e.dedupe_key = Some(9);
+        e
+    }
+
+    fn record(index: usize, next: NextState) -> AttemptRecord {
+        AttemptRecord::new(None, AuditRow { delivery_id: format!("d{index}"), ..Default::default() }, next)
+    }
+
+    const DELIVERED: NextState = NextState::Terminal(Terminal::Delivered);
+
+    #[test]
+    fn every_delivery_delivered_resolves_from_memory() {
+        let mut book = Book::default();
+        let (tx, _rx) = oneshot::channel();
+        let id = book.open(event(&["a", "b"]), vec![0, 1], Instant::now() + Duration::from_secs(1), tx);
+        let (a, b) = (FastRef { job: id, index: 0 }, FastRef { job: id, index: 1 });
+        assert_eq!(book.due(&b).unwrap().delivery_id, "d-b");
+        book.started(&a);
+        book.started(&b);
+        assert!(book.finished(&a, record(0, DELIVERED)).delivered.is_none(), "b is still out");
+        let done = book.finished(&b, record(1, DELIVERED)).delivered.expect("both delivered");
+        assert_eq!((done.key, done.audits.len()), (Some(9), 2));
+        assert!(book.is_empty());
+    }
+
+    #[test]
+    fn a_failed_answer_persists_with_what_is_known_and_hands_over_the_rest() {
+        let mut book = Book::default();
+        let (tx, _rx) = oneshot::channel();
+        let id = book.open(event(&["a", "b", "c"]), vec![0, 1, 2], Instant::now() + Duration::from_secs(1), tx);
+        let r = |index| FastRef { job: id, index };
+        book.started(&r(0));
+        book.started(&r(1));
+        book.finished(&r(0), record(0, DELIVERED));
+        let next = book.finished(&r(1), record(1, NextState::Retry { at_ms: 5, charge: true }));
+        let p = &next.persist[0];
+        assert_eq!(p.records.len(), 2, "the delivered one and the retry");
+        assert_eq!(p.unqueued, vec![(2, r(2))], "c never started: it leaves its lane's queue");
+        assert!(!book.owns_result(&r(0)));
+        assert!(book.overdue(Instant::now() + Duration::from_secs(5)).is_empty(), "persisted once");
+        let in_flight = record(2, DELIVERED);
+        assert!(book.stash(&r(2), in_flight).is_none(), "a result waits for the persist's commit");
+        let done = book.persisted(id, true).unwrap();
+        assert_eq!((done.key, done.late.len()), (Some(9), 1));
+        assert!(done.resolved.is_some());
+        assert!(book.stash(&r(2), record(2, DELIVERED)).is_some(), "stored: recorded at once");
+    }
+
+    #[test]
+    fn the_deadline_persists_in_order_and_a_lost_persist_is_not_acked() {
+        let mut book = Book::default();
+        let t = Instant::now();
+        let (tx1, _r1) = oneshot::channel();
+        let (tx2, _r2) = oneshot::channel();
+        let first = book.open(event(&["a"]), vec![0], t + Duration::from_millis(100), tx1);
+        let second = book.open(event(&["a"]), vec![0], t + Duration::from_millis(200), tx2);
+        assert_eq!(book.next_deadline(), Some(t + Duration::from_millis(100)));
+        assert_eq!(book.overdue(t + Duration::from_millis(150)).iter().map(|p| p.job).collect::<Vec<_>>(), [first]);
+        assert_eq!(book.queued_in(0).iter().map(|p| p.job).collect::<Vec<_>>(), [second]);
+        assert!(book.persisted(second, false).unwrap().resolved.is_none(), "not stored: not acked");
+    }
+}

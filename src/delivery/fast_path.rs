@@ -1,0 +1,172 @@
+//! The dispatcher's side of the fast path (see [`super::fast`]): taking ingest's messages,
+//! finishing fast attempts, storing jobs that could not be delivered from memory in time.
+
+use std::time::Instant;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::attempt::Done;
+use super::fast::{FastRef, Intake, Next, Persist, Resolution};
+use super::{Dispatcher, Recorded};
+use crate::outbox::{AttemptRecord, Inbound};
+
+/// The next message from ingest; never ready when the fast path is off.
+pub async fn next_intake(intake: &mut Option<mpsc::UnboundedReceiver<Intake>>) -> Option<Intake> {
+    match intake {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Dispatcher {
+    /// One message from ingest: sent from memory if every delivery's lane is ready (and
+    /// it is not a redelivery), else handed to the outbox as ever.
+    pub(super) fn take(&mut self, taken: Intake) {
+        let Inbound::Event(event) = &taken.inbound else { return self.forward(taken) };
+        let lanes: Option<Vec<usize>> = event
+            .deliveries
+            .iter()
+            .map(|d| self.by_name.get(&d.subscription).copied().filter(|i| self.lanes[*i].fast_ready()))
+            .collect();
+        let lanes = match lanes {
+            Some(lanes) if !lanes.is_empty() => lanes,
+            _ => return self.forward(taken),
+        };
+        let Intake { inbound: Inbound::Event(event), resolved, .. } = taken else { return };
+        if let Some(key) = event.dedupe_key
+            && !self.outbox.keys().claim(key, event.dedupe_check)
+        {
+            // A redelivery of what was delivered or is being sent: nothing to do but ack.
+            let _ = resolved.send(Resolution::Now);
+            return;
+        }
+        let deadline = Instant::now() + self.write_behind;
+        let job = self.fast.open(event, lanes.clone(), deadline, resolved);
+        for (index, lane) in lanes.into_iter().enumerate() {
+            self.lanes[lane].queue_fast(FastRef { job, index });
+        }
+    }
+
+    /// Hands a message to the outbox (durable path): acked once committed.
+    pub(super) fn forward(&mut self, taken: Intake) {
+        let Intake { seq, inbound, resolved } = taken;
+        if let Inbound::Event(e) = &inbound {
+            for d in &e.deliveries {
+                if let Some(&lane) = self.by_name.get(&d.subscription) {
+                    self.lanes[lane].forwarded(seq);
+                }
+            }
+        }
+        if self.outbox.ingest(seq, inbound).is_ok() {
+            let _ = resolved.send(Resolution::AfterCommit);
+        }
+    }
+
+    /// A fast attempt finished. Returns the record to commit with the wave when its job
+    /// was stored meanwhile; otherwise the book takes the result.
+    pub(super) fn finish_fast(
+        &mut self,
+        done: &Done,
+        r: FastRef,
+        persists: &mut JoinSet<(u64, bool)>,
+    ) -> Option<AttemptRecord> {
+        if let Some(lane) = self.lanes.get_mut(done.lane) {
+            lane.fast_finished(&done.verdict, done.status, Instant::now());
+        }
+        self.lanes.iter_mut().for_each(super::Lane::mark_dirty);
+        if !self.fast.owns_result(&r) {
+            return self.fast.stash(&r, done.record.clone());
+        }
+        let Next { delivered, persist } = self.fast.finished(&r, done.record.clone());
+        if let Some(d) = delivered {
+            for audit in &d.audits {
+                if let Some(&lane) = self.by_name.get(&audit.subscription) {
+                    self.lanes[lane].fast_settled(&audit.delivery_id, false);
+                }
+            }
+            // In the fast log (the page cache) before the ack: a kill -9 from here on
+            // cannot make the broker's redelivery look new.
+            let kept = self.outbox.delivered_fast(d.key, d.audits);
+            if let Some(key) = d.key {
+                self.outbox.keys().settle(key);
+            }
+            if kept.is_ok()
+                && let Some(resolved) = d.resolved
+            {
+                let _ = resolved.send(Resolution::Now);
+            }
+        }
+        for p in persist {
+            self.persist(p, persists);
+        }
+        None
+    }
+
+    /// Stores every job whose deadline has passed.
+    pub(super) fn overdue(&mut self, persists: &mut JoinSet<(u64, bool)>) {
+        for p in self.fast.overdue(Instant::now()) {
+            self.persist(p, persists);
+        }
+    }
+
+    /// Stores one job: its event, deliveries and the attempts so far, in one commit. A
+    /// FIFO lane it goes to stores the jobs queued behind it too, in order, so that its
+    /// queue on disk keeps event order.
+    pub(super) fn persist(&mut self, first: Persist, persists: &mut JoinSet<(u64, bool)>) {
+        let mut work = vec![first];
+        while let Some(p) = work.pop() {
+            for (lane, r) in &p.unqueued {
+                self.lanes[*lane].unqueue_fast(r);
+            }
+            for record in &p.records {
+                if let Some(&lane) = self.by_name.get(&record.audit.subscription) {
+                    self.lanes[lane].fast_settled(&record.audit.delivery_id, false);
+                }
+            }
+            for &lane in &p.lanes {
+                self.lanes[lane].persisting(true);
+            }
+            let reply = self.outbox.persist(p.event, p.records);
+            let job = p.job;
+            persists.spawn(async move { (job, reply.await.is_ok()) });
+            // Behind it, in event order (popped from the end, so pushed reversed).
+            let mut behind: Vec<Persist> = Vec::new();
+            for &lane in &p.lanes {
+                if self.lanes[lane].is_fifo() {
+                    behind.extend(self.fast.queued_in(lane));
+                }
+            }
+            behind.sort_by_key(|p| p.job);
+            work.extend(behind.into_iter().rev());
+        }
+    }
+
+    /// A job's commit is done (`ok`) or could not be: ack its message, or leave it to the
+    /// broker to send again.
+    pub(super) fn persisted(&mut self, job: u64, ok: bool, recordings: &mut JoinSet<Recorded>) {
+        let Some(done) = self.fast.persisted(job, ok) else { return };
+        for &lane in &done.lanes {
+            self.lanes[lane].persisting(false);
+        }
+        if let Some(key) = done.key {
+            self.outbox.keys().release(key);
+        }
+        let late: Vec<(usize, AttemptRecord)> = done
+            .late
+            .into_iter()
+            .filter_map(|r| self.by_name.get(&r.audit.subscription).map(|&lane| (lane, r)))
+            .collect();
+        if ok {
+            self.record_wave(Vec::new(), late, recordings);
+        } else {
+            for (lane, r) in late {
+                self.lanes[lane].fast_settled(&r.audit.delivery_id, false);
+            }
+        }
+        match done.resolved {
+            Some(resolved) => drop(resolved.send(Resolution::Now)),
+            None => tracing::warn!("An event could not be stored after its delivery from memory failed; its MQTT message is not acked, and the broker sends it again."),
+        }
+    }
+}
