@@ -369,6 +369,14 @@ max_in_flight = 32
         a
     }
 
+    /// Asks the agent for its audit log, which writes the fast path's rows first.
+    fn flush_fast(&self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_fleethook"))
+            .args(["log", "--json", "--limit", "1", "--socket"])
+            .arg(self.dir.join("status.sock"))
+            .output();
+    }
+
     fn proc(&self, file: &str) -> String {
         std::fs::read_to_string(format!("/proc/{}/{file}", self.child.id())).unwrap_or_default()
     }
@@ -548,6 +556,43 @@ async fn main() {
         record("CPU per event 50 % of the ceiling leaves the agent", left_for_agent, "µs", None);
     }
     drop(agent);
+
+    // Flash wear (DESIGN guarantee 6): bytes the agent writes to the block device, per
+    // delivered event with the endpoint keeping up, and per queued event with it down.
+    // Each window ends with `fleethook log`, which writes what the fast path holds to the
+    // tables first: the figure includes those writes.
+    let wear_secs = |rate: u64| -> u64 {
+        match rate {
+            1 => opts.n(30, 120),
+            10 => opts.n(15, 60),
+            _ => opts.n(5, 20),
+        }
+    };
+    for rate in [1u64, 10, 200] {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Agent::start(dir.path(), broker.port, endpoint, &format!("wear{rate}"));
+        let n = rate * wear_secs(rate);
+        let before = got.count.load(Ordering::Relaxed);
+        let w0 = agent.write_bytes();
+        publish(broker.port, "fleet/bench-agv/mission", n, Some(rate as f64)).await;
+        wait_count(&got, before + n, Duration::from_secs(60)).await;
+        agent.flush_fast();
+        let per = (agent.write_bytes() - w0) as f64 / n as f64;
+        record(&format!("flash: bytes written per delivered event @{rate}/s"), per, "bytes", None);
+    }
+    for rate in [10u64, 200] {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Agent::start(dir.path(), broker.port, free_port(), &format!("queued{rate}"));
+        let n = rate * wear_secs(rate);
+        let w0 = agent.write_bytes();
+        publish(broker.port, "fleet/bench-agv/mission", n, Some(rate as f64)).await;
+        let end = Instant::now() + Duration::from_secs(60);
+        while agent.queued() < n && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let per = (agent.write_bytes() - w0) as f64 / n as f64;
+        record(&format!("flash: bytes written per queued event @{rate}/s (offline)"), per, "bytes", None);
+    }
     if agent_only {
         return;
     }

@@ -74,7 +74,7 @@ impl Dispatcher {
         if let Some(lane) = self.lanes.get_mut(done.lane) {
             lane.fast_finished(&done.verdict, done.status, Instant::now());
         }
-        self.lanes.iter_mut().for_each(super::Lane::mark_dirty);
+        self.after_attempt(done.lane, &done.verdict);
         if !self.fast.owns_result(&r) {
             return self.fast.stash(&r, done.record.clone());
         }

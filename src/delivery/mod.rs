@@ -364,13 +364,20 @@ impl Dispatcher {
     fn finish(&mut self, done: &Done) {
         let Some(lane) = self.lanes.get_mut(done.lane) else { return };
         lane.finished(done.seq, &done.verdict, done.status, done.probe, Instant::now());
-        if matches!(done.verdict, Verdict::Failed { gone: true, .. }) {
+        self.after_attempt(done.lane, &done.verdict);
+    }
+
+    /// What any finished attempt implies beyond its lane: a 410 holds the subscription,
+    /// and a freed slot may let every lane waiting on the global limit start.
+    fn after_attempt(&mut self, lane: usize, verdict: &Verdict) {
+        if let Some(lane) = self.lanes.get(lane)
+            && matches!(verdict, Verdict::Failed { gone: true, .. })
+        {
             tracing::error!(subscription = %lane.name(), url = %lane.sub().url,
                 "The endpoint answered 410 Gone; delivery to this subscription is paused until it is resumed.");
             let (outbox, name) = (self.outbox.clone(), lane.name().to_string());
             tokio::spawn(async move { outbox.hold(&name, Some(HoldState::Gone)).await });
         }
-        // A slot anywhere frees capacity for every lane waiting on the global limit.
         self.lanes.iter_mut().for_each(Lane::mark_dirty);
     }
 

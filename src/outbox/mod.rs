@@ -295,6 +295,24 @@ impl Stats {
     pub fn subscription(&self, name: &str) -> Option<&SubscriptionStats> {
         self.subscriptions.iter().find(|s| s.name == name)
     }
+
+    /// Counts deliveries the fast path made that are not yet in the tables.
+    pub fn add_fast(&mut self, pending: &[(String, u64)]) {
+        for (name, n) in pending {
+            match self.subscriptions.iter_mut().find(|s| s.name == *name) {
+                Some(s) => {
+                    s.created += n;
+                    s.delivered += n;
+                }
+                None => self.subscriptions.push(SubscriptionStats {
+                    name: name.clone(),
+                    created: *n,
+                    delivered: *n,
+                    ..Default::default()
+                }),
+            }
+        }
+    }
 }
 
 /// A change a field tech asked for through the status socket.
@@ -377,6 +395,10 @@ pub(crate) enum Read {
     },
     Held {
         reply: oneshot::Sender<Vec<(String, HoldState)>>,
+    },
+    /// Deliveries from memory not yet in the tables, per subscription.
+    FastPending {
+        reply: oneshot::Sender<Vec<(String, u64)>>,
     },
 }
 
@@ -517,6 +539,12 @@ impl Outbox {
     /// Subscriptions held across restarts, with their state.
     pub async fn held(&self) -> Result<Vec<(String, HoldState)>, OutboxError> {
         self.ask(|reply| Command::Read(Read::Held { reply })).await
+    }
+
+    /// Deliveries the fast path made that are counted in memory but not yet in the tables,
+    /// per subscription: a reader of the tables adds them to its `delivered` and `created`.
+    pub async fn fast_pending(&self) -> Result<Vec<(String, u64)>, OutboxError> {
+        self.ask(|reply| Command::Read(Read::FastPending { reply })).await
     }
 
     pub async fn stats(&self) -> Result<Stats, OutboxError> {

@@ -541,6 +541,18 @@ impl Writer {
         }
     }
 
+    /// Deliveries from memory not yet in the tables, per subscription.
+    fn fast_pending(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for audit in self.fast.done.iter().flat_map(|d| &d.audits) {
+            match out.iter_mut().find(|(name, _)| *name == audit.subscription) {
+                Some((_, n)) => *n += 1,
+                None => out.push((audit.subscription.clone(), 1)),
+            }
+        }
+        out
+    }
+
     /// Answers a read-only command outside any write transaction. One that fails gets no
     /// answer: its caller sees the outbox as unavailable.
     fn answer(&mut self, read: Read) {
@@ -557,24 +569,12 @@ impl Writer {
             }
             Read::Stats { reply } => match self.store.stats() {
                 Ok(mut s) => {
-                    // What the fast path delivered counts before it reaches the tables.
-                    for audit in self.fast.done.iter().flat_map(|d| &d.audits) {
-                        if let Some(sub) = s.subscriptions.iter_mut().find(|x| x.name == audit.subscription) {
-                            sub.created += 1;
-                            sub.delivered += 1;
-                        } else {
-                            s.subscriptions.push(super::SubscriptionStats {
-                                name: audit.subscription.clone(),
-                                created: 1,
-                                delivered: 1,
-                                ..Default::default()
-                            });
-                        }
-                    }
+                    s.add_fast(&self.fast_pending());
                     drop(reply.send(s))
                 }
                 Err(e) => tracing::debug!(error = %e, "Could not read the outbox stats."),
             },
+            Read::FastPending { reply } => drop(reply.send(self.fast_pending())),
             Read::Held { reply } => match self.store.held() {
                 Ok(h) => drop(reply.send(h)),
                 Err(e) => tracing::debug!(error = %e, "Could not read the held subscriptions."),
@@ -759,6 +759,8 @@ fn recover_fast_log(store: &mut Store, db: &std::path::Path) -> Result<FastLog, 
             store.rollback();
             return Err(e.into());
         }
+        // The window was filled before these reached the tables.
+        store.keys().lock().recent.extend(entries.iter().filter_map(|d| d.key));
         tracing::info!(events = entries.len(), "Recovered the fast path's deliveries from its log.");
     }
     Ok(FastLog::open(path, last))

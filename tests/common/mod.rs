@@ -152,6 +152,8 @@ pub enum Reply {
     Hang,
     /// Close the connection without an answer.
     Close,
+    /// Answer with this status after this long.
+    Slow(Duration, u16),
 }
 
 #[derive(Clone, Debug)]
@@ -249,6 +251,11 @@ impl Endpoint {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
+    /// Answers `reply` from now on (after any script left).
+    pub fn set_default(&self, reply: Reply) {
+        self.state.lock().unwrap().default = reply;
+    }
+
     pub fn requests(&self) -> Vec<Request> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -295,6 +302,10 @@ async fn answer(
         }
         // A service error makes hyper drop the connection without a response.
         Reply::Close => return Err(std::io::Error::other("closing without an answer")),
+        Reply::Slow(after, s) => {
+            tokio::time::sleep(after).await;
+            (s, Vec::new())
+        }
     };
     let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
