@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::event::{Priority, now_ms};
 use crate::live::{EndpointViews, MqttView};
+use crate::outbox::disk::{per_day, written_by_agent};
 use crate::outbox::query::Reader;
 use crate::outbox::{NewEvent, Outbox};
 
@@ -53,6 +54,8 @@ impl Vitals {
             "disk_free_bytes": free_disk(state_path),
             "uptime_s": sysinfo::System::uptime().ok(),
             "agent_uptime_s": self.started.elapsed().as_secs(),
+            "disk_written_bytes": written_by_agent(),
+            "disk_written_per_day": written_by_agent().map(|w| per_day(w, self.started.elapsed())),
             "agent_version": env!("CARGO_PKG_VERSION"),
         })
     }

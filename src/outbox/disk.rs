@@ -50,3 +50,17 @@ pub fn wal_bytes(path: &Path) -> u64 {
 pub fn bytes_on_disk(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) + wal_bytes(path)
 }
+
+/// Bytes this process has caused to be written to block devices since it started
+/// (`write_bytes` of `/proc/self/io`: WAL, checkpoints and the fast log included), the
+/// figure that wears a robot's flash.
+pub fn written_by_agent() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok())
+}
+
+/// `written` bytes over `uptime`, as a rate per day.
+pub fn per_day(written: u64, uptime: std::time::Duration) -> u64 {
+    let secs = uptime.as_secs_f64().max(1.0);
+    (written as f64 * 86_400.0 / secs) as u64
+}

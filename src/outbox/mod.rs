@@ -283,6 +283,16 @@ pub struct SubscriptionStats {
     pub next_attempt_ms: Option<i64>,
 }
 
+/// Counts the tables do not hold (yet).
+#[derive(Clone, Debug, Default)]
+pub struct InMemory {
+    /// Deliveries from memory not yet in the tables, per subscription: they add to its
+    /// `created` and `delivered`.
+    pub fast: Vec<(String, u64)>,
+    /// Redeliveries recognised since start.
+    pub duplicates: u64,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Stats {
     pub events: u64,
@@ -396,9 +406,9 @@ pub(crate) enum Read {
     Held {
         reply: oneshot::Sender<Vec<(String, HoldState)>>,
     },
-    /// Deliveries from memory not yet in the tables, per subscription.
-    FastPending {
-        reply: oneshot::Sender<Vec<(String, u64)>>,
+    /// What the writer counts in memory (see [`InMemory`]).
+    InMemory {
+        reply: oneshot::Sender<InMemory>,
     },
 }
 
@@ -541,10 +551,9 @@ impl Outbox {
         self.ask(|reply| Command::Read(Read::Held { reply })).await
     }
 
-    /// Deliveries the fast path made that are counted in memory but not yet in the tables,
-    /// per subscription: a reader of the tables adds them to its `delivered` and `created`.
-    pub async fn fast_pending(&self) -> Result<Vec<(String, u64)>, OutboxError> {
-        self.ask(|reply| Command::Read(Read::FastPending { reply })).await
+    /// What the writer counts in memory, for a reader of the tables to add.
+    pub async fn in_memory(&self) -> Result<InMemory, OutboxError> {
+        self.ask(|reply| Command::Read(Read::InMemory { reply })).await
     }
 
     pub async fn stats(&self) -> Result<Stats, OutboxError> {

@@ -449,9 +449,14 @@ impl Store {
             .execute(params![subscription, keep as i64])
     }
 
+    /// Redeliveries recognised since start, on either path.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates + self.keys.lock().fast_duplicates
+    }
+
     pub fn stats(&self) -> rusqlite::Result<Stats> {
         let mut stats = super::query::stats(&self.conn)?;
-        stats.duplicates = self.duplicates + self.keys.lock().fast_duplicates;
+        stats.duplicates = self.duplicates();
         Ok(stats)
     }
 

@@ -574,7 +574,10 @@ impl Writer {
                 }
                 Err(e) => tracing::debug!(error = %e, "Could not read the outbox stats."),
             },
-            Read::FastPending { reply } => drop(reply.send(self.fast_pending())),
+            Read::InMemory { reply } => {
+                let duplicates = self.store.duplicates();
+                drop(reply.send(super::InMemory { fast: self.fast_pending(), duplicates }))
+            }
             Read::Held { reply } => match self.store.held() {
                 Ok(h) => drop(reply.send(h)),
                 Err(e) => tracing::debug!(error = %e, "Could not read the held subscriptions."),

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use super::{ErrorBody, Request};
 use crate::event::{NewDelivery, now_ms, rfc3339_ms, validate_event_type};
 use crate::live::{EndpointState, Live, MqttView, SharedLive};
+use crate::outbox::disk::{per_day, written_by_agent};
 use crate::outbox::query::{Reader, bytes_on_disk};
 use crate::outbox::{HoldState, NewEvent, Outbox, Repair};
 
@@ -215,10 +216,12 @@ impl Context {
     async fn status(&self) -> Result<Value, ErrorBody> {
         let live = self.live()?;
         let mut stats = self.read(|r| r.stats()).await?;
-        if let Ok(fast) = self.outbox.fast_pending().await {
-            stats.add_fast(&fast);
+        if let Ok(memory) = self.outbox.in_memory().await {
+            stats.add_fast(&memory.fast);
+            stats.duplicates = memory.duplicates;
         }
         let bytes = bytes_on_disk(&live.config.storage.path);
+        let written = written_by_agent();
         let mqtt = self.mqtt.lock().map(|m| m.clone()).unwrap_or_default();
         let views = live.endpoints.lock().map(|v| v.clone()).unwrap_or_default();
         let now = now_ms();
@@ -259,6 +262,9 @@ impl Context {
                 "max_bytes": live.config.storage.max_bytes,
                 "events": stats.events,
                 "quarantined": stats.quarantined,
+                "duplicates": stats.duplicates,
+                "written_bytes": written,
+                "written_per_day": written.map(|w| per_day(w, self.started.elapsed())),
             },
             "subscriptions": subscriptions,
         }))

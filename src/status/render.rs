@@ -77,12 +77,18 @@ pub fn status(v: &Value) -> String {
     };
     out.push_str(&format!("mqtt     {conn}  {}\n", s(&m["url"])));
     out.push_str(&format!(
-        "storage  {} of {}  events {}  quarantined {}  {}\n\n",
+        "storage  {} of {}  events {}  quarantined {}  duplicates {}  {}\n",
         bytes(st["bytes"].as_u64().unwrap_or(0)),
         bytes(st["max_bytes"].as_u64().unwrap_or(0)),
         s(&st["events"]),
         s(&st["quarantined"]),
+        s(&st["duplicates"]),
         s(&st["path"]),
+    ));
+    out.push_str(&format!(
+        "flash    {} written since start, {} a day at this rate\n\n",
+        bytes(st["written_bytes"].as_u64().unwrap_or(0)),
+        bytes(st["written_per_day"].as_u64().unwrap_or(0)),
     ));
     let rows: Vec<Vec<String>> = items(&v["subscriptions"])
         .iter()
