@@ -274,7 +274,11 @@ fn sqlite_ceiling(n: u64, batch: u64) -> f64 {
                 collapse: false,
                 dedupe_key: Some(fleethook::outbox::content_key("t", &i.to_le_bytes())),
                 dedupe_check: false,
-                deliveries: vec![NewDelivery { id: fleethook::event::new_id(), subscription: "s".into(), expires_ms: i64::MAX }],
+                deliveries: vec![NewDelivery {
+                    id: fleethook::event::new_id(),
+                    subscription: "s".into(),
+                    expires_ms: i64::MAX,
+                }],
             };
             store.insert(&Inbound::Event(e), 0).unwrap();
             i += 1;

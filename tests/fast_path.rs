@@ -53,8 +53,16 @@ fn an_online_endpoint_is_fed_from_memory_and_nothing_is_stored_but_the_audit() {
     assert!(wait_until(LONG, || all_arrived(&ep, N)));
     report("fast_path", &ep, N, "0 kills");
     for r in ep.requests() {
-        sign::verify(Scheme::Standard, &[SECRET], "X-Fleethook", &r.headers, &r.body, SystemTime::now(), sign::DEFAULT_TOLERANCE)
-            .expect("every request from memory is signed");
+        sign::verify(
+            Scheme::Standard,
+            &[SECRET],
+            "X-Fleethook",
+            &r.headers,
+            &r.body,
+            SystemTime::now(),
+            sign::DEFAULT_TOLERANCE,
+        )
+        .expect("every request from memory is signed");
         assert_eq!(r.header("x-fleethook-attempt"), Some("1"));
     }
     assert_eq!(agent.count("SELECT COUNT(*) FROM events"), 0, "no event was stored");
@@ -149,7 +157,7 @@ fn after_kill9_a_redelivery_of_what_was_delivered_is_not_sent_again() {
     for round in 0..ROUNDS {
         // The alert holds the acks behind it (receive order) until it is stored at its
         // write_behind deadline; the missions behind it are delivered meanwhile.
-        let alert = (format!("fleet/agv-1/alert"), format!(r#"{{"kind":"lidar","round":{round}}}"#).into_bytes());
+        let alert = ("fleet/agv-1/alert".to_string(), format!(r#"{{"kind":"lidar","round":{round}}}"#).into_bytes());
         let mut messages = vec![alert];
         messages.extend((0..PER_ROUND).map(|i| mission("agv-1", round * PER_ROUND + i, "completed")));
         let before = ok.count();
@@ -173,7 +181,9 @@ fn after_kill9_a_redelivery_of_what_was_delivered_is_not_sent_again() {
     assert!(wait_until(LONG, || all_arrived(&ok, n)));
     let seen = arrivals(&ok);
     let duplicates: usize = seen.values().map(|c| c - 1).sum();
-    println!("kill9 after fast delivery: {n} missions, {duplicates} duplicates, {redelivered} rounds with redeliveries");
+    println!(
+        "kill9 after fast delivery: {n} missions, {duplicates} duplicates, {redelivered} rounds with redeliveries"
+    );
     assert_eq!(duplicates, 0, "a mission delivered before the kill was sent again: {seen:?}");
     assert!(redelivered > 0, "no round had the broker send a delivered mission again: the test proved nothing");
 }

@@ -111,7 +111,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     dedupe_check: false,
                     deliveries: chosen
                         .iter()
-                        .map(|s| NewDelivery { id: fleethook::event::new_id(), subscription: s.to_string(), expires_ms: now + ttl })
+                        .map(|s| NewDelivery {
+                            id: fleethook::event::new_id(),
+                            subscription: s.to_string(),
+                            expires_ms: now + ttl,
+                        })
                         .collect(),
                 };
                 let Stored::Event { delivery_ids } = store.insert(&Inbound::Event(event), now).unwrap() else {

@@ -84,7 +84,15 @@ impl Attempt {
         // A fast-path delivery has no row yet; if it gets one, it is found by its id.
         let row = self.fast.is_none().then_some(self.due.seq);
         let record = AttemptRecord::new(row, audit, next);
-        Done { lane: self.lane, seq: self.due.seq, verdict, status: sent.status, probe: self.probe, record, fast: self.fast }
+        Done {
+            lane: self.lane,
+            seq: self.due.seq,
+            verdict,
+            status: sent.status,
+            probe: self.probe,
+            record,
+            fast: self.fast,
+        }
     }
 }
 

@@ -136,7 +136,10 @@ impl Book {
     ) -> u64 {
         self.next += 1;
         let slots = lanes.iter().map(|_| Slot::Queued).collect();
-        self.jobs.insert(self.next, Job { event, lanes, slots, deadline, resolved: Some(resolved), persisted: false, late: Vec::new() });
+        self.jobs.insert(
+            self.next,
+            Job { event, lanes, slots, deadline, resolved: Some(resolved), persisted: false, late: Vec::new() },
+        );
         self.next
     }
 

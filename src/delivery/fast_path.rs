@@ -166,7 +166,9 @@ impl Dispatcher {
         }
         match done.resolved {
             Some(resolved) => drop(resolved.send(Resolution::Now)),
-            None => tracing::warn!("An event could not be stored after its delivery from memory failed; its MQTT message is not acked, and the broker sends it again."),
+            None => tracing::warn!(
+                "An event could not be stored after its delivery from memory failed; its MQTT message is not acked, and the broker sends it again."
+            ),
         }
     }
 }

@@ -136,7 +136,12 @@ mod tests {
     use super::*;
 
     fn audit(delivery_id: &str) -> AuditRow {
-        AuditRow { subscription: "s".into(), delivery_id: delivery_id.into(), outcome: "delivered".into(), ..Default::default() }
+        AuditRow {
+            subscription: "s".into(),
+            delivery_id: delivery_id.into(),
+            outcome: "delivered".into(),
+            ..Default::default()
+        }
     }
 
     #[test]

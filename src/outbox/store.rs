@@ -366,7 +366,15 @@ impl Store {
                         updated_ms = ?5, last_status = ?6, last_error = ?7
                      WHERE {row} = ?1 AND state = 'pending'"
                 ))?
-                .execute(params![key, r.attempt, *charge as i64, at_ms, r.started_ms + r.duration_ms, r.status, r.error])?,
+                .execute(params![
+                    key,
+                    r.attempt,
+                    *charge as i64,
+                    at_ms,
+                    r.started_ms + r.duration_ms,
+                    r.status,
+                    r.error
+                ])?,
             NextState::Terminal(t) => c
                 .prepare_cached(&format!(
                     "UPDATE deliveries SET state = ?2, attempts = ?3, updated_ms = ?4, last_status = ?5, last_error = ?6
@@ -425,10 +433,8 @@ impl Store {
 
     /// The last fast-log entry already written to the tables.
     pub fn fast_applied(&self) -> rusqlite::Result<u64> {
-        let v: Option<i64> = self
-            .conn
-            .query_row("SELECT value FROM meta WHERE name = 'fast_applied'", [], |r| r.get(0))
-            .optional()?;
+        let v: Option<i64> =
+            self.conn.query_row("SELECT value FROM meta WHERE name = 'fast_applied'", [], |r| r.get(0)).optional()?;
         Ok(v.unwrap_or(0).max(0) as u64)
     }
 

@@ -356,8 +356,7 @@ impl Writer {
             }
         }
         let fast_due = self.fast.due(Instant::now());
-        if self.pending.writes.is_empty() && self.admission.is_empty() && self.upkeep.to_sweep.is_empty() && !fast_due
-        {
+        if self.pending.writes.is_empty() && self.admission.is_empty() && self.upkeep.to_sweep.is_empty() && !fast_due {
             return Turn::Progress;
         }
         // Asked once per turn: at the cap the answer costs a look at the page count.

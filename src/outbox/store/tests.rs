@@ -20,7 +20,10 @@ fn event(id: &str, subs: &[&str], collapse: bool) -> Inbound {
         collapse,
         dedupe_key: Some(content_key("t", id.as_bytes())),
         dedupe_check: true,
-        deliveries: subs.iter().map(|s| NewDelivery { id: crate::event::new_id(), subscription: s.to_string(), expires_ms: 10_000 }).collect(),
+        deliveries: subs
+            .iter()
+            .map(|s| NewDelivery { id: crate::event::new_id(), subscription: s.to_string(), expires_ms: 10_000 })
+            .collect(),
     })
 }
 
