@@ -130,11 +130,13 @@ impl Drop for Broker {
 fn mosquitto() -> Broker {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
+    // FLEETHOOK_BENCH_INFLIGHT=20 measures with mosquitto's default in-flight window.
+    let inflight = std::env::var("FLEETHOOK_BENCH_INFLIGHT").unwrap_or_else(|_| "1000".into());
     let conf = dir.path().join("m.conf");
     std::fs::write(
         &conf,
         format!(
-            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages 1000\nmax_queued_messages 0\n",
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages {inflight}\nmax_queued_messages 0\n",
             dir.path().display()
         ),
     )

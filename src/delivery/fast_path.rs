@@ -51,14 +51,20 @@ impl Dispatcher {
     /// Hands a message to the outbox (durable path): acked once committed.
     pub(super) fn forward(&mut self, taken: Intake) {
         let Intake { seq, inbound, resolved } = taken;
+        // Nobody waits on the latency of an event none of whose endpoints answers.
+        let mut unhurried = false;
         if let Inbound::Event(e) = &inbound {
+            unhurried = !e.deliveries.is_empty();
             for d in &e.deliveries {
                 if let Some(&lane) = self.by_name.get(&d.subscription) {
                     self.lanes[lane].forwarded(seq);
+                    unhurried &= self.lanes[lane].unreachable();
                 }
             }
         }
-        if self.outbox.ingest(seq, inbound).is_ok() {
+        let handed =
+            if unhurried { self.outbox.ingest_unhurried(seq, inbound) } else { self.outbox.ingest(seq, inbound) };
+        if handed.is_ok() {
             let _ = resolved.send(Resolution::AfterCommit);
         }
     }

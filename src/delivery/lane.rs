@@ -246,6 +246,11 @@ impl Lane {
         self.endpoint.state == State::Online && self.sub.rate_limit.is_none() && quiet && fifo_clear
     }
 
+    /// Nothing sent to this lane now would be answered: offline, paused or gone.
+    pub fn unreachable(&self) -> bool {
+        matches!(self.endpoint.state, State::Offline | State::Paused | State::Gone)
+    }
+
     /// Takes a fast-path delivery; it starts when a slot is free.
     pub fn queue_fast(&mut self, r: FastRef) {
         self.fast_queue.push_back(r);

@@ -372,8 +372,9 @@ pub(crate) struct Persisting {
 
 /// What the writer thread is asked, classified once by where it goes.
 pub(crate) enum Command {
-    /// One MQTT message, committed in receive order before its ack.
-    Ingest { seq: u64, inbound: Box<Inbound> },
+    /// One MQTT message, committed in receive order before its ack. `unhurried`: no
+    /// endpoint it goes to is reachable now, so its commit may wait to share an fsync.
+    Ingest { seq: u64, inbound: Box<Inbound>, unhurried: bool },
     /// An event the fast path could not deliver from memory in time: stored with its
     /// deliveries (ids chosen at ingest) and the attempts already made, in one
     /// transaction, before its MQTT message is acked. Admitted like ingest (it waits
@@ -451,7 +452,18 @@ impl Outbox {
     /// Queues one ingested message. It is durable once [`Outbox::committed`] reaches `seq`.
     /// `seq` must increase by one per message, in receive order.
     pub fn ingest(&self, seq: u64, inbound: Inbound) -> Result<(), OutboxError> {
-        self.tx.send(Command::Ingest { seq, inbound: Box::new(inbound) }).map_err(|_| OutboxError::Closed)
+        self.tx
+            .send(Command::Ingest { seq, inbound: Box::new(inbound), unhurried: false })
+            .map_err(|_| OutboxError::Closed)
+    }
+
+    /// As [`Outbox::ingest`], for a message none of whose endpoints is reachable now: its
+    /// commit may wait a moment (the writer's `UNHURRIED_*`) to carry more messages, as
+    /// nobody waits on its latency.
+    pub fn ingest_unhurried(&self, seq: u64, inbound: Inbound) -> Result<(), OutboxError> {
+        self.tx
+            .send(Command::Ingest { seq, inbound: Box::new(inbound), unhurried: true })
+            .map_err(|_| OutboxError::Closed)
     }
 
     /// The highest ingest sequence number whose transaction has committed.

@@ -57,6 +57,12 @@ const GIVE_UP_AFTER: u32 = 8;
 const RECORD_LINGER: Duration = Duration::from_millis(10);
 /// …or until this many are held.
 const RECORD_HOLD_MAX: usize = 4096;
+/// Messages none of whose endpoints is reachable wait this long at most for company in a
+/// commit (docs/decisions.md: "Unhurried ingest")…
+const UNHURRIED_LINGER: Duration = Duration::from_secs(1);
+/// …or until this many are held: below mosquitto's default in-flight window (20), which
+/// stops the broker sending more until these are acked.
+const UNHURRIED_BATCH: usize = 16;
 /// What the fast path delivered is written to the tables at the latest after this long…
 /// (docs/decisions.md: "The fast path's writes"): the fast log holds it meanwhile.
 const FAST_FLUSH_AGE: Duration = Duration::from_secs(60);
@@ -304,6 +310,8 @@ impl Writer {
             crate::health::BEAT
         } else if self.admission.blocked().is_some() {
             admission::RETRY_BLOCKED
+        } else if let Some(until) = self.admission.unhurried_until(UNHURRIED_LINGER, UNHURRIED_BATCH) {
+            until.saturating_duration_since(now)
         } else {
             Duration::ZERO
         };
@@ -341,7 +349,7 @@ impl Writer {
     fn turn(&mut self, batch: Vec<Command>) -> Turn {
         for cmd in batch {
             match cmd {
-                Command::Ingest { seq, inbound } => self.admission.hold(seq, inbound),
+                Command::Ingest { seq, inbound, unhurried } => self.admission.hold(seq, inbound, unhurried),
                 Command::Persist { mut event, then } => {
                     // Its dedupe key was checked when the fast path took it.
                     event.dedupe_check = false;
@@ -357,6 +365,13 @@ impl Writer {
         }
         let fast_due = self.fast.due(Instant::now());
         if self.pending.writes.is_empty() && self.admission.is_empty() && self.upkeep.to_sweep.is_empty() && !fast_due {
+            return Turn::Progress;
+        }
+        if self.pending.writes.is_empty()
+            && !fast_due
+            && self.upkeep.to_sweep.is_empty()
+            && self.admission.unhurried_until(UNHURRIED_LINGER, UNHURRIED_BATCH).is_some_and(|t| Instant::now() < t)
+        {
             return Turn::Progress;
         }
         // Asked once per turn: at the cap the answer costs a look at the page count.

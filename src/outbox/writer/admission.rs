@@ -54,6 +54,9 @@ struct Held {
     inbound: Box<Inbound>,
     bytes: usize,
     then: Option<Box<Persisting>>,
+    /// Its commit may wait to share an fsync (none of its endpoints is reachable).
+    unhurried: bool,
+    at: Instant,
 }
 
 /// What a held message adds to a transaction, roughly: its payload plus a delivery row
@@ -77,15 +80,25 @@ impl Admission {
         Admission { held: VecDeque::new(), state: State::Open, tight_until: None }
     }
 
-    pub fn hold(&mut self, seq: u64, inbound: Box<Inbound>) {
+    pub fn hold(&mut self, seq: u64, inbound: Box<Inbound>, unhurried: bool) {
         let bytes = weight(&inbound);
-        self.held.push_back(Held { seq, inbound, bytes, then: None });
+        self.held.push_back(Held { seq, inbound, bytes, then: None, unhurried, at: Instant::now() });
+    }
+
+    /// Until when the next commit may wait for more messages: only while everything held
+    /// is unhurried, fewer than `batch` are held, and the oldest is younger than `linger`.
+    pub fn unhurried_until(&self, linger: Duration, batch: usize) -> Option<Instant> {
+        let oldest = self.held.front()?;
+        if self.held.len() >= batch || !self.held.iter().all(|h| h.unhurried) {
+            return None;
+        }
+        Some(oldest.at + linger)
     }
 
     /// Holds an event of the fast path to be stored; its reply is answered at commit.
     pub fn hold_persist(&mut self, inbound: Box<Inbound>, then: Box<Persisting>) {
         let bytes = weight(&inbound);
-        self.held.push_back(Held { seq: 0, inbound, bytes, then: Some(then) });
+        self.held.push_back(Held { seq: 0, inbound, bytes, then: Some(then), unhurried: false, at: Instant::now() });
     }
 
     pub fn len(&self) -> usize {
@@ -213,7 +226,7 @@ mod tests {
 
     fn with(n: u64, bytes: usize) -> Admission {
         let mut a = Admission::new();
-        (1..=n).for_each(|seq| a.hold(seq, message(bytes)));
+        (1..=n).for_each(|seq| a.hold(seq, message(bytes), false));
         a
     }
 
@@ -262,6 +275,23 @@ mod tests {
         big.open();
         assert_eq!(big.to_take(t, None, 1 << 30), TIGHT_BYTES / 10_000 + 1);
         assert!(!a.tight(t + TIGHT_FOR));
+    }
+
+    #[test]
+    fn unhurried_messages_wait_for_company_but_not_long() {
+        let mut a = Admission::new();
+        let linger = Duration::from_secs(1);
+        assert_eq!(a.unhurried_until(linger, 3), None, "nothing held");
+        a.hold(1, message(1), true);
+        let until = a.unhurried_until(linger, 3).expect("one unhurried message waits");
+        assert!(until > Instant::now());
+        a.hold(2, message(1), true);
+        a.hold(3, message(1), true);
+        assert_eq!(a.unhurried_until(linger, 3), None, "a full batch goes");
+        let mut b = Admission::new();
+        b.hold(1, message(1), true);
+        b.hold(2, message(1), false);
+        assert_eq!(b.unhurried_until(linger, 3), None, "someone waits on the second");
     }
 
     #[test]
