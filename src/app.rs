@@ -70,8 +70,10 @@ impl Agent {
                 None
             }
         };
+        let clock = crate::clock::quality();
         tracing::info!(device_id = %config.device_id, outbox = %config.storage.path.display(),
-            subscriptions = config.subscriptions.len(), routes = config.routes.len(), "fleethook is running.");
+            subscriptions = config.subscriptions.len(), routes = config.routes.len(), clock = clock.as_str(),
+            "fleethook is running.");
         Ok(Agent { mqtt, outbox, liveness, live, generation, status, writer, shutdown, config: config.clone() })
     }
 

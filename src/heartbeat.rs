@@ -57,6 +57,7 @@ impl Vitals {
             "disk_written_bytes": written_by_agent(),
             "disk_written_per_day": written_by_agent().map(|w| per_day(w, self.started.elapsed())),
             "agent_version": env!("CARGO_PKG_VERSION"),
+            "clock": crate::clock::quality(),
         })
     }
 }
@@ -89,7 +90,7 @@ pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = now_ms();
-        let deliveries = config.deliveries(EVENT_TYPE, None, now);
+        let deliveries = config.deliveries(EVENT_TYPE, None, crate::clock::sched_ms());
         if deliveries.is_empty() {
             continue;
         }

@@ -18,6 +18,7 @@
 //! | [`route`] | topic filters and templates: pure parsing |
 //! | [`format`](mod@format) | request bodies: envelope, Slack, PagerDuty, Datadog |
 //! | [`event`] | ids (UUIDv7), event-type patterns, the envelope body |
+//! | [`clock`] | the schedule clock (boottime, re-based across restarts), the wall clock's quality |
 //! | [`sign`] | signing and verifying, every scheme |
 //! | [`receive`] | the verifying local endpoint of `fleethook receive` |
 //! | [`demo`] | `fleethook demo`: the whole pipeline on one machine |
@@ -25,6 +26,7 @@
 //! Data flows MQTT → [`ingest`] → [`outbox`] (commit, then ack) → [`delivery`] → HTTPS.
 
 pub mod app;
+pub mod clock;
 pub mod config;
 pub mod delivery;
 pub mod demo;

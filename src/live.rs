@@ -42,6 +42,9 @@ pub enum EndpointState {
     Degraded,
     Paused,
     Gone,
+    /// Its signatures carry a timestamp and the wall clock is not known good: waiting
+    /// (`clock_policy = "wait"`).
+    Clock,
 }
 
 /// What the status socket and heartbeat see of each subscription's endpoint.

@@ -328,6 +328,18 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
     let allow_http = s.allow_http.unwrap_or(false);
     let url = subscription_url(&s.url, allow_http, &p, issues);
 
+    let clock_policy = opt(
+        issues,
+        p.key("clock_policy"),
+        s.clock_policy.as_ref(),
+        |v| match v {
+            "wait" => Ok(ClockPolicy::Wait),
+            "strict" => Ok(ClockPolicy::Strict),
+            "sign" => Ok(ClockPolicy::Sign),
+            o => Err(format!("`{o}` is not wait, strict or sign")),
+        },
+        ClockPolicy::Wait,
+    );
     let (secrets, keys) = subscription_secrets(&mut s, signature, &p, issues);
     let events = match &s.events {
         Some(list) => list
@@ -384,6 +396,7 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         secrets,
         keys: SigningKeys(keys),
         signature,
+        clock_policy,
         header_prefix,
         format,
         retry,

@@ -138,6 +138,32 @@ pub struct RouteConfig {
     pub collapse: bool,
 }
 
+/// `clock_policy`: when deliveries signed with a timestamp (`standard`, `stripe`) wait,
+/// pending and without spending retries, for the wall clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClockPolicy {
+    /// While the clock is `wrong` (before this binary was built). While it is only
+    /// `unsynced` they go, and a receiver's refusal of the timestamp is retried.
+    Wait,
+    /// While it is `wrong` or `unsynced`: for robots whose kernel reliably knows (NTP).
+    Strict,
+    /// Never.
+    Sign,
+}
+
+impl ClockPolicy {
+    /// Whether a clock of this quality holds deliveries.
+    pub fn holds(self, quality: crate::clock::Quality) -> bool {
+        use crate::clock::Quality;
+        match self {
+            ClockPolicy::Wait => quality == Quality::Wrong,
+            ClockPolicy::Strict => quality != Quality::Synced,
+            ClockPolicy::Sign => false,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Ordering {
@@ -165,6 +191,8 @@ pub struct Subscription {
     #[serde(skip)]
     pub keys: SigningKeys,
     pub signature: Scheme,
+    /// What a signature with a timestamp does while the wall clock is not known good.
+    pub clock_policy: ClockPolicy,
     pub header_prefix: String,
     pub format: Format,
     #[serde(serialize_with = "ser_durations")]

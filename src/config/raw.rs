@@ -107,6 +107,7 @@ pub struct RawSubscription {
     pub secret_env: Option<OneOrMany>,
     pub secret_credential: Option<OneOrMany>,
     pub signature: Option<String>,
+    pub clock_policy: Option<String>,
     pub header_prefix: Option<String>,
     pub format: Option<String>,
     pub retry: Option<Vec<String>>,

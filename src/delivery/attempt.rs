@@ -43,7 +43,9 @@ impl Attempt {
         let sent = http::send(&self.client, &self.sub, prepared).await;
         let verdict = match (&sent.status, &sent.error) {
             (Some(status), _) => {
-                classify_status(*status, sent.retry_after.as_deref(), sent.location.as_deref(), SystemTime::now())
+                let verdict =
+                    classify_status(*status, sent.retry_after.as_deref(), sent.location.as_deref(), SystemTime::now());
+                refused_for_our_clock(verdict, *status, sent.snippet.as_deref(), crate::clock::quality())
             }
             (None, Some((kind, text))) => {
                 if needs_operator(*kind) {
@@ -54,7 +56,8 @@ impl Attempt {
             }
             (None, None) => classify_error(outcome::TransportError::Other, "no response"),
         };
-        let next = next_state(&self.sub, &self.due, &verdict, started_ms + sent.duration.as_millis() as i64);
+        // Retry times are on the schedule clock, which wall-clock steps do not move.
+        let next = next_state(&self.sub, &self.due, &verdict, crate::clock::sched_ms());
         let (error_kind, error) = match (&sent.error, &verdict) {
             (Some((kind, text)), _) => (Some(kind.as_str().to_string()), Some(text.clone())),
             (None, Verdict::Failed { reason, .. } | Verdict::Retry { reason, .. }) => {
@@ -96,6 +99,28 @@ impl Attempt {
     }
 }
 
+/// A 400 or 401 whose body blames the timestamp, while our clock is not known good, is
+/// our clock's fault, not the event's: retried, not failed.
+pub fn refused_for_our_clock(
+    verdict: Verdict,
+    status: u16,
+    body: Option<&str>,
+    clock: crate::clock::Quality,
+) -> Verdict {
+    let blames_time = body.is_some_and(|b| {
+        let b = b.to_ascii_lowercase();
+        b.contains("timestamp") || b.contains("tolerance") || b.contains("too old") || b.contains("clock")
+    });
+    match verdict {
+        Verdict::Failed { reason, gone: false }
+            if matches!(status, 400 | 401) && blames_time && clock != crate::clock::Quality::Synced =>
+        {
+            Verdict::Retry { after: None, reason: format!("{reason} (the receiver refused our timestamp; our clock is {})", clock.as_str()) }
+        }
+        other => other,
+    }
+}
+
 /// The rule table's consequence for the delivery row.
 pub fn next_state(sub: &Subscription, due: &Due, verdict: &Verdict, now_ms: i64) -> NextState {
     match verdict {
@@ -113,5 +138,21 @@ pub fn next_state(sub: &Subscription, due: &Due, verdict: &Verdict, now_ms: i64)
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::Quality;
+
+    #[test]
+    fn a_timestamp_refusal_while_our_clock_is_bad_is_retried() {
+        let failed = || Verdict::Failed { reason: "HTTP 401".into(), gone: false };
+        let body = Some("message timestamp too old");
+        assert!(matches!(refused_for_our_clock(failed(), 401, body, Quality::Unsynced), Verdict::Retry { .. }));
+        assert!(matches!(refused_for_our_clock(failed(), 401, body, Quality::Synced), Verdict::Failed { .. }));
+        assert!(matches!(refused_for_our_clock(failed(), 401, Some("bad key"), Quality::Wrong), Verdict::Failed { .. }));
+        assert!(matches!(refused_for_our_clock(failed(), 403, body, Quality::Wrong), Verdict::Failed { .. }));
     }
 }

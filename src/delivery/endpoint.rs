@@ -38,7 +38,7 @@ impl Endpoint {
     /// `limit`; and if none, when to look again (None: on the next completion or wake).
     pub fn capacity(&mut self, now: Instant, in_flight: usize, limit: usize) -> (usize, Option<Instant>) {
         let by_state = match self.state {
-            State::Paused | State::Gone => return (0, None),
+            State::Paused | State::Gone | State::Clock => return (0, None),
             State::Offline => match self.probe_at {
                 // One probe at a time, when its backoff has passed.
                 Some(at) if at > now => return (0, Some(at)),

@@ -71,6 +71,53 @@ pub struct Lane {
     seen: u64,
     /// Fast jobs of this lane being stored.
     persisting: usize,
+    /// The wall clock holds this lane's timestamped signatures (see [`ClockHold`]).
+    clock: ClockHold,
+}
+
+/// How long at most deliveries wait for a good clock before they are signed anyway (an
+/// ERROR says so): a robot whose clock never syncs must not hold its events for ever.
+pub const CLOCK_WAIT_MAX: Duration = Duration::from_secs(6 * 3600);
+
+/// Whether a lane waits for the wall clock: its signatures carry a timestamp, its policy
+/// is `wait`, and the clock is not synced. The clock's state is read at most once a
+/// second.
+#[derive(Debug)]
+struct ClockHold {
+    /// None: this lane's signatures carry no timestamp, or its policy is `sign`.
+    policy: Option<crate::config::ClockPolicy>,
+    checked: Option<Instant>,
+    holding: bool,
+    since: Option<Instant>,
+    gave_up: bool,
+}
+
+impl ClockHold {
+    fn holds(&mut self, now: Instant, name: &str) -> bool {
+        let Some(policy) = self.policy else { return false };
+        if self.checked.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+            self.checked = Some(now);
+            let quality = crate::clock::quality();
+            let bad = policy.holds(quality);
+            if bad && !self.holding {
+                tracing::warn!(subscription = %name, clock = quality.as_str(),
+                    "The wall clock is not good enough to sign with; deliveries signed with a timestamp wait for it (clock_policy).");
+                self.since.get_or_insert(now);
+            }
+            if !bad && self.holding {
+                tracing::info!(subscription = %name, "The wall clock is good again; deliveries resume.");
+                self.since = None;
+                self.gave_up = false;
+            }
+            self.holding = bad;
+        }
+        if self.holding && !self.gave_up && self.since.is_some_and(|t| now.duration_since(t) >= CLOCK_WAIT_MAX) {
+            tracing::error!(subscription = %name, waited_s = CLOCK_WAIT_MAX.as_secs(),
+                "The wall clock never became good; signing with it anyway. Receivers that check timestamps will refuse these: fix the robot's time source.");
+            self.gave_up = true;
+        }
+        self.holding && !self.gave_up
+    }
 }
 
 /// What a lane may do now.
@@ -118,7 +165,16 @@ impl Lane {
             forwarded: 0,
             seen: 0,
             persisting: 0,
+            clock: ClockHold { policy: None, checked: None, holding: false, since: None, gave_up: false },
         }
+        .with_clock_policy()
+    }
+
+    fn with_clock_policy(mut self) -> Lane {
+        use crate::sign::Scheme;
+        let timestamped = matches!(self.sub.signature, Scheme::Standard | Scheme::Stripe);
+        self.clock.policy = Some(self.sub.clock_policy).filter(|p| timestamped && *p != crate::config::ClockPolicy::Sign);
+        self
     }
 
     pub fn name(&self) -> &str {
@@ -185,6 +241,11 @@ impl Lane {
             return None;
         }
         self.dirty = false;
+        if self.clock.holds(now, &self.sub.name) {
+            // Pending, budget untouched: look again in a second.
+            self.wake_at = Some(now + Duration::from_secs(1));
+            return Some(Starts::default());
+        }
         let fifo = self.is_fifo();
         let limit = if fifo { 1 } else { self.sub.max_in_flight };
         // FIFO: the next event waits until the head's result is on disk, so that a head
@@ -243,7 +304,11 @@ impl Lane {
             && self.persisting == 0
             && self.seen >= self.forwarded;
         let fifo_clear = !self.is_fifo() || (self.recording.is_empty() && self.due_at.is_none());
-        self.endpoint.state == State::Online && self.sub.rate_limit.is_none() && quiet && fifo_clear
+        self.endpoint.state == State::Online
+            && self.sub.rate_limit.is_none()
+            && quiet
+            && fifo_clear
+            && !self.clock.holding
     }
 
     /// Nothing sent to this lane now would be answered: offline, paused or gone.
@@ -409,7 +474,7 @@ impl Lane {
             self.dirty = true;
         }
         if let Some(ms) = batch.next_due_ms {
-            self.due_at = Some(Instant::now() + Duration::from_millis((ms - now_ms()).max(0) as u64));
+            self.due_at = Some(Instant::now() + Duration::from_millis((ms - crate::clock::sched_ms()).max(0) as u64));
         }
     }
 
@@ -432,7 +497,11 @@ impl Lane {
         EndpointView {
             name: self.sub.name.clone(),
             url: self.sub.url.clone(),
-            state: self.endpoint.state,
+            state: if self.clock.holding && !self.clock.gave_up && self.endpoint.state == State::Online {
+                State::Clock
+            } else {
+                self.endpoint.state
+            },
             in_flight: self.in_flight.len() + self.fast_in_flight,
             last_status: self.last_status,
             last_error: self.last_error.clone(),

@@ -22,7 +22,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::event::now_ms;
 use crate::health::Beat;
 use crate::live::{Control, DispatcherHandle, EndpointViews};
 use crate::outbox::{AttemptRecord, HoldState, NextState, Outbox, OutboxError};
@@ -266,7 +265,7 @@ impl Dispatcher {
             if let Some(FetchRequest { asked, skip, fifo }) = starts.fetch {
                 let (outbox, name) = (self.outbox.clone(), lane.name().to_string());
                 fetches.spawn(async move {
-                    let batch = outbox.due(&name, now_ms(), asked, fifo, skip).await;
+                    let batch = outbox.due(&name, crate::clock::sched_ms(), asked, fifo, skip).await;
                     Fetched { lane: idx, asked, batch }
                 });
             }

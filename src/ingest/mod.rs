@@ -43,7 +43,8 @@ impl Router {
 
     /// Turns one message into what the outbox stores. Never fails: what cannot become an
     /// event is quarantined with the reason.
-    pub fn inbound(&self, topic: &str, payload: &[u8], dup: bool, now_ms: i64) -> Inbound {
+    /// `now_ms` dates the event (wall clock); `sched_ms` starts its TTL (schedule clock).
+    pub fn inbound(&self, topic: &str, payload: &[u8], dup: bool, now_ms: i64, sched_ms: i64) -> Inbound {
         let Some((idx, route)) = self.routes.iter().enumerate().find(|(_, r)| r.topic.matches(topic)) else {
             return Inbound::Nothing;
         };
@@ -102,7 +103,7 @@ impl Router {
             Some(v @ Value::Number(_)) => Some(v.to_string()),
             _ => None,
         });
-        let mut deliveries = crate::config::deliveries(&self.subscriptions, &event_type, route.ttl, now_ms);
+        let mut deliveries = crate::config::deliveries(&self.subscriptions, &event_type, route.ttl, sched_ms);
         let (id, dedupe_key, dedupe_check) = match own_id {
             Some(own) => {
                 // The payload's own id fixes the event's and its deliveries' ids: sent
@@ -178,7 +179,7 @@ max_age = "1h"
     #[test]
     fn a_mission_fans_out_to_matching_subscriptions() {
         let Inbound::Event(e) =
-            router().inbound("fleet/agv-3/mission", br#"{"status":"completed","mission_id":"m1"}"#, false, 1000)
+            router().inbound("fleet/agv-3/mission", br#"{"status":"completed","mission_id":"m1"}"#, false, 1000, 1000)
         else {
             panic!()
         };
@@ -188,7 +189,7 @@ max_age = "1h"
         assert_eq!(e.deliveries[1].expires_ms, 1000 + 3_600_000);
         assert!(e.dedupe_check, "a payload id is always checked");
         let Inbound::Event(again) =
-            router().inbound("fleet/agv-3/mission", br#"{"status":"completed","mission_id":"m1"}"#, true, 2000)
+            router().inbound("fleet/agv-3/mission", br#"{"status":"completed","mission_id":"m1"}"#, true, 2000, 2000)
         else {
             panic!()
         };
@@ -199,21 +200,21 @@ max_age = "1h"
 
     #[test]
     fn non_matching_subscriptions_get_nothing_and_default_device_applies() {
-        let Inbound::Event(e) = router().inbound("fleet/x/alert", br#"{"code":7}"#, false, 0) else { panic!() };
+        let Inbound::Event(e) = router().inbound("fleet/x/alert", br#"{"code":7}"#, false, 0, 0) else { panic!() };
         assert_eq!(e.device_id, "robot-0");
         assert_eq!(e.deliveries.iter().map(|d| d.subscription.as_str()).collect::<Vec<_>>(), ["all"]);
         assert!(!e.dedupe_check, "content hashes are only checked for DUP messages");
-        assert!(matches!(router().inbound("other/topic", b"{}", false, 0), Inbound::Nothing));
+        assert!(matches!(router().inbound("other/topic", b"{}", false, 0, 0), Inbound::Nothing));
     }
 
     #[test]
     fn bad_payloads_are_quarantined_with_reasons() {
         let r = router();
-        assert!(reason(r.inbound("fleet/a/alert", b"{nope", false, 0)).contains("not JSON"));
-        assert!(reason(r.inbound("fleet/a/alert", b"[1,2]", false, 0)).contains("an array"));
-        assert!(reason(r.inbound("fleet/a/alert", &[b'"'; 2000], false, 0)).contains("max_payload"));
-        assert!(reason(r.inbound("fleet/a/alert", &[0xff, 0xfe], false, 0)).contains("UTF-8"));
-        assert!(reason(r.inbound("fleet/a/mission", b"{}", false, 0)).contains("/status"));
-        assert!(reason(r.inbound("fleet/a/mission", br#"{"status":"a b"}"#, false, 0)).contains("contains"));
+        assert!(reason(r.inbound("fleet/a/alert", b"{nope", false, 0, 0)).contains("not JSON"));
+        assert!(reason(r.inbound("fleet/a/alert", b"[1,2]", false, 0, 0)).contains("an array"));
+        assert!(reason(r.inbound("fleet/a/alert", &[b'"'; 2000], false, 0, 0)).contains("max_payload"));
+        assert!(reason(r.inbound("fleet/a/alert", &[0xff, 0xfe], false, 0, 0)).contains("UTF-8"));
+        assert!(reason(r.inbound("fleet/a/mission", b"{}", false, 0, 0)).contains("/status"));
+        assert!(reason(r.inbound("fleet/a/mission", br#"{"status":"a b"}"#, false, 0, 0)).contains("contains"));
     }
 }

@@ -109,7 +109,8 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 seq += 1;
-                let inbound = router.inbound(&publish.topic, &publish.payload, publish.dup, now_ms());
+                let inbound =
+                    router.inbound(&publish.topic, &publish.payload, publish.dup, now_ms(), crate::clock::sched_ms());
                 if let crate::outbox::Inbound::Quarantine(q) = &inbound {
                     tracing::warn!(topic = %q.topic, size = q.size, reason = %q.reason, "Quarantined an MQTT message.");
                 }

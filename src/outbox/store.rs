@@ -431,6 +431,40 @@ impl Store {
         Ok(())
     }
 
+    /// Saves the schedule clock's reading (see `clock`), in the open transaction.
+    pub fn save_clock(&self, c: &crate::clock::Saved) -> rusqlite::Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )?;
+        for (name, value) in [
+            ("clock_sched_ms", c.sched_ms),
+            ("clock_boot_id", c.boot_id),
+            ("clock_boottime_ms", c.boottime_ms),
+            ("clock_wall_ms", c.wall_ms),
+            ("clock_synced", c.synced as i64),
+        ] {
+            stmt.execute(params![name, value])?;
+        }
+        Ok(())
+    }
+
+    /// The schedule clock's last saved reading, if any.
+    pub fn saved_clock(&self) -> rusqlite::Result<Option<crate::clock::Saved>> {
+        let get = |name: &str| -> rusqlite::Result<Option<i64>> {
+            self.conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0)).optional()
+        };
+        let (Some(sched_ms), Some(boot_id), Some(boottime_ms), Some(wall_ms), Some(synced)) = (
+            get("clock_sched_ms")?,
+            get("clock_boot_id")?,
+            get("clock_boottime_ms")?,
+            get("clock_wall_ms")?,
+            get("clock_synced")?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(crate::clock::Saved { sched_ms, boot_id, boottime_ms, wall_ms, synced: synced != 0 }))
+    }
+
     /// The last fast-log entry already written to the tables.
     pub fn fast_applied(&self) -> rusqlite::Result<u64> {
         let v: Option<i64> =

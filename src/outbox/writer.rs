@@ -28,7 +28,7 @@ use super::space::{Budget, HIGH, RETENTION_MS};
 use super::store::{Store, Stored};
 use super::{Command, FastDone, Inbound, Outbox, OutboxError, Read, Repair, Repaired, Write};
 use crate::config::{StorageConfig, Synchronous, WhenFull};
-use crate::event::now_ms;
+use crate::clock::sched_ms;
 use crate::health::{Beat, Wedge};
 
 mod admission;
@@ -57,6 +57,8 @@ const GIVE_UP_AFTER: u32 = 8;
 const RECORD_LINGER: Duration = Duration::from_millis(10);
 /// …or until this many are held.
 const RECORD_HOLD_MAX: usize = 4096;
+/// The schedule clock rides along with a commit at most this often (see `clock`).
+const CLOCK_SAVE_EVERY: Duration = Duration::from_secs(10);
 /// Messages none of whose endpoints is reachable wait this long at most for company in a
 /// commit (docs/decisions.md: "Unhurried ingest")…
 const UNHURRIED_LINGER: Duration = Duration::from_secs(1);
@@ -231,6 +233,8 @@ struct Writer {
     beat: Beat,
     /// The last batch was large: the next one lingers.
     busy: bool,
+    /// When the schedule clock was last saved with a commit.
+    clock_saved: Option<Instant>,
 }
 
 impl Writer {
@@ -241,6 +245,7 @@ impl Writer {
         let budget = Budget::new(cfg.max_bytes, page_size as u64);
         let mut store = Store::with_dedupe_window(conn, budget.dedupe_keys())?;
         store.apply_budget(&budget)?;
+        crate::clock::start(store.saved_clock()?.as_ref());
         let fast_log = Arc::new(std::sync::Mutex::new(recover_fast_log(&mut store, &cfg.path)?));
         let keys = store.keys();
         let (tx, rx) = mpsc::channel();
@@ -263,6 +268,7 @@ impl Writer {
             upkeep: Upkeep::new(cfg.audit_per_subscription),
             beat,
             busy: false,
+            clock_saved: None,
         };
         Ok((Outbox { tx, committed, new_work, keys, fast_log }, writer))
     }
@@ -274,7 +280,7 @@ impl Writer {
                 w.block_if_due();
             }
             if self.pending.until.is_none() && self.admission.is_empty() {
-                let sweeps = self.store.sweeps_due(now_ms());
+                let sweeps = self.store.sweeps_due(sched_ms());
                 if !sweeps.is_empty() {
                     sweeps.into_iter().for_each(|s| self.upkeep.sweep_later(s));
                     self.commit_pending(0);
@@ -293,6 +299,11 @@ impl Writer {
         if !self.pending.writes.is_empty() || !self.fast.done.is_empty() {
             let take = self.ingest_to_take();
             self.commit_pending(take);
+        }
+        // The clock's last reading, so that a restart in this boot continues exactly.
+        let clock = crate::clock::here();
+        if let Err(e) = self.in_own_transaction(|store| store.save_clock(&clock)) {
+            tracing::debug!(error = %e, "Could not save the schedule clock at stop.");
         }
         if !self.admission.is_empty() {
             tracing::warn!(
@@ -626,7 +637,7 @@ impl Writer {
         self.checkpoint_if_large();
         if Instant::now() >= self.upkeep.housekeeping_at {
             self.upkeep.housekeeping_at = Instant::now() + HOUSEKEEPING;
-            let now = now_ms();
+            let now = sched_ms();
             let result = self.in_own_transaction(|store| {
                 while store.delete_finished(now - RETENTION_MS, 256)? > 0 {}
                 store.shrink()
@@ -723,7 +734,7 @@ impl Writer {
     }
 
     fn apply_in_transaction(&mut self, writes: &[Write], take: usize) -> rusqlite::Result<(Vec<Applied>, bool)> {
-        let now = now_ms();
+        let now = sched_ms();
         self.store.begin()?;
         for subscription in &self.upkeep.to_sweep {
             self.store.sweep_expired(subscription, now)?;
@@ -751,6 +762,10 @@ impl Writer {
         }
         audited.iter().try_for_each(|s| self.audited(s))?;
         let fast = std::mem::take(&mut self.fast.done);
+        if self.clock_saved.is_none_or(|t| t.elapsed() >= CLOCK_SAVE_EVERY) {
+            self.store.save_clock(&crate::clock::here())?;
+            self.clock_saved = Some(Instant::now());
+        }
         let written = fast.iter().try_for_each(|done| {
             self.store.record_fast(done)?;
             done.audits.iter().try_for_each(|a| self.audited(&a.subscription))

@@ -133,7 +133,7 @@ impl Context {
             Request::Pause { subscription } => self.hold(subscription, true).await,
             Request::Resume { subscription } => self.hold(subscription, false).await,
             Request::Emit { event_type, data } => {
-                let deliveries = self.live()?.config.deliveries(&event_type, None, now_ms());
+                let deliveries = self.live()?.config.deliveries(&event_type, None, crate::clock::sched_ms());
                 let (event_id, ids) = self.emit(event_type, data, deliveries).await?;
                 Ok(json!({ "event_id": event_id, "delivery_ids": ids }))
             }
@@ -181,7 +181,7 @@ impl Context {
         let deliveries = vec![NewDelivery {
             id: crate::event::new_id(),
             subscription: subscription.clone(),
-            expires_ms: now_ms() + sub.max_age.as_millis() as i64,
+            expires_ms: crate::clock::sched_ms() + sub.max_age.as_millis() as i64,
         }];
         let data = json!({ "message": "a test event from fleethook", "subscription": subscription });
         let (event_id, ids) = self.emit("fleethook.test".into(), Some(data), deliveries).await?;
@@ -232,7 +232,9 @@ impl Context {
             .map(|sub| {
                 let s = stats.subscription(&sub.name).cloned().unwrap_or_default();
                 let v = views.iter().find(|v| v.name == sub.name);
-                let next = v.and_then(|v| v.next_attempt_at_ms).or(s.next_attempt_ms.filter(|_| s.pending > 0));
+                let next = v
+                    .and_then(|v| v.next_attempt_at_ms)
+                    .or(s.next_attempt_ms.filter(|_| s.pending > 0).map(crate::clock::to_wall_ms));
                 json!({
                     "name": sub.name,
                     "url": sub.url,
@@ -255,6 +257,7 @@ impl Context {
             "version": env!("CARGO_PKG_VERSION"),
             "device_id": live.config.device_id,
             "uptime_s": self.started.elapsed().as_secs(),
+            "clock": crate::clock::quality(),
             "mqtt": { "connected": mqtt.connected, "url": mqtt.url, "last_error": mqtt.last_error },
             "storage": {
                 "path": live.config.storage.path,

@@ -2,7 +2,7 @@
 //! full whatever the cap says.
 
 use super::{Blocked, Writer};
-use crate::event::now_ms;
+use crate::clock::sched_ms;
 use crate::outbox::space::{HIGH, Reclaimed};
 
 /// Ingest never takes the filesystem's last this many bytes: delivery results, the
@@ -14,7 +14,7 @@ impl Writer {
     /// Makes room, one small transaction per step so that no step overruns the WAL's
     /// share; says whether ingest may go on.
     pub(super) fn relieve(&mut self, evict: bool) -> bool {
-        let now = now_ms();
+        let now = sched_ms();
         let mut total = Reclaimed::default();
         let budget = self.budget;
         loop {

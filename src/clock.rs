@@ -1,0 +1,231 @@
+//! Clocks (DESIGN guarantee 7). Robots boot in 1970 or at the last saved time, and NTP
+//! steps the wall clock later, by years, in either direction. So:
+//!
+//! - **The schedule clock** ([`sched_ms`]) decides everything that waits: retry times,
+//!   offline probes, TTL ages, the writer's sweeps. It is milliseconds on
+//!   `CLOCK_BOOTTIME` (which counts suspend and never jumps), re-based across restarts
+//!   from what the outbox saved (`meta`): within one boot by boottime itself (time the
+//!   agent was down counts), across a reboot by the wall clock only when it was synced
+//!   both at the save and now (otherwise the robot's power-off time is not counted: a
+//!   `max_age` counts time the robot was up, plus off-time a synced clock can vouch
+//!   for). A new outbox starts it at the wall clock, so rows written before this clock
+//!   existed keep their meaning.
+//! - **The wall clock** ([`crate::event::now_ms`]) only dates things for people: the
+//!   envelope's `timestamp`, audit rows, `show`.
+//! - **Its quality** ([`quality`]): `synced` (the kernel says NTP or similar disciplines
+//!   it), `unsynced`, or `wrong` (before this binary was built).
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Milliseconds on `CLOCK_BOOTTIME`.
+pub fn boottime_ms() -> i64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
+}
+
+/// This boot's id (the kernel's `boot_id`), hashed to fit an integer column.
+pub fn boot_id() -> i64 {
+    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+    crate::outbox::content_key("boot_id", id.trim().as_bytes())
+}
+
+/// What the schedule clock was, saved with a commit, to continue from after a restart.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Saved {
+    pub sched_ms: i64,
+    pub boot_id: i64,
+    pub boottime_ms: i64,
+    pub wall_ms: i64,
+    pub synced: bool,
+}
+
+/// Where the schedule clock stands now, given what was saved (pure: tests feed it).
+pub fn rebase(saved: Option<&Saved>, now: &Saved) -> i64 {
+    let Some(s) = saved else { return now.wall_ms };
+    if s.boot_id == now.boot_id && now.boottime_ms >= s.boottime_ms {
+        return s.sched_ms + (now.boottime_ms - s.boottime_ms);
+    }
+    // Another boot: the off-time counts only if a synced clock measured it.
+    let off = if s.synced && now.synced { (now.wall_ms - s.wall_ms).max(0) } else { 0 };
+    s.sched_ms + off
+}
+
+/// `sched_ms` at `boottime_ms`.
+static BASE: OnceLock<(i64, i64)> = OnceLock::new();
+
+/// Starts the schedule clock from what the outbox saved (once per process; later calls,
+/// such as a second outbox in a test, keep the first).
+pub fn start(saved: Option<&Saved>) {
+    let now = here();
+    BASE.get_or_init(|| (rebase(saved, &now), now.boottime_ms));
+}
+
+/// Now on the schedule clock.
+pub fn sched_ms() -> i64 {
+    let (base, at) = *BASE.get_or_init(|| (crate::event::now_ms(), boottime_ms()));
+    base + (boottime_ms() - at)
+}
+
+/// The schedule clock's reading now, ready to save.
+pub fn here() -> Saved {
+    let boottime = boottime_ms();
+    let sched = BASE.get().map(|(base, at)| base + (boottime - at)).unwrap_or(0);
+    Saved {
+        sched_ms: sched,
+        boot_id: boot_id(),
+        boottime_ms: boottime,
+        wall_ms: crate::event::now_ms(),
+        synced: quality() == Quality::Synced,
+    }
+}
+
+/// A time on the schedule clock as a wall-clock time, for people.
+pub fn to_wall_ms(sched: i64) -> i64 {
+    crate::event::now_ms() + (sched - sched_ms())
+}
+
+/// Whether the wall clock can be believed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    Synced,
+    Unsynced,
+    /// Before this binary was built: certainly wrong.
+    Wrong,
+}
+
+impl Quality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Synced => "synced",
+            Quality::Unsynced => "unsynced",
+            Quality::Wrong => "wrong",
+        }
+    }
+}
+
+/// When this binary was built (Unix seconds; `SOURCE_DATE_EPOCH` if the build set it).
+fn built_s() -> i64 {
+    option_env!("FLEETHOOK_BUILD_EPOCH").and_then(|s| s.parse().ok()).unwrap_or(1_764_547_200) // 2025-12-01
+}
+
+/// The kernel's view (adjtimex: `STA_UNSYNC` clear means disciplined), the build date as
+/// a floor. `FLEETHOOK_CLOCK=synced|unsynced` overrides the kernel's answer, for tests
+/// and for robots whose time source the kernel does not know (GPS, PTP in user space).
+pub fn quality() -> Quality {
+    classify(
+        crate::event::now_ms() / 1000,
+        built_s(),
+        std::env::var("FLEETHOOK_CLOCK").ok().as_deref().and_then(|v| match v {
+            "synced" => Some(true),
+            "unsynced" => Some(false),
+            _ => None,
+        }),
+        kernel_synced(),
+    )
+}
+
+/// Pure: the wall clock `now_s` against the build date, an override, the kernel.
+pub fn classify(now_s: i64, built_s: i64, forced: Option<bool>, kernel: Option<bool>) -> Quality {
+    if now_s < built_s {
+        return Quality::Wrong;
+    }
+    match forced.or(kernel) {
+        Some(true) => Quality::Synced,
+        Some(false) => Quality::Unsynced,
+        // No way to tell (not Linux): a clock past the build date is taken as good.
+        None => Quality::Synced,
+    }
+}
+
+fn kernel_synced() -> Option<bool> {
+    let mut tx: libc::timex = unsafe { std::mem::zeroed() };
+    // SAFETY: adjtimex with modes = 0 only reads the kernel's clock state into `tx`.
+    let state = unsafe { libc::adjtimex(&mut tx) };
+    if state < 0 {
+        return None;
+    }
+    Some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
+}
+
+/// A plain sentence for how far the agent's clock is from another's (`theirs - ours`).
+pub fn skew_words(ours_ms: i64, theirs_ms: i64) -> Option<String> {
+    let d = theirs_ms - ours_ms;
+    if d.abs() < 5_000 {
+        return None;
+    }
+    let span = humantime::format_duration(Duration::from_secs((d.abs() / 1000) as u64)).to_string();
+    let side = if d > 0 { "behind" } else { "ahead of" };
+    Some(format!("the agent's clock is {span} {side} the receiver's"))
+}
+
+/// Seconds since the epoch for signing, never before 1970.
+pub fn unix_s(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(sched: i64, boot: &str, boottime: i64, wall: i64, synced: bool) -> Saved {
+        let boot_id = crate::outbox::content_key("boot_id", boot.as_bytes());
+        Saved { sched_ms: sched, boot_id, boottime_ms: boottime, wall_ms: wall, synced }
+    }
+
+    #[test]
+    fn a_new_outbox_starts_at_the_wall_clock() {
+        assert_eq!(rebase(None, &at(0, "b", 5, 1_000, false)), 1_000);
+    }
+
+    #[test]
+    fn within_a_boot_boottime_counts_whatever_the_wall_clock_did() {
+        // Saved in 2001 (wrong); restarted 10 s later with the clock stepped to 2026.
+        let saved = at(978_307_200_000, "b1", 60_000, 978_307_200_000, false);
+        let now = at(0, "b1", 70_000, 1_780_000_000_000, true);
+        assert_eq!(rebase(Some(&saved), &now), 978_307_200_000 + 10_000);
+        // Three years ahead, stepped back: still only the 10 s.
+        let ahead = at(1_900_000_000_000, "b1", 60_000, 1_900_000_000_000, true);
+        assert_eq!(rebase(Some(&ahead), &now), 1_900_000_000_000 + 10_000);
+    }
+
+    #[test]
+    fn across_a_reboot_off_time_counts_only_between_synced_clocks() {
+        let saved = at(5_000, "b1", 60_000, 1_000_000, true);
+        assert_eq!(rebase(Some(&saved), &at(0, "b2", 1_000, 1_360_000, true)), 5_000 + 360_000);
+        assert_eq!(rebase(Some(&saved), &at(0, "b2", 1_000, 1_360_000, false)), 5_000, "unsynced now");
+        assert_eq!(rebase(Some(&saved), &at(0, "b2", 1_000, 10, true)), 5_000, "a clock gone back counts nothing");
+    }
+
+    #[test]
+    fn quality_is_wrong_before_the_build_synced_or_not_after() {
+        assert_eq!(classify(100, 1_000, None, Some(true)), Quality::Wrong);
+        assert_eq!(classify(2_000, 1_000, None, Some(false)), Quality::Unsynced);
+        assert_eq!(classify(2_000, 1_000, Some(true), Some(false)), Quality::Synced);
+        assert_eq!(classify(2_000, 1_000, None, None), Quality::Synced);
+    }
+
+    #[test]
+    fn skew_is_said_plainly() {
+        let year = 365 * 86_400_000i64;
+        let words = skew_words(0, 25 * year).unwrap();
+        assert!(words.starts_with("the agent's clock is 25years") && words.ends_with("behind the receiver's"), "{words}");
+        assert!(skew_words(1_000, 0).is_none());
+        assert!(skew_words(60_000, 0).unwrap().contains("ahead of"));
+    }
+
+    #[test]
+    fn boottime_moves_forward() {
+        let a = boottime_ms();
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(boottime_ms() >= a + 4);
+    }
+}
