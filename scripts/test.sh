@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh machine: installs what the tests use when it is
 # missing (mosquitto, a real broker per test; systemd's systemd-analyze, to verify the
 # unit; util-linux's setpriv, to test the socket's permission check; fuse3, whose mount
-# helper backs the power-cut tests' filesystem), then `cargo test`. Run it as root: a few
+# helper backs the power-cut tests' filesystem; faketime, whose libfaketime lies to the
+# agent about the wall clock in the clock tests), then `cargo test`. Run it as root: a few
 # tests mount a small tmpfs or a FUSE filesystem (/dev/fuse) and bind journald's socket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ command -v mosquitto_pub >/dev/null 2>&1 || PKGS+=(mosquitto-clients)
 command -v systemd-analyze >/dev/null 2>&1 || PKGS+=(systemd)
 command -v setpriv >/dev/null 2>&1 || PKGS+=(util-linux)
 command -v fusermount3 >/dev/null 2>&1 || PKGS+=(fuse3)
+ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || PKGS+=(faketime)
 if [ ${#PKGS[@]} -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

@@ -217,7 +217,10 @@ mod tests {
     fn skew_is_said_plainly() {
         let year = 365 * 86_400_000i64;
         let words = skew_words(0, 25 * year).unwrap();
-        assert!(words.starts_with("the agent's clock is 25years") && words.ends_with("behind the receiver's"), "{words}");
+        assert!(
+            words.starts_with("the agent's clock is 25years") && words.ends_with("behind the receiver's"),
+            "{words}"
+        );
         assert!(skew_words(1_000, 0).is_none());
         assert!(skew_words(60_000, 0).unwrap().contains("ahead of"));
     }

@@ -37,7 +37,9 @@ pub fn init(format: LogFormat, default: &str) {
             Err(_) => {}
         }
     }
-    let builder = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: never into a file, a pipe or journald.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).with_ansi(colour);
     if format == LogFormat::Json {
         builder.json().flatten_event(true).init();
     } else {

@@ -115,7 +115,10 @@ pub fn refused_for_our_clock(
         Verdict::Failed { reason, gone: false }
             if matches!(status, 400 | 401) && blames_time && clock != crate::clock::Quality::Synced =>
         {
-            Verdict::Retry { after: None, reason: format!("{reason} (the receiver refused our timestamp; our clock is {})", clock.as_str()) }
+            Verdict::Retry {
+                after: None,
+                reason: format!("{reason} (the receiver refused our timestamp; our clock is {})", clock.as_str()),
+            }
         }
         other => other,
     }
@@ -152,7 +155,10 @@ mod tests {
         let body = Some("message timestamp too old");
         assert!(matches!(refused_for_our_clock(failed(), 401, body, Quality::Unsynced), Verdict::Retry { .. }));
         assert!(matches!(refused_for_our_clock(failed(), 401, body, Quality::Synced), Verdict::Failed { .. }));
-        assert!(matches!(refused_for_our_clock(failed(), 401, Some("bad key"), Quality::Wrong), Verdict::Failed { .. }));
+        assert!(matches!(
+            refused_for_our_clock(failed(), 401, Some("bad key"), Quality::Wrong),
+            Verdict::Failed { .. }
+        ));
         assert!(matches!(refused_for_our_clock(failed(), 403, body, Quality::Wrong), Verdict::Failed { .. }));
     }
 }

@@ -173,7 +173,8 @@ impl Lane {
     fn with_clock_policy(mut self) -> Lane {
         use crate::sign::Scheme;
         let timestamped = matches!(self.sub.signature, Scheme::Standard | Scheme::Stripe);
-        self.clock.policy = Some(self.sub.clock_policy).filter(|p| timestamped && *p != crate::config::ClockPolicy::Sign);
+        self.clock.policy =
+            Some(self.sub.clock_policy).filter(|p| timestamped && *p != crate::config::ClockPolicy::Sign);
         self
     }
 

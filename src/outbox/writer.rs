@@ -27,8 +27,8 @@ use super::fastlog::{self, FastLog};
 use super::space::{Budget, HIGH, RETENTION_MS};
 use super::store::{Store, Stored};
 use super::{Command, FastDone, Inbound, Outbox, OutboxError, Read, Repair, Repaired, Write};
-use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::clock::sched_ms;
+use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::health::{Beat, Wedge};
 
 mod admission;

@@ -68,14 +68,13 @@ fn short(text: &Value, n: usize) -> String {
 pub fn status(v: &Value) -> String {
     let m = &v["mqtt"];
     let st = &v["storage"];
-    let mut out =
-        format!(
-            "fleethook {}  device {}  up {}  clock {}\n",
-            s(&v["version"]),
-            s(&v["device_id"]),
-            age(&v["uptime_s"]),
-            s(&v["clock"])
-        );
+    let mut out = format!(
+        "fleethook {}  device {}  up {}  clock {}\n",
+        s(&v["version"]),
+        s(&v["device_id"]),
+        age(&v["uptime_s"]),
+        s(&v["clock"])
+    );
     let conn = if m["connected"].as_bool() == Some(true) {
         "connected".to_string()
     } else {
