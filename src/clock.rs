@@ -28,7 +28,8 @@ pub fn boottime_ms() -> i64 {
     if rc != 0 {
         return 0;
     }
-    ts.tv_sec as i64 * 1000 + ts.tv_nsec as i64 / 1_000_000
+    // i64::from: time_t and long are 32 bits on armv7.
+    i64::from(ts.tv_sec) * 1000 + i64::from(ts.tv_nsec) / 1_000_000
 }
 
 /// This boot's id (the kernel's `boot_id`), hashed to fit an integer column.
