@@ -28,8 +28,10 @@ pub fn boottime_ms() -> i64 {
     if rc != 0 {
         return 0;
     }
-    // i64::from: time_t and long are 32 bits on armv7.
-    i64::from(ts.tv_sec) * 1000 + i64::from(ts.tv_nsec) / 1_000_000
+    // The conversions matter on armv7, where time_t and long are 32 bits.
+    #[allow(clippy::useless_conversion)]
+    let (secs, nanos) = (i64::from(ts.tv_sec), i64::from(ts.tv_nsec));
+    secs * 1000 + nanos / 1_000_000
 }
 
 /// This boot's id (the kernel's `boot_id`), hashed to fit an integer column.
