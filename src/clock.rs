@@ -16,7 +16,7 @@
 //!   it), `unsynced`, or `wrong` (before this binary was built).
 
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
@@ -87,6 +87,37 @@ pub fn here() -> Saved {
         boottime_ms: boottime,
         wall_ms: crate::event::now_ms(),
         synced: quality() == Quality::Synced,
+    }
+}
+
+/// Where an event was taken on the boot's own clock, kept when the wall clock was not
+/// known good at the time, so that its timestamp can be made true later.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Taken {
+    pub boot_id: i64,
+    pub boottime_ms: i64,
+}
+
+/// Where we are now, if the wall clock is not known good (else nothing to keep).
+pub fn taken_unless_synced() -> Option<Taken> {
+    (quality() != Quality::Synced).then(|| Taken { boot_id: boot_id(), boottime_ms: boottime_ms() })
+}
+
+/// An event's timestamp as it should be sent, and whether it is still unsure: an event
+/// taken while the clock was not good is re-dated from the wall clock once that is good,
+/// by the boottime since (same boot only); otherwise its timestamp is sent as it was,
+/// marked `unsynced`.
+pub fn dated(created_ms: i64, taken: Option<Taken>) -> (i64, bool) {
+    let Some(t) = taken else { return (created_ms, false) };
+    redate(created_ms, t, quality(), boot_id(), boottime_ms(), crate::event::now_ms())
+}
+
+/// Pure: see [`dated`].
+pub fn redate(created_ms: i64, t: Taken, quality: Quality, boot: i64, boottime: i64, wall: i64) -> (i64, bool) {
+    if quality == Quality::Synced && t.boot_id == boot && boottime >= t.boottime_ms {
+        (wall - (boottime - t.boottime_ms), false)
+    } else {
+        (created_ms, true)
     }
 }
 
@@ -166,15 +197,25 @@ fn kernel_synced() -> Option<bool> {
     Some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
 }
 
-/// A plain sentence for how far the agent's clock is from another's (`theirs - ours`).
+/// A plain sentence for how far the agent's clock is from another's (`theirs - ours`),
+/// if it is more than a few seconds.
 pub fn skew_words(ours_ms: i64, theirs_ms: i64) -> Option<String> {
     let d = theirs_ms - ours_ms;
-    if d.abs() < 5_000 {
+    let secs = d.unsigned_abs() / 1000;
+    if secs < 5 {
         return None;
     }
-    let span = humantime::format_duration(Duration::from_secs((d.abs() / 1000) as u64)).to_string();
+    let (n, unit) = match secs {
+        s if s >= 31_557_600 => (s as f64 / 31_557_600.0, "year"),
+        s if s >= 86_400 => (s as f64 / 86_400.0, "day"),
+        s if s >= 3_600 => (s as f64 / 3_600.0, "hour"),
+        s if s >= 60 => (s as f64 / 60.0, "minute"),
+        s => (s as f64, "second"),
+    };
+    let n = n.round() as u64;
+    let plural = if n == 1 { "" } else { "s" };
     let side = if d > 0 { "behind" } else { "ahead of" };
-    Some(format!("the agent's clock is {span} {side} the receiver's"))
+    Some(format!("the agent's clock is {n} {unit}{plural} {side} the receiver's"))
 }
 
 /// Seconds since the epoch for signing, never before 1970.
@@ -226,19 +267,35 @@ mod tests {
     #[test]
     fn skew_is_said_plainly() {
         let year = 365 * 86_400_000i64;
-        let words = skew_words(0, 25 * year).unwrap();
-        assert!(
-            words.starts_with("the agent's clock is 25years") && words.ends_with("behind the receiver's"),
-            "{words}"
-        );
+        assert_eq!(skew_words(0, 25 * year).unwrap(), "the agent's clock is 25 years behind the receiver's");
         assert!(skew_words(1_000, 0).is_none());
-        assert!(skew_words(60_000, 0).unwrap().contains("ahead of"));
+        assert_eq!(skew_words(60_000, 0).unwrap(), "the agent's clock is 1 minute ahead of the receiver's");
+    }
+
+    #[test]
+    fn a_timestamp_taken_unsynced_is_made_true_once_the_clock_is_good() {
+        let t = Taken { boot_id: 7, boottime_ms: 10_000 };
+        // Taken in "2001", now synced in the same boot, 5 s later.
+        assert_eq!(
+            redate(978_307_200_000, t, Quality::Synced, 7, 15_000, 1_780_000_005_000),
+            (1_780_000_000_000, false)
+        );
+        assert_eq!(
+            redate(978_307_200_000, t, Quality::Unsynced, 7, 15_000, 1),
+            (978_307_200_000, true),
+            "not yet good"
+        );
+        assert_eq!(
+            redate(978_307_200_000, t, Quality::Synced, 8, 15_000, 1),
+            (978_307_200_000, true),
+            "rebooted since"
+        );
     }
 
     #[test]
     fn boottime_moves_forward() {
         let a = boottime_ms();
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(std::time::Duration::from_millis(5));
         assert!(boottime_ms() >= a + 4);
     }
 }

@@ -144,6 +144,9 @@ pub struct EnvelopeParts<'a> {
     pub delivery_id: &'a str,
     /// The bridge's JSON object, embedded verbatim (it was validated at ingest).
     pub data: &'a str,
+    /// `created_ms` came from a clock not known good and could not be corrected: the
+    /// envelope says `"timestamp_quality": "unsynced"`.
+    pub timestamp_unsynced: bool,
 }
 
 /// The default body: `{"id","type","timestamp","device_id","delivery_id","data"}`.
@@ -156,6 +159,9 @@ pub fn envelope_body(p: &EnvelopeParts<'_>) -> String {
     push_json_str(&mut out, p.event_type);
     out.push_str(",\"timestamp\":");
     push_json_str(&mut out, &rfc3339_ms(p.created_ms));
+    if p.timestamp_unsynced {
+        out.push_str(",\"timestamp_quality\":\"unsynced\"");
+    }
     out.push_str(",\"device_id\":");
     push_json_str(&mut out, p.device_id);
     out.push_str(",\"delivery_id\":");
@@ -204,12 +210,14 @@ mod tests {
             device_id: "agv \"7\"",
             delivery_id: "d1",
             data: r#"{"status":"completed","n":1.50}"#,
+            timestamp_unsynced: false,
         });
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["type"], "mission.completed");
         assert_eq!(v["device_id"], "agv \"7\"");
         assert_eq!(v["timestamp"], "2026-05-10T18:04:31.000Z");
         assert!(body.ends_with(r#""data":{"status":"completed","n":1.50}}"#));
+        assert!(!body.contains("timestamp_quality"), "a true timestamp is not marked");
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct Received {
     pub delivery_id: Option<String>,
     pub attempt: Option<String>,
     pub body: String,
+    /// How far the signer's clock is from ours, in words, when it is off by more than
+    /// a few seconds (read from the signature's timestamp).
+    pub skew: Option<String>,
 }
 
 /// Which scheme signed a request, and the header prefix it used.
@@ -92,7 +95,18 @@ pub fn check(opts: &ReceiveOptions, method: &str, headers: &http::HeaderMap, bod
         delivery_id: header(headers, &format!("{prefix}-delivery")),
         attempt: header(headers, &format!("{prefix}-attempt")),
         body: String::from_utf8_lossy(body).into_owned(),
+        skew: signed_at(headers, &prefix)
+            .and_then(|ts| crate::clock::skew_words(ts * 1000, crate::clock::unix_s(now) * 1000)),
     }
+}
+
+/// The Unix time a signature says it was made at (`webhook-timestamp`, or Stripe's `t=`).
+fn signed_at(headers: &http::HeaderMap, prefix: &str) -> Option<i64> {
+    if let Some(ts) = header(headers, "webhook-timestamp") {
+        return ts.trim().parse().ok();
+    }
+    let sig = header(headers, &format!("{prefix}-signature"))?;
+    sig.split(',').find_map(|part| part.trim().strip_prefix("t=")).and_then(|t| t.parse().ok())
 }
 
 fn print(r: &Received, with_body: bool) {
@@ -113,6 +127,9 @@ fn print(r: &Received, with_body: bool) {
     );
     if let Some(e) = &r.error {
         line.push_str(&format!(": {e}"));
+    }
+    if let Some(skew) = &r.skew {
+        line.push_str(&format!(" ({skew})"));
     }
     println!("{line}");
     if with_body {
@@ -221,5 +238,25 @@ mod tests {
             assert!(!check(&opts, "POST", &h, b"{\"x\":1}", now).verified);
         }
         assert!(check(&opts, "POST", &http::HeaderMap::new(), b"{}", now).error.is_some());
+    }
+
+    #[test]
+    fn a_signer_with_a_clock_in_2001_is_told_so_plainly() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let opts = ReceiveOptions {
+            secrets: vec![secret.into()],
+            tolerance: sign::DEFAULT_TOLERANCE,
+            print: false,
+            print_body: false,
+        };
+        let key = sign::signing_key(Scheme::Standard, secret).unwrap();
+        let mut h = http::HeaderMap::new();
+        for (k, v) in sign::sign_headers(Scheme::Standard, &[key], "x-fleethook", "d1", 978_307_200, b"{}") {
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_764_547_200);
+        let r = check(&opts, "POST", &h, b"{}", now);
+        assert!(!r.verified, "outside the tolerance");
+        assert_eq!(r.skew.as_deref(), Some("the agent's clock is 25 years behind the receiver's"));
     }
 }

@@ -158,6 +158,7 @@ impl Book {
             device_id: job.event.device_id.clone(),
             created_ms: job.event.created_ms,
             data: job.event.data.clone(),
+            clock: job.event.clock,
         })
     }
 

@@ -69,13 +69,16 @@ fn put(headers: &mut HeaderMap, name: &str, value: &str) {
 
 /// Body and headers for one attempt of `due`, signed now.
 pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime) -> Prepared {
+    // Taken while the clock was not good: made true now if it can be, else marked.
+    let (created_ms, timestamp_unsynced) = crate::clock::dated(due.created_ms, due.clock);
     let parts = EnvelopeParts {
         id: &due.event_id,
         event_type: &due.event_type,
-        created_ms: due.created_ms,
+        created_ms,
         device_id: &due.device_id,
         delivery_id: &due.delivery_id,
         data: &due.data,
+        timestamp_unsynced,
     };
     let opts = FormatOptions {
         summary: sub.summary.as_deref(),

@@ -123,6 +123,7 @@ impl Router {
             event_type,
             device_id,
             created_ms: now_ms,
+            clock: None,
             topic: topic.to_string(),
             data: text.to_string(),
             priority: route.priority,

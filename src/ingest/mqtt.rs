@@ -109,8 +109,11 @@ pub async fn run(
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => {
                 seq += 1;
-                let inbound =
+                let mut inbound =
                     router.inbound(&publish.topic, &publish.payload, publish.dup, now_ms(), crate::clock::sched_ms());
+                if let crate::outbox::Inbound::Event(e) = &mut inbound {
+                    e.clock = crate::clock::taken_unless_synced();
+                }
                 if let crate::outbox::Inbound::Quarantine(q) = &inbound {
                     tracing::warn!(topic = %q.topic, size = q.size, reason = %q.reason, "Quarantined an MQTT message.");
                 }

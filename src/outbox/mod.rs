@@ -89,6 +89,8 @@ pub struct NewEvent {
     pub event_type: String,
     pub device_id: String,
     pub created_ms: i64,
+    /// Where it was taken on the boot's clock, if the wall clock was not good then.
+    pub clock: Option<crate::clock::Taken>,
     pub topic: String,
     /// The payload: a JSON object, kept verbatim.
     pub data: String,
@@ -117,6 +119,7 @@ impl NewEvent {
             event_type: event_type.to_string(),
             device_id: device_id.to_string(),
             created_ms: now_ms,
+            clock: crate::clock::taken_unless_synced(),
             topic: String::new(),
             data: data.to_string(),
             priority: crate::event::Priority::Normal,
@@ -164,6 +167,8 @@ pub struct Due {
     pub device_id: String,
     pub created_ms: i64,
     pub data: String,
+    /// Where it was taken on the boot's clock, if the wall clock was not good then.
+    pub clock: Option<crate::clock::Taken>,
 }
 
 #[derive(Clone, Debug, Default)]

@@ -112,6 +112,12 @@ CREATE TABLE meta (
     value INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- An event taken while the wall clock was not known good keeps where it was taken on the
+-- boot's own clock, so that its timestamp can be made true once the clock is (see clock).
+ALTER TABLE events ADD COLUMN clock_boot_id INTEGER;
+ALTER TABLE events ADD COLUMN clock_boottime_ms INTEGER;
+"#,
 ];
 
 /// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.

@@ -37,7 +37,8 @@ const EXPIRE_SWEEP_MS: i64 = 5_000;
 
 /// Due deliveries of a parallel lane: the pending index, in due order.
 pub(super) const DUE_SQL: &str =
-    "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms
+    "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms,
+            e.clock_boot_id, e.clock_boottime_ms
      FROM deliveries d JOIN events e ON e.seq = d.event_seq
      WHERE d.subscription = ?1 AND d.state = 'pending' AND d.next_attempt_ms <= ?2 AND d.expires_ms > ?2
      ORDER BY d.next_attempt_ms, d.seq LIMIT ?3";
@@ -45,7 +46,8 @@ pub(super) const DUE_SQL: &str =
 /// The head of a FIFO lane, in event order. Named index: left to itself the planner
 /// takes the expiry index for `expires_ms > ?` and sorts the whole backlog.
 pub(super) const DUE_FIFO_SQL: &str =
-    "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms
+    "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms,
+            e.clock_boot_id, e.clock_boottime_ms
      FROM deliveries d INDEXED BY deliveries_fifo JOIN events e ON e.seq = d.event_seq
      WHERE d.subscription = ?1 AND d.state = 'pending' AND d.expires_ms > ?2 ORDER BY d.seq LIMIT ?3";
 
@@ -156,10 +158,21 @@ impl Store {
         // window): that is a duplicate too, never a failed transaction.
         let inserted = c
             .prepare_cached(
-                "INSERT INTO events (id, type, device_id, created_ms, topic, data, dedupe_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO events (id, type, device_id, created_ms, topic, data, dedupe_key, clock_boot_id, clock_boottime_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (id) DO NOTHING",
             )?
-            .execute(params![e.id, e.event_type, e.device_id, e.created_ms, e.topic, e.data, e.dedupe_key])?;
+            .execute(params![
+                e.id,
+                e.event_type,
+                e.device_id,
+                e.created_ms,
+                e.topic,
+                e.data,
+                e.dedupe_key,
+                e.clock.map(|c| c.boot_id),
+                e.clock.map(|c| c.boottime_ms)
+            ])?;
         if inserted == 0 {
             self.duplicates += 1;
             return Ok(Stored::Duplicate);
@@ -294,6 +307,10 @@ impl Store {
                 device_id: r.get(6)?,
                 created_ms: r.get(7)?,
                 data: r.get(8)?,
+                clock: match (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<i64>>(11)?) {
+                    (Some(boot_id), Some(boottime_ms)) => Some(crate::clock::Taken { boot_id, boottime_ms }),
+                    _ => None,
+                },
             });
         }
         if !fifo && rows.len() < limit {

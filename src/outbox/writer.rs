@@ -762,7 +762,10 @@ impl Writer {
         }
         audited.iter().try_for_each(|s| self.audited(s))?;
         let fast = std::mem::take(&mut self.fast.done);
-        if self.clock_saved.is_none_or(|t| t.elapsed() >= CLOCK_SAVE_EVERY) {
+        // Only with a commit that writes anyway: a transaction of its own would cost a
+        // page of flash every few seconds on an idle robot.
+        let writes_anyway = !writes.is_empty() || take > 0 || !fast.is_empty();
+        if writes_anyway && self.clock_saved.is_none_or(|t| t.elapsed() >= CLOCK_SAVE_EVERY) {
             self.store.save_clock(&crate::clock::here())?;
             self.clock_saved = Some(Instant::now());
         }

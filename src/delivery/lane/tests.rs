@@ -32,6 +32,7 @@ fn due(seq: i64) -> Due {
         device_id: "r".into(),
         created_ms: 0,
         data: "{}".into(),
+        clock: None,
     }
 }
 
