@@ -58,6 +58,9 @@ pub struct EndpointView {
     pub last_error: Option<String>,
     /// Unix ms of the next offline probe, when offline.
     pub next_attempt_at_ms: Option<i64>,
+    /// How far our clock is from the endpoint's, by its last `Date` header, in words,
+    /// when that is more than a few seconds.
+    pub clock_skew: Option<String>,
 }
 
 pub type EndpointViews = Arc<Mutex<Vec<EndpointView>>>;

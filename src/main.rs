@@ -262,12 +262,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 fn tested(v: &serde_json::Value) -> String {
     format!(
-        "{} → {} (HTTP {}, {} ms){}\n",
+        "{} → {} (HTTP {}, {} ms){}\n{}",
         v["subscription"].as_str().unwrap_or("?"),
         v["outcome"].as_str().unwrap_or("?"),
         v["status"],
         v["duration_ms"],
-        v["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default()
+        v["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default(),
+        v["clock_skew"].as_str().map(|s| format!("note: {s} (by its Date header)\n")).unwrap_or_default()
     )
 }
 

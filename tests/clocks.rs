@@ -155,3 +155,76 @@ fn signatures_wait_for_a_good_clock_and_verify_after_the_step() {
         assert!(!year_2001 || body["timestamp_quality"] == "unsynced", "an unmarked 2001 timestamp: {body}");
     }
 }
+
+/// Steps of a day forward and back while a backlog drains: nothing expires, nothing
+/// waits beyond its schedule.
+#[test]
+fn steps_of_a_day_while_a_backlog_drains_neither_expire_nor_delay() {
+    let broker = Mosquitto::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    // A short max_age: a day's step forward would expire everything if it counted.
+    let config = base_config(broker.port)
+        + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "max_age = \"1h\"\nmax_in_flight = 1");
+    let agent = agent_with_clock(dir.path(), &config, &clock, "+0");
+    agent.wait_subscribed();
+    const N: u64 = 200;
+    let messages: Vec<_> = (0..N as usize).map(|n| mission("agv-1", n, "completed")).collect();
+    publish(broker.port, &messages);
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == N as i64));
+    let ep = Endpoint::start_on(port, Reply::Slow(Duration::from_millis(20), 200), Vec::new());
+    for step in ["+1d", "-1d", "+2d", "+0"] {
+        std::thread::sleep(Duration::from_millis(700));
+        std::fs::write(&clock, step).unwrap();
+    }
+    assert!(wait_until(LONG, || all_arrived(&ep, N)), "{} of {N} arrived; {}", ep.count(), agent.log());
+    assert_eq!(agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'expired'"), 0, "a step expired nothing");
+}
+
+/// What is truly old still expires, its age counted across a restart in the same boot.
+#[test]
+fn a_ttl_counts_time_across_a_restart_and_still_expires() {
+    let broker = Mosquitto::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        base_config(broker.port) + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "max_age = \"4s\"");
+    let mut agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    publish(broker.port, &[mission("agv-1", 0, "completed")]);
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 1));
+    assert!(agent.terminate().success());
+    // Down for longer than the event's max_age: that time counts.
+    std::thread::sleep(Duration::from_secs(5));
+    agent.spawn();
+    agent.wait_subscribed();
+    assert!(
+        wait_until(Duration::from_secs(20), || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'expired'")
+            == 1),
+        "the event older than its max_age did not expire; {}",
+        agent.log()
+    );
+}
+
+/// `fleethook test` says plainly how far off the agent's clock is, by the endpoint's
+/// `Date` header.
+#[test]
+fn fleethook_test_reports_the_clock_skew_plainly() {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    // sha256 carries no timestamp: it may go with any clock.
+    let config = base_config(broker.port) + &subscription("ops", &ep.url(), "signature = \"sha256\"");
+    let agent = agent_with_clock(dir.path(), &config, &clock, "@2001-01-01 00:00:00");
+    agent.wait_subscribed();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleethook"))
+        .args(["test", "ops", "--config"])
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("the agent's clock is 26 years behind the receiver's"), "{text}");
+}

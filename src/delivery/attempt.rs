@@ -23,6 +23,8 @@ pub struct Done {
     pub record: AttemptRecord,
     /// A fast-path delivery: its event is not stored (or was not when it started).
     pub fast: Option<FastRef>,
+    /// Our clock against the endpoint's `Date`, in words, if they differ by seconds.
+    pub skew: Option<Option<String>>,
 }
 
 /// One attempt of one delivery, run as its own task.
@@ -87,6 +89,12 @@ impl Attempt {
         // A fast-path delivery has no row yet; if it gets one, it is found by its id.
         let row = self.fast.is_none().then_some(self.due.seq);
         let record = AttemptRecord::new(row, audit, next);
+        // HTTP dates have whole seconds: within a few, the clocks agree.
+        let skew = sent
+            .date
+            .as_deref()
+            .and_then(|d| httpdate::parse_http_date(d).ok())
+            .map(|theirs| crate::clock::skew_words(now_ms(), crate::clock::unix_s(theirs) * 1000));
         Done {
             lane: self.lane,
             seq: self.due.seq,
@@ -95,6 +103,7 @@ impl Attempt {
             probe: self.probe,
             record,
             fast: self.fast,
+            skew,
         }
     }
 }

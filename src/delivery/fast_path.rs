@@ -80,7 +80,7 @@ impl Dispatcher {
         if let Some(lane) = self.lanes.get_mut(done.lane) {
             lane.fast_finished(&done.verdict, done.status, Instant::now());
         }
-        self.after_attempt(done.lane, &done.verdict);
+        self.after_attempt(done.lane, &done.verdict, done.skew.clone());
         if !self.fast.owns_result(&r) {
             return self.fast.stash(&r, done.record.clone());
         }

@@ -115,6 +115,8 @@ pub struct Sent {
     pub status: Option<u16>,
     pub retry_after: Option<String>,
     pub location: Option<String>,
+    /// The endpoint's `Date` header: its clock, to compare ours with.
+    pub date: Option<String>,
     pub error: Option<(TransportError, String)>,
     pub snippet: Option<String>,
     pub duration: Duration,
@@ -132,6 +134,7 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, prepared: Prepar
             let header = |n: &str| resp.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
             sent.retry_after = header("retry-after");
             sent.location = header("location");
+            sent.date = header("date");
             let mut body = Vec::new();
             // The status is what counts; a body cut short is not a failed delivery.
             while let Ok(Some(chunk)) = resp.chunk().await {

@@ -73,6 +73,8 @@ pub struct Lane {
     persisting: usize,
     /// The wall clock holds this lane's timestamped signatures (see [`ClockHold`]).
     clock: ClockHold,
+    /// Our clock against the endpoint's, by its last `Date` header.
+    clock_skew: Option<String>,
 }
 
 /// How long at most deliveries wait for a good clock before they are signed anyway (an
@@ -166,6 +168,7 @@ impl Lane {
             seen: 0,
             persisting: 0,
             clock: ClockHold { policy: None, checked: None, holding: false, since: None, gave_up: false },
+            clock_skew: None,
         }
         .with_clock_policy()
     }
@@ -438,6 +441,17 @@ impl Lane {
         };
     }
 
+    /// What the endpoint's `Date` said of our clock (None: it sent none).
+    pub fn skew(&mut self, skew: Option<Option<String>>) {
+        let Some(skew) = skew else { return };
+        if let Some(words) = &skew
+            && self.clock_skew.is_none()
+        {
+            tracing::warn!(subscription = %self.sub.name, skew = %words, "The endpoint's clock disagrees with ours (by its Date header).");
+        }
+        self.clock_skew = skew;
+    }
+
     /// A delivery's result is on disk (or could not be written): it may be fetched
     /// again, and a retry may be due again (or have a new due time).
     pub fn release(&mut self, seq: i64, retry: bool) {
@@ -506,6 +520,7 @@ impl Lane {
             in_flight: self.in_flight.len() + self.fast_in_flight,
             last_status: self.last_status,
             last_error: self.last_error.clone(),
+            clock_skew: self.clock_skew.clone(),
             next_attempt_at_ms: self
                 .endpoint
                 .next_probe()

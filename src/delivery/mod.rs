@@ -363,12 +363,15 @@ impl Dispatcher {
     fn finish(&mut self, done: &Done) {
         let Some(lane) = self.lanes.get_mut(done.lane) else { return };
         lane.finished(done.seq, &done.verdict, done.status, done.probe, Instant::now());
-        self.after_attempt(done.lane, &done.verdict);
+        self.after_attempt(done.lane, &done.verdict, done.skew.clone());
     }
 
     /// What any finished attempt implies beyond its lane: a 410 holds the subscription,
     /// and a freed slot may let every lane waiting on the global limit start.
-    fn after_attempt(&mut self, lane: usize, verdict: &Verdict) {
+    fn after_attempt(&mut self, lane: usize, verdict: &Verdict, skew: Option<Option<String>>) {
+        if let Some(l) = self.lanes.get_mut(lane) {
+            l.skew(skew);
+        }
         if let Some(lane) = self.lanes.get(lane)
             && matches!(verdict, Verdict::Failed { gone: true, .. })
         {

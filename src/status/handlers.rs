@@ -76,6 +76,13 @@ impl Context {
         }
     }
 
+    /// What the subscription's endpoint last said of our clock.
+    fn skew_of(&self, subscription: &str) -> Option<String> {
+        let live = self.live().ok()?;
+        let views = live.endpoints.lock().ok()?;
+        views.iter().find(|v| v.name == subscription).and_then(|v| v.clock_skew.clone())
+    }
+
     /// The audit rows of events delivered from memory reach the tables in rare batches;
     /// a field tech reading the log sees them at once.
     async fn fast_path_written(&self) {
@@ -198,6 +205,7 @@ impl Context {
                     "duration_ms": a.duration_ms,
                     "outcome": a.outcome,
                     "error": a.error,
+                    "clock_skew": self.skew_of(&subscription),
                 }));
             }
             if Instant::now() > deadline {
@@ -249,6 +257,7 @@ impl Context {
                     "oldest_pending_age_s": s.oldest_pending_ms.map(|t| ((now - t).max(0)) / 1000),
                     "last_status": v.and_then(|v| v.last_status),
                     "last_error": v.and_then(|v| v.last_error.clone()),
+                    "clock_skew": v.and_then(|v| v.clock_skew.clone()),
                     "next_attempt_at": next.map(rfc3339_ms),
                 })
             })
