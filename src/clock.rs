@@ -34,10 +34,13 @@ pub fn boottime_ms() -> i64 {
     secs * 1000 + nanos / 1_000_000
 }
 
-/// This boot's id (the kernel's `boot_id`), hashed to fit an integer column.
+/// This boot's id (the kernel's `boot_id`), hashed to fit an integer column; read once.
 pub fn boot_id() -> i64 {
-    let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    crate::outbox::content_key("boot_id", id.trim().as_bytes())
+    static ID: OnceLock<i64> = OnceLock::new();
+    *ID.get_or_init(|| {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        crate::outbox::content_key("boot_id", id.trim().as_bytes())
+    })
 }
 
 /// What the schedule clock was, saved with a commit, to continue from after a restart.
@@ -154,7 +157,23 @@ fn built_s() -> i64 {
 /// The kernel's view (adjtimex: `STA_UNSYNC` clear means disciplined), the build date as
 /// a floor. `FLEETHOOK_CLOCK=synced|unsynced` overrides the kernel's answer, for tests
 /// and for robots whose time source the kernel does not know (GPS, PTP in user space).
+///
+/// Asked per event, so the answer is kept for a second.
 pub fn quality() -> Quality {
+    static LAST: std::sync::Mutex<Option<(i64, Quality)>> = std::sync::Mutex::new(None);
+    let now = boottime_ms();
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, q)) = *last
+        && now - at < 1000
+    {
+        return q;
+    }
+    let q = quality_now();
+    *last = Some((now, q));
+    q
+}
+
+fn quality_now() -> Quality {
     classify(
         crate::event::now_ms() / 1000,
         built_s(),

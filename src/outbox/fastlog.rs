@@ -28,6 +28,61 @@ use std::path::{Path, PathBuf};
 
 use super::{AuditRow, FastDone};
 
+/// One line of the log: a [`FastDone`] without what every such entry has in common
+/// (first attempt, outcome `delivered`, no error), in a compact form — at a robot's usual
+/// rate the log's own bytes are half of what the fast path writes.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Line {
+    l: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    k: Option<i64>,
+    /// (subscription, delivery id, event type, started ms, duration ms, status, snippet)
+    a: Vec<(String, String, String, i64, i64, Option<u16>, Option<String>)>,
+}
+
+impl Line {
+    fn of(done: &FastDone) -> Line {
+        let a = done
+            .audits
+            .iter()
+            .map(|r| {
+                let snippet = r.snippet.clone().filter(|s| !s.is_empty());
+                (
+                    r.subscription.clone(),
+                    r.delivery_id.clone(),
+                    r.event_type.clone(),
+                    r.started_ms,
+                    r.duration_ms,
+                    r.status,
+                    snippet,
+                )
+            })
+            .collect();
+        Line { l: done.l, k: done.key, a }
+    }
+
+    fn done(self) -> FastDone {
+        let audits = self
+            .a
+            .into_iter()
+            .map(|(subscription, delivery_id, event_type, started_ms, duration_ms, status, snippet)| AuditRow {
+                subscription,
+                delivery_id,
+                event_type,
+                attempt: 1,
+                started_ms,
+                duration_ms,
+                status,
+                error_kind: None,
+                error: None,
+                snippet,
+                outcome: "delivered".into(),
+            })
+            .collect();
+        FastDone { l: self.l, key: self.k, audits }
+    }
+}
+
 /// Past this size, the log is rewritten with only the lines not yet in the tables.
 const ROTATE_BYTES: u64 = 1 << 20;
 
@@ -54,7 +109,7 @@ pub fn read(path: &Path, after: u64) -> Vec<FastDone> {
     let mut out = Vec::new();
     for line in BufReader::new(file).split(b'\n') {
         let Ok(line) = line else { break };
-        match serde_json::from_slice::<FastDone>(&line) {
+        match serde_json::from_slice::<Line>(&line).map(Line::done) {
             Ok(done) if done.l > after => out.push(done),
             Ok(_) => {}
             Err(_) => break,
@@ -86,7 +141,7 @@ impl FastLog {
     pub fn append(&mut self, key: Option<i64>, audits: Vec<AuditRow>) -> FastDone {
         let done = FastDone { l: self.next_l, key, audits };
         self.next_l += 1;
-        let mut line = serde_json::to_vec(&done).unwrap_or_default();
+        let mut line = serde_json::to_vec(&Line::of(&done)).unwrap_or_default();
         line.push(b'\n');
         self.write(&line);
         self.unapplied.push_back((done.l, line));
@@ -156,6 +211,7 @@ mod tests {
         assert_eq!(read_back.iter().map(|d| d.l).collect::<Vec<_>>(), [42, 43]);
         assert_eq!(read_back[0].key, Some(7));
         assert_eq!(read_back[1].audits[0].delivery_id, "d2");
+        assert_eq!((read_back[1].audits[0].attempt, read_back[1].audits[0].outcome.as_str()), (1, "delivered"));
         assert_eq!(read(&path, 42).len(), 1, "entries already in the tables are skipped");
     }
 
@@ -165,7 +221,7 @@ mod tests {
         let path = dir.path().join("log");
         let mut log = FastLog::open(path.clone(), 0);
         log.append(Some(1), vec![audit("d1")]);
-        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"l\":2,\"key\":").unwrap();
+        std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"l\":2,\"k\":").unwrap();
         assert_eq!(read(&path, 0).len(), 1);
     }
 

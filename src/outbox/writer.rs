@@ -107,6 +107,9 @@ struct Pending {
 #[derive(Default)]
 struct FastPending {
     done: Vec<FastDone>,
+    /// How many of `done` the open transaction carries (None: it carries none, and
+    /// answers no waiter).
+    carried: Option<usize>,
     since: Option<Instant>,
     /// `log`/`show` asked for a flush and wait for it.
     waiters: Vec<tokio::sync::oneshot::Sender<()>>,
@@ -295,6 +298,10 @@ impl Writer {
             if self.turn(batch) != Turn::Failing {
                 self.beat.beat();
             }
+        }
+        if !self.fast.done.is_empty() {
+            // Written to the tables at stop (the fast log would give them back anyway).
+            self.fast.waiters.push(tokio::sync::oneshot::channel().0);
         }
         if !self.pending.writes.is_empty() || !self.fast.done.is_empty() {
             let take = self.ingest_to_take();
@@ -556,11 +563,14 @@ impl Writer {
     /// The fast path's events are in the tables: the log may forget them, and whoever
     /// asked for the flush hears so.
     fn committed_fast(&mut self) {
-        if let Some(last) = self.fast.done.last().map(|d| d.l) {
+        let Some(carried) = self.fast.carried.take() else { return };
+        // Only what the commit carried: more may have arrived since (none here, as the
+        // writer is one thread, but the count says what was written).
+        let done: Vec<FastDone> = self.fast.done.drain(..carried.min(self.fast.done.len())).collect();
+        if let Some(last) = done.last().map(|d| d.l) {
             self.fast_log.lock().unwrap_or_else(|e| e.into_inner()).applied(last);
         }
-        self.fast.done.clear();
-        self.fast.since = None;
+        self.fast.since = if self.fast.done.is_empty() { None } else { Some(Instant::now()) };
         for waiter in self.fast.waiters.drain(..) {
             let _ = waiter.send(());
         }
@@ -761,7 +771,11 @@ impl Writer {
             }
         }
         audited.iter().try_for_each(|s| self.audited(s))?;
-        let fast = std::mem::take(&mut self.fast.done);
+        // The fast path's events ride along with a commit that writes anyway, or go when
+        // due; never with a sweep that writes nothing (every few seconds on an idle robot).
+        let carry = !writes.is_empty() || take > 0 || self.fast.due(Instant::now());
+        let fast = if carry { std::mem::take(&mut self.fast.done) } else { Vec::new() };
+        self.fast.carried = carry.then_some(fast.len());
         // Only with a commit that writes anyway: a transaction of its own would cost a
         // page of flash every few seconds on an idle robot.
         let writes_anyway = !writes.is_empty() || take > 0 || !fast.is_empty();
@@ -773,7 +787,9 @@ impl Writer {
             self.store.record_fast(done)?;
             done.audits.iter().try_for_each(|a| self.audited(&a.subscription))
         });
-        self.fast.done = fast;
+        if carry {
+            self.fast.done = fast;
+        }
         written?;
         self.store.commit()?;
         Ok((applied, new_work))
