@@ -31,13 +31,16 @@ use super::{AuditRow, FastDone};
 /// One line of the log: a [`FastDone`] without what every such entry has in common
 /// (first attempt, outcome `delivered`, no error), in a compact form — at a robot's usual
 /// rate the log's own bytes are half of what the fast path writes.
+/// One delivery of a line: (subscription, delivery id, event type, started ms, duration
+/// ms, status, snippet).
+type Delivered = (String, String, String, i64, i64, Option<u16>, Option<String>);
+
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Line {
     l: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     k: Option<i64>,
-    /// (subscription, delivery id, event type, started ms, duration ms, status, snippet)
-    a: Vec<(String, String, String, i64, i64, Option<u16>, Option<String>)>,
+    a: Vec<Delivered>,
 }
 
 impl Line {
