@@ -127,8 +127,16 @@ fn fifo_keeps_event_order_across_the_fast_and_the_durable_path() {
     let config = base_config(broker.port) + &subscription("ordered", &ep.url(), "ordering = \"fifo\"");
     let agent = Agent::start(dir.path(), &config);
     agent.wait_subscribed();
-    const N: u64 = 60;
-    for n in 0..N as usize {
+    const N: u64 = 90;
+    for n in 0..10 {
+        publish(broker.port, &[mission("agv-1", n, "completed")]);
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    // A burst behind a slow head: many jobs pass their deadline at once while others
+    // queued behind them have not yet (stored in one go, they must keep their order).
+    let burst: Vec<_> = (10..40).map(|n| mission("agv-1", n, "completed")).collect();
+    publish(broker.port, &burst);
+    for n in 40..N as usize {
         publish(broker.port, &[mission("agv-1", n, "completed")]);
         std::thread::sleep(Duration::from_millis(15));
     }

@@ -103,25 +103,32 @@ impl Dispatcher {
                 let _ = resolved.send(Resolution::Now);
             }
         }
-        for p in persist {
-            self.persist(p, persists);
-        }
+        self.persist(persist, persists);
         None
     }
 
     /// Stores every job whose deadline has passed.
     pub(super) fn overdue(&mut self, persists: &mut JoinSet<(u64, bool)>) {
-        for p in self.fast.overdue(Instant::now()) {
-            self.persist(p, persists);
-        }
+        let late = self.fast.overdue(Instant::now());
+        self.persist(late, persists);
     }
 
-    /// Stores one job: its event, deliveries and the attempts so far, in one commit. A
-    /// FIFO lane it goes to stores the jobs queued behind it too, in order, so that its
-    /// queue on disk keeps event order.
-    pub(super) fn persist(&mut self, first: Persist, persists: &mut JoinSet<(u64, bool)>) {
-        let mut work = vec![first];
-        while let Some(p) = work.pop() {
+    /// Stores jobs: each its event, deliveries and the attempts so far, in one commit.
+    /// A FIFO lane they go to stores the jobs queued behind them too, and all of them go
+    /// to the outbox in arrival (job) order, so that its queue on disk keeps event order.
+    pub(super) fn persist(&mut self, jobs: Vec<Persist>, persists: &mut JoinSet<(u64, bool)>) {
+        let mut all = jobs;
+        let mut i = 0;
+        while i < all.len() {
+            let fifo: Vec<usize> = all[i].lanes.iter().copied().filter(|&l| self.lanes[l].is_fifo()).collect();
+            for lane in fifo {
+                let behind = self.fast.queued_in(lane);
+                all.extend(behind);
+            }
+            i += 1;
+        }
+        all.sort_by_key(|p| p.job);
+        for p in all {
             for (lane, r) in &p.unqueued {
                 self.lanes[*lane].unqueue_fast(r);
             }
@@ -136,15 +143,6 @@ impl Dispatcher {
             let reply = self.outbox.persist(p.event, p.records);
             let job = p.job;
             persists.spawn(async move { (job, reply.await.is_ok()) });
-            // Behind it, in event order (popped from the end, so pushed reversed).
-            let mut behind: Vec<Persist> = Vec::new();
-            for &lane in &p.lanes {
-                if self.lanes[lane].is_fifo() {
-                    behind.extend(self.fast.queued_in(lane));
-                }
-            }
-            behind.sort_by_key(|p| p.job);
-            work.extend(behind.into_iter().rev());
         }
     }
 

@@ -180,9 +180,8 @@ impl Dispatcher {
                 self.forward(taken);
             }
         }
-        for p in self.fast.all_unpersisted() {
-            self.persist(p, &mut persists);
-        }
+        let unpersisted = self.fast.all_unpersisted();
+        self.persist(unpersisted, &mut persists);
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, grace_s = self.grace.as_secs(), "Waiting for in-flight deliveries before exit.");
