@@ -34,13 +34,19 @@ pub fn boottime_ms() -> i64 {
     secs * 1000 + nanos / 1_000_000
 }
 
-/// This boot's id (the kernel's `boot_id`), hashed to fit an integer column; read once.
+/// This boot's id (the kernel's `boot_id`, a random UUID), its low 64 bits to fit an
+/// integer column; read once.
 pub fn boot_id() -> i64 {
     static ID: OnceLock<i64> = OnceLock::new();
     *ID.get_or_init(|| {
         let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-        crate::outbox::content_key("boot_id", id.trim().as_bytes())
+        boot_id_of(&id)
     })
+}
+
+fn boot_id_of(text: &str) -> i64 {
+    let hex: String = text.trim().chars().filter(|c| *c != '-').collect();
+    u128::from_str_radix(&hex, 16).map(|v| v as u64 as i64).unwrap_or(0)
 }
 
 /// What the schedule clock was, saved with a commit, to continue from after a restart.
@@ -247,8 +253,15 @@ mod tests {
     use super::*;
 
     fn at(sched: i64, boot: &str, boottime: i64, wall: i64, synced: bool) -> Saved {
-        let boot_id = crate::outbox::content_key("boot_id", boot.as_bytes());
+        let boot_id = boot_id_of(&format!("{:0>32}", boot.trim_start_matches('b')));
         Saved { sched_ms: sched, boot_id, boottime_ms: boottime, wall_ms: wall, synced }
+    }
+
+    #[test]
+    fn boot_ids_are_read_from_the_kernels_uuid() {
+        assert_eq!(boot_id_of("00000000-0000-0000-0000-00000000002a\n"), 42);
+        assert_ne!(boot_id_of("0d8a7a43-3b52-4f57-9b7e-3f0c6a2f9d11"), 0);
+        assert_ne!(boot_id(), 0, "this machine has a boot id");
     }
 
     #[test]
