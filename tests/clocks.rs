@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use common::*;
-use fleethook::sign::{self, Scheme};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -138,16 +137,7 @@ fn signatures_wait_for_a_good_clock_and_verify_after_the_step() {
     std::fs::write(&clock, "+0").unwrap();
     assert!(wait_until(LONG, || all_arrived(&ep, N)), "{} of {N} arrived after the step; {}", ep.count(), agent.log());
     for r in ep.requests() {
-        sign::verify(
-            Scheme::Standard,
-            &[SECRET],
-            "X-Fleethook",
-            &r.headers,
-            &r.body,
-            SystemTime::now(),
-            sign::DEFAULT_TOLERANCE,
-        )
-        .expect("a request signed after the step verifies");
+        assert_signed(&r, "a request signed after the step verifies");
         // The clock is still not known synced (the kernel says so here): the 2001 time
         // the event was taken at is not passed off as true.
         let body = r.json();

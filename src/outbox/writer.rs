@@ -23,18 +23,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 use super::disk::{Disk, RealDisk};
-use super::fastlog::{self, FastLog};
+use super::fastlog::FastLog;
 use super::space::{Budget, HIGH, RETENTION_MS};
 use super::store::{Store, Stored};
-use super::{Command, FastDone, Inbound, Outbox, OutboxError, Read, Repair, Repaired, Write};
+use super::{Command, Inbound, Outbox, OutboxError, Read, Repair, Repaired, Write};
 use crate::clock::sched_ms;
 use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::health::{Beat, Wedge};
 
 mod admission;
+mod fast;
 mod room;
 
 use admission::{Admission, Blocked, TIGHT_BYTES};
+use fast::{FastPending, recover_fast_log};
 
 #[cfg(test)]
 mod tests;
@@ -65,12 +67,6 @@ const UNHURRIED_LINGER: Duration = Duration::from_secs(1);
 /// …or until this many are held: below mosquitto's default in-flight window (20), which
 /// stops the broker sending more until these are acked.
 const UNHURRIED_BATCH: usize = 16;
-/// What the fast path delivered is written to the tables at the latest after this long…
-/// (docs/decisions.md: "The fast path's writes"): the fast log holds it meanwhile.
-const FAST_FLUSH_AGE: Duration = Duration::from_secs(60);
-/// …or once this many events are waiting, or with any other commit.
-const FAST_FLUSH_EVENTS: usize = 2048;
-
 /// The running writer; join it after every [`Outbox`] clone is dropped.
 pub struct WriterThread {
     handle: Option<JoinHandle<()>>,
@@ -100,40 +96,6 @@ impl WriterThread {
 struct Pending {
     writes: Vec<Write>,
     until: Option<Instant>,
-}
-
-/// What the fast path delivered, waiting to be written to the tables (it is in the fast
-/// log already).
-#[derive(Default)]
-struct FastPending {
-    done: Vec<FastDone>,
-    /// How many of `done` the open transaction carries (None: it carries none, and
-    /// answers no waiter).
-    carried: Option<usize>,
-    since: Option<Instant>,
-    /// `log`/`show` asked for a flush and wait for it.
-    waiters: Vec<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl FastPending {
-    fn push(&mut self, done: FastDone) {
-        self.since.get_or_insert_with(Instant::now);
-        self.done.push(done);
-    }
-
-    /// Whether it must be written now rather than ride along with a later commit.
-    fn due(&self, now: Instant) -> bool {
-        !self.waiters.is_empty()
-            || self.done.len() >= FAST_FLUSH_EVENTS
-            || self.since.is_some_and(|t| now.duration_since(t) >= FAST_FLUSH_AGE)
-    }
-
-    fn flush_at(&self) -> Option<Instant> {
-        if !self.waiters.is_empty() {
-            return Some(Instant::now());
-        }
-        self.since.map(|t| t + FAST_FLUSH_AGE)
-    }
 }
 
 /// Work that rides along with commits: expiry sweeps, audit trimming, housekeeping.
@@ -560,34 +522,6 @@ impl Writer {
         self.upkeep.to_sweep.clear();
     }
 
-    /// The fast path's events are in the tables: the log may forget them, and whoever
-    /// asked for the flush hears so.
-    fn committed_fast(&mut self) {
-        let Some(carried) = self.fast.carried.take() else { return };
-        // Only what the commit carried: more may have arrived since (none here, as the
-        // writer is one thread, but the count says what was written).
-        let done: Vec<FastDone> = self.fast.done.drain(..carried.min(self.fast.done.len())).collect();
-        if let Some(last) = done.last().map(|d| d.l) {
-            self.fast_log.lock().unwrap_or_else(|e| e.into_inner()).applied(last);
-        }
-        self.fast.since = if self.fast.done.is_empty() { None } else { Some(Instant::now()) };
-        for waiter in self.fast.waiters.drain(..) {
-            let _ = waiter.send(());
-        }
-    }
-
-    /// Deliveries from memory not yet in the tables, per subscription.
-    fn fast_pending(&self) -> Vec<(String, u64)> {
-        let mut out: Vec<(String, u64)> = Vec::new();
-        for audit in self.fast.done.iter().flat_map(|d| &d.audits) {
-            match out.iter_mut().find(|(name, _)| *name == audit.subscription) {
-                Some((_, n)) => *n += 1,
-                None => out.push((audit.subscription.clone(), 1)),
-            }
-        }
-        out
-    }
-
     /// Answers a read-only command outside any write transaction. One that fails gets no
     /// answer: its caller sees the outbox as unavailable.
     fn answer(&mut self, read: Read) {
@@ -794,27 +728,6 @@ impl Writer {
         self.store.commit()?;
         Ok((applied, new_work))
     }
-}
-
-/// Copies into the tables what the fast log holds beyond them (the agent was killed, or
-/// the power cut, before the writer's last flush), then starts the log afresh.
-fn recover_fast_log(store: &mut Store, db: &std::path::Path) -> Result<FastLog, OutboxError> {
-    let path = fastlog::path_for(db);
-    let applied = store.fast_applied()?;
-    let entries = fastlog::read(&path, applied);
-    let last = entries.last().map_or(applied, |d| d.l);
-    if !entries.is_empty() {
-        store.begin()?;
-        let copied = entries.iter().try_for_each(|d| store.record_fast(d)).and_then(|()| store.commit());
-        if let Err(e) = copied {
-            store.rollback();
-            return Err(e.into());
-        }
-        // The window was filled before these reached the tables.
-        store.keys().lock().recent.extend(entries.iter().filter_map(|d| d.key));
-        tracing::info!(events = entries.len(), "Recovered the fast path's deliveries from its log.");
-    }
-    Ok(FastLog::open(path, last))
 }
 
 /// What an ingest command adds to a batch, for the batch's byte budget.

@@ -446,6 +446,21 @@ impl Drop for Agent {
     }
 }
 
+/// Asserts that `r` carries a valid Standard Webhooks signature with [`SECRET`], checked
+/// against the test's clock with the spec's 5-minute tolerance.
+pub fn assert_signed(r: &Request, why: &str) {
+    fleethook::sign::verify(
+        fleethook::sign::Scheme::Standard,
+        &[SECRET],
+        "X-Fleethook",
+        &r.headers,
+        &r.body,
+        std::time::SystemTime::now(),
+        fleethook::sign::DEFAULT_TOLERANCE,
+    )
+    .unwrap_or_else(|e| panic!("{why}: {e}"));
+}
+
 /// The config head every test shares: broker, outbox in the agent's dir, one route.
 /// How many times each published seq (`{"seq":N,…}`) arrived.
 pub fn arrivals(ep: &Endpoint) -> std::collections::HashMap<u64, usize> {

@@ -1,0 +1,100 @@
+//! The writer's side of the fast path (see `fastlog`): what was delivered from memory
+//! waits here, already in the fast log, until a commit carries it to the tables.
+
+use std::time::{Duration, Instant};
+
+use super::super::fastlog::{self, FastLog};
+use super::super::store::Store;
+use super::super::{FastDone, OutboxError};
+use super::Writer;
+
+/// What the fast path delivered is written to the tables at the latest after this long…
+/// (docs/decisions.md: "The fast path's writes"): the fast log holds it meanwhile.
+const FAST_FLUSH_AGE: Duration = Duration::from_secs(60);
+/// …or once this many events are waiting, or with any other commit.
+const FAST_FLUSH_EVENTS: usize = 2048;
+
+/// What the fast path delivered, waiting to be written to the tables (it is in the fast
+/// log already).
+#[derive(Default)]
+pub(super) struct FastPending {
+    pub(super) done: Vec<FastDone>,
+    /// How many of `done` the open transaction carries (None: it carries none, and
+    /// answers no waiter).
+    pub(super) carried: Option<usize>,
+    pub(super) since: Option<Instant>,
+    /// `log`/`show` asked for a flush and wait for it.
+    pub(super) waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl FastPending {
+    pub(super) fn push(&mut self, done: FastDone) {
+        self.since.get_or_insert_with(Instant::now);
+        self.done.push(done);
+    }
+
+    /// Whether it must be written now rather than ride along with a later commit.
+    pub(super) fn due(&self, now: Instant) -> bool {
+        !self.waiters.is_empty()
+            || self.done.len() >= FAST_FLUSH_EVENTS
+            || self.since.is_some_and(|t| now.duration_since(t) >= FAST_FLUSH_AGE)
+    }
+
+    pub(super) fn flush_at(&self) -> Option<Instant> {
+        if !self.waiters.is_empty() {
+            return Some(Instant::now());
+        }
+        self.since.map(|t| t + FAST_FLUSH_AGE)
+    }
+}
+
+impl Writer {
+    /// The fast path's events are in the tables: the log may forget them, and whoever
+    /// asked for the flush hears so.
+    pub(super) fn committed_fast(&mut self) {
+        let Some(carried) = self.fast.carried.take() else { return };
+        // Only what the commit carried: more may have arrived since (none here, as the
+        // writer is one thread, but the count says what was written).
+        let done: Vec<FastDone> = self.fast.done.drain(..carried.min(self.fast.done.len())).collect();
+        if let Some(last) = done.last().map(|d| d.l) {
+            self.fast_log.lock().unwrap_or_else(|e| e.into_inner()).applied(last);
+        }
+        self.fast.since = if self.fast.done.is_empty() { None } else { Some(Instant::now()) };
+        for waiter in self.fast.waiters.drain(..) {
+            let _ = waiter.send(());
+        }
+    }
+
+    /// Deliveries from memory not yet in the tables, per subscription.
+    pub(super) fn fast_pending(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for audit in self.fast.done.iter().flat_map(|d| &d.audits) {
+            match out.iter_mut().find(|(name, _)| *name == audit.subscription) {
+                Some((_, n)) => *n += 1,
+                None => out.push((audit.subscription.clone(), 1)),
+            }
+        }
+        out
+    }
+}
+
+/// Copies into the tables what the fast log holds beyond them (the agent was killed, or
+/// the power cut, before the writer's last flush), then starts the log afresh.
+pub(super) fn recover_fast_log(store: &mut Store, db: &std::path::Path) -> Result<FastLog, OutboxError> {
+    let path = fastlog::path_for(db);
+    let applied = store.fast_applied()?;
+    let entries = fastlog::read(&path, applied);
+    let last = entries.last().map_or(applied, |d| d.l);
+    if !entries.is_empty() {
+        store.begin()?;
+        let copied = entries.iter().try_for_each(|d| store.record_fast(d)).and_then(|()| store.commit());
+        if let Err(e) = copied {
+            store.rollback();
+            return Err(e.into());
+        }
+        // The window was filled before these reached the tables.
+        store.keys().lock().recent.extend(entries.iter().filter_map(|d| d.key));
+        tracing::info!(events = entries.len(), "Recovered the fast path's deliveries from its log.");
+    }
+    Ok(FastLog::open(path, last))
+}
