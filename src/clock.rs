@@ -155,9 +155,10 @@ impl Quality {
     }
 }
 
-/// When this binary was built (Unix seconds; `SOURCE_DATE_EPOCH` if the build set it).
+/// A date this binary is surely not older than (Unix seconds): `SOURCE_DATE_EPOCH` as
+/// reproducible builds (Debian's included) set it, else this release's floor, 2025-12-01.
 fn built_s() -> i64 {
-    option_env!("FLEETHOOK_BUILD_EPOCH").and_then(|s| s.parse().ok()).unwrap_or(1_764_547_200) // 2025-12-01
+    option_env!("SOURCE_DATE_EPOCH").and_then(|s| s.parse().ok()).unwrap_or(1_764_547_200)
 }
 
 /// The kernel's view (adjtimex: `STA_UNSYNC` clear means disciplined), the build date as
