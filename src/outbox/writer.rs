@@ -393,7 +393,10 @@ impl Writer {
                     writes.into_iter().zip(applied).for_each(|(w, a)| w.settle(a));
                     self.committed_fast();
                     self.committed_ingest(take, had_writes);
-                    if new_work {
+                    // Ingest that created nothing (a duplicate) still moved the watermark:
+                    // a lane waiting to see it committed looks again, and may take the
+                    // fast path again.
+                    if new_work || take > 0 {
                         self.new_work.notify_one();
                     }
                     self.after_commit();
