@@ -97,6 +97,9 @@ pub struct Persist {
     pub records: Vec<AttemptRecord>,
     /// Lanes whose queue held a delivery of this job: they no longer send it from memory.
     pub unqueued: Vec<(usize, FastRef)>,
+    /// Deliveries still in flight, by lane and delivery id: now stored rows whose attempt
+    /// is out.
+    pub in_flight: Vec<(usize, String)>,
     /// Every lane the event goes to.
     pub lanes: Vec<usize>,
 }
@@ -257,6 +260,7 @@ impl Book {
         job.persisted = true;
         let mut records = Vec::new();
         let mut unqueued = Vec::new();
+        let mut in_flight = Vec::new();
         for (index, slot) in job.slots.iter_mut().enumerate() {
             match std::mem::replace(slot, Slot::Handed) {
                 Slot::Delivered(audit) => {
@@ -264,10 +268,11 @@ impl Book {
                 }
                 Slot::Answered(record) => records.push(record),
                 Slot::Queued => unqueued.push((job.lanes[index], FastRef { job: id, index })),
-                Slot::InFlight | Slot::Handed => {}
+                Slot::InFlight => in_flight.push((job.lanes[index], job.event.deliveries[index].id.clone())),
+                Slot::Handed => {}
             }
         }
-        Some(Persist { job: id, event: job.event.clone(), records, unqueued, lanes: job.lanes.clone() })
+        Some(Persist { job: id, event: job.event.clone(), records, unqueued, in_flight, lanes: job.lanes.clone() })
     }
 
     /// A persist committed (`ok`) or could not be: the job ends, and its message may be

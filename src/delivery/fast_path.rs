@@ -132,6 +132,9 @@ impl Dispatcher {
             for (lane, r) in &p.unqueued {
                 self.lanes[*lane].unqueue_fast(r);
             }
+            for (lane, id) in &p.in_flight {
+                self.lanes[*lane].fast_stored(id);
+            }
             for record in &p.records {
                 if let Some(&lane) = self.by_name.get(&record.audit.subscription) {
                     self.lanes[lane].fast_settled(&record.audit.delivery_id, false);

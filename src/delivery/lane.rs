@@ -65,6 +65,9 @@ pub struct Lane {
     fast_in_flight: usize,
     /// Delivery ids of fast attempts in flight or recording: rows a fetch skips.
     fast_ids: HashSet<String>,
+    /// Those of them whose event is stored: a row of this lane's queue is out, and on a
+    /// FIFO lane nothing new may go from memory until it is settled (it may be retried).
+    fast_stored: HashSet<String>,
     /// The last ingest seq handed to the outbox with a delivery for this lane…
     forwarded: u64,
     /// …and the commit watermark under the last fetch that found the queue empty.
@@ -164,6 +167,7 @@ impl Lane {
             fast_queue: VecDeque::new(),
             fast_in_flight: 0,
             fast_ids: HashSet::new(),
+            fast_stored: HashSet::new(),
             forwarded: 0,
             seen: 0,
             persisting: 0,
@@ -307,7 +311,8 @@ impl Lane {
             && self.in_flight.is_empty()
             && self.persisting == 0
             && self.seen >= self.forwarded;
-        let fifo_clear = !self.is_fifo() || (self.recording.is_empty() && self.due_at.is_none());
+        let fifo_clear =
+            !self.is_fifo() || (self.recording.is_empty() && self.due_at.is_none() && self.fast_stored.is_empty());
         self.endpoint.state == State::Online
             && self.sub.rate_limit.is_none()
             && quiet
@@ -361,10 +366,16 @@ impl Lane {
     /// row, if it has one, is the queue's again.
     pub fn fast_settled(&mut self, delivery_id: &str, retry: bool) {
         self.fast_ids.remove(delivery_id);
+        self.fast_stored.remove(delivery_id);
         if retry {
             self.poke();
         }
         self.dirty = true;
+    }
+
+    /// The event of a fast attempt still in flight was stored.
+    pub fn fast_stored(&mut self, delivery_id: &str) {
+        self.fast_stored.insert(delivery_id.to_string());
     }
 
     /// A message with a delivery for this lane was handed to the outbox as ingest `seq`.
