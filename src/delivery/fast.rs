@@ -121,10 +121,6 @@ pub struct Book {
 }
 
 impl Book {
-    pub fn len(&self) -> usize {
-        self.jobs.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
     }
@@ -220,30 +216,25 @@ impl Book {
 
     /// Jobs whose deadline has passed and are not persisted yet, oldest first.
     pub fn overdue(&mut self, now: Instant) -> Vec<Persist> {
-        let mut late: Vec<u64> =
-            self.jobs.iter().filter(|(_, j)| !j.persisted && j.deadline <= now).map(|(id, _)| *id).collect();
-        late.sort_unstable();
-        late.into_iter().filter_map(|id| self.persist(id)).collect()
+        self.persist_where(|j| j.deadline <= now)
     }
 
     /// Every job not yet persisted, oldest first (shutdown).
     pub fn all_unpersisted(&mut self) -> Vec<Persist> {
-        self.overdue(Instant::now() + std::time::Duration::from_secs(86_400 * 365))
+        self.persist_where(|_| true)
+    }
+
+    /// Persists the jobs not yet persisted that `pick` chooses, oldest first.
+    fn persist_where(&mut self, pick: impl Fn(&Job) -> bool) -> Vec<Persist> {
+        let mut ids: Vec<u64> = self.jobs.iter().filter(|(_, j)| !j.persisted && pick(j)).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.into_iter().filter_map(|id| self.persist(id)).collect()
     }
 
     /// Jobs not persisted yet with a delivery queued in `lane`, oldest first: a FIFO lane
     /// that stops sending from memory must store them in order.
     pub fn queued_in(&mut self, lane: usize) -> Vec<Persist> {
-        let mut ids: Vec<u64> = self
-            .jobs
-            .iter()
-            .filter(|(_, j)| {
-                !j.persisted && j.lanes.iter().zip(&j.slots).any(|(l, s)| *l == lane && matches!(s, Slot::Queued))
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        ids.sort_unstable();
-        ids.into_iter().filter_map(|id| self.persist(id)).collect()
+        self.persist_where(|j| j.lanes.iter().zip(&j.slots).any(|(l, s)| *l == lane && matches!(s, Slot::Queued)))
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {

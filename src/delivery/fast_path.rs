@@ -71,20 +71,16 @@ impl Dispatcher {
 
     /// A fast attempt finished. Returns the record to commit with the wave when its job
     /// was stored meanwhile; otherwise the book takes the result.
-    pub(super) fn finish_fast(
-        &mut self,
-        done: &Done,
-        r: FastRef,
-        persists: &mut JoinSet<(u64, bool)>,
-    ) -> Option<AttemptRecord> {
+    pub(super) fn finish_fast(&mut self, done: Done, persists: &mut JoinSet<(u64, bool)>) -> Option<AttemptRecord> {
+        let r = done.fast?;
         if let Some(lane) = self.lanes.get_mut(done.lane) {
             lane.fast_finished(&done.verdict, done.status, Instant::now());
         }
-        self.after_attempt(done.lane, &done.verdict, done.skew.clone());
+        self.after_attempt(done.lane, &done.verdict, done.skew);
         if !self.fast.owns_result(&r) {
-            return self.fast.stash(&r, done.record.clone());
+            return self.fast.stash(&r, done.record);
         }
-        let Next { delivered, persist } = self.fast.finished(&r, done.record.clone());
+        let Next { delivered, persist } = self.fast.finished(&r, done.record);
         if let Some(d) = delivered {
             for audit in &d.audits {
                 if let Some(&lane) = self.by_name.get(&audit.subscription) {

@@ -215,52 +215,26 @@ impl Dispatcher {
             let lane = &mut self.lanes[idx];
             let Some(starts) = lane.next_starts(now, self.global.available_permits()) else { continue };
             for r in starts.fast {
-                let lane = &mut self.lanes[idx];
-                let (Some(due), Ok(permit)) = (self.fast.due(&r), self.global.clone().try_acquire_owned()) else {
-                    match self.fast.due(&r) {
-                        Some(_) => lane.fast_not_started(r),
-                        None => lane.fast_dropped(),
-                    }
+                let Some(due) = self.fast.due(&r) else {
+                    self.lanes[idx].fast_dropped();
+                    continue;
+                };
+                let Ok(permit) = self.global.clone().try_acquire_owned() else {
+                    self.lanes[idx].fast_not_started(r);
                     continue;
                 };
                 self.fast.started(&r);
-                lane.fast_started(&due.delivery_id);
-                let job = Attempt {
-                    lane: idx,
-                    sub: lane.sub().clone(),
-                    client: lane.client().clone(),
-                    due,
-                    probe: false,
-                    fast: Some(r),
-                };
-                let done_tx = done_tx.clone();
-                tasks.spawn(async move {
-                    let done = job.run().await;
-                    drop(permit);
-                    let _ = done_tx.send(done);
-                });
+                self.lanes[idx].fast_started(&due.delivery_id);
+                spawn_attempt(self.attempt(idx, due, false, Some(r)), permit, tasks, done_tx);
             }
-            let lane = &mut self.lanes[idx];
             for due in starts.due {
                 let Ok(permit) = self.global.clone().try_acquire_owned() else {
-                    lane.not_started(due.seq);
+                    self.lanes[idx].not_started(due.seq);
                     continue;
                 };
-                let job = Attempt {
-                    lane: idx,
-                    sub: lane.sub().clone(),
-                    client: lane.client().clone(),
-                    due,
-                    probe: starts.probe,
-                    fast: None,
-                };
-                let done_tx = done_tx.clone();
-                tasks.spawn(async move {
-                    let done = job.run().await;
-                    drop(permit);
-                    let _ = done_tx.send(done);
-                });
+                spawn_attempt(self.attempt(idx, due, starts.probe, None), permit, tasks, done_tx);
             }
+            let lane = &self.lanes[idx];
             if let Some(FetchRequest { asked, skip, fifo }) = starts.fetch {
                 let (outbox, name) = (self.outbox.clone(), lane.name().to_string());
                 fetches.spawn(async move {
@@ -269,6 +243,12 @@ impl Dispatcher {
                 });
             }
         }
+    }
+
+    /// An attempt of `due` by lane `idx`.
+    fn attempt(&self, idx: usize, due: crate::outbox::Due, probe: bool, fast: Option<fast::FastRef>) -> Attempt {
+        let lane = &self.lanes[idx];
+        Attempt { lane: idx, sub: lane.sub().clone(), client: lane.client().clone(), due, probe, fast }
     }
 
     fn fetched(&mut self, fetched: Result<Fetched, tokio::task::JoinError>) {
@@ -300,9 +280,10 @@ impl Dispatcher {
         let mut durable = Vec::with_capacity(wave.len());
         let mut fast = Vec::new();
         for done in wave {
-            if let Some(r) = done.fast.clone() {
-                if let Some(record) = self.finish_fast(&done, r, persists) {
-                    fast.push((done.lane, record));
+            if done.fast.is_some() {
+                let lane = done.lane;
+                if let Some(record) = self.finish_fast(done, persists) {
+                    fast.push((lane, record));
                 }
                 continue;
             }
@@ -388,6 +369,21 @@ impl Dispatcher {
             *v = views;
         }
     }
+}
+
+/// Runs `job` as a task holding its global slot; its result comes back on `done_tx`.
+fn spawn_attempt(
+    job: Attempt,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    tasks: &mut JoinSet<()>,
+    done_tx: &mpsc::UnboundedSender<Done>,
+) {
+    let done_tx = done_tx.clone();
+    tasks.spawn(async move {
+        let done = job.run().await;
+        drop(permit);
+        let _ = done_tx.send(done);
+    });
 }
 
 /// The deliveries of a wave whose results committed (or could not be).
