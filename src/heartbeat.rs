@@ -46,6 +46,7 @@ impl Vitals {
             None => (None, None, None),
         };
         let load = sysinfo::System::load_average().ok();
+        let written = written_by_agent();
         json!({
             "cpu_percent": cpu.map(|c| (c * 10.0).round() / 10.0),
             "load": load.map(|l| json!([l.one, l.five, l.fifteen])),
@@ -54,8 +55,8 @@ impl Vitals {
             "disk_free_bytes": free_disk(state_path),
             "uptime_s": sysinfo::System::uptime().ok(),
             "agent_uptime_s": self.started.elapsed().as_secs(),
-            "disk_written_bytes": written_by_agent(),
-            "disk_written_per_day": written_by_agent().map(|w| per_day(w, self.started.elapsed())),
+            "disk_written_bytes": written,
+            "disk_written_per_day": written.map(|w| per_day(w, self.started.elapsed())),
             "agent_version": env!("CARGO_PKG_VERSION"),
             "clock": crate::clock::quality(),
         })

@@ -226,7 +226,7 @@ impl NextState {
 }
 
 /// One attempt as the audit log keeps it: written by the dispatcher, read by `log`/`show`.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct AuditRow {
     pub subscription: String,
     pub delivery_id: String,
@@ -261,7 +261,7 @@ impl AttemptRecord {
 
 /// An event the fast path delivered from memory, every delivery `delivered`: what the
 /// outbox keeps of it (see `fastlog`). `l` numbers it in the fast log.
-#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default)]
 pub struct FastDone {
     pub l: u64,
     /// The event's dedupe key, if it has one.

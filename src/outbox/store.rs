@@ -429,7 +429,8 @@ impl Store {
 
     /// Writes what the fast path delivered from memory: each delivery's audit row and
     /// counts (created and delivered at once), and the event's dedupe key, so that a
-    /// redelivery after a restart is recognised. Marks the fast log applied up to here.
+    /// redelivery after a restart is recognised. The caller marks the log applied
+    /// ([`Store::set_fast_applied`]) once per transaction.
     pub fn record_fast(&mut self, done: &FastDone) -> rusqlite::Result<()> {
         for audit in &done.audits {
             self.audit(audit, "delivered")?;
@@ -439,43 +440,39 @@ impl Store {
         if let Some(key) = done.key {
             self.conn.prepare_cached("INSERT INTO delivered_keys (key) VALUES (?1)")?.execute([key])?;
         }
+        Ok(())
+    }
+
+    fn meta(&self, name: &str) -> rusqlite::Result<Option<i64>> {
+        self.conn.prepare_cached("SELECT value FROM meta WHERE name = ?1")?.query_row([name], |r| r.get(0)).optional()
+    }
+
+    fn set_meta(&self, name: &str, value: i64) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO meta (name, value) VALUES ('fast_applied', ?1)
-                 ON CONFLICT (name) DO UPDATE SET value = max(value, excluded.value)",
+                "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
             )?
-            .execute([done.l as i64])?;
+            .execute(params![name, value])?;
         Ok(())
     }
 
     /// Saves the schedule clock's reading (see `clock`), in the open transaction.
     pub fn save_clock(&self, c: &crate::clock::Saved) -> rusqlite::Result<()> {
-        let mut stmt = self.conn.prepare_cached(
-            "INSERT INTO meta (name, value) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-        )?;
-        for (name, value) in [
-            ("clock_sched_ms", c.sched_ms),
-            ("clock_boot_id", c.boot_id),
-            ("clock_boottime_ms", c.boottime_ms),
-            ("clock_wall_ms", c.wall_ms),
-            ("clock_synced", c.synced as i64),
-        ] {
-            stmt.execute(params![name, value])?;
-        }
-        Ok(())
+        self.set_meta("clock_sched_ms", c.sched_ms)?;
+        self.set_meta("clock_boot_id", c.boot_id)?;
+        self.set_meta("clock_boottime_ms", c.boottime_ms)?;
+        self.set_meta("clock_wall_ms", c.wall_ms)?;
+        self.set_meta("clock_synced", c.synced as i64)
     }
 
     /// The schedule clock's last saved reading, if any.
     pub fn saved_clock(&self) -> rusqlite::Result<Option<crate::clock::Saved>> {
-        let get = |name: &str| -> rusqlite::Result<Option<i64>> {
-            self.conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get(0)).optional()
-        };
         let (Some(sched_ms), Some(boot_id), Some(boottime_ms), Some(wall_ms), Some(synced)) = (
-            get("clock_sched_ms")?,
-            get("clock_boot_id")?,
-            get("clock_boottime_ms")?,
-            get("clock_wall_ms")?,
-            get("clock_synced")?,
+            self.meta("clock_sched_ms")?,
+            self.meta("clock_boot_id")?,
+            self.meta("clock_boottime_ms")?,
+            self.meta("clock_wall_ms")?,
+            self.meta("clock_synced")?,
         ) else {
             return Ok(None);
         };
@@ -484,9 +481,13 @@ impl Store {
 
     /// The last fast-log entry already written to the tables.
     pub fn fast_applied(&self) -> rusqlite::Result<u64> {
-        let v: Option<i64> =
-            self.conn.query_row("SELECT value FROM meta WHERE name = 'fast_applied'", [], |r| r.get(0)).optional()?;
-        Ok(v.unwrap_or(0).max(0) as u64)
+        Ok(self.meta("fast_applied")?.unwrap_or(0).max(0) as u64)
+    }
+
+    /// Fast-log entries up to `l` are in the tables (in the open transaction). Entries
+    /// are written in log order, so `l` only grows.
+    pub fn set_fast_applied(&self, l: u64) -> rusqlite::Result<()> {
+        self.set_meta("fast_applied", l as i64)
     }
 
     /// Keeps the newest `keep` keys of events delivered from memory.

@@ -585,8 +585,10 @@ impl Writer {
         if Instant::now() >= self.upkeep.housekeeping_at {
             self.upkeep.housekeeping_at = Instant::now() + HOUSEKEEPING;
             let now = sched_ms();
+            let keep_keys = self.budget.dedupe_keys();
             let result = self.in_own_transaction(|store| {
                 while store.delete_finished(now - RETENTION_MS, 256)? > 0 {}
+                store.trim_delivered_keys(keep_keys)?;
                 store.shrink()
             });
             if let Err(e) = result {
@@ -720,10 +722,13 @@ impl Writer {
             self.store.save_clock(&crate::clock::here())?;
             self.clock_saved = Some(Instant::now());
         }
-        let written = fast.iter().try_for_each(|done| {
-            self.store.record_fast(done)?;
-            done.audits.iter().try_for_each(|a| self.audited(&a.subscription))
-        });
+        let written = fast
+            .iter()
+            .try_for_each(|done| {
+                self.store.record_fast(done)?;
+                done.audits.iter().try_for_each(|a| self.audited(&a.subscription))
+            })
+            .and_then(|()| fast.last().map_or(Ok(()), |d| self.store.set_fast_applied(d.l)));
         if carry {
             self.fast.done = fast;
         }

@@ -169,3 +169,30 @@ fn a_due_read_passes_over_what_the_lane_knows_and_still_fills_its_limit() {
     let head = s.due_rows("a", 1000, 1, true, &skip).unwrap();
     assert_eq!(head.rows[0].seq, all[0]);
 }
+
+#[test]
+fn events_delivered_from_memory_keep_their_audit_counts_and_newest_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(&dir);
+    s.begin().unwrap();
+    for l in 1..=5u64 {
+        let audit = AuditRow { subscription: "a".into(), delivery_id: format!("d{l}"), ..Default::default() };
+        s.record_fast(&FastDone { l, key: Some(l as i64), audits: vec![audit] }).unwrap();
+    }
+    s.set_fast_applied(5).unwrap();
+    s.commit().unwrap();
+    assert_eq!(s.fast_applied().unwrap(), 5);
+    let stats = s.stats().unwrap();
+    let a = stats.subscription("a").unwrap();
+    assert_eq!((a.created, a.delivered), (5, 5));
+    assert_eq!(s.trim_delivered_keys(2).unwrap(), 3, "only the newest keys stay");
+    let left: Vec<i64> = s
+        .conn()
+        .prepare("SELECT key FROM delivered_keys ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(left, [4, 5]);
+}

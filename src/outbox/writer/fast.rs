@@ -87,7 +87,11 @@ pub(super) fn recover_fast_log(store: &mut Store, db: &std::path::Path) -> Resul
     let last = entries.last().map_or(applied, |d| d.l);
     if !entries.is_empty() {
         store.begin()?;
-        let copied = entries.iter().try_for_each(|d| store.record_fast(d)).and_then(|()| store.commit());
+        let copied = entries
+            .iter()
+            .try_for_each(|d| store.record_fast(d))
+            .and_then(|()| store.set_fast_applied(last))
+            .and_then(|()| store.commit());
         if let Err(e) = copied {
             store.rollback();
             return Err(e.into());
