@@ -3,17 +3,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
-use fleethook::sign::{self, Scheme};
+use fleethook::sign::Scheme;
 
 const LONG: Duration = Duration::from_secs(20);
-
-fn verify(req: &Request, scheme: Scheme, prefix: &str) {
-    sign::verify(scheme, &[SECRET], prefix, &req.headers, &req.body, SystemTime::now(), sign::DEFAULT_TOLERANCE)
-        .unwrap_or_else(|e| panic!("{scheme:?} signature does not verify: {e}; headers {:?}", req.headers));
-}
 
 #[test]
 fn qos1_messages_reach_each_matching_subscription_signed_in_every_scheme() {

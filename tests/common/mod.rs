@@ -446,19 +446,20 @@ impl Drop for Agent {
     }
 }
 
-/// Asserts that `r` carries a valid Standard Webhooks signature with [`SECRET`], checked
-/// against the test's clock with the spec's 5-minute tolerance.
-pub fn assert_signed(r: &Request, why: &str) {
-    fleethook::sign::verify(
-        fleethook::sign::Scheme::Standard,
+/// Asserts that `req` carries a valid `scheme` signature with [`SECRET`] under header
+/// prefix `prefix`, checked against the test's clock with the 5-minute tolerance.
+pub fn verify(req: &Request, scheme: fleethook::sign::Scheme, prefix: &str) {
+    use fleethook::sign;
+    sign::verify(
+        scheme,
         &[SECRET],
-        "X-Fleethook",
-        &r.headers,
-        &r.body,
+        prefix,
+        &req.headers,
+        &req.body,
         std::time::SystemTime::now(),
-        fleethook::sign::DEFAULT_TOLERANCE,
+        sign::DEFAULT_TOLERANCE,
     )
-    .unwrap_or_else(|e| panic!("{why}: {e}"));
+    .unwrap_or_else(|e| panic!("{scheme:?} signature does not verify: {e}; headers {:?}", req.headers));
 }
 
 /// The config head every test shares: broker, outbox in the agent's dir, one route.
