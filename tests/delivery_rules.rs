@@ -181,6 +181,11 @@ fn an_event_past_its_max_age_expires() {
     rig.publish(3);
     assert!(wait_until(LONG, || rig.counter("ops", "expired") == 3), "expired: {}", rig.counter("ops", "expired"));
     assert_eq!(rig.agent.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'expired'"), 3);
+    rig.publish(3);
+    assert!(wait_until(LONG, || rig.counter("ops", "expired") == 6));
+    let log = rig.agent.log();
+    let errors = log.lines().filter(|l| l.contains("ERROR") && l.contains("expired")).count();
+    assert_eq!(errors, 1, "expiry is data loss, logged at ERROR once for the episode:\n{log}");
 }
 
 #[test]

@@ -183,6 +183,9 @@ priority = "high"
     println!("disk cap: peak {peak} bytes of 1048576; delivered {delivered}, evicted {evicted}, pending {pending}");
     assert!(peak <= 1_048_576 * 105 / 100, "the files reached {peak} bytes, over the 1 MiB cap");
     assert!(evicted > 0, "a backlog of several times the cap was evicted from");
+    let log = agent.log();
+    let errors = log.lines().filter(|l| l.contains("ERROR") && l.contains("evicting")).count();
+    assert_eq!(errors, 1, "one ERROR for the eviction episode, not one per batch:\n{log}");
     assert_eq!(delivered + evicted + pending, 4200, "delivered + evicted + pending = published");
     // Every request is a different delivery (the endpoint always answered 200), and each
     // was counted delivered, or evicted while its request was in flight: an eviction does

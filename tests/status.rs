@@ -203,15 +203,7 @@ fn pause_survives_a_restart_and_strangers_may_only_look() {
     assert_eq!(f.ok.count(), 0);
 
     // Another uid that is not in the agent's group: status yes, changes no.
-    let as_nobody = |args: &[&str]| {
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_fleethook")])
-            .args(args)
-            .arg("--socket")
-            .arg(f.socket())
-            .output()
-            .unwrap()
-    };
+    let as_nobody = |args: &[&str]| as_nobody(&f.socket(), args);
     let look = as_nobody(&["status", "--json"]);
     assert!(look.status.success(), "{}", String::from_utf8_lossy(&look.stderr));
     let change = as_nobody(&["resume", "ok"]);
@@ -224,4 +216,54 @@ fn pause_survives_a_restart_and_strangers_may_only_look() {
     assert_eq!(f.sub("ok")["state"], "paused");
     f.cli(&["resume", "ok"]);
     f.ok.wait_for(1, LONG);
+}
+
+/// The real CLI as uid 65534, outside the agent's group.
+fn as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_fleethook")])
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_stranger_holding_every_connection_locks_nobody_out() {
+    let f = field();
+    // uid 65534 opens 64 connections and says nothing (perl: perl-base is Essential).
+    let script = "use IO::Socket::UNIX; my @s; for (1..64) { my $c = IO::Socket::UNIX->new(Type => SOCK_STREAM(), \
+                  Peer => $ARGV[0]) or die \"connect: $!\"; push @s, $c; } $| = 1; print \"ready\\n\"; sleep 30;";
+    let mut hog = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "perl", "-e", script])
+        .arg(f.socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    BufReader::new(hog.stdout.take().unwrap()).read_line(&mut ready).unwrap();
+    assert_eq!(ready.trim(), "ready");
+
+    // Root still gets its answer, with the CLI a field tech uses.
+    let (ok, table, err) = f.cli(&["status"]);
+    assert!(ok && table.contains("SUBSCRIPTION"), "root was locked out: {err}");
+    // The stranger's own connections are capped; a fifth is refused...
+    let own = as_nobody(&f.socket(), &["status", "--json"]);
+    assert!(!own.status.success());
+    assert!(String::from_utf8_lossy(&own.stderr).contains("busy"), "{}", String::from_utf8_lossy(&own.stderr));
+    // ...until its silent ones are cut for not asking anything within 5 s.
+    assert!(wait_until(LONG, || as_nobody(&f.socket(), &["status", "--json"]).status.success()));
+    let _ = hog.kill();
+    let _ = hog.wait();
+}
+
+#[test]
+fn a_request_with_a_key_twice_is_refused() {
+    let f = field();
+    let answers = raw(&f.socket(), &[br#"{"cmd":"status","cmd":"pause","subscription":"ok"}"#, br#"{"cmd":"status"}"#]);
+    assert_eq!(answers[0]["error"]["code"], "bad_request", "{}", answers[0]);
+    assert!(answers[0]["error"]["message"].as_str().unwrap().contains("duplicate key `cmd`"), "{}", answers[0]);
+    assert_eq!(answers[1]["ok"], true);
+    assert_ne!(f.sub("ok")["state"], "paused");
 }

@@ -23,6 +23,8 @@ pub struct Store {
     duplicates: u64,
     /// When each subscription was last swept for expired deliveries.
     expired_at: std::collections::HashMap<String, i64>,
+    /// Deliveries expired since the writer last asked (for its loss log).
+    expired_count: u64,
     expire_sweep_ms: i64,
     /// The dedupe keys of the newest events (see `dedupe`), shared with the fast path.
     keys: SharedKeys,
@@ -87,6 +89,7 @@ impl Store {
             conn,
             duplicates: 0,
             expired_at: std::collections::HashMap::new(),
+            expired_count: 0,
             expire_sweep_ms: EXPIRE_SWEEP_MS,
             keys,
             counts: Vec::new(),
@@ -250,7 +253,7 @@ impl Store {
     pub fn sweep_expired(&mut self, subscription: &str, now_ms: i64) -> rusqlite::Result<()> {
         let last = self.expired_at.get(subscription).copied().unwrap_or(i64::MIN);
         if now_ms.saturating_sub(last) >= self.expire_sweep_ms || now_ms < last {
-            self.expire(subscription, now_ms)?;
+            self.expired_count += self.expire(subscription, now_ms)?;
             self.expired_at.insert(subscription.to_string(), now_ms);
         }
         Ok(())
@@ -325,7 +328,12 @@ impl Store {
         Ok(DueBatch { rows, next_due_ms, committed: 0 })
     }
 
-    fn expire(&self, subscription: &str, now_ms: i64) -> rusqlite::Result<()> {
+    /// Deliveries expired since the last call.
+    pub fn take_expired(&mut self) -> u64 {
+        std::mem::take(&mut self.expired_count)
+    }
+
+    fn expire(&self, subscription: &str, now_ms: i64) -> rusqlite::Result<u64> {
         let c = &self.conn;
         let any: Option<i64> = c
             .prepare_cached(
@@ -334,7 +342,7 @@ impl Store {
             .query_row(params![subscription, now_ms], |r| r.get(0))
             .optional()?;
         if any.is_none() {
-            return Ok(());
+            return Ok(0);
         }
         c.prepare_cached(
             "INSERT INTO attempts (subscription, delivery_id, event_type, attempt, started_ms, duration_ms, error_kind, error, outcome)
@@ -349,7 +357,8 @@ impl Store {
                  WHERE subscription = ?1 AND state = 'pending' AND expires_ms <= ?2",
             )?
             .execute(params![subscription, now_ms])?;
-        bump(c, subscription, "expired", n as i64)
+        bump(c, subscription, "expired", n as i64)?;
+        Ok(n as u64)
     }
 
     /// Adds to a counter: at commit inside a transaction (one upsert per subscription and

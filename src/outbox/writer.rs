@@ -33,6 +33,7 @@ use crate::health::{Beat, Wedge};
 
 mod admission;
 mod fast;
+mod losses;
 mod room;
 
 use admission::{Admission, Blocked, TIGHT_BYTES};
@@ -200,6 +201,7 @@ struct Writer {
     busy: bool,
     /// When the schedule clock was last saved with a commit.
     clock_saved: Option<Instant>,
+    losses: losses::Losses,
 }
 
 impl Writer {
@@ -234,6 +236,7 @@ impl Writer {
             beat,
             busy: false,
             clock_saved: None,
+            losses: losses::Losses::default(),
         };
         Ok((Outbox { tx, committed, new_work, keys, fast_log }, writer))
     }
@@ -243,6 +246,9 @@ impl Writer {
         loop {
             if let Some(w) = &wedge {
                 w.block_if_due();
+            }
+            for (loss, say) in self.losses.quiet(Instant::now()) {
+                losses::log(loss, say, self.budget.max_bytes);
             }
             if self.pending.until.is_none() && self.admission.is_empty() {
                 let sweeps = self.store.sweeps_due(sched_ms());
@@ -574,6 +580,8 @@ impl Writer {
 
     /// Keeps the files inside the budget and the tables tidy.
     fn after_commit(&mut self) {
+        let expired = self.store.take_expired();
+        self.count_loss(losses::Loss::Expired, expired);
         if self.store.over(&self.budget, HIGH).unwrap_or(false) && !self.relieve(self.evict) && !self.evict {
             self.block(Blocked::AtCap);
         }
@@ -594,6 +602,12 @@ impl Writer {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "Housekeeping deferred.");
             }
+        }
+    }
+
+    fn count_loss(&mut self, loss: losses::Loss, n: u64) {
+        if let Some(say) = self.losses.count(loss, n, Instant::now()) {
+            losses::log(loss, say, self.budget.max_bytes);
         }
     }
 

@@ -17,6 +17,8 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("the agent answered something that is not a response: {0}")]
     Protocol(String),
+    #[error("the agent closed the connection without an answer (is it stopping?)")]
+    Closed,
     #[error("{}: {}", .0.code, .0.message)]
     Remote(ErrorBody),
 }
@@ -27,9 +29,16 @@ pub fn call(socket: &Path, request: &Request) -> Result<Value, ClientError> {
         .map_err(|source| ClientError::Connect { path: socket.display().to_string(), source })?;
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let line = serde_json::to_string(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    stream.write_all(format!("{line}\n").as_bytes())?;
+    // A busy or stopping agent may answer and hang up before the request is written: a
+    // failed write still reads what it said.
+    let written = stream.write_all(format!("{line}\n").as_bytes());
     let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer)?;
+    let read = BufReader::new(&stream).read_line(&mut answer);
+    if answer.is_empty() {
+        written?;
+        read?;
+        return Err(ClientError::Closed);
+    }
     let v: Value = serde_json::from_str(&answer).map_err(|_| ClientError::Protocol(answer.clone()))?;
     match v.get("ok").and_then(Value::as_bool) {
         Some(true) => Ok(v.get("result").cloned().unwrap_or(Value::Null)),

@@ -110,3 +110,89 @@ pub fn ok_line(result: Value) -> String {
 pub fn error_line(e: &ErrorBody) -> String {
     serde_json::json!({ "ok": false, "error": e }).to_string()
 }
+
+/// Parses a request line as JSON, refusing a key that appears twice in any object: with
+/// `{"cmd":"status","cmd":"pause"}` the last one would silently win.
+pub fn parse_unique(text: &str) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let Unique(value) = serde::Deserialize::deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+/// A JSON value whose objects have no repeated key.
+struct Unique(Value);
+
+impl<'de> Deserialize<'de> for Unique {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(UniqueVisitor).map(Unique)
+    }
+}
+
+struct UniqueVisitor;
+
+impl<'de> serde::de::Visitor<'de> for UniqueVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Unique(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
+            }
+            let Unique(v) = map.next_value()?;
+            object.insert(key, v);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicate_keys_are_refused_at_any_depth() {
+        assert!(parse_unique(r#"{"cmd":"status"}"#).is_ok());
+        let top = parse_unique(r#"{"cmd":"status","cmd":"pause"}"#).unwrap_err();
+        assert!(top.to_string().contains("duplicate key `cmd`"), "{top}");
+        assert!(parse_unique(r#"{"cmd":"emit","type":"a.b","data":{"x":1,"x":2}}"#).is_err());
+        assert!(parse_unique(r#"[{"a":1},{"a":1}]"#).is_ok());
+        assert!(parse_unique(r#"{"cmd":"status"} trailing"#).is_err());
+        assert_eq!(
+            parse_unique(r#"{"n":-1.5,"v":[null,true]}"#).unwrap(),
+            serde_json::json!({"n":-1.5,"v":[null,true]})
+        );
+    }
+}

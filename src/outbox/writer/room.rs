@@ -1,6 +1,7 @@
 //! Making room: under the cap (`storage.max_bytes`), and on a filesystem that is nearly
 //! full whatever the cap says.
 
+use super::losses::Loss;
 use super::{Blocked, Writer};
 use crate::clock::sched_ms;
 use crate::outbox::space::{HIGH, Reclaimed};
@@ -31,13 +32,7 @@ impl Writer {
                 }
             }
         }
-        if total.evicted > 0 {
-            tracing::warn!(
-                evicted = total.evicted,
-                max_bytes = self.budget.max_bytes,
-                "The outbox reached storage.max_bytes: evicted the lowest-priority, oldest pending deliveries."
-            );
-        }
+        self.count_loss(Loss::Evicted, total.evicted);
         !self.store.over(&self.budget, HIGH).unwrap_or(true)
     }
 
