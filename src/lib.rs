@@ -42,6 +42,7 @@ pub mod receive;
 pub mod route;
 pub mod sign;
 pub mod status;
+pub mod text;
 
 /// Installs the one TLS crypto provider (ring) for rustls; safe to call many times.
 pub fn init_crypto() {

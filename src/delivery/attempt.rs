@@ -11,6 +11,7 @@ use super::schedule;
 use crate::config::Subscription;
 use crate::event::now_ms;
 use crate::outbox::{AttemptRecord, AuditRow, Due, NextState, Terminal};
+use crate::text::printable;
 
 /// One finished attempt, reported back to the loop before its record is committed.
 pub struct Done {
@@ -70,7 +71,7 @@ impl Attempt {
         tracing::debug!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, attempt,
             status = ?sent.status, ?next, "Attempt finished.");
         if let NextState::Terminal(Terminal::Failed) = next {
-            tracing::warn!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, event_type = %self.due.event_type,
+            tracing::warn!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, event_type = %printable(&self.due.event_type),
                 attempt, error = error.as_deref().unwrap_or(""), "Delivery failed for good.");
         }
         let audit = AuditRow {

@@ -12,6 +12,7 @@ use crate::event::EnvelopeParts;
 use crate::format::{self, FormatOptions};
 use crate::outbox::Due;
 use crate::sign;
+use crate::text::header_value;
 
 /// The response body is read up to this much; the rest is dropped.
 pub const BODY_READ_MAX: usize = 64 * 1024;
@@ -60,8 +61,8 @@ pub struct Prepared {
 }
 
 fn put(headers: &mut HeaderMap, name: &str, value: &str) {
-    // Names and values were validated with the config; an event type is printable ASCII
-    // or UTF-8 that HeaderValue may refuse, in which case the header is left out.
+    // Names and values were validated with the config, and wire text is percent-encoded
+    // (`header_value`), so nothing is refused here.
     if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
         headers.insert(n, v);
     }
@@ -90,10 +91,10 @@ pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime) -> Prepared {
     let p = &sub.header_prefix;
     let mut headers = HeaderMap::new();
     put(&mut headers, "content-type", "application/json");
-    put(&mut headers, &format!("{p}-Event"), &due.event_type);
+    put(&mut headers, &format!("{p}-Event"), &header_value(&due.event_type));
     put(&mut headers, &format!("{p}-Delivery"), &due.delivery_id);
     put(&mut headers, &format!("{p}-Attempt"), &attempt.to_string());
-    put(&mut headers, &format!("{p}-Device"), &due.device_id);
+    put(&mut headers, &format!("{p}-Device"), &header_value(&due.device_id));
     for (name, value) in &sub.headers {
         put(&mut headers, name, value.expose());
     }

@@ -21,6 +21,7 @@ use crate::event::now_ms;
 use crate::health::Beat;
 use crate::live::{MqttView, update_mqtt as update};
 use crate::outbox::Outbox;
+use crate::text::printable;
 
 /// Accept any message the protocol allows (256 MiB): one larger than the client's limit
 /// would break the connection and come back forever. Oversize payloads are quarantined.
@@ -115,7 +116,8 @@ pub async fn run(
                     e.clock = crate::clock::taken_unless_synced();
                 }
                 if let crate::outbox::Inbound::Quarantine(q) = &inbound {
-                    tracing::warn!(topic = %q.topic, size = q.size, reason = %q.reason, "Quarantined an MQTT message.");
+                    tracing::warn!(topic = %printable(&q.topic), size = q.size, reason = %printable(&q.reason),
+                        "Quarantined an MQTT message.");
                 }
                 let when = match &intake {
                     Some(tx) => {

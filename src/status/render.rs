@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use crate::event::rfc3339_ms;
+use crate::text::printable;
 
 /// Left-aligned columns, two spaces apart.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
@@ -35,7 +36,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => printable(s).into_owned(),
         other => other.to_string(),
     }
 }
