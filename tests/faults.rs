@@ -40,3 +40,51 @@ fn a_payload_cannot_forge_a_log_line_or_a_header() {
     let table = String::from_utf8_lossy(&status.stdout);
     assert!(!table.contains('\u{1b}') && !table.contains("\nRED"), "{table}");
 }
+
+/// `hanging` subscriptions whose endpoints accept and never answer, and one healthy one
+/// listed last: 40 events 50 ms apart. Returns what the healthy one got while they hang,
+/// and its p99 publish → endpoint in ms.
+fn healthy_beside_hanging(hanging: usize) -> (usize, u128) {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let stuck: Vec<Endpoint> = (0..hanging).map(|_| Endpoint::start(Reply::Hang)).collect();
+    let healthy = Endpoint::start(Reply::Status(200));
+    let mut config = base_config(broker.port);
+    for (i, ep) in stuck.iter().enumerate() {
+        config += &subscription(&format!("hang{i}"), &ep.url(), "timeout = \"60s\"");
+    }
+    config += &subscription("healthy", &healthy.url(), "");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    let mut sent = Vec::new();
+    for n in 0..40 {
+        sent.push(std::time::Instant::now());
+        publish(broker.port, &[mission("agv-1", n, "completed")]);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = healthy.wait_for(40, LONG);
+    let mut latency: Vec<u128> = got
+        .iter()
+        .map(|r| {
+            let seq = r.json()["data"]["seq"].as_u64().unwrap() as usize;
+            r.at.saturating_duration_since(sent[seq]).as_millis()
+        })
+        .collect();
+    latency.sort_unstable();
+    let p99 = latency.get(latency.len() * 99 / 100).or(latency.last()).copied().unwrap_or(0);
+    if hanging > 0 {
+        assert!(stuck.iter().all(|ep| ep.count() > 0), "every hanging endpoint was tried");
+    }
+    (got.len(), p99)
+}
+
+#[test]
+fn hanging_endpoints_do_not_starve_a_healthy_one() {
+    let (alone, p99_alone) = healthy_beside_hanging(0);
+    let (beside_4, p99_4) = healthy_beside_hanging(4);
+    let (beside_13, p99_13) = healthy_beside_hanging(13);
+    println!(
+        "healthy p99 publish → endpoint: alone {p99_alone} ms, beside 4 hanging {p99_4} ms, beside 13 {p99_13} ms"
+    );
+    assert_eq!((alone, beside_4, beside_13), (40, 40, 40), "the healthy subscription got everything");
+}

@@ -7,7 +7,7 @@ use super::outcome::Verdict;
 use super::schedule::probe_delay;
 use crate::config::RateLimit;
 
-/// After this many 5xx in a row an endpoint gets one request at a time.
+/// After this many 5xx or timeouts in a row an endpoint gets one request at a time.
 pub const DEGRADED_AFTER: u32 = 5;
 
 pub use crate::live::EndpointState as State;
@@ -86,7 +86,12 @@ impl Endpoint {
                 // Any HTTP answer means the endpoint is reachable again.
                 self.failed_probes = 0;
                 self.probe_at = None;
-                if status.is_some_and(|s| s >= 500) {
+                // A 5xx, or a timeout after connect (a retry without an answer): both
+                // mean the endpoint is struggling, and a hanging one must not keep
+                // `limit` requests tied up.
+                let struggling =
+                    status.is_some_and(|s| s >= 500) || (status.is_none() && matches!(verdict, Verdict::Retry { .. }));
+                if struggling {
                     self.consecutive_errors += 1;
                 } else {
                     self.consecutive_errors = 0;
@@ -189,6 +194,12 @@ mod tests {
         assert_eq!((e.state, e.capacity(t, 0, 8).0), (State::Degraded, 1));
         e.observe(&Verdict::Delivered, Some(200), false, t, 0.5);
         assert_eq!(e.state, State::Online);
+        // Timeouts after connect count the same: a hanging endpoint gets one at a time.
+        let timeout = Verdict::Retry { after: None, reason: "operation timed out".into() };
+        for _ in 0..DEGRADED_AFTER {
+            e.observe(&timeout, None, false, t, 0.5);
+        }
+        assert_eq!(e.state, State::Degraded);
     }
 
     #[test]

@@ -197,6 +197,18 @@ impl Lane {
         &self.client
     }
 
+    /// What is left of this lane's guaranteed `share` of the global slots: its share, or
+    /// what its state lets it use if less, minus what it has in flight.
+    pub fn unused_share(&self, share: usize) -> usize {
+        let usable = match self.endpoint.state {
+            State::Paused | State::Gone | State::Clock => 0,
+            State::Offline | State::Degraded => 1,
+            State::Online if self.is_fifo() => 1,
+            State::Online => self.sub.max_in_flight,
+        };
+        share.min(usable).saturating_sub(self.in_flight.len() + self.fast_in_flight)
+    }
+
     pub fn is_fifo(&self) -> bool {
         self.sub.ordering == Ordering::Fifo
     }

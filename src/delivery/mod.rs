@@ -12,6 +12,7 @@ pub mod http;
 mod lane;
 pub mod outcome;
 pub mod schedule;
+mod share;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -61,6 +62,8 @@ pub struct Dispatcher {
     intake: Option<mpsc::UnboundedReceiver<Intake>>,
     write_behind: Duration,
     fast: Book,
+    /// Global slots guaranteed to each lane (see `share`).
+    share: usize,
 }
 
 impl Dispatcher {
@@ -87,6 +90,7 @@ impl Dispatcher {
             intake: None,
             write_behind: config.storage.write_behind,
             fast: Book::default(),
+            share: share::per_lane(config.delivery.max_in_flight, config.subscriptions.len()),
         })
     }
 
@@ -211,9 +215,16 @@ impl Dispatcher {
     /// that keep each lane supplied.
     fn fill(&mut self, tasks: &mut JoinSet<()>, done_tx: &mpsc::UnboundedSender<Done>, fetches: &mut JoinSet<Fetched>) {
         let now = Instant::now();
-        for idx in 0..self.lanes.len() {
+        let mut unused: Vec<usize> = self.lanes.iter().map(|l| l.unused_share(self.share)).collect();
+        let mut kept: usize = unused.iter().sum();
+        for (idx, own) in unused.iter_mut().enumerate() {
+            let room = share::room(self.global.available_permits(), kept, *own);
             let lane = &mut self.lanes[idx];
-            let Some(starts) = lane.next_starts(now, self.global.available_permits()) else { continue };
+            let starts = lane.next_starts(now, room);
+            let left = lane.unused_share(self.share);
+            kept = kept - *own + left;
+            *own = left;
+            let Some(starts) = starts else { continue };
             for r in starts.fast {
                 let Some(due) = self.fast.due(&r) else {
                     self.lanes[idx].fast_dropped();
