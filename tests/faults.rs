@@ -88,3 +88,49 @@ fn hanging_endpoints_do_not_starve_a_healthy_one() {
     );
     assert_eq!((alone, beside_4, beside_13), (40, 40, 40), "the healthy subscription got everything");
 }
+
+#[test]
+fn a_config_at_the_edges_of_its_ranges_runs_without_spinning() {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::start(Reply::Status(200));
+    let dead = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port)
+        .replace("interval = \"0s\"", "interval = \"1s\"")
+        .replace("offline_probe_max = \"500ms\"", "offline_probe_max = \"100ms\"\nmax_in_flight = 4096")
+        + &subscription("ok", &ep.url(), "max_age = \"3650d\"\nmax_in_flight = 1024\nevents = [\"mission.*\"]")
+        + &subscription("slow", &ep.url(), "rate_limit = \"1/h\"\nevents = [\"mission.*\"]")
+        + &subscription("dead", &format!("http://127.0.0.1:{dead}/hook"), "max_age = \"3650d\"");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    publish(broker.port, &(0..5).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+    // "ok" gets all 5, "slow" its one token.
+    ep.wait_for(6, LONG);
+    let before = agent.cpu();
+    std::thread::sleep(Duration::from_secs(4));
+    let used = agent.cpu() - before;
+    println!("CPU over 4 s at the edges of the ranges: {used:?}");
+    assert!(used < Duration::from_secs(2), "a busy loop: {used:?} of CPU in 4 s");
+    assert_eq!(ep.count(), 6, "the 1/h rate limit let one more through: {}", ep.count());
+}
+
+#[test]
+fn configs_out_of_range_are_refused_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(1883).replace("offline_probe_max = \"500ms\"", "max_in_flight = 9223372036854775807")
+        + &subscription("ops", "http://127.0.0.1:9/hook", "rate_limit = \"1e-300/h\"\nmax_age = \"300000000y\"");
+    let path = dir.path().join("fleethook.toml");
+    std::fs::write(&path, config.replace("{dir}", &dir.path().display().to_string())).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleethook"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    for key in ["delivery.max_in_flight", "subscription[0].rate_limit", "subscription[0].max_age"] {
+        assert!(err.contains("fleethook.toml:") && err.contains(key), "{key} not named: {err}");
+    }
+    assert!(err.contains("out of range"), "{err}");
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use toml::de::DeTable;
 
 use super::locate::{self, KeyPath};
+use super::range::{self, duration_in, size_in};
 use super::raw::{OneOrMany, RawConfig, RawRoute, RawSubscription};
 use super::secret::{self, SecretSource};
 use super::*;
@@ -55,16 +56,12 @@ pub(super) fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
     Err(ConfigErrors(errors))
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("`{s}` is not a duration ({e}); use e.g. \"500ms\", \"5s\", \"7d\""))
-}
-
-fn size(s: &str) -> Result<u64, String> {
-    s.trim()
-        .parse::<bytesize::ByteSize>()
-        .map(|b| b.as_u64())
-        .map_err(|e| format!("`{s}` is not a size ({e}); use e.g. \"256MiB\""))
+/// A count from the file, within its range; the default when absent or refused.
+fn count(issues: &mut Issues, path: KeyPath, v: Option<u64>, limits: (u64, u64), default: u64) -> u64 {
+    match v {
+        Some(n) => issues.take(path, range::count_in(n, limits)).unwrap_or(default),
+        None => default,
+    }
 }
 
 fn opt<T>(
@@ -124,7 +121,7 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
             issues,
             root.key("heartbeat").key("interval"),
             raw.heartbeat.interval.as_ref(),
-            duration,
+            range::heartbeat,
             Duration::from_secs(60),
         ),
     };
@@ -148,12 +145,11 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
 /// `storage.write_behind` by default: a healthy endpoint on a LAN or LTE answers well
 /// within it; anything slower is stored first (docs/decisions.md: "The fast path").
 const WRITE_BEHIND: Duration = Duration::from_millis(100);
-const WRITE_BEHIND_MAX: Duration = Duration::from_secs(10);
 
 fn build_storage(raw: &super::raw::RawStorage, sp: KeyPath, issues: &mut Issues) -> StorageConfig {
-    let storage = StorageConfig {
+    StorageConfig {
         path: PathBuf::from(raw.path.clone().unwrap_or_else(|| "/var/lib/fleethook/outbox.db".into())),
-        max_bytes: opt(issues, sp.key("max_bytes"), raw.max_bytes.as_ref(), size, 256 << 20),
+        max_bytes: opt(issues, sp.key("max_bytes"), raw.max_bytes.as_ref(), size_in(range::MAX_BYTES), 256 << 20),
         when_full: opt(
             issues,
             sp.key("when_full"),
@@ -176,19 +172,21 @@ fn build_storage(raw: &super::raw::RawStorage, sp: KeyPath, issues: &mut Issues)
             },
             Synchronous::Full,
         ),
-        audit_per_subscription: raw.audit_per_subscription.unwrap_or(1000),
-        write_behind: opt(issues, sp.key("write_behind"), raw.write_behind.as_ref(), duration, WRITE_BEHIND),
-    };
-    if storage.max_bytes < 64 * 1024 {
-        issues.push(sp.key("max_bytes"), "must be at least 64KiB");
-    }
-    if storage.write_behind > WRITE_BEHIND_MAX {
-        issues.push(
+        audit_per_subscription: count(
+            issues,
+            sp.key("audit_per_subscription"),
+            raw.audit_per_subscription,
+            range::AUDIT_ROWS,
+            1000,
+        ),
+        write_behind: opt(
+            issues,
             sp.key("write_behind"),
-            "must be at most 10s: the broker holds that long's messages unacked, and its in-flight window is small",
-        );
+            raw.write_behind.as_ref(),
+            duration_in(range::WRITE_BEHIND),
+            WRITE_BEHIND,
+        ),
     }
-    storage
 }
 
 fn build_status(raw: &super::raw::RawStatus, p: KeyPath, issues: &mut Issues) -> StatusConfig {
@@ -210,27 +208,23 @@ fn build_status(raw: &super::raw::RawStatus, p: KeyPath, issues: &mut Issues) ->
 }
 
 fn build_delivery(raw: &super::raw::RawDelivery, dp: KeyPath, issues: &mut Issues) -> DeliveryConfig {
-    let delivery = DeliveryConfig {
-        max_in_flight: raw.max_in_flight.unwrap_or(32) as usize,
+    DeliveryConfig {
+        max_in_flight: count(issues, dp.key("max_in_flight"), raw.max_in_flight, range::GLOBAL_IN_FLIGHT, 32) as usize,
         offline_probe_max: opt(
             issues,
             dp.key("offline_probe_max"),
             raw.offline_probe_max.as_ref(),
-            duration,
+            duration_in(range::PROBE_MAX),
             Duration::from_secs(60),
         ),
         shutdown_grace: opt(
             issues,
             dp.key("shutdown_grace"),
             raw.shutdown_grace.as_ref(),
-            duration,
+            duration_in(range::SHUTDOWN_GRACE),
             Duration::from_secs(10),
         ),
-    };
-    if delivery.max_in_flight == 0 {
-        issues.push(dp.key("max_in_flight"), "must be at least 1");
     }
-    delivery
 }
 
 fn build_subscriptions(raw: Vec<RawSubscription>, root: &KeyPath, issues: &mut Issues) -> Vec<Subscription> {
@@ -284,9 +278,21 @@ fn build_mqtt(raw: &super::raw::RawMqtt, device_id: &str, issues: &mut Issues) -
         client_id: raw.client_id.clone().unwrap_or_else(|| format!("fleethook-{device_id}")),
         username: raw.username.clone(),
         password,
-        keep_alive: opt(issues, p.key("keep_alive"), raw.keep_alive.as_ref(), duration, Duration::from_secs(30)),
+        keep_alive: opt(
+            issues,
+            p.key("keep_alive"),
+            raw.keep_alive.as_ref(),
+            duration_in(range::KEEP_ALIVE),
+            Duration::from_secs(30),
+        ),
         ca_file: raw.ca_file.as_ref().map(PathBuf::from),
-        max_payload: opt(issues, p.key("max_payload"), raw.max_payload.as_ref(), size, 256 * 1024),
+        max_payload: opt(
+            issues,
+            p.key("max_payload"),
+            raw.max_payload.as_ref(),
+            size_in(range::MAX_PAYLOAD),
+            256 * 1024,
+        ),
     }
 }
 
@@ -300,7 +306,7 @@ fn build_route(r: &RawRoute, p: KeyPath, issues: &mut Issues) -> Option<RouteCon
         issues.push(p.key("dedupe"), format!("`{d}` is not a JSON pointer (it starts with /)"));
     }
     let priority = opt(issues, p.key("priority"), r.priority.as_ref(), Priority::parse, Priority::Normal);
-    let ttl = r.ttl.as_ref().and_then(|t| issues.take(p.key("ttl"), duration(t)));
+    let ttl = r.ttl.as_ref().and_then(|t| issues.take(p.key("ttl"), duration_in(range::AGE)(t)));
     Some(RouteConfig {
         topic,
         event: event?,
@@ -350,9 +356,15 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         None => vec![EventPattern::parse("*").expect("`*` is a valid pattern")],
     };
     let retry = match &s.retry {
-        Some(list) => {
-            list.iter().enumerate().filter_map(|(i, d)| issues.take(p.key("retry").index(i), duration(d))).collect()
+        Some(list) if list.len() > range::RETRY_COUNT => {
+            issues.push(p.key("retry"), format!("lists {} delays; at most {}", list.len(), range::RETRY_COUNT));
+            Vec::new()
         }
+        Some(list) => list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| issues.take(p.key("retry").index(i), duration_in(range::RETRY_DELAY)(d)))
+            .collect(),
         None => DEFAULT_RETRY.iter().map(|s| Duration::from_secs(*s)).collect(),
     };
     let method = s.method.clone().unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
@@ -375,11 +387,9 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         },
         Ordering::Parallel,
     );
-    let max_in_flight = s.max_in_flight.unwrap_or(8) as usize;
-    if max_in_flight == 0 {
-        issues.push(p.key("max_in_flight"), "must be at least 1");
-    }
-    let rate_limit = s.rate_limit.as_ref().and_then(|r| issues.take(p.key("rate_limit"), parse_rate(r)));
+    let max_in_flight =
+        count(issues, p.key("max_in_flight"), s.max_in_flight, range::SUBSCRIPTION_IN_FLIGHT, 8) as usize;
+    let rate_limit = s.rate_limit.as_ref().and_then(|r| issues.take(p.key("rate_limit"), range::parse_rate(r)));
     let routing_key = s.routing_key.clone().map(Secret::new);
     let api_key = s.api_key.clone().map(Secret::new);
     if format == Format::Pagerduty && routing_key.is_none() {
@@ -405,15 +415,27 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         ordering,
         max_in_flight,
         rate_limit,
-        timeout: opt(issues, p.key("timeout"), s.timeout.as_ref(), duration, Duration::from_secs(15)),
+        timeout: opt(
+            issues,
+            p.key("timeout"),
+            s.timeout.as_ref(),
+            duration_in(range::TIMEOUT),
+            Duration::from_secs(15),
+        ),
         connect_timeout: opt(
             issues,
             p.key("connect_timeout"),
             s.connect_timeout.as_ref(),
-            duration,
+            duration_in(range::CONNECT_TIMEOUT),
             Duration::from_secs(5),
         ),
-        max_age: opt(issues, p.key("max_age"), s.max_age.as_ref(), duration, Duration::from_secs(72 * 3600)),
+        max_age: opt(
+            issues,
+            p.key("max_age"),
+            s.max_age.as_ref(),
+            duration_in(range::AGE),
+            Duration::from_secs(72 * 3600),
+        ),
         allow_http,
         ca_file: s.ca_file.as_ref().map(PathBuf::from),
         summary: s.summary.clone(),
@@ -504,22 +526,7 @@ fn subscription_headers(raw: toml::Table, p: &KeyPath, issues: &mut Issues) -> V
     headers
 }
 
-/// `"5/s"`, `"100/m"`, `"1000/h"`.
-fn parse_rate(s: &str) -> Result<RateLimit, String> {
-    let err = || format!("`{s}` is not a rate; use e.g. \"5/s\", \"100/m\"");
-    let (n, unit) = s.split_once('/').ok_or_else(err)?;
-    let n: f64 = n.trim().parse().map_err(|_| err())?;
-    let per = match unit.trim() {
-        "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return Err(err()),
-    };
-    if n.is_nan() || n <= 0.0 {
-        return Err(err());
-    }
-    Ok(RateLimit { per_second: n / per, burst: (n / per).max(1.0) })
-}
-
+#[cfg(test)]
+mod range_tests;
 #[cfg(test)]
 mod tests;

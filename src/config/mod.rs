@@ -3,6 +3,7 @@
 
 mod build;
 pub mod locate;
+pub mod range;
 mod raw;
 pub mod secret;
 

@@ -112,9 +112,9 @@ fn wrong_types_name_the_key() {
 
 #[test]
 fn rates_parse() {
-    assert_eq!(parse_rate("100/m").unwrap().per_second, 100.0 / 60.0);
-    assert!(parse_rate("5/week").is_err());
-    assert!(parse_rate("0/s").is_err());
+    assert_eq!(super::range::parse_rate("100/m").unwrap().per_second, 100.0 / 60.0);
+    assert!(super::range::parse_rate("5/week").is_err());
+    assert!(super::range::parse_rate("0/s").is_err());
 }
 
 #[test]
