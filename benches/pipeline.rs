@@ -277,6 +277,7 @@ fn sqlite_ceiling(n: u64, batch: u64) -> f64 {
                 collapse: false,
                 dedupe_key: Some(fleethook::outbox::content_key("t", &i.to_le_bytes())),
                 dedupe_check: false,
+                retained_key: None,
                 deliveries: vec![NewDelivery {
                     id: fleethook::event::new_id(),
                     subscription: "s".into(),

@@ -134,3 +134,41 @@ fn configs_out_of_range_are_refused_with_file_line_and_key() {
     }
     assert!(err.contains("out of range"), "{err}");
 }
+
+#[test]
+fn a_retained_message_is_one_event_across_restarts() {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port)
+        .replace("event = \"alert.{/kind}\"", "event = \"alert.{/kind}\"\nretained = \"ignore\"")
+        + &subscription("ops", &ep.url(), "");
+    // A retained state and a retained alert are on the broker before the agent starts.
+    publish_retained(broker.port, &[mission("agv-1", 1, "docked")]);
+    publish_retained(broker.port, &[("fleet/agv-1/alert".into(), br#"{"kind":"estop"}"#.to_vec())]);
+    let mut agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    ep.wait_for(1, LONG);
+    for _ in 0..3 {
+        assert!(agent.terminate().success());
+        agent.spawn();
+        agent.wait_subscribed();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // While it is away, the retained state changes: one more event at the next start.
+    assert!(agent.terminate().success());
+    publish_retained(broker.port, &[mission("agv-1", 2, "charging")]);
+    agent.spawn();
+    agent.wait_subscribed();
+    ep.wait_for(2, LONG);
+    std::thread::sleep(Duration::from_millis(500));
+    let types: Vec<String> = ep.requests().iter().map(|r| r.json()["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(
+        types,
+        ["mission.docked", "mission.charging"],
+        "one event per retained state, none for the ignored route"
+    );
+    for r in ep.requests() {
+        verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
+    }
+}

@@ -110,6 +110,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     collapse,
                     dedupe_key: None,
                     dedupe_check: false,
+                    retained_key: None,
                     deliveries: chosen
                         .iter()
                         .map(|s| NewDelivery {

@@ -315,6 +315,18 @@ fn build_route(r: &RawRoute, p: KeyPath, issues: &mut Issues) -> Option<RouteCon
         priority,
         ttl,
         collapse: r.collapse.unwrap_or(false),
+        retained: opt(
+            issues,
+            p.key("retained"),
+            r.retained.as_ref(),
+            |v| match v {
+                "once" => Ok(Retained::Once),
+                "always" => Ok(Retained::Always),
+                "ignore" => Ok(Retained::Ignore),
+                o => Err(format!("`{o}` is not once, always or ignore")),
+            },
+            Retained::Once,
+        ),
     })
 }
 

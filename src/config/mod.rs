@@ -137,6 +137,20 @@ pub struct RouteConfig {
     #[serde(serialize_with = "ser_opt_duration")]
     pub ttl: Option<Duration>,
     pub collapse: bool,
+    pub retained: Retained,
+}
+
+/// A route's `retained`: what to do with a message the broker marks retained (it resends
+/// the topic's last retained message on every subscribe, so at every start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retained {
+    /// Take a retained payload once per topic, across restarts (by content hash).
+    Once,
+    /// Take every retained copy as a new event.
+    Always,
+    /// Drop retained copies; only live messages become events.
+    Ignore,
 }
 
 /// `clock_policy`: when deliveries signed with a timestamp (`standard`, `stripe`) wait,

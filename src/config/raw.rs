@@ -77,6 +77,7 @@ pub struct RawRoute {
     pub priority: Option<String>,
     pub ttl: Option<String>,
     pub collapse: Option<bool>,
+    pub retained: Option<String>,
 }
 
 /// A key that takes one string or a list of them (secrets, for rotation).

@@ -24,6 +24,10 @@ impl Dispatcher {
     /// it is not a redelivery), else handed to the outbox as ever.
     pub(super) fn take(&mut self, taken: Intake) {
         let Inbound::Event(event) = &taken.inbound else { return self.forward(taken) };
+        if event.retained_key.is_some() {
+            // Checked against the last retained payload of its topic, which is stored.
+            return self.forward(taken);
+        }
         let lanes: Option<Vec<usize>> = event
             .deliveries
             .iter()

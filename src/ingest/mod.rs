@@ -6,7 +6,7 @@ pub mod mqtt;
 
 use serde_json::Value;
 
-use crate::config::{Config, RouteConfig};
+use crate::config::{Config, Retained, RouteConfig};
 use crate::event::{derived_id, new_id, validate_event_type};
 use crate::outbox::content_key;
 use crate::outbox::{Inbound, NewEvent, QUARANTINE_KEEP, Quarantined};
@@ -130,7 +130,25 @@ impl Router {
             collapse: route.collapse,
             dedupe_key: Some(dedupe_key),
             dedupe_check,
+            retained_key: None,
         })
+    }
+
+    /// What becomes of a message the broker marked retained, by its route's `retained`:
+    /// dropped (`ignore`), taken as is (`always`), or taken once per topic and content
+    /// (`once`), also checked against the dedupe window, which holds the live copy of
+    /// a message that came while we were connected.
+    pub fn retained(&self, topic: &str, inbound: Inbound) -> Inbound {
+        let Some(route) = self.routes.iter().find(|r| r.topic.matches(topic)) else { return inbound };
+        match (route.retained, inbound) {
+            (Retained::Ignore, _) => Inbound::Nothing,
+            (Retained::Once, Inbound::Event(mut e)) => {
+                e.retained_key = e.dedupe_key;
+                e.dedupe_check = true;
+                Inbound::Event(e)
+            }
+            (_, other) => other,
+        }
     }
 }
 

@@ -112,6 +112,9 @@ pub async fn run(
                 seq += 1;
                 let mut inbound =
                     router.inbound(&publish.topic, &publish.payload, publish.dup, now_ms(), crate::clock::sched_ms());
+                if publish.retain {
+                    inbound = router.retained(&publish.topic, inbound);
+                }
                 if let crate::outbox::Inbound::Event(e) = &mut inbound {
                     e.clock = crate::clock::taken_unless_synced();
                 }

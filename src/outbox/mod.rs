@@ -101,6 +101,9 @@ pub struct NewEvent {
     pub dedupe_key: Option<i64>,
     /// Whether to look the key up (always for a route's `dedupe`, only DUP otherwise).
     pub dedupe_check: bool,
+    /// A retained copy taken once per topic: its content key, checked against the last
+    /// one taken on its topic.
+    pub retained_key: Option<i64>,
     pub deliveries: Vec<NewDelivery>,
 }
 
@@ -126,6 +129,7 @@ impl NewEvent {
             collapse: false,
             dedupe_key: None,
             dedupe_check: false,
+            retained_key: None,
             deliveries,
         }
     }

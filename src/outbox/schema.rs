@@ -118,6 +118,14 @@ CREATE TABLE meta (
 ALTER TABLE events ADD COLUMN clock_boot_id INTEGER;
 ALTER TABLE events ADD COLUMN clock_boottime_ms INTEGER;
 "#,
+    r#"
+-- The last retained payload taken per topic (route `retained = "once"`): the broker
+-- resends it on every subscribe, and it must become one event, not one per start.
+CREATE TABLE retained (
+    topic TEXT PRIMARY KEY,
+    key   INTEGER NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 /// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.

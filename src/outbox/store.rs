@@ -146,6 +146,12 @@ impl Store {
     }
 
     fn insert_event(&mut self, e: &NewEvent, now_ms: i64) -> rusqlite::Result<Stored> {
+        if let Some(key) = e.retained_key
+            && self.retained_before(&e.topic, key)?
+        {
+            self.duplicates += 1;
+            return Ok(Stored::Duplicate);
+        }
         if let Some(key) = e.dedupe_key
             && e.dedupe_check
             && self.keys.lock().contains(key)
@@ -326,6 +332,24 @@ impl Store {
                 .query_row(params![subscription, now_ms], |r| r.get(0))?;
         }
         Ok(DueBatch { rows, next_due_ms, committed: 0 })
+    }
+
+    /// Whether `key` is the retained payload last taken on `topic`; if not, it is now.
+    fn retained_before(&self, topic: &str, key: i64) -> rusqlite::Result<bool> {
+        let last: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT key FROM retained WHERE topic = ?1")?
+            .query_row(params![topic], |r| r.get(0))
+            .optional()?;
+        if last == Some(key) {
+            return Ok(true);
+        }
+        self.conn
+            .prepare_cached(
+                "INSERT INTO retained (topic, key) VALUES (?1, ?2) ON CONFLICT (topic) DO UPDATE SET key = ?2",
+            )?
+            .execute(params![topic, key])?;
+        Ok(false)
     }
 
     /// Deliveries expired since the last call.

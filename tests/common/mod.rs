@@ -117,13 +117,22 @@ fn signal(pid: u32, sig: &str) {
 
 /// Publishes QoS 1 messages and returns once the broker has acked every one.
 pub fn publish(port: u16, messages: &[(String, Vec<u8>)]) {
+    publish_flagged(port, messages, false)
+}
+
+/// Publishes QoS 1 messages with the retain flag.
+pub fn publish_retained(port: u16, messages: &[(String, Vec<u8>)]) {
+    publish_flagged(port, messages, true)
+}
+
+fn publish_flagged(port: u16, messages: &[(String, Vec<u8>)], retain: bool) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut opts = rumqttc::MqttOptions::new(format!("test-pub-{}", free_port()), "127.0.0.1", port);
         opts.set_max_packet_size(16 << 20, 16 << 20);
         let (client, mut events) = rumqttc::AsyncClient::new(opts, messages.len() + 10);
         for (topic, payload) in messages {
-            client.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+            client.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, retain, payload.clone()).await.unwrap();
         }
         let mut acked = 0;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

@@ -21,6 +21,7 @@ fn event(id: &str, subs: &[&str], collapse: bool) -> Inbound {
         collapse,
         dedupe_key: Some(content_key("t", id.as_bytes())),
         dedupe_check: true,
+        retained_key: None,
         deliveries: subs
             .iter()
             .map(|s| NewDelivery { id: crate::event::new_id(), subscription: s.to_string(), expires_ms: 10_000 })
