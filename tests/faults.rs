@@ -172,3 +172,58 @@ fn a_retained_message_is_one_event_across_restarts() {
         verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
     }
 }
+
+/// Peak resident memory of a process, in bytes.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).unwrap().trim().trim_end_matches(" kB").trim();
+    kb.parse::<u64>().unwrap() * 1024
+}
+
+/// Publishes a 12 MiB message and then a normal one; returns what the peak RSS grew by.
+fn oversize_message_growth(version: &str) -> u64 {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port).replace("[storage]", &format!("{version}\n[storage]"))
+        + &subscription("ops", &ep.url(), "");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    publish(broker.port, &[mission("agv-1", 0, "started")]);
+    ep.wait_for(1, LONG);
+    let before = peak_rss(agent.pid());
+    let big = serde_json::json!({"status": "huge", "blob": "x".repeat(12 << 20)}).to_string();
+    publish(broker.port, &[("fleet/agv-1/mission".into(), big.into_bytes()), mission("agv-1", 1, "completed")]);
+    let got = ep.wait_for(2, LONG);
+    assert_eq!(got.len(), 2, "the message after the oversize one arrives: nothing stalls");
+    assert_eq!(got[1].json()["type"], "mission.completed");
+    peak_rss(agent.pid()).saturating_sub(before)
+}
+
+#[test]
+fn mqtt5_refuses_oversize_messages_before_they_reach_memory() {
+    let v5 = oversize_message_growth("version = 5");
+    let v311 = oversize_message_growth("version = 3");
+    println!("peak RSS grew by {v5} bytes with MQTT 5, {v311} with 3.1.1, for a 12 MiB message");
+    assert!(v5 < 4 << 20, "MQTT 5 read the oversize message into memory: +{v5} bytes");
+}
+
+#[test]
+fn an_mqtt5_session_keeps_what_arrives_while_the_agent_is_killed() {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config =
+        base_config(broker.port).replace("[storage]", "version = 5\n[storage]") + &subscription("ops", &ep.url(), "");
+    let mut agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    publish(broker.port, &(0..5).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+    ep.wait_for(5, LONG);
+    agent.kill9();
+    publish(broker.port, &(5..15).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+    agent.spawn();
+    assert!(wait_until(LONG, || all_arrived(&ep, 15)), "the broker kept the session's messages");
+    for r in ep.requests() {
+        verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
+    }
+}

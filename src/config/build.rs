@@ -293,6 +293,14 @@ fn build_mqtt(raw: &super::raw::RawMqtt, device_id: &str, issues: &mut Issues) -
             size_in(range::MAX_PAYLOAD),
             256 * 1024,
         ),
+        version: match raw.version {
+            None | Some(3) | Some(4) => 4,
+            Some(5) => 5,
+            Some(v) => {
+                issues.push(p.key("version"), format!("{v} is not an MQTT version: 3 (3.1.1, the default) or 5"));
+                4
+            }
+        },
     }
 }
 

@@ -58,6 +58,8 @@ pub struct MqttConfig {
     pub ca_file: Option<PathBuf>,
     /// Larger payloads are quarantined, not queued.
     pub max_payload: u64,
+    /// The protocol: 4 (MQTT 3.1.1, written `version = 3` or `4`) or 5.
+    pub version: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

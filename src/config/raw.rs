@@ -33,6 +33,7 @@ pub struct RawMqtt {
     pub keep_alive: Option<String>,
     pub ca_file: Option<String>,
     pub max_payload: Option<String>,
+    pub version: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

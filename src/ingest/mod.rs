@@ -3,6 +3,7 @@
 //! rumqttc loop around it.
 
 pub mod mqtt;
+pub mod session;
 
 use serde_json::Value;
 

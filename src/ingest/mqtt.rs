@@ -8,13 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeFilter, Transport,
-};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Router;
+use super::session::{self, Client, Driver, Incoming, Message, SessionError};
 use crate::config::MqttConfig;
 use crate::delivery::fast::{Intake, Resolution};
 use crate::event::now_ms;
@@ -23,31 +21,7 @@ use crate::live::{MqttView, update_mqtt as update};
 use crate::outbox::Outbox;
 use crate::text::printable;
 
-/// Accept any message the protocol allows (256 MiB): one larger than the client's limit
-/// would break the connection and come back forever. Oversize payloads are quarantined.
-const MAX_INCOMING_PACKET: usize = 268_435_455;
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-fn options(cfg: &MqttConfig) -> Result<MqttOptions, std::io::Error> {
-    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    opts.set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(cfg.keep_alive.max(Duration::from_secs(5)))
-        .set_max_packet_size(MAX_INCOMING_PACKET, 1024 * 1024)
-        .set_request_channel_capacity(4096);
-    if let (Some(user), password) = (&cfg.username, &cfg.password) {
-        opts.set_credentials(user.clone(), password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default());
-    }
-    if cfg.tls {
-        crate::init_crypto();
-        let transport = match &cfg.ca_file {
-            Some(path) => Transport::tls(std::fs::read(path)?, None, None),
-            None => Transport::tls_with_default_config(),
-        };
-        opts.set_transport(transport);
-    }
-    Ok(opts)
-}
 
 /// Runs ingest until `shutdown`; then sends the acks of what has committed and
 /// disconnects.
@@ -63,8 +37,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     update(&view, |v| v.url = cfg.url.clone());
-    let opts = match options(&cfg) {
-        Ok(o) => o,
+    let (client, eventloop) = match session::open(&cfg) {
+        Ok(opened) => opened,
         Err(e) => {
             tracing::error!(error = %e, ca_file = ?cfg.ca_file, "Cannot read the MQTT CA file; ingest is not running.");
             update(&view, |v| v.last_error = Some(e.to_string()));
@@ -72,7 +46,6 @@ pub async fn run(
             return;
         }
     };
-    let (client, eventloop) = AsyncClient::new(opts, 4096);
     // The event loop is polled by a task of its own and never cancelled mid-poll; this
     // loop only takes finished events from it.
     let (events_tx, mut events) = mpsc::channel(256);
@@ -81,8 +54,7 @@ pub async fn run(
     let generation = Arc::new(AtomicU64::new(0));
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(ack_in_order(client.clone(), outbox.committed(), ack_rx, generation.clone()));
-    let filters: Vec<SubscribeFilter> =
-        router.filters().into_iter().map(|f| SubscribeFilter::new(f, QoS::AtLeastOnce)).collect();
+    let filters = router.filters();
     let mut seq: u64 = 0;
     let mut tick = tokio::time::interval(crate::health::BEAT);
     let wedge = crate::health::Wedge::from_env("ingest");
@@ -100,15 +72,15 @@ pub async fn run(
             },
         };
         match event {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+            Ok(Incoming::ConnAck { session_present }) => {
                 generation.fetch_add(1, Ordering::SeqCst);
-                connected(&cfg, &view, &client, &filters, ack.session_present);
+                connected(&cfg, &view, &client, &filters, session_present);
             }
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                tracing::info!(filters = ?router.filters(), granted = ?ack.return_codes, "Subscribed to the route topics.");
+            Ok(Incoming::SubAck { granted }) => {
+                tracing::info!(filters = ?filters, %granted, "Subscribed to the route topics.");
                 update(&view, |v| v.subscribed = true);
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
+            Ok(Incoming::Publish(publish)) => {
                 seq += 1;
                 let mut inbound =
                     router.inbound(&publish.topic, &publish.payload, publish.dup, now_ms(), crate::clock::sched_ms());
@@ -140,7 +112,7 @@ pub async fn run(
                     }
                 };
                 update(&view, |v| v.received += 1);
-                if publish.qos != QoS::AtMostOnce {
+                if publish.needs_ack {
                     let _ = ack_tx.send(Pending { seq, generation: generation.load(Ordering::SeqCst), publish, when });
                 }
             }
@@ -155,7 +127,7 @@ pub async fn run(
 
 /// A CONNACK: the view says connected, and a broker that lost our session gets our
 /// subscriptions again.
-fn connected(cfg: &MqttConfig, view: &MqttView, client: &AsyncClient, filters: &[SubscribeFilter], kept: bool) {
+fn connected(cfg: &MqttConfig, view: &MqttView, client: &Client, filters: &[String], kept: bool) {
     tracing::info!(url = %cfg.url, client_id = %cfg.client_id, session_present = kept, "Connected to the MQTT broker.");
     update(view, |v| {
         v.connected = true;
@@ -166,14 +138,14 @@ fn connected(cfg: &MqttConfig, view: &MqttView, client: &AsyncClient, filters: &
     if !kept || !view.lock().map(|v| v.subscribed).unwrap_or(false) {
         if filters.is_empty() {
             tracing::warn!("No [[route]] is configured; nothing is subscribed.");
-        } else if let Err(e) = client.try_subscribe_many(filters.to_vec()) {
+        } else if let Err(e) = client.subscribe(filters) {
             tracing::warn!(error = %e, "Cannot queue the MQTT subscriptions.");
         }
     }
 }
 
 /// A connection error: the driver reconnects with backoff; say so once per loss.
-fn disconnected(cfg: &MqttConfig, view: &MqttView, e: &ConnectionError) {
+fn disconnected(cfg: &MqttConfig, view: &MqttView, e: &SessionError) {
     let was_connected = view.lock().map(|v| v.connected).unwrap_or(false);
     update(view, |v| {
         v.connected = false;
@@ -190,14 +162,14 @@ fn disconnected(cfg: &MqttConfig, view: &MqttView, e: &ConnectionError) {
 /// out), then disconnects. What is not acked here the broker sends again (DUP), and dedupe
 /// recognises it.
 async fn say_goodbye(
-    client: AsyncClient,
+    client: Client,
     acker: tokio::task::JoinHandle<()>,
-    mut events: mpsc::Receiver<Result<Event, ConnectionError>>,
+    mut events: mpsc::Receiver<Result<Incoming, SessionError>>,
     driver_stop: CancellationToken,
     driver: tokio::task::JoinHandle<()>,
 ) {
     let _ = tokio::time::timeout(Duration::from_secs(2), acker).await;
-    let _ = client.try_disconnect();
+    client.disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         while let Some(ev) = events.recv().await {
             if ev.is_err() {
@@ -212,7 +184,7 @@ async fn say_goodbye(
 
 /// Polls the event loop and hands each event over; after an error (the next poll
 /// reconnects) it waits with a backoff that resets on a successful connect.
-async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, ConnectionError>>, stop: CancellationToken) {
+async fn drive(mut eventloop: Driver, tx: mpsc::Sender<Result<Incoming, SessionError>>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(250);
     loop {
         let ev = tokio::select! {
@@ -220,7 +192,7 @@ async fn drive(mut eventloop: EventLoop, tx: mpsc::Sender<Result<Event, Connecti
             ev = eventloop.poll() => ev,
         };
         let failed = ev.is_err();
-        if matches!(ev, Ok(Event::Incoming(Packet::ConnAck(_)))) {
+        if matches!(ev, Ok(Incoming::ConnAck { .. })) {
             backoff = Duration::from_millis(250);
         }
         if tx.send(ev).await.is_err() {
@@ -249,7 +221,7 @@ struct Pending {
     seq: u64,
     /// The connection it came on.
     generation: u64,
-    publish: Publish,
+    publish: Message,
     when: AckWhen,
 }
 
@@ -258,7 +230,7 @@ struct Pending {
 /// and its packet id may already name another one. A message the dispatcher gave up on
 /// (it could not be stored) is not acked: the broker sends it again.
 async fn ack_in_order(
-    client: AsyncClient,
+    client: Client,
     mut committed: watch::Receiver<u64>,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     generation: Arc<AtomicU64>,

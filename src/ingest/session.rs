@@ -1,0 +1,191 @@
+//! The MQTT session, over MQTT 3.1.1 or 5 (`[mqtt] version`): one client and one event
+//! loop whichever rumqttc client is underneath, and the few events ingest acts on.
+//!
+//! Why 5 exists here: with 3.1.1 a client cannot refuse a packet except by hanging up,
+//! after which the broker sends the same packet again, for ever. So 3.1.1 reads every
+//! packet the protocol allows (256 MiB) and quarantines an oversize payload after it is
+//! in memory. MQTT 5 tells the broker our Maximum Packet Size in the CONNECT; the broker
+//! then drops what is larger for us (mosquitto logs it) and it never reaches memory.
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5 as p5;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, SubscribeFilter, Transport};
+
+use crate::config::MqttConfig;
+
+/// 3.1.1: accept any message the protocol allows (256 MiB); a packet over the client's
+/// limit would break the connection and come back forever. Oversize payloads are
+/// quarantined.
+const MAX_INCOMING_PACKET: usize = 268_435_455;
+/// 5: room for the topic, properties and header beyond `max_payload`.
+const PACKET_OVERHEAD: u64 = 64 * 1024 + 1024;
+const MAX_OUTGOING_PACKET: usize = 1024 * 1024;
+const REQUEST_CAPACITY: usize = 4096;
+
+/// Sends acks, subscriptions and the goodbye.
+#[derive(Clone)]
+pub enum Client {
+    V4(AsyncClient),
+    V5(rumqttc::v5::AsyncClient),
+}
+
+/// Polled by a task of its own (see `mqtt::drive`).
+pub enum Driver {
+    V4(Box<EventLoop>),
+    V5(Box<rumqttc::v5::EventLoop>),
+}
+
+/// What the broker said, as far as ingest cares.
+pub enum Incoming {
+    ConnAck { session_present: bool },
+    SubAck { granted: String },
+    Publish(Message),
+    Other,
+}
+
+/// One PUBLISH: what ingest reads, and what its ack needs.
+pub struct Message {
+    pub topic: String,
+    pub payload: Bytes,
+    pub dup: bool,
+    pub retain: bool,
+    pub needs_ack: bool,
+    raw: Raw,
+}
+
+enum Raw {
+    V4(rumqttc::Publish),
+    V5(Box<p5::Publish>),
+}
+
+/// Opens a session as `cfg` says: options, TLS, and the client with its event loop.
+pub fn open(cfg: &MqttConfig) -> std::io::Result<(Client, Driver)> {
+    let transport = if cfg.tls {
+        crate::init_crypto();
+        Some(match &cfg.ca_file {
+            Some(path) => Transport::tls(std::fs::read(path)?, None, None),
+            None => Transport::tls_with_default_config(),
+        })
+    } else {
+        None
+    };
+    let credentials = cfg
+        .username
+        .as_ref()
+        .map(|u| (u.clone(), cfg.password.as_ref().map(|p| p.expose().to_string()).unwrap_or_default()));
+    if cfg.version == 5 {
+        let mut opts = rumqttc::v5::MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+        let max_packet = (cfg.max_payload + PACKET_OVERHEAD).min(u32::MAX as u64) as u32;
+        opts.set_clean_start(false)
+            .set_manual_acks(true)
+            .set_keep_alive(cfg.keep_alive)
+            .set_max_packet_size(Some(max_packet))
+            // The session outlives any stop: what arrives meanwhile waits at the broker.
+            .set_session_expiry_interval(Some(u32::MAX))
+            .set_request_channel_capacity(REQUEST_CAPACITY);
+        if let Some((user, password)) = credentials {
+            opts.set_credentials(user, password);
+        }
+        if let Some(t) = transport {
+            opts.set_transport(t);
+        }
+        let (client, eventloop) = rumqttc::v5::AsyncClient::new(opts, REQUEST_CAPACITY);
+        return Ok((Client::V5(client), Driver::V5(Box::new(eventloop))));
+    }
+    let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
+    opts.set_clean_session(false)
+        .set_manual_acks(true)
+        .set_keep_alive(cfg.keep_alive)
+        .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
+        .set_request_channel_capacity(REQUEST_CAPACITY);
+    if let Some((user, password)) = credentials {
+        opts.set_credentials(user, password);
+    }
+    if let Some(t) = transport {
+        opts.set_transport(t);
+    }
+    let (client, eventloop) = AsyncClient::new(opts, REQUEST_CAPACITY);
+    Ok((Client::V4(client), Driver::V4(Box::new(eventloop))))
+}
+
+/// A connection error, as text (the two clients' error types differ).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SessionError(String);
+
+impl Driver {
+    /// The next event; an error means the connection is down (the next poll reconnects).
+    pub async fn poll(&mut self) -> Result<Incoming, SessionError> {
+        match self {
+            Driver::V4(el) => match el.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(a))) => Ok(Incoming::ConnAck { session_present: a.session_present }),
+                Ok(Event::Incoming(Packet::SubAck(a))) => {
+                    Ok(Incoming::SubAck { granted: format!("{:?}", a.return_codes) })
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => Ok(Incoming::Publish(Message {
+                    topic: p.topic.clone(),
+                    payload: p.payload.clone(),
+                    dup: p.dup,
+                    retain: p.retain,
+                    needs_ack: p.qos != QoS::AtMostOnce,
+                    raw: Raw::V4(p),
+                })),
+                Ok(_) => Ok(Incoming::Other),
+                Err(e) => Err(SessionError(e.to_string())),
+            },
+            Driver::V5(el) => match el.poll().await {
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::ConnAck(a))) => {
+                    Ok(Incoming::ConnAck { session_present: a.session_present })
+                }
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::SubAck(a))) => {
+                    Ok(Incoming::SubAck { granted: format!("{:?}", a.return_codes) })
+                }
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))) => Ok(Incoming::Publish(Message {
+                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                    payload: p.payload.clone(),
+                    dup: p.dup,
+                    retain: p.retain,
+                    needs_ack: p.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                    raw: Raw::V5(Box::new(p)),
+                })),
+                Ok(_) => Ok(Incoming::Other),
+                Err(e) => Err(SessionError(e.to_string())),
+            },
+        }
+    }
+}
+
+impl Client {
+    /// Acks one message (manual acks; the caller keeps them in receive order).
+    pub async fn ack(&self, message: &Message) -> Result<(), SessionError> {
+        let result = match (self, &message.raw) {
+            (Client::V4(c), Raw::V4(p)) => c.ack(p).await.map_err(|e| e.to_string()),
+            (Client::V5(c), Raw::V5(p)) => c.ack(p).await.map_err(|e| e.to_string()),
+            _ => Err("a message from the other protocol version".to_string()),
+        };
+        result.map_err(SessionError)
+    }
+
+    /// Queues QoS 1 subscriptions to `filters`.
+    pub fn subscribe(&self, filters: &[String]) -> Result<(), SessionError> {
+        let result = match self {
+            Client::V4(c) => c
+                .try_subscribe_many(filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)))
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe_many(
+                    filters.iter().map(|f| p5::Filter::new(f.clone(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce)),
+                )
+                .map_err(|e| e.to_string()),
+        };
+        result.map_err(SessionError)
+    }
+
+    /// Queues a DISCONNECT.
+    pub fn disconnect(&self) {
+        let _ = match self {
+            Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
+            Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
+        };
+    }
+}
