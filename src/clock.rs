@@ -140,7 +140,11 @@ pub fn to_wall_ms(sched: i64) -> i64 {
 #[serde(rename_all = "lowercase")]
 pub enum Quality {
     Synced,
+    /// Not synced, and no time service is at work on it: it may never be.
     Unsynced,
+    /// Not synced yet, but a time service (timesyncd, chrony, ntpd) is running: it will
+    /// be, typically within minutes of the network.
+    Syncing,
     /// Before this binary was built: certainly wrong.
     Wrong,
 }
@@ -150,6 +154,7 @@ impl Quality {
         match self {
             Quality::Synced => "synced",
             Quality::Unsynced => "unsynced",
+            Quality::Syncing => "syncing",
             Quality::Wrong => "wrong",
         }
     }
@@ -162,8 +167,9 @@ fn built_s() -> i64 {
 }
 
 /// The kernel's view (adjtimex: `STA_UNSYNC` clear means disciplined), the build date as
-/// a floor. `FLEETHOOK_CLOCK=synced|unsynced` overrides the kernel's answer, for tests
-/// and for robots whose time source the kernel does not know (GPS, PTP in user space).
+/// a floor, and whether a time service is running. `FLEETHOOK_CLOCK=synced|unsynced|syncing`
+/// overrides the kernel and the service, for tests and for robots whose time source the
+/// kernel does not know (GPS, PTP in user space).
 ///
 /// Asked per event, so the answer is kept for a second.
 pub fn quality() -> Quality {
@@ -181,46 +187,75 @@ pub fn quality() -> Quality {
 }
 
 fn quality_now() -> Quality {
-    classify(
-        crate::event::now_ms() / 1000,
-        built_s(),
-        std::env::var("FLEETHOOK_CLOCK").ok().as_deref().and_then(|v| match v {
-            "synced" => Some(true),
-            "unsynced" => Some(false),
-            _ => None,
-        }),
-        kernel_synced(),
-    )
+    let forced = std::env::var("FLEETHOOK_CLOCK").ok().and_then(|v| match v.as_str() {
+        "synced" => Some(Quality::Synced),
+        "unsynced" => Some(Quality::Unsynced),
+        "syncing" => Some(Quality::Syncing),
+        _ => None,
+    });
+    let now_s = crate::event::now_ms() / 1000;
+    match forced {
+        Some(q) => classify(now_s, built_s(), Some(q != Quality::Synced), q == Quality::Syncing),
+        None => {
+            let kernel = kernel_unsynced();
+            // Only looked for when it matters.
+            let service = kernel == Some(true) && time_service_running();
+            classify(now_s, built_s(), kernel, service)
+        }
+    }
 }
 
-/// Pure: the wall clock `now_s` against the build date, an override, the kernel.
-pub fn classify(now_s: i64, built_s: i64, forced: Option<bool>, kernel: Option<bool>) -> Quality {
+/// Pure: the wall clock `now_s` against the build date, whether the clock is known
+/// unsynced (`unsynced`: None when there is no way to tell), and whether a time service
+/// is at work.
+pub fn classify(now_s: i64, built_s: i64, unsynced: Option<bool>, service: bool) -> Quality {
     if now_s < built_s {
         return Quality::Wrong;
     }
-    match forced.or(kernel) {
-        Some(true) => Quality::Synced,
-        Some(false) => Quality::Unsynced,
-        // No way to tell (not Linux): a clock past the build date is taken as good.
+    match unsynced {
+        Some(true) if service => Quality::Syncing,
+        Some(true) => Quality::Unsynced,
+        Some(false) => Quality::Synced,
+        // No way to tell (not Linux, or adjtimex denied): past the build date is good.
         None => Quality::Synced,
     }
 }
 
-/// systemd-timesyncd's marker first (readable under the hardened unit), then the
+/// Traces a running time service leaves in /run: systemd's record of an active unit,
+/// and the daemons' pid files (on tmpfs, so gone after a reboot). Readable under the
+/// hardened unit; a pid file cannot be checked against /proc there (ProtectProc).
+const TIME_SERVICES: &[&str] = &[
+    "/run/systemd/units/invocation:systemd-timesyncd.service",
+    "/run/systemd/units/invocation:chrony.service",
+    "/run/systemd/units/invocation:chronyd.service",
+    "/run/systemd/units/invocation:ntp.service",
+    "/run/systemd/units/invocation:ntpd.service",
+    "/run/systemd/units/invocation:ntpsec.service",
+    "/run/systemd/units/invocation:openntpd.service",
+    "/run/chrony/chronyd.pid",
+    "/run/chronyd.pid",
+    "/run/ntpd.pid",
+];
+
+fn time_service_running() -> bool {
+    TIME_SERVICES.iter().any(|p| std::path::Path::new(p).symlink_metadata().is_ok())
+}
+
+/// Whether the clock is known unsynced: systemd-timesyncd's marker first, then the
 /// kernel's own state.
-fn kernel_synced() -> Option<bool> {
+fn kernel_unsynced() -> Option<bool> {
     if std::path::Path::new("/run/systemd/timesync/synchronized").exists() {
-        return Some(true);
+        return Some(false);
     }
     // SAFETY: timex is plain old data; all zeroes is a valid value (modes = 0: read only).
     let mut tx: libc::timex = unsafe { std::mem::zeroed() };
     // SAFETY: adjtimex with modes = 0 only reads the kernel's clock state into `tx`.
-    // Under the unit's seccomp filter (ProtectClock) it fails with EPERM: unknown.
+    // Where a seccomp filter denies it (ProtectClock=yes) it fails with EPERM: unknown.
     let state = unsafe { libc::adjtimex(&mut tx) };
     if state < 0 {
         return None;
     }
-    Some(state != libc::TIME_ERROR && tx.status & libc::STA_UNSYNC == 0)
+    Some(state == libc::TIME_ERROR || tx.status & libc::STA_UNSYNC != 0)
 }
 
 /// A plain sentence for how far the agent's clock is from another's (`theirs - ours`),
@@ -291,10 +326,12 @@ mod tests {
 
     #[test]
     fn quality_is_wrong_before_the_build_synced_or_not_after() {
-        assert_eq!(classify(100, 1_000, None, Some(true)), Quality::Wrong);
-        assert_eq!(classify(2_000, 1_000, None, Some(false)), Quality::Unsynced);
-        assert_eq!(classify(2_000, 1_000, Some(true), Some(false)), Quality::Synced);
-        assert_eq!(classify(2_000, 1_000, None, None), Quality::Synced);
+        assert_eq!(classify(100, 1_000, Some(false), false), Quality::Wrong);
+        assert_eq!(classify(100, 1_000, Some(true), true), Quality::Wrong);
+        assert_eq!(classify(2_000, 1_000, Some(true), false), Quality::Unsynced);
+        assert_eq!(classify(2_000, 1_000, Some(true), true), Quality::Syncing);
+        assert_eq!(classify(2_000, 1_000, Some(false), true), Quality::Synced);
+        assert_eq!(classify(2_000, 1_000, None, false), Quality::Synced);
     }
 
     #[test]

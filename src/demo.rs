@@ -80,6 +80,9 @@ allow_http = true
 events = ["mission.*", "robot.*"]
 secret = "{secret}"
 retry = ["500ms", "1s", "2s", "5s", "10s"]
+# The receiver reads the same clock as the agent, so a timestamp signed with it always
+# verifies here, synced or not.
+clock_policy = "sign"
 "#,
         db = dir.join("outbox.db").display(),
         sock = dir.join("status.sock").display(),

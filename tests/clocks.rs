@@ -61,9 +61,8 @@ fn events_queued_in_2001_do_not_expire_when_the_clock_is_stepped_to_now() {
     std::fs::write(&clock, "+0").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     // …and it is restarted with the true clock.
-    // (This VM's kernel reports its clock unsynchronised; say what NTP would.)
     assert!(agent.terminate().success());
-    agent.env = vec![("FLEETHOOK_CLOCK".into(), "synced".into())];
+    agent.env.clear();
     agent.spawn();
     agent.wait_subscribed();
     let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
@@ -138,11 +137,9 @@ fn signatures_wait_for_a_good_clock_and_verify_after_the_step() {
     assert!(wait_until(LONG, || all_arrived(&ep, N)), "{} of {N} arrived after the step; {}", ep.count(), agent.log());
     for r in ep.requests() {
         verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
-        // The clock is still not known synced (the kernel says so here): the 2001 time
-        // the event was taken at is not passed off as true.
+        // Taken while the clock said 2001, re-dated once it was good.
         let body = r.json();
-        let year_2001 = body["timestamp"].as_str().unwrap().starts_with("2001");
-        assert!(!year_2001 || body["timestamp_quality"] == "unsynced", "an unmarked 2001 timestamp: {body}");
+        assert!(!body["timestamp"].as_str().unwrap().starts_with("2001"), "a 2001 timestamp: {body}");
     }
 }
 
@@ -217,4 +214,45 @@ fn fleethook_test_reports_the_clock_skew_plainly() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("the agent's clock is 26 years behind the receiver's"), "{text}");
+}
+
+fn status_json(agent: &Agent) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleethook"))
+        .args(["status", "--json", "--config"])
+        .arg(&agent.config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The default `wait` policy: with a time service at work on an unsynced clock
+/// (`syncing`), signed deliveries wait, pending, budget untouched, state `clock`. With no
+/// time service (`unsynced`: it may never sync) they go.
+#[test]
+fn the_wait_policy_holds_while_a_time_service_syncs_and_not_forever_without_one() {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port) + &subscription("ops", &ep.url(), "");
+    let mut agent = Agent::start_env(dir.path(), &config, &[("FLEETHOOK_CLOCK", "syncing")]);
+    agent.wait_subscribed();
+    const N: u64 = 10;
+    let messages: Vec<_> = (0..N as usize).map(|n| mission("agv-1", n, "completed")).collect();
+    publish(broker.port, &messages);
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == N as i64));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(ep.count(), 0, "nothing was signed while the clock was syncing");
+    assert_eq!(agent.count("SELECT COALESCE(MAX(budget_used), 0) FROM deliveries"), 0, "no retry budget spent");
+    let status = status_json(&agent);
+    assert_eq!(status["clock"], "syncing", "{status}");
+    assert_eq!(status["subscriptions"][0]["state"], "clock", "{status}");
+    assert!(agent.terminate().success());
+    agent.env = vec![("FLEETHOOK_CLOCK".into(), "unsynced".into())];
+    agent.spawn();
+    assert!(wait_until(LONG, || all_arrived(&ep, N)), "{} of {N} arrived; {}", ep.count(), agent.log());
+    for r in ep.requests() {
+        verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
+    }
+    assert_eq!(status_json(&agent)["clock"], "unsynced");
 }

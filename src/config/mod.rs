@@ -160,8 +160,9 @@ pub enum Retained {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ClockPolicy {
-    /// While the clock is `wrong` (before this binary was built). While it is only
-    /// `unsynced` they go, and a receiver's refusal of the timestamp is retried.
+    /// While the clock is `wrong` (before this binary was built) or `syncing` (a time
+    /// service is at work on it). While it is `unsynced` with no time service, waiting
+    /// could be forever: they go, and a receiver's refusal of the timestamp is retried.
     Wait,
     /// While it is `wrong` or `unsynced`: for robots whose kernel reliably knows (NTP).
     Strict,
@@ -174,7 +175,7 @@ impl ClockPolicy {
     pub fn holds(self, quality: crate::clock::Quality) -> bool {
         use crate::clock::Quality;
         match self {
-            ClockPolicy::Wait => quality == Quality::Wrong,
+            ClockPolicy::Wait => matches!(quality, Quality::Wrong | Quality::Syncing),
             ClockPolicy::Strict => quality != Quality::Synced,
             ClockPolicy::Sign => false,
         }
@@ -373,4 +374,18 @@ fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, 
 
 fn ser_durations<S: Serializer>(d: &[Duration], s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(d.iter().map(|d| humantime::format_duration(*d).to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ClockPolicy;
+    use crate::clock::Quality::*;
+
+    #[test]
+    fn wait_holds_for_a_clock_that_is_wrong_or_about_to_be_set() {
+        let holding = |p: ClockPolicy| [Synced, Unsynced, Syncing, Wrong].map(|q| p.holds(q));
+        assert_eq!(holding(ClockPolicy::Wait), [false, false, true, true]);
+        assert_eq!(holding(ClockPolicy::Strict), [false, true, true, true]);
+        assert_eq!(holding(ClockPolicy::Sign), [false; 4]);
+    }
 }

@@ -379,6 +379,9 @@ impl Agent {
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "fleethook=debug")
+            // Whatever the host's time service is doing, a test's clock is good unless
+            // the test says otherwise (tests/clocks.rs lies to the agent on purpose).
+            .env("FLEETHOOK_CLOCK", "synced")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
