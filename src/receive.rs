@@ -213,8 +213,9 @@ mod tests {
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let now = SystemTime::now();
         let ts = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        // Secrets of mixed kinds: each scheme tries those that fit it.
         let opts = ReceiveOptions {
-            secrets: vec![secret.into()],
+            secrets: vec!["plain-secret".into(), "whsec_not base64!".into(), secret.into()],
             tolerance: sign::DEFAULT_TOLERANCE,
             print: false,
             print_body: false,

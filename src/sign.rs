@@ -118,8 +118,9 @@ pub fn stripe_signature(key: &[u8], timestamp: i64, body: &[u8]) -> String {
     hex::encode(mac(key, &[ts.as_bytes(), b".", body]).finalize().into_bytes())
 }
 
-/// The signature headers for one attempt. `keys` are already decoded ([`signing_key`]);
-/// every key signs, so a receiver holding any one of them verifies during a rotation.
+/// The signature headers for one attempt. `keys` are already decoded ([`signing_key`]).
+/// With `standard` and `stripe` every key signs, so a receiver holding any one of them
+/// verifies during a rotation; with `sha256` only the first does.
 pub fn sign_headers(
     scheme: Scheme,
     keys: &[Vec<u8>],
@@ -139,10 +140,13 @@ pub fn sign_headers(
                 ("webhook-signature".into(), sigs.join(" ")),
             ]
         }
-        Scheme::Sha256 => {
-            let sigs: Vec<String> = keys.iter().map(|k| format!("sha256={}", sha256_signature(k, body))).collect();
-            vec![(format!("{header_prefix}-Signature"), sigs.join(","))]
-        }
+        // GitHub-style verifiers compare the whole header with one `sha256=<hex>`: only
+        // the first secret signs (rotation: the receiver accepts both, then the agent
+        // switches).
+        Scheme::Sha256 => match keys.first() {
+            Some(k) => vec![(format!("{header_prefix}-Signature"), format!("sha256={}", sha256_signature(k, body)))],
+            None => Vec::new(),
+        },
         Scheme::Stripe => {
             let mut value = format!("t={timestamp}");
             for k in keys {
@@ -181,7 +185,21 @@ pub fn verify(
     now: SystemTime,
     tolerance: Duration,
 ) -> Result<(), VerifyError> {
-    let keys = secrets.iter().map(|s| signing_key(scheme, s)).collect::<Result<Vec<_>, _>>()?;
+    // Each scheme tries the secrets that fit it: a receiver may hold a `whsec_` secret
+    // for one sender and a plain one for another. Only if none fits is that an error.
+    let mut keys = Vec::new();
+    let mut unfit = None;
+    for s in secrets {
+        match signing_key(scheme, s) {
+            Ok(k) => keys.push(k),
+            Err(e) => unfit = unfit.or(Some(e)),
+        }
+    }
+    if keys.is_empty()
+        && let Some(e) = unfit
+    {
+        return Err(e.into());
+    }
     let sig_header = format!("{header_prefix}-Signature");
     match scheme {
         Scheme::None => Ok(()),
@@ -311,16 +329,39 @@ mod tests {
     }
 
     #[test]
-    fn rotation_signs_with_every_secret() {
+    fn rotation_signs_with_every_secret_except_sha256_which_signs_with_the_first() {
         let old = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         let new = new_secret();
-        for scheme in [Scheme::Standard, Scheme::Stripe, Scheme::Sha256] {
+        for scheme in [Scheme::Standard, Scheme::Stripe] {
             let keys = vec![signing_key(scheme, old).unwrap(), signing_key(scheme, &new).unwrap()];
             let h = headers(&sign_headers(scheme, &keys, "X-Fleethook", "d1", 1_700_000_000, b"x"));
             for s in [old, new.as_str()] {
                 verify(scheme, &[s], "X-Fleethook", &h, b"x", at(1_700_000_000), DEFAULT_TOLERANCE).unwrap();
             }
         }
+        let keys = vec![b"first".to_vec(), b"second".to_vec()];
+        let h = sign_headers(Scheme::Sha256, &keys, "X-Fleethook", "d1", 0, b"x");
+        assert_eq!(
+            h,
+            vec![("X-Fleethook-Signature".to_string(), format!("sha256={}", sha256_signature(b"first", b"x")))]
+        );
+    }
+
+    #[test]
+    fn each_scheme_tries_the_secrets_that_fit_it() {
+        let standard = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let mixed = [standard, "plain-secret", "whsec_not base64!"];
+        let now = at(1_700_000_000);
+        let key = signing_key(Scheme::Standard, standard).unwrap();
+        let h = headers(&sign_headers(Scheme::Standard, &[key], "X", "d1", 1_700_000_000, b"x"));
+        verify(Scheme::Standard, &mixed, "X", &h, b"x", now, DEFAULT_TOLERANCE).unwrap();
+        let h = headers(&sign_headers(Scheme::Stripe, &[b"plain-secret".to_vec()], "X", "d1", 1_700_000_000, b"x"));
+        verify(Scheme::Stripe, &mixed, "X", &h, b"x", now, DEFAULT_TOLERANCE).unwrap();
+        assert_eq!(
+            verify(Scheme::Standard, &["plain"], "X", &h, b"x", now, DEFAULT_TOLERANCE),
+            Err(VerifyError::Key(SignError::MissingPrefix)),
+            "no secret fits: say why"
+        );
     }
 
     #[test]

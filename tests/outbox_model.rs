@@ -174,11 +174,12 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     _ => unreachable!(),
                 };
                 let r = &mut model.rows[row];
-                if r.state == "pending" {
-                    match &next {
-                        NextState::Terminal(t) => r.state = t.as_str(),
-                        NextState::Retry { at_ms, .. } => r.next = *at_ms,
-                    }
+                match (&next, r.state) {
+                    (NextState::Terminal(t), "pending") => r.state = t.as_str(),
+                    (NextState::Retry { at_ms, .. }, "pending") => r.next = *at_ms,
+                    // Superseded while its attempt was out, and that attempt landed.
+                    (NextState::Terminal(Terminal::Delivered), "superseded") => r.state = "delivered",
+                    _ => {}
                 }
                 store
                     .record(&AttemptRecord::new(

@@ -85,6 +85,7 @@ pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime) -> Prepared {
         summary: sub.summary.as_deref(),
         routing_key: sub.routing_key.as_ref().map(|s| s.expose()),
         api_key: sub.api_key.as_ref().map(|s| s.expose()),
+        now_ms: now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
     };
     let rendered = format::render(sub.format, &parts, &opts);
     let attempt = due.attempts + 1;
@@ -93,7 +94,10 @@ pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime) -> Prepared {
     put(&mut headers, "content-type", "application/json");
     put(&mut headers, &format!("{p}-Event"), &header_value(&due.event_type));
     put(&mut headers, &format!("{p}-Delivery"), &due.delivery_id);
-    put(&mut headers, &format!("{p}-Attempt"), &attempt.to_string());
+    // Counts the attempts that reached the endpoint (an answer that spent the retry
+    // budget), not offline probes that never connected: the receiver's first request
+    // for a delivery says 1.
+    put(&mut headers, &format!("{p}-Attempt"), &(due.budget_used + 1).to_string());
     put(&mut headers, &format!("{p}-Device"), &header_value(&due.device_id));
     for (name, value) in &sub.headers {
         put(&mut headers, name, value.expose());

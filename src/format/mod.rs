@@ -41,6 +41,8 @@ pub struct FormatOptions<'a> {
     pub summary: Option<&'a str>,
     pub routing_key: Option<&'a str>,
     pub api_key: Option<&'a str>,
+    /// The wall clock at send time (Unix ms): Datadog refuses events dated too long ago.
+    pub now_ms: i64,
 }
 
 pub const DEFAULT_SUMMARY: &str = "{type} on {device_id}";
@@ -58,6 +60,17 @@ pub fn render(format: Format, event: &EnvelopeParts<'_>, opts: &FormatOptions<'_
 /// event's data. Unknown or missing placeholders render as `?` rather than failing a
 /// delivery over a cosmetic string.
 pub fn summary(template: &str, event: &EnvelopeParts<'_>, data: &serde_json::Value) -> String {
+    summary_escaped(template, event, data, |s| s.into())
+}
+
+/// [`summary`], with every filled-in value passed through `escape` (the template's own
+/// text is the operator's, and kept as written).
+pub fn summary_escaped(
+    template: &str,
+    event: &EnvelopeParts<'_>,
+    data: &serde_json::Value,
+    escape: impl Fn(&str) -> std::borrow::Cow<'_, str>,
+) -> String {
     let mut out = String::new();
     let mut rest = template;
     while let Some(open) = rest.find('{') {
@@ -68,13 +81,13 @@ pub fn summary(template: &str, event: &EnvelopeParts<'_>, data: &serde_json::Val
         };
         let key = &rest[open + 1..open + close];
         match key {
-            "type" => out.push_str(event.event_type),
-            "device_id" => out.push_str(event.device_id),
-            "id" => out.push_str(event.id),
+            "type" => out.push_str(&escape(event.event_type)),
+            "device_id" => out.push_str(&escape(event.device_id)),
+            "id" => out.push_str(&escape(event.id)),
             "timestamp" => out.push_str(&crate::event::rfc3339_ms(event.created_ms)),
             p if p.starts_with('/') => match data.pointer(p) {
-                Some(serde_json::Value::String(s)) => out.push_str(s),
-                Some(v) => out.push_str(&v.to_string()),
+                Some(serde_json::Value::String(s)) => out.push_str(&escape(s)),
+                Some(v) => out.push_str(&escape(&v.to_string())),
                 None => out.push('?'),
             },
             _ => out.push('?'),

@@ -4,7 +4,9 @@
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::dedupe::SharedKeys;
-use super::{AttemptRecord, AuditRow, Due, DueBatch, FastDone, Inbound, NewEvent, NextState, Quarantined, Stats};
+use super::{
+    AttemptRecord, AuditRow, Due, DueBatch, FastDone, Inbound, NewEvent, NextState, Quarantined, Stats, Terminal,
+};
 
 /// How many dedupe keys are remembered at most: those of the newest events.
 const DEDUPE_KEYS: usize = 100_000;
@@ -434,8 +436,33 @@ impl Store {
         };
         if let NextState::Terminal(t) = &record.next {
             self.count(&r.subscription, t.as_str(), changed as i64)?;
+            if changed == 0 && *t == Terminal::Delivered {
+                self.revive_superseded(&r.delivery_id, row, key)?;
+            }
         }
         Ok(())
+    }
+
+    /// A newer collapsing event supersedes what is pending on disk, which includes
+    /// attempts already out. If one of those lands, the receiver has it: it is
+    /// `delivered`, and its `superseded` audit row and count are withdrawn.
+    fn revive_superseded(&mut self, delivery_id: &str, row: &str, key: rusqlite::types::Value) -> rusqlite::Result<()> {
+        let c = &self.conn;
+        let Some(subscription) = c
+            .prepare_cached(&format!(
+                "UPDATE deliveries SET state = 'delivered' WHERE {row} = ?1 AND state = 'superseded' RETURNING subscription"
+            ))?
+            .query_row(params![key], |r| r.get::<_, String>(0))
+            .optional()?
+        else {
+            return Ok(());
+        };
+        c.prepare_cached(
+            "DELETE FROM attempts WHERE subscription = ?1 AND delivery_id = ?2 AND outcome = 'superseded'",
+        )?
+        .execute(params![subscription, delivery_id])?;
+        self.count(&subscription, "superseded", -1)?;
+        self.count(&subscription, "delivered", 1)
     }
 
     fn audit(&self, r: &AuditRow, outcome: &str) -> rusqlite::Result<()> {

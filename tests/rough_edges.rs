@@ -1,0 +1,75 @@
+//! What a skeptical user found (issue #16): each test here failed before its fix. Real
+//! mosquitto, the real binary, real HTTP servers.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn fleethook(agent: &Agent, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fleethook")).args(args).arg("--config").arg(&agent.config).output().unwrap()
+}
+
+/// A collapsing route and a receiver slower than the publisher: an attempt already out
+/// when a newer event arrives is not `superseded` if it lands; only what was never sent
+/// (or never landed) is.
+#[test]
+fn collapse_never_marks_a_delivered_event_superseded() {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::start(Reply::Slow(Duration::from_millis(300), 200));
+    let dir = tempfile::tempdir().unwrap();
+    let route = "\n[[route]]\ntopic = \"fleet/+/battery\"\nevent = \"robot.battery\"\ndevice_id = \"{topic.1}\"\ncollapse = true\n";
+    let config = base_config(broker.port) + route + &subscription("ops", &ep.url(), "");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    const N: usize = 6;
+    for n in 0..N {
+        let body = serde_json::json!({"seq": n, "level": 90 - n}).to_string().into_bytes();
+        publish(broker.port, &[("fleet/agv-1/battery".to_string(), body)]);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = || agent.count("SELECT COUNT(*) FROM deliveries WHERE state IN ('delivered', 'superseded')");
+    assert!(wait_until(LONG, || ended() == N as i64 && ep.count() > 0), "{}", agent.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let received: std::collections::HashSet<String> =
+        ep.requests().iter().map(|r| r.json()["delivery_id"].as_str().unwrap().to_string()).collect();
+    for id in &received {
+        let state: String = agent
+            .db()
+            .query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| r.get(0))
+            .unwrap_or_else(|_| "delivered".into()); // sent from memory: never stored
+        assert_eq!(state, "delivered", "{id} reached the receiver");
+        let superseded_rows = agent
+            .count(&format!("SELECT COUNT(*) FROM attempts WHERE delivery_id = '{id}' AND outcome = 'superseded'"));
+        assert_eq!(superseded_rows, 0, "{id} reached the receiver, yet its log says superseded");
+    }
+    let counter = |o: &str| {
+        agent.count(&format!("SELECT COALESCE(SUM(n), 0) FROM counters WHERE subscription = 'ops' AND outcome = '{o}'"))
+    };
+    assert_eq!(counter("delivered"), received.len() as i64, "delivered counts what the receiver got");
+    assert_eq!(counter("delivered") + counter("superseded"), N as i64);
+}
+
+/// Offline probes that never connected are not attempts the receiver saw: its first
+/// request for a delivery says `Attempt: 1`, the retry after its 503 says 2.
+#[test]
+fn the_attempt_header_counts_what_reached_the_endpoint() {
+    let broker = Mosquitto::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port) + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    publish(broker.port, &[mission("agv-1", 0, "completed")]);
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM attempts") >= 3), "probes while offline");
+    let ep = Endpoint::start_on(port, Reply::Status(200), vec![Reply::Status(503)]);
+    let got = ep.wait_for(2, LONG);
+    assert_eq!(got[0].header("x-fleethook-attempt"), Some("1"));
+    assert_eq!(got[1].header("x-fleethook-attempt"), Some("2"));
+    let out = fleethook(&agent, &["status"]);
+    assert!(out.status.success());
+}
