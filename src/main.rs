@@ -5,9 +5,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::builder::PossibleValuesParser;
+use clap::{Args, Parser, Subcommand};
 use fleethook::config::{self, Config};
-use fleethook::status::{Request, client, render};
+use fleethook::status::{LOG_OUTCOMES, QUEUE_STATES, Request, client, render};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -16,65 +17,99 @@ struct Cli {
     /// The config file.
     #[arg(long, global = true, env = "FLEETHOOK_CONFIG", default_value = config::DEFAULT_PATH)]
     config: PathBuf,
-    /// The agent's status socket (default: the config's status.socket).
-    #[arg(long, global = true, env = "FLEETHOOK_SOCKET")]
-    socket: Option<PathBuf>,
-    /// Print the socket's JSON result instead of a table.
-    #[arg(long, global = true)]
-    json: bool,
-    /// Where logs go: journald under systemd, else human-readable stderr (auto), or json.
-    #[arg(long, global = true, value_enum, env = "FLEETHOOK_LOG_FORMAT", default_value = "auto")]
-    log_format: fleethook::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How a command that asks the running agent reaches it and prints its answer.
+#[derive(Args, Clone)]
+struct Talk {
+    /// The agent's status socket (default: the config's status.socket).
+    #[arg(long, env = "FLEETHOOK_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Print the socket's JSON result instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Where a long-running command logs.
+#[derive(Args, Clone, Copy)]
+struct Logs {
+    /// Where logs go: journald under systemd, else human-readable stderr (auto), or json.
+    #[arg(long, value_enum, env = "FLEETHOOK_LOG_FORMAT", default_value = "auto")]
+    log_format: fleethook::logging::LogFormat,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent (what the systemd unit starts).
-    Run,
+    Run {
+        #[command(flatten)]
+        logs: Logs,
+    },
     /// Validate the config and print it resolved, secrets redacted; exit 1 on errors.
     Check,
     /// Print a new `whsec_` signing secret.
     Secret,
     /// A local endpoint that verifies signatures and prints each event (for bring-up).
     Receive {
+        /// Port to listen on.
         #[arg(long, default_value_t = 8080)]
         port: u16,
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1")]
         bind: String,
-        /// A secret to verify with; repeat for rotation. Without one, nothing is verified.
+        /// A secret to verify with; repeat for rotation or for several senders. Without
+        /// one, nothing is verified.
         #[arg(long = "secret")]
         secrets: Vec<String>,
         /// Print each request's body too.
         #[arg(long)]
         body: bool,
+        #[command(flatten)]
+        logs: Logs,
     },
     /// The agent's overview: MQTT, storage, and every subscription's state and counts.
-    Status,
+    Status {
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// Pending and failed deliveries.
     Queue {
+        /// Only this subscription's deliveries.
         #[arg(long)]
         subscription: Option<String>,
-        /// pending, failed, delivered, expired, evicted or superseded (default: pending and failed).
-        #[arg(long)]
+        /// Only deliveries in this state (default: pending and failed).
+        #[arg(long, value_parser = PossibleValuesParser::new(QUEUE_STATES))]
         state: Option<String>,
+        /// At most this many rows, oldest first.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        #[command(flatten)]
+        talk: Talk,
     },
     /// The audit log of attempts, newest first.
     Log {
+        /// Only this subscription's attempts.
         #[arg(long)]
         subscription: Option<String>,
-        /// delivered, retry, offline, failed, expired, evicted, superseded.
-        #[arg(long)]
+        /// Only attempts with this outcome.
+        #[arg(long, value_parser = PossibleValuesParser::new(LOG_OUTCOMES))]
         outcome: Option<String>,
+        /// At most this many rows, newest first.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        #[command(flatten)]
+        talk: Talk,
     },
     /// One event (by event or delivery id) with its deliveries and attempts.
-    Show { id: String },
+    Show {
+        /// An event id or a delivery id (as `queue`, `log` and the receiver's headers show).
+        #[arg(value_name = "ID")]
+        id: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// Put failed deliveries back in the queue with a fresh retry budget.
     Retry {
         /// Delivery or event ids.
@@ -82,46 +117,77 @@ enum Command {
         /// Every failed delivery (of --subscription, if given).
         #[arg(long)]
         failed: bool,
+        /// With --failed: only this subscription's.
         #[arg(long)]
         subscription: Option<String>,
+        #[command(flatten)]
+        talk: Talk,
     },
     /// Send a subscription's delivered events again.
     Replay {
+        /// The subscription to send them to.
         #[arg(long)]
         subscription: String,
         /// A time (2026-05-10T18:00:00Z) or an age (2h).
         #[arg(long)]
         since: String,
+        /// A time or an age, as --since (default: now).
         #[arg(long)]
         until: Option<String>,
+        #[command(flatten)]
+        talk: Talk,
     },
     /// Stop delivering to a subscription (kept across restarts).
-    Pause { subscription: String },
+    Pause {
+        /// A subscription's name, as in the config.
+        subscription: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// Deliver to a paused or gone subscription again.
-    Resume { subscription: String },
+    Resume {
+        /// A subscription's name, as in the config.
+        subscription: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// Send a `fleethook.test` event to a subscription now and print the outcome.
-    Test { subscription: String },
+    Test {
+        /// A subscription's name, as in the config.
+        subscription: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// Queue an event from a script on the robot.
     Emit {
+        /// The event type, e.g. `mission.completed`.
         #[arg(value_name = "TYPE")]
         event_type: String,
         /// A JSON object.
         #[arg(long)]
         data: Option<String>,
+        #[command(flatten)]
+        talk: Talk,
     },
     /// A live view of the queue and endpoints.
     Top {
         /// Render one frame and exit.
         #[arg(long)]
         once: bool,
+        /// How often to redraw.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: Duration,
+        /// The agent's status socket (default: the config's status.socket).
+        #[arg(long, env = "FLEETHOOK_SOCKET")]
+        socket: Option<PathBuf>,
     },
     /// The whole pipeline on this machine, no setup: broker, simulated AGV, agent, receiver.
     Demo {
         /// Run this many seconds, then drain and exit (non-zero if anything was lost).
         #[arg(long)]
         seconds: Option<u64>,
+        #[command(flatten)]
+        logs: Logs,
     },
 }
 
@@ -154,21 +220,21 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 /// The socket to talk to: --socket, else the config's, else the default.
-fn socket_path(cli: &Cli) -> PathBuf {
-    if let Some(s) = &cli.socket {
+fn socket_path(config: &std::path::Path, socket: Option<&PathBuf>) -> PathBuf {
+    if let Some(s) = socket {
         return s.clone();
     }
-    match Config::load(&cli.config) {
+    match Config::load(config) {
         Ok(c) => c.status.socket,
         Err(_) => PathBuf::from(config::DEFAULT_SOCKET),
     }
 }
 
 /// Sends one request and prints the result, as JSON or through `human`.
-fn ask(cli: &Cli, request: Request, human: fn(&serde_json::Value) -> String) -> anyhow::Result<ExitCode> {
-    match client::call(&socket_path(cli), &request) {
+fn ask(cli: &Cli, talk: &Talk, request: Request, human: fn(&serde_json::Value) -> String) -> anyhow::Result<ExitCode> {
+    match client::call(&socket_path(&cli.config, talk.socket.as_ref()), &request) {
         Ok(v) => {
-            if cli.json {
+            if talk.json {
                 println!("{v}");
             } else {
                 print!("{}", human(&v));
@@ -182,8 +248,7 @@ fn ask(cli: &Cli, request: Request, human: fn(&serde_json::Value) -> String) -> 
     }
 }
 
-fn top(cli: &Cli, once: bool, interval: Duration) -> anyhow::Result<ExitCode> {
-    let socket = socket_path(cli);
+fn top(socket: PathBuf, once: bool, interval: Duration) -> anyhow::Result<ExitCode> {
     let mut previous: Option<(serde_json::Value, std::time::Instant)> = None;
     loop {
         let v = client::call(&socket, &Request::Status)?;
@@ -207,65 +272,78 @@ fn top(cli: &Cli, once: bool, interval: Duration) -> anyhow::Result<ExitCode> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let plain = |v: &serde_json::Value| format!("{v}\n");
     match &cli.command {
-        Command::Status => ask(&cli, Request::Status, render::status),
-        Command::Queue { subscription, state, limit } => {
+        Command::Status { talk } => ask(&cli, talk, Request::Status, render::status),
+        Command::Queue { subscription, state, limit, talk } => {
             let r = Request::Queue { subscription: subscription.clone(), state: state.clone(), limit: Some(*limit) };
-            ask(&cli, r, render::queue)
+            ask(&cli, talk, r, render::queue)
         }
-        Command::Log { subscription, outcome, limit } => {
+        Command::Log { subscription, outcome, limit, talk } => {
             let r = Request::Log { subscription: subscription.clone(), outcome: outcome.clone(), limit: Some(*limit) };
-            ask(&cli, r, render::log)
+            ask(&cli, talk, r, render::log)
         }
-        Command::Show { id } => ask(&cli, Request::Show { id: id.clone() }, render::show),
-        Command::Retry { ids, failed, subscription } => {
+        Command::Show { id, talk } => ask(&cli, talk, Request::Show { id: id.clone() }, render::show),
+        Command::Retry { ids, failed, subscription, talk } => {
             if ids.is_empty() && !failed {
                 anyhow::bail!("name delivery or event ids, or use --failed");
             }
             let r = Request::Retry { ids: ids.clone(), failed: *failed, subscription: subscription.clone() };
-            ask(&cli, r, |v| format!("{} deliveries put back in the queue\n", v["retried"]))
+            ask(&cli, talk, r, |v| format!("{} deliveries put back in the queue\n", v["retried"]))
         }
-        Command::Replay { subscription, since, until } => {
+        Command::Replay { subscription, since, until, talk } => {
             let r = Request::Replay { subscription: subscription.clone(), since: since.clone(), until: until.clone() };
-            ask(&cli, r, |v| format!("{} deliveries queued again\n", v["replayed"]))
+            ask(&cli, talk, r, |v| format!("{} deliveries queued again\n", v["replayed"]))
         }
-        Command::Pause { subscription } => ask(&cli, Request::Pause { subscription: subscription.clone() }, plain),
-        Command::Resume { subscription } => ask(&cli, Request::Resume { subscription: subscription.clone() }, plain),
-        Command::Test { subscription } => ask(&cli, Request::Test { subscription: subscription.clone() }, tested),
-        Command::Emit { event_type, data } => {
+        Command::Pause { subscription, talk } => {
+            ask(&cli, talk, Request::Pause { subscription: subscription.clone() }, held)
+        }
+        Command::Resume { subscription, talk } => {
+            ask(&cli, talk, Request::Resume { subscription: subscription.clone() }, held)
+        }
+        Command::Test { subscription, talk } => {
+            ask(&cli, talk, Request::Test { subscription: subscription.clone() }, tested)
+        }
+        Command::Emit { event_type, data, talk } => {
             let data = data.as_deref().map(serde_json::from_str).transpose().context("--data is not JSON")?;
-            ask(&cli, Request::Emit { event_type: event_type.clone(), data }, emitted)
+            ask(&cli, talk, Request::Emit { event_type: event_type.clone(), data }, emitted)
         }
-        Command::Top { once, interval } => top(&cli, *once, *interval),
+        Command::Top { once, interval, socket } => top(socket_path(&cli.config, socket.as_ref()), *once, *interval),
         Command::Secret => {
             println!("{}", fleethook::sign::new_secret());
             Ok(ExitCode::SUCCESS)
         }
         Command::Check => check(&cli.config),
-        Command::Run => {
-            fleethook::logging::init(cli.log_format, "info");
+        Command::Run { logs } => {
+            fleethook::logging::init(logs.log_format, "info");
             let config = Config::load(&cli.config)?;
             agent_runtime()?.block_on(fleethook::app::run(config, cli.config.clone()))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Receive { port, bind, secrets, body } => {
-            fleethook::logging::init(cli.log_format, "info");
+        Command::Receive { port, bind, secrets, body, logs } => {
+            fleethook::logging::init(logs.log_format, "info");
             receive(bind, *port, secrets.clone(), *body)
         }
-        Command::Demo { seconds } => {
-            fleethook::logging::init(cli.log_format, "warn,rumqttd=off");
+        Command::Demo { seconds, logs } => {
+            fleethook::logging::init(logs.log_format, "warn,rumqttd=off");
             demo(*seconds)
         }
     }
 }
 
+/// `pause` and `resume`: what the subscription is now.
+fn held(v: &serde_json::Value) -> String {
+    format!("ok: {} is {}\n", v["subscription"].as_str().unwrap_or("?"), v["state"].as_str().unwrap_or("?"))
+}
+
 fn tested(v: &serde_json::Value) -> String {
+    let answer = match v["status"].as_u64() {
+        Some(status) => format!("HTTP {status}"),
+        None => "no answer".to_string(),
+    };
     format!(
-        "{} → {} (HTTP {}, {} ms){}\n{}",
+        "{} → {} ({answer}, {} ms){}\n{}",
         v["subscription"].as_str().unwrap_or("?"),
         v["outcome"].as_str().unwrap_or("?"),
-        v["status"],
         v["duration_ms"],
         v["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default(),
         v["clock_skew"].as_str().map(|s| format!("note: {s} (by its Date header)\n")).unwrap_or_default()

@@ -70,6 +70,74 @@ fn the_attempt_header_counts_what_reached_the_endpoint() {
     let got = ep.wait_for(2, LONG);
     assert_eq!(got[0].header("x-fleethook-attempt"), Some("1"));
     assert_eq!(got[1].header("x-fleethook-attempt"), Some("2"));
-    let out = fleethook(&agent, &["status"]);
+}
+
+fn text(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Filters that can match nothing are refused with the valid list; pause and resume say
+/// what they did; `test` refuses a paused subscription at once and queues nothing; a
+/// transport error is said as such, not `HTTP null`.
+#[test]
+fn the_cli_refuses_what_cannot_work_and_says_what_it_did() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let down = format!("http://127.0.0.1:{}/hook", free_port());
+    let config = base_config(broker.port) + &subscription("ops", &down, "");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+
+    for args in [["queue", "--state", "bogus"], ["queue", "--state", "evicted"], ["log", "--outcome", "bogus"]] {
+        let out = fleethook(&agent, &args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(text(&out).contains("possible values"), "{args:?}: {}", text(&out));
+    }
+    // The socket refuses them too, for scripts that speak the protocol.
+    let socket = dir.path().join("status.sock");
+    let answer = fleethook::status::client::call(
+        &socket,
+        &fleethook::status::Request::Queue { subscription: None, state: Some("bogus".into()), limit: None },
+    );
+    let refused = answer.expect_err("an unknown state is refused").to_string();
+    assert!(refused.contains("pending, failed, delivered, expired, superseded"), "{refused}");
+
+    let out = fleethook(&agent, &["test", "ops"]);
+    assert!(text(&out).contains("no answer"), "{}", text(&out));
+    assert!(!text(&out).contains("null"), "{}", text(&out));
+
+    let out = fleethook(&agent, &["pause", "ops"]);
     assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok: ops is paused\n");
+    let before = agent.count("SELECT COUNT(*) FROM events WHERE type = 'fleethook.test'");
+    let out = fleethook(&agent, &["test", "ops"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("`ops` is paused"), "{}", text(&out));
+    assert_eq!(agent.count("SELECT COUNT(*) FROM events WHERE type = 'fleethook.test'"), before, "nothing queued");
+    let out = fleethook(&agent, &["resume", "ops"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok: ops is online\n");
+}
+
+/// Every argument says what it is, and flags appear only where they mean something.
+#[test]
+fn help_describes_every_argument_and_offers_only_flags_that_mean_something() {
+    let help = |cmd: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleethook")).args([cmd, "--help"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for cmd in ["queue", "log", "show", "retry", "replay", "pause", "resume", "test", "emit", "top", "status"] {
+        let h = help(cmd);
+        for line in h.lines().map(str::trim).filter(|l| l.starts_with("--") || l.starts_with('<') || l.starts_with('['))
+        {
+            let described = line.split("  ").filter(|p| !p.trim().is_empty()).count() > 1;
+            assert!(described, "`fleethook {cmd}`: `{line}` has no description");
+        }
+    }
+    for cmd in ["check", "secret", "run", "demo", "receive"] {
+        let h = help(cmd);
+        assert!(!h.contains("--json") && !h.contains("--socket"), "`fleethook {cmd}` offers socket flags:\n{h}");
+    }
+    for cmd in ["check", "secret", "status"] {
+        assert!(!help(cmd).contains("--log-format"), "`fleethook {cmd}` offers --log-format");
+    }
 }

@@ -95,12 +95,16 @@ impl Context {
         match request {
             Request::Status => self.status().await,
             Request::Queue { subscription, state, limit } => {
+                super::one_of("state", state.as_deref(), super::QUEUE_STATES)
+                    .map_err(|e| ErrorBody::new("bad_request", e))?;
                 let rows = self
                     .read(move |r| r.queue(subscription.as_deref(), state.as_deref(), limit.unwrap_or(100)))
                     .await?;
                 Ok(json!(rows))
             }
             Request::Log { subscription, outcome, limit } => {
+                super::one_of("outcome", outcome.as_deref(), super::LOG_OUTCOMES)
+                    .map_err(|e| ErrorBody::new("bad_request", e))?;
                 self.fast_path_written().await;
                 let rows =
                     self.read(move |r| r.log(subscription.as_deref(), outcome.as_deref(), limit.unwrap_or(50))).await?;
@@ -185,6 +189,15 @@ impl Context {
             .config
             .subscription(&subscription)
             .ok_or_else(|| ErrorBody::new("not_found", format!("no subscription named `{subscription}`")))?;
+        // A paused subscription would keep the test event queued until it is resumed.
+        let held = live.endpoints.lock().ok().and_then(|v| v.iter().find(|v| v.name == subscription).map(|v| v.state));
+        if let Some(state @ (EndpointState::Paused | EndpointState::Gone)) = held {
+            let state = if state == EndpointState::Paused { "paused" } else { "gone (it answered 410)" };
+            return Err(ErrorBody::new(
+                "paused",
+                format!("`{subscription}` is {state}: nothing would be sent; `fleethook resume {subscription}` first"),
+            ));
+        }
         let deliveries = vec![NewDelivery {
             id: crate::event::new_id(),
             subscription: subscription.clone(),

@@ -28,6 +28,20 @@ pub use server::{bind, serve};
 /// Longest request line accepted.
 pub const MAX_LINE: usize = 64 * 1024;
 
+/// What `queue` can filter on: the states a delivery row keeps (evicted rows are deleted
+/// with their events, so there is nothing to list).
+pub const QUEUE_STATES: &[&str] = &["pending", "failed", "delivered", "expired", "superseded"];
+/// What `log` can filter on: every outcome an audit row records.
+pub const LOG_OUTCOMES: &[&str] = &["delivered", "retry", "offline", "failed", "expired", "evicted", "superseded"];
+
+/// `value` if it is one of `valid`, else a sentence naming them.
+pub fn one_of(what: &str, value: Option<&str>, valid: &[&str]) -> Result<(), String> {
+    match value {
+        Some(v) if !valid.contains(&v) => Err(format!("unknown {what} `{v}`: use one of {}", valid.join(", "))),
+        _ => Ok(()),
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
