@@ -141,3 +141,37 @@ fn help_describes_every_argument_and_offers_only_flags_that_mean_something() {
         assert!(!help(cmd).contains("--log-format"), "`fleethook {cmd}` offers --log-format");
     }
 }
+
+fn lines_with(log: &str, level: &str, text: &str) -> usize {
+    log.lines().filter(|l| l.contains(level) && l.contains(text)).count()
+}
+
+/// A broker that never answers and an endpoint that goes away and comes back: a WARN
+/// for each, once (not per retry), and an INFO when the endpoint is back.
+#[test]
+fn an_operator_hears_once_of_a_broker_that_never_connects_and_of_an_endpoint_that_goes_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = free_port();
+    let agent = Agent::start(dir.path(), &(base_config(nobody) + &subscription("ops", "http://127.0.0.1:9/x", "")));
+    assert!(wait_until(LONG, || agent.log().matches("MQTT connect failed again").count() >= 2), "{}", agent.log());
+    assert_eq!(lines_with(&agent.log(), "WARN", "Cannot connect to the MQTT broker"), 1, "{}", agent.log());
+    drop(agent);
+
+    let broker = Mosquitto::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port) + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    publish(broker.port, &(0..5).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'offline'") >= 4));
+    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    ep.wait_for(5, LONG);
+    assert!(
+        wait_until(LONG, || lines_with(&agent.log(), "INFO", "The endpoint answers again") == 1),
+        "{}",
+        agent.log()
+    );
+    let log = agent.log();
+    assert_eq!(lines_with(&log, "WARN", "The endpoint cannot be reached"), 1, "{log}");
+}

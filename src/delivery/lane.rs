@@ -454,7 +454,9 @@ impl Lane {
     }
 
     fn observe(&mut self, verdict: &Verdict, status: Option<u16>, probe: bool, now: Instant) {
+        let before = self.endpoint.state;
         self.endpoint.observe(verdict, status, probe, now, fastrand::f64());
+        self.say_state_change(before, verdict);
         self.last_status = status.or(self.last_status);
         self.last_error = match verdict {
             Verdict::Delivered => None,
@@ -462,6 +464,29 @@ impl Lane {
                 Some(reason.clone())
             }
         };
+    }
+
+    /// A WARN when the endpoint goes offline or degraded, an INFO when it is back: once
+    /// per change, not per attempt.
+    fn say_state_change(&self, before: State, verdict: &Verdict) {
+        let (name, url, after) = (&self.sub.name, crate::text::printable(self.sub.url.as_str()), self.endpoint.state);
+        if before == after {
+            return;
+        }
+        let reason = match verdict {
+            Verdict::Delivered => "",
+            Verdict::Retry { reason, .. } | Verdict::Offline { reason } | Verdict::Failed { reason, .. } => reason,
+        };
+        match after {
+            State::Offline => tracing::warn!(subscription = %name, %url, error = %reason,
+                "The endpoint cannot be reached; probing it with backoff. Deliveries wait with their retry budget kept."),
+            State::Degraded => tracing::warn!(subscription = %name, %url, error = %reason,
+                "The endpoint keeps failing (5xx or timeouts); fewer requests go to it until it recovers."),
+            State::Online if matches!(before, State::Offline | State::Degraded) => {
+                tracing::info!(subscription = %name, %url, was = ?before, "The endpoint answers again; its backlog drains.")
+            }
+            _ => {}
+        }
     }
 
     /// What the endpoint's `Date` said of our clock (None: it sent none).

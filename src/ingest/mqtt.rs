@@ -144,17 +144,24 @@ fn connected(cfg: &MqttConfig, view: &MqttView, client: &Client, filters: &[Stri
     }
 }
 
-/// A connection error: the driver reconnects with backoff; say so once per loss.
+/// A connection error: the driver reconnects with backoff. Said once per loss, and once
+/// per distinct reason while it cannot connect (a wrong port, then a wrong password),
+/// not at every retry.
 fn disconnected(cfg: &MqttConfig, view: &MqttView, e: &SessionError) {
-    let was_connected = view.lock().map(|v| v.connected).unwrap_or(false);
+    let error = e.to_string();
+    let (was_connected, same_reason) =
+        view.lock().map(|v| (v.connected, v.last_error.as_deref() == Some(&error))).unwrap_or((false, false));
     update(view, |v| {
         v.connected = false;
-        v.last_error = Some(e.to_string());
+        v.last_error = Some(error);
     });
     if was_connected {
         tracing::warn!(error = %e, url = %cfg.url, "Lost the MQTT connection; reconnecting.");
+    } else if !same_reason {
+        tracing::warn!(error = %e, url = %cfg.url, client_id = %cfg.client_id,
+            "Cannot connect to the MQTT broker; retrying with backoff. Nothing is ingested until it connects.");
     } else {
-        tracing::debug!(error = %e, "MQTT connect failed; retrying with backoff.");
+        tracing::debug!(error = %e, "MQTT connect failed again; retrying with backoff.");
     }
 }
 
