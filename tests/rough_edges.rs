@@ -175,3 +175,26 @@ fn an_operator_hears_once_of_a_broker_that_never_connects_and_of_an_endpoint_tha
     let log = agent.log();
     assert_eq!(lines_with(&log, "WARN", "The endpoint cannot be reached"), 1, "{log}");
 }
+
+/// `log` leads with the cause, and `show` prints every attempt's whole error and what
+/// the endpoint answered.
+#[test]
+fn log_and_show_say_why_an_attempt_failed() {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::scripted(vec![Reply::Hang, Reply::Status(500)], Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port) + &subscription("ops", &ep.url(), "timeout = \"1s\"");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    publish(broker.port, &[mission("agv-1", 0, "completed")]);
+    ep.wait_for(3, LONG);
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'delivered'") == 1));
+    let log = text(&fleethook(&agent, &["log"]));
+    let timeout_row = log.lines().find(|l| l.contains("retry") && l.contains(" - ")).unwrap_or_else(|| panic!("{log}"));
+    assert!(timeout_row.contains("operation timed out"), "the cause is cut off: {timeout_row}");
+    assert!(!timeout_row.contains("http://"), "{timeout_row}");
+    let id: String = agent.db().query_row("SELECT id FROM deliveries", [], |r| r.get(0)).unwrap();
+    let show = text(&fleethook(&agent, &["show", &id]));
+    assert!(show.contains("error: operation timed out"), "{show}");
+    assert!(show.contains("HTTP 500") && show.contains("response: ok"), "{show}");
+}

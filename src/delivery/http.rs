@@ -188,14 +188,43 @@ fn transport_error(e: &reqwest::Error) -> TransportError {
     TransportError::Other
 }
 
-/// The error with its causes, one line.
+/// The error in one line, its root cause first (`operation timed out`, `Connection
+/// refused`), then the layers around it, without the URL (the subscription names it): a
+/// table cut at its width still shows why.
 fn error_text(e: &reqwest::Error) -> String {
-    let mut out = e.to_string();
+    let mut layers = vec![without_url(&e.to_string())];
     let mut source = e.source();
     while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
+        layers.push(s.to_string());
         source = s.source();
     }
-    out
+    layers.dedup();
+    let root = layers.pop().unwrap_or_default();
+    if layers.is_empty() {
+        return root;
+    }
+    layers.reverse();
+    format!("{root} ({})", layers.join(": "))
+}
+
+/// reqwest's "error sending request for url (…)" without the URL.
+fn without_url(text: &str) -> String {
+    match text.find(" for url (") {
+        Some(i) => {
+            let rest = &text[i..];
+            let end = rest.rfind(')').map_or(text.len(), |j| i + j + 1);
+            format!("{}{}", &text[..i], &text[end..])
+        }
+        None => text.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_url_leaves_the_error_text() {
+        assert_eq!(super::without_url("error sending request for url (http://x/a?b=(c))"), "error sending request");
+        assert_eq!(super::without_url("error sending request for url (http://x/a)"), "error sending request");
+        assert_eq!(super::without_url("builder error"), "builder error");
+    }
 }

@@ -147,7 +147,7 @@ pub fn queue(v: &Value) -> String {
                 s(&d["attempts"]),
                 time(&d["created_ms"]),
                 time(&d["next_attempt_ms"]),
-                short(&d["last_error"], 60),
+                short(&d["last_error"], 80),
             ]
         })
         .collect();
@@ -167,7 +167,7 @@ pub fn log(v: &Value) -> String {
                 s(&a["status"]),
                 format!("{}ms", s(&a["duration_ms"])),
                 s(&a["outcome"]),
-                short(&a["error"], 60),
+                short(&a["error"], 80),
             ]
         })
         .collect();
@@ -185,8 +185,27 @@ pub fn show(v: &Value) -> String {
         v["data"]
     );
     out.push_str(&queue(&v["deliveries"]));
-    out.push('\n');
-    out.push_str(&log(&v["attempts"]));
+    // Each attempt in full: the whole error and what the endpoint answered.
+    for a in items(&v["attempts"]) {
+        out.push_str(&format!(
+            "\nattempt {} to {} at {}: {} ({}, {} ms)\n",
+            s(&a["attempt"]),
+            s(&a["subscription"]),
+            time(&a["started_ms"]),
+            s(&a["outcome"]),
+            match a["status"].as_u64() {
+                Some(status) => format!("HTTP {status}"),
+                None => "no answer".into(),
+            },
+            s(&a["duration_ms"]),
+        ));
+        if !a["error"].is_null() {
+            out.push_str(&format!("  error: {}\n", s(&a["error"])));
+        }
+        if !a["snippet"].is_null() {
+            out.push_str(&format!("  response: {}\n", s(&a["snippet"])));
+        }
+    }
     out
 }
 
