@@ -74,6 +74,9 @@ impl Agent {
         tracing::info!(device_id = %config.device_id, outbox = %config.storage.path.display(),
             subscriptions = config.subscriptions.len(), routes = config.routes.len(), clock = clock.as_str(),
             "fleethook is running.");
+        for w in &config.warnings {
+            tracing::warn!(warning = %w, "The config loads, but probably does not do what was meant (`fleethook check` says the same).");
+        }
         Ok(Agent { mqtt, outbox, liveness, live, generation, status, writer, shutdown, config: config.clone() })
     }
 

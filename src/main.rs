@@ -362,6 +362,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
     match Config::load(path) {
         Ok(c) => {
             print!("{}", c.to_redacted_toml());
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
             eprintln!("{}: OK", path.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -198,3 +198,30 @@ fn log_and_show_say_why_an_attempt_failed() {
     assert!(show.contains("error: operation timed out"), "{show}");
     assert!(show.contains("HTTP 500") && show.contains("response: ok"), "{show}");
 }
+
+/// A config with no routes, or a pattern no route can produce, loads with a warning that
+/// names file, line and key.
+#[test]
+fn check_warns_of_routes_missing_and_patterns_that_match_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleethook.toml");
+    let check = |text: &str| {
+        std::fs::write(&path, text.replace("{dir}", &dir.path().display().to_string())).unwrap();
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_fleethook")).arg("check").arg("--config").arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let typo = base_config(1883) + &subscription("ops", "http://127.0.0.1:9/x", "events = [\"misson.*\", \"alert.*\"]");
+    let said = check(&typo);
+    let line = typo.replace("{dir}", "x").lines().position(|l| l.starts_with("events =")).unwrap() + 1;
+    let want =
+        format!("warning: {}:{line}: subscription[0].events[0]: `misson.*` matches no event type", path.display());
+    assert!(said.contains(&want), "{said}");
+    assert!(!said.contains("`alert.*`"), "alert.* is made by a route: {said}");
+
+    let no_routes = base_config(1883).split("[[route]]").next().unwrap().to_string()
+        + &subscription("ops", "http://127.0.0.1:9/x", "");
+    let said = check(&no_routes);
+    assert!(said.contains("no [[route]] is configured"), "{said}");
+}

@@ -40,8 +40,15 @@ pub(super) fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
         ConfigErrors(vec![located(locate::line_of(src, offset), key.to_string(), e.message().trim().to_string())])
     })?;
     let mut issues = Issues::default();
-    let config = build(raw, path, &mut issues);
+    let mut config = build(raw, path, &mut issues);
     if issues.0.is_empty() {
+        config.warnings = super::lint::warnings(&config)
+            .into_iter()
+            .map(|(key, message)| {
+                let line = locate::span_of(&doc, &key).map(|s| locate::line_of(src, s.start)).unwrap_or(1);
+                located(line, key.to_string(), message)
+            })
+            .collect();
         return Ok(config);
     }
     let mut errors: Vec<ConfigError> = issues
@@ -139,6 +146,7 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
         delivery,
         routes,
         subscriptions,
+        warnings: Vec::new(),
     }
 }
 

@@ -2,6 +2,7 @@
 //! file, the line and the key. Loaded once in `main` and passed down; never a global.
 
 mod build;
+mod lint;
 pub mod locate;
 pub mod range;
 mod raw;
@@ -38,6 +39,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(rename = "subscription")]
     pub subscriptions: Vec<Subscription>,
+    /// What loads but probably does not do what was meant (`check` prints these, the
+    /// agent logs them at start).
+    #[serde(skip)]
+    pub warnings: Vec<ConfigError>,
 }
 
 #[derive(Clone, Debug, Serialize)]
