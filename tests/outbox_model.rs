@@ -150,7 +150,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let batch = store.due(sub, now, 5, false).unwrap();
                 let mut want: Vec<&Row> =
                     model.rows.iter().filter(|r| r.sub == sub && r.state == "pending" && r.next <= now).collect();
-                want.sort_by_key(|r| (r.next, r.seq));
+                // High priority first (0), then due time, then event order.
+                want.sort_by_key(|r| (r.priority, r.next, r.seq));
                 let want: Vec<usize> = want.into_iter().take(5).map(|r| r.seq).collect();
                 let got: Vec<usize> = batch.rows.iter().map(|d| model.ids[&d.delivery_id]).collect();
                 prop_assert_eq!(&got, &want, "due order");

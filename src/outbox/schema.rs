@@ -126,6 +126,13 @@ CREATE TABLE retained (
     key   INTEGER NOT NULL
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- A parallel lane drains high, then normal, then low priority (a field tech expects the
+-- important events first when the link returns): the due index leads with priority. It
+-- replaces the one without, so a queued delivery costs no more index writes than before.
+CREATE INDEX deliveries_due ON deliveries (subscription, priority, next_attempt_ms, seq) WHERE state = 'pending';
+DROP INDEX deliveries_pending;
+"#,
 ];
 
 /// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.

@@ -39,13 +39,18 @@ pub struct Store {
 /// the interval keeps it off the path of every fetch).
 const EXPIRE_SWEEP_MS: i64 = 5_000;
 
-/// Due deliveries of a parallel lane: the pending index, in due order.
+/// Due deliveries of a parallel lane at one priority (`?4`), in due order: a lane reads
+/// high, then normal, then low, so after an outage the important events go first.
 pub(super) const DUE_SQL: &str =
     "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms,
             e.clock_boot_id, e.clock_boottime_ms
-     FROM deliveries d JOIN events e ON e.seq = d.event_seq
-     WHERE d.subscription = ?1 AND d.state = 'pending' AND d.next_attempt_ms <= ?2 AND d.expires_ms > ?2
+     FROM deliveries d INDEXED BY deliveries_due JOIN events e ON e.seq = d.event_seq
+     WHERE d.subscription = ?1 AND d.priority = ?4 AND d.state = 'pending' AND d.next_attempt_ms <= ?2
+       AND d.expires_ms > ?2
      ORDER BY d.next_attempt_ms, d.seq LIMIT ?3";
+
+/// The priorities a parallel lane reads, in order (`Priority as i64`).
+const PRIORITIES: [i64; 3] = [0, 1, 2];
 
 /// The head of a FIFO lane, in event order. Named index: left to itself the planner
 /// takes the expiry index for `expires_ms > ?` and sorts the whole backlog.
@@ -65,6 +70,48 @@ pub(super) fn bump(conn: &Connection, subscription: &str, outcome: &str, n: i64)
     )?
     .execute(params![subscription, outcome, n])?;
     Ok(())
+}
+
+/// Reads due rows from `q` into `rows` until `limit`, passing over `skip` (sorted). A row
+/// not yet due ends the read (only a FIFO query returns one: its head) and is returned.
+fn read_due(
+    mut q: rusqlite::Rows<'_>,
+    subscription: &str,
+    now_ms: i64,
+    limit: usize,
+    skip: &[i64],
+    rows: &mut Vec<Due>,
+) -> rusqlite::Result<Option<i64>> {
+    while rows.len() < limit
+        && let Some(r) = q.next()?
+    {
+        let seq: i64 = r.get(0)?;
+        if skip.binary_search(&seq).is_ok() {
+            continue;
+        }
+        let next_attempt_ms: i64 = r.get(9)?;
+        if next_attempt_ms > now_ms {
+            // FIFO: the queue waits behind its head until the head is due.
+            return Ok(Some(next_attempt_ms));
+        }
+        rows.push(Due {
+            seq,
+            delivery_id: r.get(1)?,
+            subscription: subscription.to_string(),
+            attempts: r.get(2)?,
+            budget_used: r.get(3)?,
+            event_id: r.get(4)?,
+            event_type: r.get(5)?,
+            device_id: r.get(6)?,
+            created_ms: r.get(7)?,
+            data: r.get(8)?,
+            clock: match (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<i64>>(11)?) {
+                (Some(boot_id), Some(boottime_ms)) => Some(crate::clock::Taken { boot_id, boottime_ms }),
+                _ => None,
+            },
+        });
+    }
+    Ok(None)
 }
 
 impl Store {
@@ -289,47 +336,34 @@ impl Store {
         fifo: bool,
         skip: &[i64],
     ) -> rusqlite::Result<DueBatch> {
-        let (sql, skip) = if fifo { (DUE_FIFO_SQL, &[][..]) } else { (DUE_SQL, skip) };
-        let mut stmt = self.conn.prepare_cached(sql)?;
         let mut rows = Vec::new();
         let mut next_due_ms = None;
-        let mut q = stmt.query(params![subscription, now_ms, (limit + skip.len()) as i64])?;
-        while rows.len() < limit
-            && let Some(r) = q.next()?
-        {
-            let seq: i64 = r.get(0)?;
-            if skip.binary_search(&seq).is_ok() {
-                continue;
+        if fifo {
+            let mut stmt = self.conn.prepare_cached(DUE_FIFO_SQL)?;
+            let q = stmt.query(params![subscription, now_ms, limit as i64])?;
+            next_due_ms = read_due(q, subscription, now_ms, limit, &[], &mut rows)?;
+        } else {
+            let mut stmt = self.conn.prepare_cached(DUE_SQL)?;
+            for priority in PRIORITIES {
+                if rows.len() >= limit {
+                    break;
+                }
+                let q =
+                    stmt.query(params![subscription, now_ms, (limit - rows.len() + skip.len()) as i64, priority])?;
+                read_due(q, subscription, now_ms, limit, skip, &mut rows)?;
             }
-            let next_attempt_ms: i64 = r.get(9)?;
-            if next_attempt_ms > now_ms {
-                // FIFO: the queue waits behind its head until the head is due.
-                next_due_ms = Some(next_attempt_ms);
-                break;
-            }
-            rows.push(Due {
-                seq,
-                delivery_id: r.get(1)?,
-                subscription: subscription.to_string(),
-                attempts: r.get(2)?,
-                budget_used: r.get(3)?,
-                event_id: r.get(4)?,
-                event_type: r.get(5)?,
-                device_id: r.get(6)?,
-                created_ms: r.get(7)?,
-                data: r.get(8)?,
-                clock: match (r.get::<_, Option<i64>>(10)?, r.get::<_, Option<i64>>(11)?) {
-                    (Some(boot_id), Some(boottime_ms)) => Some(crate::clock::Taken { boot_id, boottime_ms }),
-                    _ => None,
-                },
-            });
         }
         if !fifo && rows.len() < limit {
             next_due_ms = self
                 .conn
                 .prepare_cached(
-                    "SELECT MIN(next_attempt_ms) FROM deliveries
-                     WHERE subscription = ?1 AND state = 'pending' AND next_attempt_ms > ?2",
+                    "SELECT MIN(m) FROM (
+                       SELECT MIN(next_attempt_ms) AS m FROM deliveries
+                       WHERE subscription = ?1 AND priority = 0 AND state = 'pending' AND next_attempt_ms > ?2
+                       UNION ALL SELECT MIN(next_attempt_ms) FROM deliveries
+                       WHERE subscription = ?1 AND priority = 1 AND state = 'pending' AND next_attempt_ms > ?2
+                       UNION ALL SELECT MIN(next_attempt_ms) FROM deliveries
+                       WHERE subscription = ?1 AND priority = 2 AND state = 'pending' AND next_attempt_ms > ?2)",
                 )?
                 .query_row(params![subscription, now_ms], |r| r.get(0))?;
         }
