@@ -199,12 +199,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// On a port the kernel picks as it binds (no window for another test to take it).
     pub fn start(default: Reply) -> Endpoint {
-        Endpoint::start_on(free_port(), default, Vec::new())
+        Endpoint::start_on(0, default, Vec::new())
     }
 
     pub fn scripted(script: Vec<Reply>, default: Reply) -> Endpoint {
-        Endpoint::start_on(free_port(), default, script)
+        Endpoint::start_on(0, default, script)
     }
 
     pub fn start_on(port: u16, default: Reply, script: Vec<Reply>) -> Endpoint {
@@ -214,7 +215,7 @@ impl Endpoint {
     /// An HTTPS endpoint whose certificate is signed by a fresh CA; returns the CA's PEM.
     pub fn start_tls(default: Reply) -> (Endpoint, String) {
         let (acceptor, ca_pem) = tls_acceptor();
-        (Endpoint::start_with(free_port(), default, Vec::new(), Some(acceptor)), ca_pem)
+        (Endpoint::start_with(0, default, Vec::new(), Some(acceptor)), ca_pem)
     }
 
     pub fn https_url(&self) -> String {
@@ -226,6 +227,7 @@ impl Endpoint {
         let state = Arc::new(Mutex::new(EndpointState { requests: Vec::new(), script: script.into(), default }));
         let stop = CancellationToken::new();
         let listener = rt.block_on(tokio::net::TcpListener::bind(("127.0.0.1", port))).unwrap();
+        let port = listener.local_addr().unwrap().port();
         let (st, token) = (state.clone(), stop.clone());
         rt.spawn(async move {
             loop {
