@@ -169,6 +169,16 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
+    /// Messages ingest could not take in, with the reason; take them in after a route fix.
+    Quarantine {
+        #[command(subcommand)]
+        action: Option<QuarantineAction>,
+        /// At most this many rows, newest first.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// A live view of the queue and endpoints.
     Top {
         /// Render one frame and exit.
@@ -188,6 +198,42 @@ enum Command {
         seconds: Option<u64>,
         #[command(flatten)]
         logs: Logs,
+    },
+}
+
+/// What `quarantine` does besides listing.
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// One quarantined message with its reason and payload.
+    Show {
+        /// Its number, as `fleethook quarantine` lists it.
+        #[arg(value_name = "N")]
+        seq: i64,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Route messages again with the running config; those that now make an event are
+    /// queued and leave the quarantine, the others stay with their new reason.
+    Release {
+        /// Their numbers.
+        #[arg(value_name = "N", required_unless_present = "all", conflicts_with = "all")]
+        seqs: Vec<i64>,
+        /// Every quarantined message.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        talk: Talk,
+    },
+    /// Delete quarantined messages: they are gone for good.
+    Purge {
+        /// Their numbers.
+        #[arg(value_name = "N", required_unless_present = "all", conflicts_with = "all")]
+        seqs: Vec<i64>,
+        /// Every quarantined message.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        talk: Talk,
     },
 }
 
@@ -307,6 +353,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let data = data.as_deref().map(serde_json::from_str).transpose().context("--data is not JSON")?;
             ask(&cli, talk, Request::Emit { event_type: event_type.clone(), data }, emitted)
         }
+        Command::Quarantine { action, limit, talk } => match action {
+            None => ask(&cli, talk, Request::Quarantine { limit: Some(*limit) }, render::quarantine),
+            Some(QuarantineAction::Show { seq, talk }) => {
+                ask(&cli, talk, Request::QuarantineShow { seq: *seq }, render::quarantined)
+            }
+            Some(QuarantineAction::Release { seqs, all, talk }) => {
+                ask(&cli, talk, Request::QuarantineRelease { seqs: seqs.clone(), all: *all }, render::released)
+            }
+            Some(QuarantineAction::Purge { seqs, all, talk }) => {
+                let r = Request::QuarantinePurge { seqs: seqs.clone(), all: *all };
+                ask(&cli, talk, r, |v| format!("{} quarantined message(s) deleted\n", v["purged"]))
+            }
+        },
         Command::Top { once, interval, socket } => top(socket_path(&cli.config, socket.as_ref()), *once, *interval),
         Command::Secret => {
             println!("{}", fleethook::sign::new_secret());

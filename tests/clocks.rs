@@ -206,24 +206,10 @@ fn fleethook_test_reports_the_clock_skew_plainly() {
     let config = base_config(broker.port) + &subscription("ops", &ep.url(), "signature = \"sha256\"");
     let agent = agent_with_clock(dir.path(), &config, &clock, "@2001-01-01 00:00:00");
     agent.wait_subscribed();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleethook"))
-        .args(["test", "ops", "--config"])
-        .arg(&agent.config)
-        .output()
-        .unwrap();
+    let out = agent.cli(&["test", "ops"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert!(text.contains("the agent's clock is 26 years behind the receiver's"), "{text}");
-}
-
-fn status_json(agent: &Agent) -> serde_json::Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fleethook"))
-        .args(["status", "--json", "--config"])
-        .arg(&agent.config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// The default `wait` policy: with a time service at work on an unsynced clock
@@ -244,7 +230,7 @@ fn the_wait_policy_holds_while_a_time_service_syncs_and_not_forever_without_one(
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(ep.count(), 0, "nothing was signed while the clock was syncing");
     assert_eq!(agent.count("SELECT COALESCE(MAX(budget_used), 0) FROM deliveries"), 0, "no retry budget spent");
-    let status = status_json(&agent);
+    let status = agent.cli_json(&["status"]);
     assert_eq!(status["clock"], "syncing", "{status}");
     assert_eq!(status["subscriptions"][0]["state"], "clock", "{status}");
     assert!(agent.terminate().success());
@@ -254,5 +240,5 @@ fn the_wait_policy_holds_while_a_time_service_syncs_and_not_forever_without_one(
     for r in ep.requests() {
         verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
     }
-    assert_eq!(status_json(&agent)["clock"], "unsynced");
+    assert_eq!(agent.cli_json(&["status"])["clock"], "unsynced");
 }

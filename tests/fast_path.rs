@@ -5,27 +5,14 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(60);
 
-fn cli_json(agent: &Agent, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_fleethook"))
-        .args(args)
-        .args(["--json", "--config"])
-        .arg(&agent.config)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "fleethook {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn delivered(agent: &Agent, subscription: &str) -> u64 {
-    let status = cli_json(agent, &["status"]);
+    let status = agent.cli_json(&["status"]);
     status["subscriptions"]
         .as_array()
         .unwrap()
@@ -59,7 +46,7 @@ fn an_online_endpoint_is_fed_from_memory_and_nothing_is_stored_but_the_audit() {
     assert_eq!(agent.count("SELECT COUNT(*) FROM deliveries"), 0);
     // The counters count it before it reaches the tables, and `log` writes it first.
     assert_eq!(delivered(&agent, "ops"), N);
-    let log = cli_json(&agent, &["log", "--limit", "1000"]);
+    let log = agent.cli_json(&["log", "--limit", "1000"]);
     let logged: std::collections::HashSet<String> = log
         .as_array()
         .unwrap()
@@ -171,7 +158,7 @@ fn after_kill9_a_redelivery_of_what_was_delivered_is_not_sent_again() {
         agent.spawn();
         agent.wait_subscribed();
         std::thread::sleep(Duration::from_millis(1500));
-        if cli_json(&agent, &["status"])["storage"]["duplicates"].as_u64().unwrap_or(0) > 0 {
+        if agent.cli_json(&["status"])["storage"]["duplicates"].as_u64().unwrap_or(0) > 0 {
             redelivered += 1;
         }
     }

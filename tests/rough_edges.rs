@@ -10,10 +10,6 @@ use common::*;
 
 const LONG: Duration = Duration::from_secs(20);
 
-fn fleethook(agent: &Agent, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fleethook")).args(args).arg("--config").arg(&agent.config).output().unwrap()
-}
-
 /// A collapsing route and a receiver slower than the publisher: an attempt already out
 /// when a newer event arrives is not `superseded` if it lands; only what was never sent
 /// (or never landed) is.
@@ -89,7 +85,7 @@ fn the_cli_refuses_what_cannot_work_and_says_what_it_did() {
     agent.wait_subscribed();
 
     for args in [["queue", "--state", "bogus"], ["queue", "--state", "evicted"], ["log", "--outcome", "bogus"]] {
-        let out = fleethook(&agent, &args);
+        let out = agent.cli(&args);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(text(&out).contains("possible values"), "{args:?}: {}", text(&out));
     }
@@ -102,19 +98,19 @@ fn the_cli_refuses_what_cannot_work_and_says_what_it_did() {
     let refused = answer.expect_err("an unknown state is refused").to_string();
     assert!(refused.contains("pending, failed, delivered, expired, superseded"), "{refused}");
 
-    let out = fleethook(&agent, &["test", "ops"]);
+    let out = agent.cli(&["test", "ops"]);
     assert!(text(&out).contains("no answer"), "{}", text(&out));
     assert!(!text(&out).contains("null"), "{}", text(&out));
 
-    let out = fleethook(&agent, &["pause", "ops"]);
+    let out = agent.cli(&["pause", "ops"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok: ops is paused\n");
     let before = agent.count("SELECT COUNT(*) FROM events WHERE type = 'fleethook.test'");
-    let out = fleethook(&agent, &["test", "ops"]);
+    let out = agent.cli(&["test", "ops"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("`ops` is paused"), "{}", text(&out));
     assert_eq!(agent.count("SELECT COUNT(*) FROM events WHERE type = 'fleethook.test'"), before, "nothing queued");
-    let out = fleethook(&agent, &["resume", "ops"]);
+    let out = agent.cli(&["resume", "ops"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok: ops is online\n");
 }
 
@@ -125,7 +121,9 @@ fn help_describes_every_argument_and_offers_only_flags_that_mean_something() {
         let out = Command::new(env!("CARGO_BIN_EXE_fleethook")).args([cmd, "--help"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    for cmd in ["queue", "log", "show", "retry", "replay", "pause", "resume", "test", "emit", "top", "status"] {
+    for cmd in
+        ["queue", "log", "show", "retry", "replay", "pause", "resume", "test", "emit", "top", "status", "quarantine"]
+    {
         let h = help(cmd);
         for line in h.lines().map(str::trim).filter(|l| l.starts_with("--") || l.starts_with('<') || l.starts_with('['))
         {
@@ -189,12 +187,12 @@ fn log_and_show_say_why_an_attempt_failed() {
     publish(broker.port, &[mission("agv-1", 0, "completed")]);
     ep.wait_for(3, LONG);
     assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'delivered'") == 1));
-    let log = text(&fleethook(&agent, &["log"]));
+    let log = text(&agent.cli(&["log"]));
     let timeout_row = log.lines().find(|l| l.contains("retry") && l.contains(" - ")).unwrap_or_else(|| panic!("{log}"));
     assert!(timeout_row.contains("operation timed out"), "the cause is cut off: {timeout_row}");
     assert!(!timeout_row.contains("http://"), "{timeout_row}");
     let id: String = agent.db().query_row("SELECT id FROM deliveries", [], |r| r.get(0)).unwrap();
-    let show = text(&fleethook(&agent, &["show", &id]));
+    let show = text(&agent.cli(&["show", &id]));
     assert!(show.contains("error: operation timed out"), "{show}");
     assert!(show.contains("HTTP 500") && show.contains("response: ok"), "{show}");
 }
@@ -256,4 +254,62 @@ fn a_backlog_drains_high_priority_first() {
     assert!(types[first_high..first_high + 5].iter().all(|t| t == "robot.estop"), "{types:?}");
     let lows = types.iter().filter(|t| *t == "robot.battery").count();
     assert_eq!(lows, 20, "{types:?}");
+}
+
+/// A field tech finds what ingest could not take in, sees why and what it was, fixes the
+/// route, takes it in after all, and deletes what stays bad.
+#[test]
+fn the_quarantine_is_listed_shown_released_after_a_route_fix_and_purged() {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let sub = subscription("ops", &ep.url(), "");
+    let mut agent = Agent::start(dir.path(), &(base_config(broker.port) + &sub));
+    agent.wait_subscribed();
+    // The bridge says `state` where the route reads `status`; one message is not JSON.
+    let renamed = br#"{"state":"completed","mission_id":"m-7"}"#.to_vec();
+    publish(broker.port, &[("fleet/agv-1/mission".into(), renamed.clone())]);
+    publish(broker.port, &[("fleet/agv-1/mission".into(), b"status: done".to_vec())]);
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM quarantine") == 2), "{}", agent.log());
+
+    let listed = agent.cli_json(&["quarantine"]);
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{listed}");
+    assert!(rows[0]["reason"].as_str().unwrap().starts_with("payload is not JSON"), "{listed}");
+    assert!(rows[1]["reason"].as_str().unwrap().contains("/status"), "{listed}");
+    assert_eq!(rows[1]["topic"], "fleet/agv-1/mission");
+    assert_eq!(rows[1]["size"], renamed.len());
+    let (bad, renamed_seq) = (rows[0]["seq"].as_i64().unwrap(), rows[1]["seq"].as_i64().unwrap());
+    let table = text(&agent.cli(&["quarantine"]));
+    assert!(table.contains("REASON") && table.contains("payload is not JSON"), "{table}");
+    let shown = agent.cli_json(&["quarantine", "show", &renamed_seq.to_string()]);
+    assert_eq!(shown["payload"].as_str().unwrap().as_bytes(), &renamed[..], "{shown}");
+
+    // Released before the fix: it stays, with the reason it still has; nothing is sent.
+    let early = agent.cli_json(&["quarantine", "release", &renamed_seq.to_string()]);
+    assert_eq!(early["released"], 0, "{early}");
+    assert!(early["results"][0]["reason"].as_str().unwrap().starts_with("still quarantined"), "{early}");
+
+    agent.rewrite_config(&(base_config(broker.port).replace("mission.{/status}", "mission.{/state}") + &sub));
+    agent.signal("HUP");
+    assert!(wait_until(LONG, || agent.log().contains("Configuration reloaded")), "{}", agent.log());
+    let out = agent.cli(&["quarantine", "release", "--all"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains(&format!("{renamed_seq}: released as mission.completed")), "{said}");
+    assert!(said.contains(&format!("{bad}: kept: still quarantined: payload is not JSON")), "{said}");
+    let got = ep.wait_for(1, LONG);
+    assert_eq!(got[0].json()["type"], "mission.completed");
+    assert_eq!(got[0].json()["data"]["mission_id"], "m-7");
+    verify(&got[0], fleethook::sign::Scheme::Standard, "X-Fleethook");
+    assert_eq!(agent.count("SELECT COUNT(*) FROM quarantine"), 1, "the released one left the quarantine");
+
+    let purged = agent.cli_json(&["quarantine", "purge", "--all"]);
+    assert_eq!(purged["purged"], 1, "{purged}");
+    assert_eq!(agent.cli_json(&["quarantine"]).as_array().unwrap().len(), 0);
+    let refused = agent.cli(&["quarantine", "purge"]);
+    assert!(!refused.status.success(), "purge names messages or says --all");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ep.count(), 1, "released once, sent once");
+    agent.terminate();
 }

@@ -49,12 +49,15 @@ impl Router {
         let Some((idx, route)) = self.routes.iter().enumerate().find(|(_, r)| r.topic.matches(topic)) else {
             return Inbound::Nothing;
         };
+        // Kept whole when it could become an event after a route fix (`quarantine
+        // release`); of an oversize payload only its start, to show what it was.
+        let kept = if payload.len() <= self.max_payload { payload.len() } else { QUARANTINE_KEEP };
         let quarantine = |reason: String| {
             Inbound::Quarantine(Quarantined {
                 topic: topic.to_string(),
                 reason,
                 size: payload.len(),
-                payload: payload[..payload.len().min(QUARANTINE_KEEP)].to_vec(),
+                payload: payload[..kept.min(payload.len())].to_vec(),
             })
         };
         if payload.len() > self.max_payload {

@@ -49,6 +49,7 @@
 mod dedupe;
 pub mod disk;
 mod fastlog;
+pub mod quarantine;
 pub mod query;
 mod repair;
 mod schema;
@@ -141,7 +142,7 @@ pub struct Quarantined {
     pub topic: String,
     pub reason: String,
     pub size: usize,
-    /// The first bytes of the payload (at most [`QUARANTINE_KEEP`]).
+    /// The payload: whole, or for an oversize one its first [`QUARANTINE_KEEP`] bytes.
     pub payload: Vec<u8>,
 }
 
@@ -337,8 +338,26 @@ impl Stats {
 /// A change a field tech asked for through the status socket.
 #[derive(Clone, Debug)]
 pub enum Repair {
-    Retry { ids: Vec<String>, all_failed: bool, subscription: Option<String> },
-    Replay { subscription: String, since_ms: i64, until_ms: i64 },
+    Retry {
+        ids: Vec<String>,
+        all_failed: bool,
+        subscription: Option<String>,
+    },
+    Replay {
+        subscription: String,
+        since_ms: i64,
+        until_ms: i64,
+    },
+    /// Take in a quarantined message as `event` (routed again with today's config) and
+    /// delete its row; counts 1 if the row was still there.
+    Release {
+        seq: i64,
+        event: Box<NewEvent>,
+    },
+    /// Delete the named quarantined messages, or every one with `None`.
+    Purge {
+        seqs: Option<Vec<i64>>,
+    },
 }
 
 /// Why a subscription is held across restarts.
@@ -367,10 +386,20 @@ impl HoldState {
     }
 }
 
-/// What a repair did: how many deliveries moved.
+/// What a repair did: how many deliveries moved (or quarantined messages went).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Repaired {
     pub count: u64,
+    /// A released message's deliveries (none when no subscription wants its event).
+    pub delivery_ids: Vec<String>,
+    /// A released message's event was stored already (its dedupe id was seen).
+    pub duplicate: bool,
+}
+
+impl Repaired {
+    pub fn moved(count: u64) -> Repaired {
+        Repaired { count, ..Default::default() }
+    }
 }
 
 /// What comes with a persisted event: its attempts so far, and whom to tell.

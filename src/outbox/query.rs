@@ -151,6 +151,10 @@ impl Reader {
         stats(&self.conn)
     }
 
+    pub(super) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     /// Deliveries not yet delivered (pending and failed by default), oldest first.
     pub fn queue(
         &self,

@@ -151,7 +151,7 @@ impl Store {
         if !self.over(b, LOW)? {
             return Ok(done);
         }
-        self.trim_quarantine(1000)?;
+        self.trim_quarantine(super::quarantine::QUARANTINE_ROWS, b.max_bytes / 16)?;
         self.trim_all_audit(b.audit_rows())?;
         let chunk = b.chunk_rows();
         done.deleted = self.delete_finished(i64::MAX, chunk)?;
@@ -172,16 +172,6 @@ impl Store {
         for s in subs {
             self.trim_audit(&s, keep)?;
         }
-        Ok(())
-    }
-
-    /// Keeps the newest `keep` quarantined messages.
-    pub fn trim_quarantine(&self, keep: i64) -> rusqlite::Result<()> {
-        self.conn()
-            .prepare_cached(
-                "DELETE FROM quarantine WHERE seq <= (SELECT seq FROM quarantine ORDER BY seq DESC LIMIT 1 OFFSET ?1)",
-            )?
-            .execute([keep])?;
         Ok(())
     }
 

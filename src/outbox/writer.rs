@@ -652,15 +652,19 @@ impl Writer {
                 }
                 Applied::Recorded
             }
-            Write::Repair { repair, .. } => Applied::Repaired(Repaired {
-                count: match repair {
-                    Repair::Retry { ids, all_failed, subscription } => {
-                        self.store.retry(ids, *all_failed, subscription.as_deref(), now)?
-                    }
-                    Repair::Replay { subscription, since_ms, until_ms } => {
-                        self.store.replay(subscription, *since_ms, *until_ms, now)?
-                    }
+            Write::Repair { repair, .. } => Applied::Repaired(match repair {
+                Repair::Retry { ids, all_failed, subscription } => {
+                    Repaired::moved(self.store.retry(ids, *all_failed, subscription.as_deref(), now)?)
+                }
+                Repair::Replay { subscription, since_ms, until_ms } => {
+                    Repaired::moved(self.store.replay(subscription, *since_ms, *until_ms, now)?)
+                }
+                Repair::Release { seq, event } => match self.store.release(*seq, event, now)? {
+                    None => Repaired::moved(0),
+                    Some(Stored::Event { delivery_ids }) => Repaired { count: 1, delivery_ids, duplicate: false },
+                    Some(stored) => Repaired { duplicate: stored == Stored::Duplicate, ..Repaired::moved(1) },
                 },
+                Repair::Purge { seqs } => Repaired::moved(self.store.purge_quarantine(seqs.as_deref())?),
             }),
             Write::Emit { event, .. } => match self.store.insert(&Inbound::Event((**event).clone()), now)? {
                 Stored::Event { delivery_ids } => Applied::Emitted(delivery_ids),

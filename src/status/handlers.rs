@@ -24,7 +24,7 @@ pub struct Context {
     pub started: Instant,
 }
 
-fn internal(e: impl std::fmt::Display) -> ErrorBody {
+pub(super) fn internal(e: impl std::fmt::Display) -> ErrorBody {
     ErrorBody::new("internal", e.to_string())
 }
 
@@ -40,7 +40,7 @@ fn parse_time(s: &str, now_ms: i64) -> Result<i64, ErrorBody> {
 
 impl Context {
     /// The configuration-dependent parts as of now.
-    fn live(&self) -> Result<Live, ErrorBody> {
+    pub(super) fn live(&self) -> Result<Live, ErrorBody> {
         self.live.read().map(|l| l.clone()).map_err(|_| internal("state lock poisoned"))
     }
 
@@ -48,7 +48,7 @@ impl Context {
         self.live().map(|l| l.config.storage.path.clone()).unwrap_or_default()
     }
 
-    async fn read<T: Send + 'static>(
+    pub(super) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Reader) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, ErrorBody> {
@@ -149,6 +149,13 @@ impl Context {
                 Ok(json!({ "event_id": event_id, "delivery_ids": ids }))
             }
             Request::Test { subscription } => self.test(subscription).await,
+            Request::Quarantine { limit } => {
+                let rows = self.read(move |r| r.quarantine(limit.unwrap_or(50))).await?;
+                Ok(json!(rows.into_iter().map(super::quarantine::listed).collect::<Vec<_>>()))
+            }
+            Request::QuarantineShow { seq } => self.quarantine_show(seq).await,
+            Request::QuarantineRelease { seqs, all } => self.quarantine_release(seqs, all).await,
+            Request::QuarantinePurge { seqs, all } => self.quarantine_purge(seqs, all).await,
         }
     }
 

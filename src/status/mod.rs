@@ -9,13 +9,15 @@
 //! ← {"ok":false,"error":{"code":"forbidden","message":"…"}}
 //! ```
 //!
-//! Reads (`status`, `queue`, `log`, `show`) open their own read-only SQLite connection.
-//! Commands that change state (`retry`, `replay`, `pause`, `resume`, `test`, `emit`) go to
-//! the outbox writer or the dispatcher as messages, and are allowed only to root, the
-//! agent's own user and members of its group (checked with SO_PEERCRED).
+//! Reads (`status`, `queue`, `log`, `show`, `quarantine`, `quarantine_show`) open their
+//! own read-only SQLite connection. Commands that change state (`retry`, `replay`,
+//! `pause`, `resume`, `test`, `emit`, `quarantine_release`, `quarantine_purge`) go to the
+//! outbox writer or the dispatcher as messages, and are allowed only to root, the agent's
+//! own user and members of its group (checked with SO_PEERCRED).
 
 pub mod client;
 mod handlers;
+mod quarantine;
 pub mod render;
 mod server;
 
@@ -88,6 +90,30 @@ pub enum Request {
     Test {
         subscription: String,
     },
+    /// Quarantined messages, newest first.
+    Quarantine {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// One quarantined message with its payload.
+    QuarantineShow {
+        seq: i64,
+    },
+    /// Route the named quarantined messages (or `all`) again with today's config; those
+    /// that now make an event are taken in and leave the quarantine.
+    QuarantineRelease {
+        #[serde(default)]
+        seqs: Vec<i64>,
+        #[serde(default)]
+        all: bool,
+    },
+    /// Delete the named quarantined messages (or `all`).
+    QuarantinePurge {
+        #[serde(default)]
+        seqs: Vec<i64>,
+        #[serde(default)]
+        all: bool,
+    },
     Emit {
         #[serde(rename = "type")]
         event_type: String,
@@ -99,7 +125,15 @@ pub enum Request {
 impl Request {
     /// Whether the command changes state (and so needs a trusted peer).
     pub fn changes_state(&self) -> bool {
-        !matches!(self, Request::Status | Request::Queue { .. } | Request::Log { .. } | Request::Show { .. })
+        !matches!(
+            self,
+            Request::Status
+                | Request::Queue { .. }
+                | Request::Log { .. }
+                | Request::Show { .. }
+                | Request::Quarantine { .. }
+                | Request::QuarantineShow { .. }
+        )
     }
 }
 

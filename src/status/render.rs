@@ -209,6 +209,64 @@ pub fn show(v: &Value) -> String {
     out
 }
 
+pub fn quarantine(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = items(v)
+        .iter()
+        .map(|q| {
+            vec![
+                s(&q["seq"]),
+                s(&q["received_at"]),
+                s(&q["topic"]),
+                bytes(q["size"].as_u64().unwrap_or(0)),
+                short(&q["reason"], 80),
+            ]
+        })
+        .collect();
+    table(&["N", "RECEIVED", "TOPIC", "SIZE", "REASON"], &rows)
+}
+
+/// `quarantine show`: the reason and topic, then the payload as it arrived.
+pub fn quarantined(v: &Value) -> String {
+    let mut out = format!(
+        "quarantined message {}  received {}  topic {}  size {}\nreason: {}\n",
+        s(&v["seq"]),
+        s(&v["received_at"]),
+        s(&v["topic"]),
+        bytes(v["size"].as_u64().unwrap_or(0)),
+        s(&v["reason"]),
+    );
+    if v["kept"] != v["size"] {
+        out.push_str(&format!("(only its first {} bytes were kept)\n", s(&v["kept"])));
+    }
+    match (&v["payload"], &v["payload_base64"]) {
+        (Value::String(text), _) => out.push_str(&format!("payload:\n{}\n", printable(text))),
+        (_, Value::String(b64)) => out.push_str(&format!("payload (not UTF-8, base64):\n{b64}\n")),
+        _ => {}
+    }
+    out
+}
+
+/// `quarantine release`: what became of each message.
+pub fn released(v: &Value) -> String {
+    let mut out = String::new();
+    for r in items(&v["results"]) {
+        if r["released"] == true {
+            let queued = items(&r["delivery_ids"]).len();
+            let note = if r["duplicate"] == true { ", a duplicate of a stored event" } else { "" };
+            out.push_str(&format!(
+                "{}: released as {} {} for {queued} subscription(s){note}\n",
+                s(&r["seq"]),
+                s(&r["event_type"]),
+                s(&r["event_id"])
+            ));
+        } else {
+            out.push_str(&format!("{}: kept: {}\n", s(&r["seq"]), s(&r["reason"])));
+        }
+    }
+    out.push_str(&format!("{} released\n", s(&v["released"])));
+    out
+}
+
 /// One frame of `top`: the status plus delivery rates since the previous frame.
 pub fn top(v: &Value, previous: Option<&Value>, seconds: f64) -> String {
     let mut out = status(v);

@@ -392,6 +392,18 @@ impl Agent {
         self.child = Some(child);
     }
 
+    /// Runs `fleethook ARGS --config <this agent's config>`: a socket command reaches it.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_fleethook")).args(args).arg("--config").arg(&self.config).output().unwrap()
+    }
+
+    /// The same with `--json`: asserts that it succeeded and parses what it printed.
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli(&[args, &["--json"]].concat());
+        assert!(out.status.success(), "fleethook {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
     pub fn log(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {

@@ -203,3 +203,24 @@ fn events_delivered_from_memory_keep_their_audit_counts_and_newest_keys() {
         .unwrap();
     assert_eq!(left, [4, 5]);
 }
+
+#[test]
+fn the_quarantine_keeps_its_newest_rows_within_a_count_and_a_byte_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(&dir);
+    for n in 0..10u8 {
+        let q = Quarantined { topic: "t".into(), reason: "not JSON".into(), size: 100, payload: vec![n; 100] };
+        s.insert(&Inbound::Quarantine(q), 1000).unwrap();
+    }
+    let left = |s: &Store| -> Vec<i64> {
+        let mut stmt = s.conn().prepare("SELECT seq FROM quarantine ORDER BY seq").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    };
+    assert_eq!(s.trim_quarantine(8, 10_000).unwrap(), 2);
+    assert_eq!(left(&s), (3..=10).collect::<Vec<_>>(), "the oldest go first");
+    assert_eq!(s.trim_quarantine(8, 350).unwrap(), 5, "three payloads of 100 bytes fit in 350");
+    assert_eq!(left(&s), vec![8, 9, 10]);
+    assert_eq!(s.purge_quarantine(Some(&[9, 42])).unwrap(), 1, "a number that is gone is no error");
+    assert_eq!(s.purge_quarantine(None).unwrap(), 2);
+    assert!(left(&s).is_empty());
+}
