@@ -418,7 +418,7 @@ fn emitted(v: &serde_json::Value) -> String {
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<ExitCode> {
-    match Config::load(path) {
+    match Config::load_for_check(path) {
         Ok(c) => {
             print!("{}", c.to_redacted_toml());
             for w in &c.warnings {

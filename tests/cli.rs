@@ -56,6 +56,94 @@ fn check_prints_the_resolved_config_without_secrets() {
     assert!(out.contains("sha256:"), "secrets show as fingerprints:\n{out}");
 }
 
+/// What `check` prints loads back and prints the same again: sizes, rates and headers as
+/// the config writes them, secrets under the keys they came from (a file's path, a
+/// variable's name) or as a redacted placeholder, which `check` warns of and `run` refuses.
+#[test]
+fn check_prints_a_config_that_loads_back_and_prints_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("ops.secret");
+    std::fs::write(&secret_file, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    let password_file = dir.path().join("mqtt.password");
+    std::fs::write(&password_file, "hunter2\n").unwrap();
+    let config = format!(
+        r#"device_id = "agv-007"
+[mqtt]
+url = "mqtt://127.0.0.1:1883"
+username = "agent"
+password_file = "{password}"
+max_payload = "1500B"
+[storage]
+path = "{dir}/outbox.db"
+max_bytes = "3MiB"
+[[route]]
+topic = "fleet/+/mission"
+event = "mission.{{/status}}"
+ttl = "90m"
+[[subscription]]
+name = "ops"
+url = "https://hooks.example.com/fleet"
+secret = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_dGhlIG5leHQgb25lIGZvciByb3RhdGlvbg=="]
+secret_file = "{file}"
+secret_env = "FLEETHOOK_TEST_ROUND_TRIP"
+rate_limit = "100/m"
+headers = {{ X-Team = "robotics", Authorization = "Bearer sk_live_topsecret" }}
+[[subscription]]
+name = "pager"
+url = "https://events.pagerduty.com/v2/enqueue"
+format = "pagerduty"
+signature = "none"
+routing_key = "R0UT1NGK3Y"
+"#,
+        password = password_file.display(),
+        dir = dir.path().display(),
+        file = secret_file.display()
+    );
+    let path = dir.path().join("fleethook.toml");
+    std::fs::write(&path, config).unwrap();
+    let check = |p: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleethook"))
+            .args(["check", "--config"])
+            .arg(p)
+            .env("FLEETHOOK_TEST_ROUND_TRIP", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), err)
+    };
+    let (printed, _) = check(&path);
+    for leaked in ["topsecret", "R0UT1NGK3Y", "hunter2", "MfKQ9r8", "dGhlIG5l"] {
+        assert!(!printed.contains(leaked), "{leaked} leaked:\n{printed}");
+    }
+    for shown in [
+        "max_payload = \"1500B\"",
+        "max_bytes = \"3MiB\"",
+        &format!("secret_file = \"{}\"", secret_file.display()),
+        "secret_env = \"FLEETHOOK_TEST_ROUND_TRIP\"",
+        &format!("password_file = \"{}\"", password_file.display()),
+        "X-Team = \"robotics\"",
+    ] {
+        assert!(printed.contains(shown), "`{shown}` missing:\n{printed}");
+    }
+    let reprinted = dir.path().join("printed.toml");
+    std::fs::write(&reprinted, &printed).unwrap();
+    let (again, warned) = check(&reprinted);
+    assert_eq!(again, printed, "printed twice, the same");
+    // Two inline secrets, the Authorization header and the routing key are placeholders.
+    assert_eq!(warned.matches("a redacted secret").count(), 4, "{warned}");
+    assert!(warned.contains("subscription[0].secret") && warned.contains("subscription[1].routing_key"), "{warned}");
+    let run = Command::new(env!("CARGO_BIN_EXE_fleethook"))
+        .args(["run", "--config"])
+        .arg(&reprinted)
+        .env("FLEETHOOK_TEST_ROUND_TRIP", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "the agent started with redacted secrets");
+    assert!(said.contains("printed.toml:") && said.contains("a redacted secret"), "{said}");
+}
+
 #[test]
 fn an_unknown_key_is_named_with_its_line() {
     refused(&GOOD.replace("[mqtt]\n", "[mqtt]\nhostname = \"x\"\n"), 4, "mqtt.hostname", "unknown field `hostname`");

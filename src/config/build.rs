@@ -14,9 +14,18 @@ use super::*;
 
 /// Problems found so far, each with the key it belongs to.
 #[derive(Default)]
-struct Issues(Vec<(KeyPath, String)>);
+struct Issues(Vec<(KeyPath, String)>, Vec<KeyPath>);
 
 impl Issues {
+    /// A secret written as `check` prints it, redacted: it loads (so the printed config
+    /// reads back), and the agent refuses to start with it.
+    fn redacted(&mut self, path: KeyPath, secret: &Secret) -> bool {
+        if secret.is_redacted() {
+            self.1.push(path);
+        }
+        secret.is_redacted()
+    }
+
     fn push(&mut self, path: KeyPath, message: impl Into<String>) {
         self.0.push((path, message.into()));
     }
@@ -42,13 +51,14 @@ pub(super) fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
     let mut issues = Issues::default();
     let mut config = build(raw, path, &mut issues);
     if issues.0.is_empty() {
-        config.warnings = super::lint::warnings(&config)
-            .into_iter()
-            .map(|(key, message)| {
-                let line = locate::span_of(&doc, &key).map(|s| locate::line_of(src, s.start)).unwrap_or(1);
-                located(line, key.to_string(), message)
-            })
-            .collect();
+        let locate = |(key, message): (KeyPath, String)| {
+            let line = locate::span_of(&doc, &key).map(|s| locate::line_of(src, s.start)).unwrap_or(1);
+            located(line, key.to_string(), message)
+        };
+        config.redacted =
+            std::mem::take(&mut issues.1).into_iter().map(|key| (key, REDACTED.to_string())).map(locate).collect();
+        config.warnings = config.redacted.clone();
+        config.warnings.extend(super::lint::warnings(&config).into_iter().map(locate));
         return Ok(config);
     }
     let mut errors: Vec<ConfigError> = issues
@@ -62,6 +72,9 @@ pub(super) fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
     errors.sort_by_key(|e| e.line);
     Err(ConfigErrors(errors))
 }
+
+const REDACTED: &str =
+    "a redacted secret, as `fleethook check` prints it: put the real one back (the agent will not start with it)";
 
 /// A count from the file, within its range; the default when absent or refused.
 fn count(issues: &mut Issues, path: KeyPath, v: Option<u64>, limits: (u64, u64), default: u64) -> u64 {
@@ -147,6 +160,7 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
         routes,
         subscriptions,
         warnings: Vec::new(),
+        redacted: Vec::new(),
     }
 }
 
@@ -420,6 +434,11 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
     let rate_limit = s.rate_limit.as_ref().and_then(|r| issues.take(p.key("rate_limit"), range::parse_rate(r)));
     let routing_key = s.routing_key.clone().map(Secret::new);
     let api_key = s.api_key.clone().map(Secret::new);
+    for (key, secret) in [("routing_key", &routing_key), ("api_key", &api_key)] {
+        if let Some(secret) = secret {
+            issues.redacted(p.key(key), secret);
+        }
+    }
     if format == Format::Pagerduty && routing_key.is_none() {
         issues.push(p.key("routing_key"), "format = \"pagerduty\" needs routing_key (the integration key)");
     }
@@ -499,7 +518,7 @@ fn subscription_secrets(
     signature: Scheme,
     p: &KeyPath,
     issues: &mut Issues,
-) -> (Vec<Secret>, Vec<Vec<u8>>) {
+) -> (Secrets, Vec<Vec<u8>>) {
     let mut secrets = Vec::new();
     let sources: [(&str, Option<OneOrMany>, SecretSource); 4] = [
         ("secret", s.secret.take(), SecretSource::Inline),
@@ -516,6 +535,9 @@ fn subscription_secrets(
     }
     let mut keys = Vec::new();
     for (key, sec) in &secrets {
+        if issues.redacted(p.key(key), sec) {
+            continue;
+        }
         match crate::sign::signing_key(signature, sec.expose()) {
             Ok(k) => keys.push(k),
             Err(e) => issues.push(p.key(key), format!("{e} (signature = \"{signature:?}\")").to_lowercase()),
@@ -528,7 +550,7 @@ fn subscription_secrets(
         );
     }
 
-    (secrets.into_iter().map(|(_, s)| s).collect(), keys)
+    (Secrets(secrets.into_iter().map(|(_, s)| s).collect()), keys)
 }
 
 /// Custom headers; ones whose name looks like a credential are kept as secrets.
@@ -545,7 +567,9 @@ fn subscription_headers(raw: toml::Table, p: &KeyPath, issues: &mut Issues) -> V
             continue;
         }
         let v = if looks_secret(&name) {
-            HeaderValue::Secret(Secret::new(value))
+            let secret = Secret::new(value);
+            issues.redacted(hp, &secret);
+            HeaderValue::Secret(secret)
         } else {
             HeaderValue::Plain(value.to_string())
         };

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-pub use secret::Secret;
+pub use secret::{Secret, Secrets};
 
 use crate::event::{EventPattern, NewDelivery, Priority};
 use crate::format::Format;
@@ -43,6 +43,10 @@ pub struct Config {
     /// agent logs them at start).
     #[serde(skip)]
     pub warnings: Vec<ConfigError>,
+    /// Secrets written as `check` prints them (`<redacted sha256:…>`): `check` loads such
+    /// a config, with a warning for each; the agent does not ([`Config::load`]).
+    #[serde(skip)]
+    pub redacted: Vec<ConfigError>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -57,11 +61,14 @@ pub struct MqttConfig {
     pub tls: bool,
     pub client_id: String,
     pub username: Option<String>,
+    /// Read from `password_file`, which `check` prints in its place.
+    #[serde(rename = "password_file", serialize_with = "ser_origin")]
     pub password: Option<Secret>,
     #[serde(serialize_with = "ser_duration")]
     pub keep_alive: Duration,
     pub ca_file: Option<PathBuf>,
     /// Larger payloads are quarantined, not queued.
+    #[serde(serialize_with = "ser_size")]
     pub max_payload: u64,
     /// The protocol: 4 (MQTT 3.1.1, written `version = 3` or `4`) or 5.
     pub version: u8,
@@ -84,6 +91,7 @@ pub enum Synchronous {
 #[derive(Clone, Debug, Serialize)]
 pub struct StorageConfig {
     pub path: PathBuf,
+    #[serde(serialize_with = "ser_size")]
     pub max_bytes: u64,
     pub when_full: WhenFull,
     pub synchronous: Synchronous,
@@ -209,7 +217,8 @@ pub struct Subscription {
     #[serde(skip)]
     pub url_full: FullUrl,
     pub events: Vec<EventPattern>,
-    pub secrets: Vec<Secret>,
+    #[serde(flatten)]
+    pub secrets: Secrets,
     /// The HMAC keys the secrets stand for under `signature`.
     #[serde(skip)]
     pub keys: SigningKeys,
@@ -221,9 +230,11 @@ pub struct Subscription {
     #[serde(serialize_with = "ser_durations")]
     pub retry: Vec<Duration>,
     pub method: String,
+    #[serde(serialize_with = "ser_headers", skip_serializing_if = "Vec::is_empty")]
     pub headers: Vec<(String, HeaderValue)>,
     pub ordering: Ordering,
     pub max_in_flight: usize,
+    #[serde(serialize_with = "ser_rate")]
     pub rate_limit: Option<RateLimit>,
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Duration,
@@ -317,7 +328,18 @@ impl std::error::Error for ConfigErrors {}
 
 impl Config {
     /// Reads and validates a config file.
+    /// The config the agent runs with: a redacted secret is an error.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let config = Config::load_for_check(path)?;
+        if !config.redacted.is_empty() {
+            return Err(ConfigErrors(config.redacted).into());
+        }
+        Ok(config)
+    }
+
+    /// The config as `check` reads it: redacted secrets are only warnings, so what
+    /// `check` prints loads back.
+    pub fn load_for_check(path: &Path) -> anyhow::Result<Config> {
         let src =
             std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
         Ok(Config::parse(&src, path)?)
@@ -328,7 +350,8 @@ impl Config {
         build::parse(src, path)
     }
 
-    /// The resolved config as TOML, secrets replaced by fingerprints.
+    /// The resolved config as TOML, secrets replaced by fingerprints (or by where they
+    /// are read from). It loads back: `check` prints it again unchanged.
     pub fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
@@ -373,6 +396,36 @@ fn ser_duration<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => ser_duration(d, s),
+        None => s.serialize_none(),
+    }
+}
+
+/// Sizes as the config writes them (`"256KiB"`), exact.
+fn ser_size<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+    let units = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
+    let shown = units
+        .iter()
+        .find(|(unit, _)| *n >= *unit && n % unit == 0)
+        .map_or_else(|| format!("{n}B"), |(unit, name)| format!("{}{name}", n / unit));
+    s.serialize_str(&shown)
+}
+
+fn ser_rate<S: Serializer>(rate: &Option<RateLimit>, s: S) -> Result<S::Ok, S::Error> {
+    match rate {
+        Some(r) => s.serialize_str(&format!("{}/s", r.per_second)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Headers as the table the config writes (`headers = { X-Team = "robotics" }`).
+fn ser_headers<S: Serializer>(headers: &[(String, HeaderValue)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(headers.iter().map(|(name, value)| (name, value)))
+}
+
+/// A secret read from a file, as the path it was read from.
+fn ser_origin<S: Serializer>(secret: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
+    match secret.as_ref().and_then(|sec| sec.origin()) {
+        Some((_, name)) => s.serialize_str(name),
         None => s.serialize_none(),
     }
 }

@@ -6,31 +6,52 @@ use serde::{Serialize, Serializer};
 
 /// A secret value. `Debug`, `Display` and `Serialize` show only its fingerprint.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret {
+    value: String,
+    /// Where it was read from, when not written in the config itself: printed by
+    /// `check` in its place, so the printed config loads back.
+    origin: Option<(SecretSource, String)>,
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret { value: value.into(), origin: None }
     }
 
     /// The secret itself, for signing or an auth header. Do not format it anywhere.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 
     pub fn fingerprint(&self) -> String {
-        crate::sign::fingerprint(&self.0)
+        crate::sign::fingerprint(&self.value)
+    }
+
+    /// The config key and value that name where it was read from (`secret_file`, a
+    /// path); `None` for a secret written in the config.
+    pub fn origin(&self) -> Option<(&'static str, &str)> {
+        self.origin.as_ref().map(|(source, name)| (source.key(), name.as_str()))
+    }
+
+    /// Whether this is the placeholder `check` prints for a secret (`<redacted
+    /// sha256:…>`), read back: it loads for `check`, and the agent refuses to start.
+    pub fn is_redacted(&self) -> bool {
+        let v = &self.value;
+        v.starts_with("<redacted sha256:") && v.ends_with('>') && v.len() < 40
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret(<redacted {}>)", self.fingerprint())
+        write!(f, "Secret({self})")
     }
 }
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_redacted() {
+            return f.write_str(&self.value);
+        }
         write!(f, "<redacted {}>", self.fingerprint())
     }
 }
@@ -41,13 +62,52 @@ impl Serialize for Secret {
     }
 }
 
-/// Where a secret came from, for error messages.
-#[derive(Clone, Copy, Debug)]
+/// A subscription's secrets (several for rotation), printed under the keys they came
+/// from: `secret` (redacted), `secret_file`, `secret_env`, `secret_credential`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Secrets(pub Vec<Secret>);
+
+impl Serialize for Secrets {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let sources = [SecretSource::Inline, SecretSource::File, SecretSource::Env, SecretSource::Credential];
+        let mut map = s.serialize_map(None)?;
+        for source in sources {
+            let shown: Vec<String> = self
+                .0
+                .iter()
+                .filter(|sec| sec.origin.as_ref().map_or(SecretSource::Inline, |o| o.0) == source)
+                .map(|sec| sec.origin().map_or_else(|| sec.to_string(), |(_, name)| name.to_string()))
+                .collect();
+            match shown.as_slice() {
+                [] => {}
+                [one] => map.serialize_entry(source.key(), one)?,
+                many => map.serialize_entry(source.key(), many)?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// Where a secret came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretSource {
     Inline,
     File,
     Env,
     Credential,
+}
+
+impl SecretSource {
+    /// The subscription key that names a secret of this source.
+    pub fn key(self) -> &'static str {
+        match self {
+            SecretSource::Inline => "secret",
+            SecretSource::File => "secret_file",
+            SecretSource::Env => "secret_env",
+            SecretSource::Credential => "secret_credential",
+        }
+    }
 }
 
 /// Reads a secret from its source. A trailing newline in a file is not part of it.
@@ -70,7 +130,8 @@ pub fn load(source: SecretSource, value: &str) -> Result<Secret, String> {
     if trimmed.is_empty() {
         return Err("the secret is empty".into());
     }
-    Ok(Secret(trimmed))
+    let origin = (source != SecretSource::Inline).then(|| (source, value.to_string()));
+    Ok(Secret { value: trimmed, origin })
 }
 
 #[cfg(test)]
@@ -84,5 +145,13 @@ mod tests {
             assert!(!shown.contains("supersecret"), "{shown}");
             assert!(shown.contains("sha256:"), "{shown}");
         }
+    }
+
+    #[test]
+    fn the_printed_placeholder_reads_back_as_itself() {
+        let printed = Secret::new("whsec_supersecretvalue").to_string();
+        let read_back = Secret::new(printed.clone());
+        assert!(read_back.is_redacted() && !Secret::new("whsec_x").is_redacted());
+        assert_eq!(read_back.to_string(), printed, "printing it again changes nothing");
     }
 }

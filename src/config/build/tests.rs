@@ -134,7 +134,7 @@ fn secrets_come_from_files_env_and_credentials() {
         ),
     );
     let c = Config::parse(&src, Path::new("f.toml")).unwrap();
-    let secrets: Vec<_> = c.subscriptions[0].secrets.iter().map(|s| s.expose().to_string()).collect();
+    let secrets: Vec<_> = c.subscriptions[0].secrets.0.iter().map(|s| s.expose().to_string()).collect();
     assert_eq!(secrets, ["whsec_c2Vjb25k", "whsec_dGhpcmQ=", "whsec_c2Vjb25k"]);
     let e = errors(&src.replace("FLEETHOOK_TEST_SECRET_ENV", "FLEETHOOK_TEST_UNSET_VAR"));
     assert!(e[0].key == "subscription[0].secret_env" && e[0].message.contains("not set"), "{e:?}");
