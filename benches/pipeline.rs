@@ -270,6 +270,7 @@ fn sqlite_ceiling(n: u64, batch: u64) -> f64 {
                 event_type: "mission.completed".into(),
                 device_id: "agv".into(),
                 created_ms: 0,
+                taken_ms: 0,
                 clock: None,
                 topic: "fleet/agv/mission".into(),
                 data: String::from_utf8(payload(i)).unwrap(),

@@ -103,6 +103,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                     event_type: if collapse { "agent.heartbeat".into() } else { format!("mission.m{events}") },
                     device_id: "d".into(),
                     created_ms: now,
+                    taken_ms: now,
                     clock: None,
                     topic: "t".into(),
                     data: "{}".into(),

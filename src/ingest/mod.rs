@@ -127,6 +127,7 @@ impl Router {
             event_type,
             device_id,
             created_ms: now_ms,
+            taken_ms: sched_ms,
             clock: None,
             topic: topic.to_string(),
             data: text.to_string(),

@@ -90,6 +90,9 @@ pub struct NewEvent {
     pub event_type: String,
     pub device_id: String,
     pub created_ms: i64,
+    /// When it was taken, on the schedule clock: its deliveries are first due then, so
+    /// an event stored late (after a fast-path attempt) keeps its place in the queue.
+    pub taken_ms: i64,
     /// Where it was taken on the boot's clock, if the wall clock was not good then.
     pub clock: Option<crate::clock::Taken>,
     pub topic: String,
@@ -123,6 +126,7 @@ impl NewEvent {
             event_type: event_type.to_string(),
             device_id: device_id.to_string(),
             created_ms: now_ms,
+            taken_ms: crate::clock::sched_ms(),
             clock: crate::clock::taken_unless_synced(),
             topic: String::new(),
             data: data.to_string(),

@@ -246,16 +246,17 @@ impl Store {
             self.conn
                 .prepare_cached(
                     "INSERT INTO deliveries (id, event_seq, subscription, priority, next_attempt_ms, expires_ms, collapse_key, updated_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?5)",
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
                 .execute(params![
                     delivery_id,
                     event_seq,
                     d.subscription,
                     e.priority as i64,
-                    now_ms,
+                    e.taken_ms.min(now_ms),
                     d.expires_ms,
-                    collapse_key
+                    collapse_key,
+                    now_ms
                 ])?;
             self.count(&d.subscription, "created", 1)?;
             delivery_ids.push(delivery_id);
@@ -445,10 +446,13 @@ impl Store {
             Some(seq) => ("seq", seq.into()),
             None => ("id", r.delivery_id.clone().into()),
         };
+        // An offline attempt never moves its delivery later: the endpoint's probe decides
+        // when the queue is tried again, and it drains in event order.
         let changed = match &record.next {
             NextState::Retry { at_ms, charge } => c
                 .prepare_cached(&format!(
-                    "UPDATE deliveries SET attempts = ?2, budget_used = budget_used + ?3, next_attempt_ms = ?4,
+                    "UPDATE deliveries SET attempts = ?2, budget_used = budget_used + ?3,
+                        next_attempt_ms = CASE WHEN ?3 THEN ?4 ELSE MIN(next_attempt_ms, ?4) END,
                         updated_ms = ?5, last_status = ?6, last_error = ?7
                      WHERE {row} = ?1 AND state = 'pending'"
                 ))?

@@ -14,6 +14,7 @@ fn event(id: &str, subs: &[&str], collapse: bool) -> Inbound {
         event_type: "agent.heartbeat".into(),
         device_id: "agv".into(),
         created_ms: 1000,
+        taken_ms: 1000,
         clock: None,
         topic: "t".into(),
         data: "{}".into(),
