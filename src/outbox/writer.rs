@@ -65,9 +65,9 @@ const CLOCK_SAVE_EVERY: Duration = Duration::from_secs(10);
 /// Messages none of whose endpoints is reachable wait this long at most for company in a
 /// commit (docs/decisions.md: "Unhurried ingest")…
 const UNHURRIED_LINGER: Duration = Duration::from_secs(1);
-/// …or until this many are held: below mosquitto's default in-flight window (20), which
-/// stops the broker sending more until these are acked.
-const UNHURRIED_BATCH: usize = 16;
+/// …or until this many are held, or until they stop coming (the broker's in-flight
+/// window is full: see `Admission::unhurried_until`).
+const UNHURRIED_BATCH: usize = 512;
 /// The running writer; join it after every [`Outbox`] clone is dropped.
 pub struct WriterThread {
     handle: Option<JoinHandle<()>>,
@@ -96,6 +96,8 @@ impl WriterThread {
 #[derive(Default)]
 struct Pending {
     writes: Vec<Write>,
+    /// When the first of `writes` came.
+    since: Option<Instant>,
     until: Option<Instant>,
 }
 
@@ -149,6 +151,17 @@ impl Write {
     /// Results nobody waits on may be held for a shared commit; everything else goes now.
     fn may_wait(&self) -> bool {
         matches!(self, Write::Record { urgent: false, .. })
+    }
+
+    /// Offline probes' results: nobody waits on them, and while the endpoint is away
+    /// they may wait as long as unhurried ingest for a commit to share.
+    fn unhurried(&self) -> bool {
+        match self {
+            Write::Record { urgent: false, records, .. } => {
+                records.iter().all(|r| matches!(r.next, super::NextState::Retry { charge: false, .. }))
+            }
+            _ => false,
+        }
     }
 
     fn weight(&self) -> usize {
@@ -344,7 +357,10 @@ impl Writer {
                 // Answered on their own, so that `status` works while a full disk stops
                 // every write.
                 Command::Read(read) => self.answer(read),
-                Command::Write(write) => self.pending.writes.push(write),
+                Command::Write(write) => {
+                    self.pending.since.get_or_insert_with(Instant::now);
+                    self.pending.writes.push(write);
+                }
                 Command::Fast(done) => self.fast.push(done),
                 Command::FlushFast(reply) => self.fast.waiters.push(reply),
             }
@@ -353,7 +369,9 @@ impl Writer {
         if self.pending.writes.is_empty() && self.admission.is_empty() && self.upkeep.to_sweep.is_empty() && !fast_due {
             return Turn::Progress;
         }
-        if self.pending.writes.is_empty()
+        let writes_unhurried = self.pending.writes.iter().all(Write::unhurried)
+            && self.pending.since.is_none_or(|since| since.elapsed() < UNHURRIED_LINGER);
+        if writes_unhurried
             && !fast_due
             && self.upkeep.to_sweep.is_empty()
             && self.admission.unhurried_until(UNHURRIED_LINGER, UNHURRIED_BATCH).is_some_and(|t| Instant::now() < t)
@@ -375,7 +393,10 @@ impl Writer {
         if self.pending.writes.is_empty() {
             return false;
         }
-        let until = *self.pending.until.get_or_insert_with(|| Instant::now() + RECORD_LINGER);
+        let since = *self.pending.since.get_or_insert_with(Instant::now);
+        let linger = if self.pending.writes.iter().all(Write::unhurried) { UNHURRIED_LINGER } else { RECORD_LINGER };
+        let until = since + linger;
+        self.pending.until = Some(until);
         let weight: usize = self.pending.writes.iter().map(Write::weight).sum();
         self.pending.writes.iter().all(Write::may_wait)
             && Instant::now() < until
@@ -390,6 +411,7 @@ impl Writer {
     fn commit_pending(&mut self, mut take: usize) -> Turn {
         let writes = std::mem::take(&mut self.pending.writes);
         self.pending.until = None;
+        self.pending.since = None;
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0;
         loop {

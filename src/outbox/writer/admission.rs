@@ -47,6 +47,11 @@ enum State {
     Blocked { why: Blocked, retry_at: Instant },
 }
 
+/// Unhurried messages held before a pause in their arrival ends the linger…
+const QUIET_AFTER: usize = 4;
+/// …and the shortest pause that does.
+const QUIET_MIN: Duration = Duration::from_millis(20);
+
 /// One held message.
 struct Held {
     /// Zero for a persisted fast-path event: it is not under the commit watermark.
@@ -86,13 +91,21 @@ impl Admission {
     }
 
     /// Until when the next commit may wait for more messages: only while everything held
-    /// is unhurried, fewer than `batch` are held, and the oldest is younger than `linger`.
-    pub fn unhurried_until(&self, linger: Duration, batch: usize) -> Option<Instant> {
-        let oldest = self.held.front()?;
-        if self.held.len() >= batch || !self.held.iter().all(|h| h.unhurried) {
+    /// is unhurried, fewer than `max` are held, and the oldest is younger than `linger`.
+    /// With a few held, it also ends once none has come for four times their mean gap:
+    /// the broker's in-flight window is full, and it sends no more until these are acked
+    /// (mosquitto's default window is 20 messages; a robot image's should be larger).
+    pub fn unhurried_until(&self, linger: Duration, max: usize) -> Option<Instant> {
+        let (oldest, newest) = (self.held.front()?, self.held.back()?);
+        if self.held.len() >= max || !self.held.iter().all(|h| h.unhurried) {
             return None;
         }
-        Some(oldest.at + linger)
+        let until = oldest.at + linger;
+        if self.held.len() < QUIET_AFTER {
+            return Some(until);
+        }
+        let mean_gap = newest.at.duration_since(oldest.at) / (self.held.len() as u32 - 1);
+        Some(until.min(newest.at + (mean_gap * 4).max(QUIET_MIN)))
     }
 
     /// Holds an event of the fast path to be stored; its reply is answered at commit.
@@ -292,6 +305,20 @@ mod tests {
         b.hold(1, message(1), true);
         b.hold(2, message(1), false);
         assert_eq!(b.unhurried_until(linger, 3), None, "someone waits on the second");
+    }
+
+    #[test]
+    fn unhurried_messages_stop_waiting_when_the_broker_stops_sending() {
+        let mut a = Admission::new();
+        let linger = Duration::from_secs(1);
+        for n in 0..QUIET_AFTER as u64 {
+            a.hold(n, message(1), true);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let until = a.unhurried_until(linger, 512).expect("they may wait");
+        let newest = a.held.back().unwrap().at;
+        assert!(until <= newest + Duration::from_millis(100), "a pause of a few gaps ends the wait, not the linger");
+        assert!(until >= newest + QUIET_MIN);
     }
 
     #[test]
