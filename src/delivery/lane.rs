@@ -45,8 +45,11 @@ pub struct Lane {
     prefetched: VecDeque<Due>,
     /// A fetch is out; its answer arrives through [`Lane::fetched`].
     fetching: bool,
-    /// Deliveries whose results committed while a fetch was out.
+    /// Deliveries whose results committed while a fetch was out…
     released: HashSet<i64>,
+    /// …and fast-path deliveries settled while one was out (their rows, stored after a
+    /// deadline, may still show pending in its answer).
+    released_fast: HashSet<String>,
     /// The last fetch got fewer rows than it asked for: nothing more is due until new
     /// work, a retry recorded, or `due_at`.
     exhausted: bool,
@@ -157,6 +160,7 @@ impl Lane {
             prefetched: VecDeque::new(),
             fetching: false,
             released: HashSet::new(),
+            released_fast: HashSet::new(),
             exhausted: false,
             poked: false,
             dirty: true,
@@ -379,6 +383,9 @@ impl Lane {
     pub fn fast_settled(&mut self, delivery_id: &str, retry: bool) {
         self.fast_ids.remove(delivery_id);
         self.fast_stored.remove(delivery_id);
+        if self.fetching {
+            self.released_fast.insert(delivery_id.to_string());
+        }
         if retry {
             self.poke();
         }
@@ -441,6 +448,7 @@ impl Lane {
         self.fetching = true;
         self.poked = false;
         self.released.clear();
+        self.released_fast.clear();
         self.due_at = None;
     }
 
@@ -527,7 +535,8 @@ impl Lane {
                 || self.recording.contains(&seq)
                 || self.released.contains(&seq)
                 || queued.contains(&seq)
-                || self.fast_ids.contains(&due.delivery_id);
+                || self.fast_ids.contains(&due.delivery_id)
+                || self.released_fast.contains(&due.delivery_id);
             if !known {
                 self.prefetched.push_back(due);
             }
@@ -553,6 +562,7 @@ impl Lane {
         self.fetching = false;
         self.poked = false;
         self.released.clear();
+        self.released_fast.clear();
     }
 
     /// What `status` and the heartbeat show of this lane.

@@ -109,6 +109,24 @@ fn what_was_released_during_a_fetch_is_skipped_from_its_answer() {
 }
 
 #[test]
+fn a_fast_delivery_settled_during_a_fetch_is_skipped_from_its_answer() {
+    let mut l = lane("");
+    let now = Instant::now();
+    supplied(&mut l, now, &[]);
+    // A fast attempt of d7 is out; its job is stored after its deadline (row 7).
+    l.fast_started("d7");
+    l.fast_stored("d7");
+    l.poke();
+    let fetch = l.next_starts(now, 32).unwrap().fetch.expect("poked: fetch again");
+    // It lands and its result commits while the fetch is out…
+    l.fast_finished(&Verdict::Delivered, Some(200), now);
+    l.fast_settled("d7", false);
+    // …whose answer was read before that commit and still shows row 7 due.
+    l.fetched(batch(&[7, 8]), fetch.asked);
+    assert_eq!(started(&l.next_starts(now, 32).unwrap()), [8], "d7 is not sent twice");
+}
+
+#[test]
 fn the_global_limit_caps_what_starts() {
     let mut l = lane("");
     let now = Instant::now();
