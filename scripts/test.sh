@@ -3,7 +3,8 @@
 # missing (mosquitto, a real broker per test; systemd's systemd-analyze, to verify the
 # unit; util-linux's setpriv, to test the socket's permission check; fuse3, whose mount
 # helper backs the power-cut tests' filesystem; faketime, whose libfaketime lies to the
-# agent about the wall clock in the clock tests), then `cargo test`. Run it as root: a few
+# agent about the wall clock in the clock tests), PyPI's msgpack and cbor2 (encoders for
+# the payload tests), then `cargo test`. Run it as root: a few
 # tests mount a small tmpfs or a FUSE filesystem (/dev/fuse) and bind journald's socket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +23,8 @@ if [ ${#PKGS[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${PKGS[@]}" >/dev/null
 fi
+
+# Third-party encoders for tests/payloads.rs: what the ROS bridges' own libraries write.
+python3 -c "import msgpack, cbor2" 2>/dev/null || python3 -m pip install -q msgpack cbor2
 
 exec cargo test "$@"

@@ -357,6 +357,7 @@ fn build_route(r: &RawRoute, p: KeyPath, issues: &mut Issues) -> Option<RouteCon
             },
             Retained::Once,
         ),
+        payload: opt(issues, p.key("payload"), r.payload.as_ref(), PayloadFormat::parse, PayloadFormat::Json),
     })
 }
 

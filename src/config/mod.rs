@@ -153,6 +153,8 @@ pub struct RouteConfig {
     pub ttl: Option<Duration>,
     pub collapse: bool,
     pub retained: Retained,
+    /// How its messages are encoded (see `ingest::payload`).
+    pub payload: PayloadFormat,
 }
 
 /// A route's `retained`: what to do with a message the broker marks retained (it resends
@@ -166,6 +168,33 @@ pub enum Retained {
     Always,
     /// Drop retained copies; only live messages become events.
     Ignore,
+}
+
+/// A route's `payload`: how its messages are encoded (decoded by `ingest::payload`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    #[default]
+    Json,
+    Msgpack,
+    Cbor,
+    Text,
+    Binary,
+    Auto,
+}
+
+impl PayloadFormat {
+    pub fn parse(s: &str) -> Result<PayloadFormat, String> {
+        Ok(match s {
+            "json" => PayloadFormat::Json,
+            "msgpack" => PayloadFormat::Msgpack,
+            "cbor" => PayloadFormat::Cbor,
+            "text" => PayloadFormat::Text,
+            "binary" => PayloadFormat::Binary,
+            "auto" => PayloadFormat::Auto,
+            o => return Err(format!("`{o}` is not json, msgpack, cbor, text, binary or auto")),
+        })
+    }
 }
 
 /// `clock_policy`: when deliveries signed with a timestamp (`standard`, `stripe`) wait,

@@ -79,6 +79,7 @@ pub struct RawRoute {
     pub ttl: Option<String>,
     pub collapse: Option<bool>,
     pub retained: Option<String>,
+    pub payload: Option<String>,
 }
 
 /// A key that takes one string or a list of them (secrets, for rotation).

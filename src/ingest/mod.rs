@@ -3,6 +3,7 @@
 //! rumqttc loop around it.
 
 pub mod mqtt;
+pub mod payload;
 pub mod session;
 
 use serde_json::Value;
@@ -67,25 +68,13 @@ impl Router {
                 self.max_payload
             ));
         }
-        let Ok(text) = std::str::from_utf8(payload) else {
-            return quarantine("payload is not UTF-8 text, so not JSON".into());
+        let decoded = match payload::decode(route.payload, payload) {
+            Ok(d) => d,
+            Err(reason) => return quarantine(reason),
         };
-        let value: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => return quarantine(format!("payload is not JSON: {e}")),
-        };
-        if !value.is_object() {
-            let kind = match value {
-                Value::Array(_) => "an array",
-                Value::String(_) => "a string",
-                Value::Number(_) => "a number",
-                Value::Bool(_) => "a boolean",
-                _ => "null",
-            };
-            return quarantine(format!("payload is {kind}; a JSON object is expected"));
-        }
+        let value = &decoded.value;
         let where_ = format!("route[{idx}] ({})", route.topic.as_str());
-        let event_type = match route.event.render(topic, &value) {
+        let event_type = match route.event.render(topic, value) {
             Ok(t) => t,
             Err(e) => return quarantine(format!("{where_}: event type: {e}")),
         };
@@ -93,7 +82,7 @@ impl Router {
             return quarantine(format!("{where_}: {e}"));
         }
         let device_id = match &route.device_id {
-            Some(t) => match t.render(topic, &value) {
+            Some(t) => match t.render(topic, value) {
                 Ok(d) => d,
                 Err(e) => return quarantine(format!("{where_}: device_id: {e}")),
             },
@@ -130,7 +119,11 @@ impl Router {
             taken_ms: sched_ms,
             clock: None,
             topic: topic.to_string(),
-            data: text.to_string(),
+            // A JSON payload is kept as it came; a decoded one as its JSON.
+            data: match decoded.verbatim {
+                true => String::from_utf8_lossy(payload).into_owned(),
+                false => decoded.value.to_string(),
+            },
             priority: route.priority,
             collapse: route.collapse,
             dedupe_key: Some(dedupe_key),

@@ -1,0 +1,273 @@
+//! What a bridge publishes, as the JSON object a route reads: a route's `payload` says
+//! how its messages are encoded. Pure: bytes in, a JSON object (the event's `data`) or
+//! the reason it cannot be one out.
+//!
+//! | `payload` | accepts | `data` |
+//! | --- | --- | --- |
+//! | `json` (default) | a JSON object | the object, verbatim |
+//! | `msgpack` | MessagePack (groove-x mqtt_bridge's default) | the value |
+//! | `cbor` | CBOR | the value |
+//! | `text` | UTF-8; numbers and `true`/`false` as such (ika mqtt_client's primitives) | `{"value": …}` |
+//! | `binary` | any bytes | `{"base64": "…", "size": n}` |
+//! | `auto` | any of these, told apart by content | as the format found |
+//!
+//! A decoded value that is not a map becomes `{"value": …}`. Bytes inside a MessagePack
+//! or CBOR value become `{"$base64": "…"}` (JSON has no bytes); a map key that is not a
+//! string becomes its JSON text (`1` → `"1"`); a float JSON cannot hold (NaN, infinity)
+//! becomes `null`.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::{Map, Number, Value};
+
+pub use crate::config::PayloadFormat;
+
+/// The key that marks bytes inside a decoded value.
+pub const BYTES_KEY: &str = "$base64";
+
+/// A payload as an event's data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decoded {
+    /// Always a JSON object.
+    pub value: Value,
+    /// The payload itself when it was a JSON object: stored verbatim, as before there
+    /// were other formats.
+    pub verbatim: bool,
+}
+
+impl Decoded {
+    fn of(value: Value) -> Decoded {
+        let value = if value.is_object() { value } else { Value::Object(Map::from_iter([("value".into(), value)])) };
+        Decoded { value, verbatim: false }
+    }
+}
+
+pub fn decode(format: PayloadFormat, payload: &[u8]) -> Result<Decoded, String> {
+    match format {
+        PayloadFormat::Json => json_object(payload),
+        PayloadFormat::Msgpack => msgpack(payload).map(Decoded::of),
+        PayloadFormat::Cbor => cbor(payload).map(Decoded::of),
+        PayloadFormat::Text => text(payload).map(Decoded::of),
+        PayloadFormat::Binary => Ok(binary(payload)),
+        PayloadFormat::Auto => Ok(auto(payload)),
+    }
+}
+
+fn json_object(payload: &[u8]) -> Result<Decoded, String> {
+    let text = std::str::from_utf8(payload).map_err(|_| "payload is not UTF-8 text, so not JSON".to_string())?;
+    let value: Value = serde_json::from_str(text).map_err(|e| format!("payload is not JSON: {e}"))?;
+    let kind = match value {
+        Value::Object(_) => return Ok(Decoded { value, verbatim: true }),
+        Value::Array(_) => "an array",
+        Value::String(_) => "a string",
+        Value::Number(_) => "a number",
+        Value::Bool(_) => "a boolean",
+        Value::Null => "null",
+    };
+    Err(format!("payload is {kind}; a JSON object is expected (or set the route's payload format)"))
+}
+
+/// JSON of any kind, then MessagePack or CBOR when the first byte says a map or an
+/// array and the whole payload decodes, then text, then bytes.
+fn auto(payload: &[u8]) -> Decoded {
+    if let Ok(text) = std::str::from_utf8(payload)
+        && let Ok(value) = serde_json::from_str::<Value>(text)
+    {
+        return if value.is_object() { Decoded { value, verbatim: true } } else { Decoded::of(value) };
+    }
+    let first = payload.first().copied().unwrap_or(0);
+    let msgpack_container = matches!(first, 0x80..=0x9f | 0xdc..=0xdf);
+    if msgpack_container && let Ok(v) = msgpack(payload) {
+        return Decoded::of(v);
+    }
+    // Major type 4 (array) or 5 (map), or the self-describe tag 55799.
+    let cbor_container = matches!(first, 0x80..=0xbf) || payload.starts_with(&[0xd9, 0xd9, 0xf7]);
+    if cbor_container && let Ok(v) = cbor(payload) {
+        return Decoded::of(v);
+    }
+    match text(payload) {
+        Ok(v) => Decoded::of(v),
+        Err(_) => binary(payload),
+    }
+}
+
+fn text(payload: &[u8]) -> Result<Value, String> {
+    let text = std::str::from_utf8(payload).map_err(|e| format!("payload is not UTF-8 text: {e}"))?;
+    let t = text.trim();
+    Ok(match t {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => number(t).unwrap_or_else(|| Value::String(text.to_string())),
+    })
+}
+
+fn number(t: &str) -> Option<Value> {
+    if let Ok(n) = t.parse::<i64>() {
+        return Some(n.into());
+    }
+    if let Ok(n) = t.parse::<u64>() {
+        return Some(n.into());
+    }
+    let looks_numeric = t.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.');
+    t.parse::<f64>().ok().filter(|_| looks_numeric).and_then(Number::from_f64).map(Value::Number)
+}
+
+fn binary(payload: &[u8]) -> Decoded {
+    let mut m = Map::new();
+    m.insert("base64".into(), B64.encode(payload).into());
+    m.insert("size".into(), payload.len().into());
+    Decoded { value: Value::Object(m), verbatim: false }
+}
+
+fn bytes(b: &[u8]) -> Value {
+    Value::Object(Map::from_iter([(BYTES_KEY.to_string(), Value::String(B64.encode(b)))]))
+}
+
+fn float(f: f64) -> Value {
+    Number::from_f64(f).map_or(Value::Null, Value::Number)
+}
+
+/// A map key as JSON has them: strings as they are, anything else as its JSON text.
+fn key(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+fn msgpack(payload: &[u8]) -> Result<Value, String> {
+    let mut rest = payload;
+    let value = rmpv::decode::read_value(&mut rest).map_err(|e| format!("payload is not MessagePack: {e}"))?;
+    if !rest.is_empty() {
+        return Err(format!("payload is not one MessagePack value: {} bytes follow it", rest.len()));
+    }
+    Ok(from_msgpack(value))
+}
+
+fn from_msgpack(v: rmpv::Value) -> Value {
+    use rmpv::Value as M;
+    match v {
+        M::Nil => Value::Null,
+        M::Boolean(b) => Value::Bool(b),
+        M::Integer(i) => i.as_i64().map(Value::from).or_else(|| i.as_u64().map(Value::from)).unwrap_or(Value::Null),
+        M::F32(f) => float(f64::from(f)),
+        M::F64(f) => float(f),
+        M::String(s) => match s.into_str() {
+            Some(s) => Value::String(s),
+            None => Value::Null,
+        },
+        M::Binary(b) => bytes(&b),
+        M::Array(a) => Value::Array(a.into_iter().map(from_msgpack).collect()),
+        M::Map(m) => Value::Object(m.into_iter().map(|(k, v)| (key(from_msgpack(k)), from_msgpack(v))).collect()),
+        M::Ext(kind, data) => {
+            let mut m = Map::new();
+            m.insert("$ext".into(), kind.into());
+            m.insert(BYTES_KEY.into(), B64.encode(data).into());
+            Value::Object(m)
+        }
+    }
+}
+
+fn cbor(payload: &[u8]) -> Result<Value, String> {
+    let mut reader = std::io::Cursor::new(payload);
+    let value: ciborium::Value =
+        ciborium::de::from_reader(&mut reader).map_err(|e| format!("payload is not CBOR: {e}"))?;
+    let rest = payload.len() - reader.position() as usize;
+    if rest > 0 {
+        return Err(format!("payload is not one CBOR value: {rest} bytes follow it"));
+    }
+    Ok(from_cbor(value))
+}
+
+fn from_cbor(v: ciborium::Value) -> Value {
+    use ciborium::Value as C;
+    match v {
+        C::Null => Value::Null,
+        C::Bool(b) => Value::Bool(b),
+        C::Integer(i) => {
+            let i = i128::from(i);
+            i64::try_from(i)
+                .map(Value::from)
+                .or_else(|_| u64::try_from(i).map(Value::from))
+                .unwrap_or_else(|_| float(i as f64))
+        }
+        C::Float(f) => float(f),
+        C::Text(s) => Value::String(s),
+        C::Bytes(b) => bytes(&b),
+        // A tag (a date, a big number, self-description) says how to read its value;
+        // the value is what a route can use.
+        C::Tag(_, inner) => from_cbor(*inner),
+        C::Array(a) => Value::Array(a.into_iter().map(from_cbor).collect()),
+        C::Map(m) => Value::Object(m.into_iter().map(|(k, v)| (key(from_cbor(k)), from_cbor(v))).collect()),
+        _ => Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn data(format: PayloadFormat, payload: &[u8]) -> Value {
+        decode(format, payload).unwrap().value
+    }
+
+    #[test]
+    fn json_stays_as_it_was() {
+        let d = decode(PayloadFormat::Json, br#"{"a":1}"#).unwrap();
+        assert!(d.verbatim);
+        assert_eq!(d.value, json!({"a": 1}));
+        let e = decode(PayloadFormat::Json, b"42").unwrap_err();
+        assert!(e.starts_with("payload is a number; a JSON object is expected"), "{e}");
+    }
+
+    #[test]
+    fn primitives_as_ika_sends_them() {
+        assert_eq!(data(PayloadFormat::Text, b"42"), json!({"value": 42}));
+        assert_eq!(data(PayloadFormat::Text, b"-0.5"), json!({"value": -0.5}));
+        assert_eq!(data(PayloadFormat::Text, b"true"), json!({"value": true}));
+        assert_eq!(data(PayloadFormat::Text, b"docking"), json!({"value": "docking"}));
+        assert_eq!(data(PayloadFormat::Text, b"inf"), json!({"value": "inf"}), "no float JSON cannot hold");
+        assert!(decode(PayloadFormat::Text, &[0xff, 0xfe]).unwrap_err().contains("not UTF-8"));
+    }
+
+    #[test]
+    fn msgpack_maps_arrays_bytes_and_odd_keys() {
+        // {"kind": "lidar", "level": 3, "raw": bin(01 02), 7: nil}
+        let payload = [
+            0x84, 0xa4, b'k', b'i', b'n', b'd', 0xa5, b'l', b'i', b'd', b'a', b'r', 0xa5, b'l', b'e', b'v', b'e', b'l',
+            0x03, 0xa3, b'r', b'a', b'w', 0xc4, 0x02, 0x01, 0x02, 0x07, 0xc0,
+        ];
+        assert_eq!(
+            data(PayloadFormat::Msgpack, &payload),
+            json!({"kind": "lidar", "level": 3, "raw": {"$base64": "AQI="}, "7": null})
+        );
+        assert_eq!(data(PayloadFormat::Msgpack, &[0x93, 1, 2, 3]), json!({"value": [1, 2, 3]}));
+        assert!(decode(PayloadFormat::Msgpack, &[0x92, 1]).unwrap_err().contains("not MessagePack"));
+        assert!(decode(PayloadFormat::Msgpack, &[0x01, 0x02]).unwrap_err().contains("bytes follow"));
+    }
+
+    #[test]
+    fn cbor_maps_tags_and_big_numbers() {
+        // {"a": 1(1700000000), "b": h'0102', "c": 18446744073709551615}
+        let payload = [
+            0xa3, 0x61, b'a', 0xc1, 0x1a, 0x65, 0x53, 0xf1, 0x00, 0x61, b'b', 0x42, 0x01, 0x02, 0x61, b'c', 0x1b, 0xff,
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        ];
+        assert_eq!(
+            data(PayloadFormat::Cbor, &payload),
+            json!({"a": 1700000000, "b": {"$base64": "AQI="}, "c": 18446744073709551615u64})
+        );
+        assert!(decode(PayloadFormat::Cbor, &[0xa1, 0x61]).unwrap_err().contains("not CBOR"));
+    }
+
+    #[test]
+    fn auto_tells_them_apart() {
+        assert!(decode(PayloadFormat::Auto, br#"{"a":1}"#).unwrap().verbatim);
+        assert_eq!(data(PayloadFormat::Auto, b"42"), json!({"value": 42}));
+        assert_eq!(data(PayloadFormat::Auto, b"docking"), json!({"value": "docking"}));
+        assert_eq!(data(PayloadFormat::Auto, &[0x81, 0xa1, b'a', 0x01]), json!({"a": 1}), "msgpack");
+        assert_eq!(data(PayloadFormat::Auto, &[0xa1, 0x61, b'a', 0x01]), json!({"a": 1}), "cbor");
+        assert_eq!(data(PayloadFormat::Auto, &[0xff, 0x00]), json!({"base64": "/wA=", "size": 2}));
+    }
+}
