@@ -1,6 +1,6 @@
 //! Routes: which MQTT topics become which events. Pure functions: topic filters with `+`
-//! and `#`, and templates that take `{/json/pointer}` from the payload or `{topic.N}` from
-//! the topic.
+//! and `#`, and templates that take `{/json/pointer}` from the payload, `{topic.N}` from
+//! the topic, or `{prop.NAME}` from an MQTT 5 user property.
 
 use serde_json::Value;
 
@@ -83,6 +83,8 @@ enum Part {
     Literal(String),
     Pointer(String),
     TopicLevel(usize),
+    /// An MQTT 5 user property of the message: `{prop.robot}`.
+    Property(String),
 }
 
 /// `mission.{/status}`, `{topic.1}`, or a literal.
@@ -124,8 +126,9 @@ impl Template {
         &self.source
     }
 
-    /// Renders against one message; the error says what the payload or topic lacked.
-    pub fn render(&self, topic: &str, payload: &Value) -> Result<String, String> {
+    /// Renders against one message (its topic, decoded payload and MQTT 5 user
+    /// properties); the error says what the message lacked.
+    pub fn render(&self, topic: &str, payload: &Value, props: &[(String, String)]) -> Result<String, String> {
         let mut out = String::new();
         for part in &self.parts {
             match part {
@@ -140,6 +143,10 @@ impl Template {
                 Part::TopicLevel(n) => match topic.split('/').nth(*n) {
                     Some(level) if !level.is_empty() => out.push_str(level),
                     _ => return Err(format!("topic `{topic}` has no level {n}")),
+                },
+                Part::Property(name) => match props.iter().find(|(k, _)| k == name) {
+                    Some((_, v)) if !v.is_empty() => out.push_str(v),
+                    _ => return Err(format!("the message has no user property `{name}` (MQTT 5)")),
                 },
             }
         }
@@ -162,7 +169,14 @@ fn parse_placeholder(src: &str, inner: &str, filter: &TopicFilter) -> Result<Par
         }
         return Ok(Part::TopicLevel(n));
     }
-    Err(format!("template `{src}`: `{{{inner}}}` references nothing (use {{/json/pointer}} or {{topic.N}})"))
+    if let Some(name) = inner.strip_prefix("prop.")
+        && !name.is_empty()
+    {
+        return Ok(Part::Property(name.to_string()));
+    }
+    Err(format!(
+        "template `{src}`: `{{{inner}}}` references nothing (use {{/json/pointer}}, {{topic.N}} or {{prop.NAME}})"
+    ))
 }
 
 #[cfg(test)]
@@ -190,12 +204,12 @@ mod tests {
         let f = TopicFilter::parse("fleet/+/mission").unwrap();
         let t = Template::parse("mission.{/status}", &f).unwrap();
         let payload = json!({"status": "completed", "n": 3});
-        assert_eq!(t.render("fleet/a/mission", &payload).unwrap(), "mission.completed");
+        assert_eq!(t.render("fleet/a/mission", &payload, &[]).unwrap(), "mission.completed");
         let d = Template::parse("{topic.1}", &f).unwrap();
-        assert_eq!(d.render("fleet/agv-9/mission", &payload).unwrap(), "agv-9");
+        assert_eq!(d.render("fleet/agv-9/mission", &payload, &[]).unwrap(), "agv-9");
         let n = Template::parse("n{/n}", &f).unwrap();
-        assert_eq!(n.render("fleet/a/mission", &payload).unwrap(), "n3");
-        let err = t.render("fleet/a/mission", &json!({})).unwrap_err();
+        assert_eq!(n.render("fleet/a/mission", &payload, &[]).unwrap(), "n3");
+        let err = t.render("fleet/a/mission", &json!({}), &[]).unwrap_err();
         assert!(err.contains("/status"), "{err}");
     }
 

@@ -151,3 +151,110 @@ fn an_unknown_payload_format_is_refused_with_its_line() {
     let line = config.lines().position(|l| l.starts_with("payload =")).unwrap() + 1;
     assert!(err.contains(&format!(":{line}: route[2].payload: `protobuf` is not json, msgpack")), "{err}");
 }
+
+/// One MQTT 5 message: topic, payload, content type, expiry in seconds, user properties.
+type V5Message = (&'static str, Vec<u8>, Option<&'static str>, Option<u32>, Vec<(&'static str, &'static str)>);
+
+/// Publishes QoS 1 MQTT 5 messages with properties and waits for every PUBACK.
+fn publish_v5(port: u16, messages: Vec<V5Message>) {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let opts = rumqttc::v5::MqttOptions::new(format!("test-pub5-{}", free_port()), "127.0.0.1", port);
+        let (client, mut events) = rumqttc::v5::AsyncClient::new(opts, messages.len() + 10);
+        let n = messages.len();
+        for (topic, payload, content_type, expiry, user) in messages {
+            let props = PublishProperties {
+                content_type: content_type.map(str::to_string),
+                message_expiry_interval: expiry,
+                user_properties: user.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                ..Default::default()
+            };
+            client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props).await.unwrap();
+        }
+        let mut acked = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while acked < n {
+            let ev = tokio::time::timeout_at(deadline, events.poll()).await.expect("broker acked in time").unwrap();
+            if let rumqttc::v5::Event::Incoming(Packet::PubAck(_)) = ev {
+                acked += 1;
+            }
+        }
+        let _ = client.disconnect().await;
+    });
+}
+
+/// With `[mqtt] version = 5`: user properties fill templates, the content type decides
+/// an `auto` route's format, and the message expiry caps the event's TTL.
+#[test]
+fn mqtt5_properties_name_events_pick_the_format_and_cap_the_ttl() {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let routes = r#"
+[[route]]
+topic = "v5/#"
+event = "anomaly.{prop.kind}"
+device_id = "{prop.robot}"
+payload = "auto"
+"#;
+    let down = format!("http://127.0.0.1:{}/hook", free_port());
+    let config = base_config(broker.port).replace("[mqtt]\n", "[mqtt]\nversion = 5\n")
+        + routes
+        + &subscription("ops", &ep.url(), "events = [\"anomaly.*\"]")
+        + &subscription("later", &down, "events = [\"anomaly.*\"]");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    let packed = encoded(&[("msgpack", r#"{"level": 3}"#)]).remove(0);
+    publish_v5(
+        broker.port,
+        vec![
+            ("v5/lidar", packed, Some("application/msgpack"), None, vec![("kind", "lidar"), ("robot", "agv-9")]),
+            // Bytes by its content type, though they would pass for JSON's 42.
+            (
+                "v5/raw",
+                b"42".to_vec(),
+                Some("application/octet-stream"),
+                Some(1),
+                vec![("kind", "raw"), ("robot", "agv-9")],
+            ),
+            // No user properties: the template cannot render.
+            ("v5/nameless", b"{}".to_vec(), None, None, vec![]),
+        ],
+    );
+    let got = ep.wait_for(2, LONG);
+    let mut seen: Vec<(String, String, Value)> = got
+        .iter()
+        .map(|r| {
+            let e = r.json();
+            (e["type"].as_str().unwrap().into(), e["device_id"].as_str().unwrap().into(), e["data"].clone())
+        })
+        .collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        seen,
+        vec![
+            ("anomaly.lidar".into(), "agv-9".into(), json!({"level": 3})),
+            ("anomaly.raw".into(), "agv-9".into(), json!({"base64": "NDI=", "size": 2})),
+        ]
+    );
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM quarantine") == 1));
+    let reason: String = agent.db().query_row("SELECT reason FROM quarantine", [], |r| r.get(0)).unwrap();
+    assert!(reason.contains("no user property `kind`"), "{reason}");
+    // For the subscription that is down, the raw event's 1 s expiry ends it; the lidar
+    // event, with none, waits.
+    let state = |ty: &str| -> String {
+        agent
+            .db()
+            .query_row(
+                "SELECT d.state FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                 WHERE d.subscription = 'later' AND e.type = ?1",
+                [ty],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert!(wait_until(LONG, || state("anomaly.raw") == "expired"), "{}", agent.log());
+    assert_eq!(state("anomaly.lidar"), "pending");
+}

@@ -18,6 +18,19 @@ pub fn warnings(config: &Config) -> Vec<(KeyPath, String)> {
                 .to_string(),
         ));
     }
+    if config.mqtt.version != 5 {
+        for (i, route) in config.routes.iter().enumerate() {
+            let templates = [("event", Some(&route.event)), ("device_id", route.device_id.as_ref())];
+            for (key, template) in templates {
+                if template.is_some_and(|t| t.as_str().contains("{prop.")) {
+                    out.push((
+                        KeyPath::root().key("route").index(i).key(key),
+                        "`{prop.…}` reads MQTT 5 user properties, which MQTT 3.1.1 messages never have: set [mqtt] version = 5".to_string(),
+                    ));
+                }
+            }
+        }
+    }
     let templates: Vec<&str> = config.routes.iter().map(|r| r.event.as_str()).collect();
     for (i, sub) in config.subscriptions.iter().enumerate() {
         for (j, pattern) in sub.events.iter().enumerate() {
@@ -52,6 +65,18 @@ fn may_match(pattern: &EventPattern, template: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_properties_without_mqtt5_are_a_warning() {
+        let src = "[[route]]\ntopic = \"a/#\"\nevent = \"robot.{prop.kind}\"\n";
+        let said = |version: &str| -> Vec<String> {
+            let config = Config::parse(&format!("[mqtt]\n{version}\n{src}"), std::path::Path::new("t.toml")).unwrap();
+            warnings(&config).into_iter().map(|(k, m)| format!("{k}: {m}")).collect()
+        };
+        let v311 = said("");
+        assert!(v311.iter().any(|w| w.starts_with("route[0].event: `{prop.…}` reads MQTT 5")), "{v311:?}");
+        assert!(said("version = 5").iter().all(|w| !w.contains("prop.")));
+    }
 
     fn pat(s: &str) -> EventPattern {
         EventPattern::parse(s).unwrap()

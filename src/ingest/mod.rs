@@ -13,6 +13,17 @@ use crate::event::{derived_id, new_id, validate_event_type};
 use crate::outbox::content_key;
 use crate::outbox::{Inbound, NewEvent, QUARANTINE_KEEP, Quarantined};
 
+/// What an MQTT 5 message carries beside its payload (none with 3.1.1).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// Feeds a route's `payload = "auto"`.
+    pub content_type: Option<String>,
+    /// The message expiry interval: caps the event's TTL.
+    pub expiry: Option<std::time::Duration>,
+    /// For templates: `{prop.NAME}`.
+    pub user: Vec<(String, String)>,
+}
+
 /// Routes and subscriptions, compiled for ingest.
 #[derive(Clone, Debug)]
 pub struct Router {
@@ -47,6 +58,19 @@ impl Router {
     /// event is quarantined with the reason.
     /// `now_ms` dates the event (wall clock); `sched_ms` starts its TTL (schedule clock).
     pub fn inbound(&self, topic: &str, payload: &[u8], dup: bool, now_ms: i64, sched_ms: i64) -> Inbound {
+        self.inbound_with(topic, payload, dup, now_ms, sched_ms, &Properties::default())
+    }
+
+    /// [`Router::inbound`] for a message with MQTT 5 properties.
+    pub fn inbound_with(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        dup: bool,
+        now_ms: i64,
+        sched_ms: i64,
+        props: &Properties,
+    ) -> Inbound {
         let Some((idx, route)) = self.routes.iter().enumerate().find(|(_, r)| r.topic.matches(topic)) else {
             return Inbound::Nothing;
         };
@@ -68,13 +92,13 @@ impl Router {
                 self.max_payload
             ));
         }
-        let decoded = match payload::decode(route.payload, payload) {
+        let decoded = match payload::decode(route.payload, payload, props.content_type.as_deref()) {
             Ok(d) => d,
             Err(reason) => return quarantine(reason),
         };
         let value = &decoded.value;
         let where_ = format!("route[{idx}] ({})", route.topic.as_str());
-        let event_type = match route.event.render(topic, value) {
+        let event_type = match route.event.render(topic, value, &props.user) {
             Ok(t) => t,
             Err(e) => return quarantine(format!("{where_}: event type: {e}")),
         };
@@ -82,7 +106,7 @@ impl Router {
             return quarantine(format!("{where_}: {e}"));
         }
         let device_id = match &route.device_id {
-            Some(t) => match t.render(topic, value) {
+            Some(t) => match t.render(topic, value, &props.user) {
                 Ok(d) => d,
                 Err(e) => return quarantine(format!("{where_}: device_id: {e}")),
             },
@@ -97,6 +121,11 @@ impl Router {
             _ => None,
         });
         let mut deliveries = crate::config::deliveries(&self.subscriptions, &event_type, route.ttl, sched_ms);
+        // The publisher's own expiry wins when it is sooner than the TTL.
+        if let Some(expiry) = props.expiry {
+            let by = sched_ms.saturating_add(expiry.as_millis() as i64);
+            deliveries.iter_mut().for_each(|d| d.expires_ms = d.expires_ms.min(by));
+        }
         let (id, dedupe_key, dedupe_check) = match own_id {
             Some(own) => {
                 // The payload's own id fixes the event's and its deliveries' ids: sent

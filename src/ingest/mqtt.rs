@@ -82,8 +82,14 @@ pub async fn run(
             }
             Ok(Incoming::Publish(publish)) => {
                 seq += 1;
-                let mut inbound =
-                    router.inbound(&publish.topic, &publish.payload, publish.dup, now_ms(), crate::clock::sched_ms());
+                let mut inbound = router.inbound_with(
+                    &publish.topic,
+                    &publish.payload,
+                    publish.dup,
+                    now_ms(),
+                    crate::clock::sched_ms(),
+                    &publish.props,
+                );
                 if publish.retain {
                     inbound = router.retained(&publish.topic, inbound);
                 }

@@ -42,7 +42,14 @@ impl Decoded {
     }
 }
 
-pub fn decode(format: PayloadFormat, payload: &[u8]) -> Result<Decoded, String> {
+/// Decodes `payload` as `format`; with `auto`, an MQTT 5 content type that names one of
+/// the formats decides (`application/json`, `application/msgpack` or `x-msgpack`,
+/// `application/cbor`, `text/plain`, `application/octet-stream`).
+pub fn decode(format: PayloadFormat, payload: &[u8], content_type: Option<&str>) -> Result<Decoded, String> {
+    let format = match (format, content_type.and_then(by_content_type)) {
+        (PayloadFormat::Auto, Some(named)) => named,
+        _ => format,
+    };
     match format {
         PayloadFormat::Json => json_object(payload),
         PayloadFormat::Msgpack => msgpack(payload).map(Decoded::of),
@@ -51,6 +58,18 @@ pub fn decode(format: PayloadFormat, payload: &[u8]) -> Result<Decoded, String> 
         PayloadFormat::Binary => Ok(binary(payload)),
         PayloadFormat::Auto => Ok(auto(payload)),
     }
+}
+
+fn by_content_type(content_type: &str) -> Option<PayloadFormat> {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    Some(match essence.as_str() {
+        "application/json" => PayloadFormat::Json,
+        "application/msgpack" | "application/x-msgpack" | "application/vnd.msgpack" => PayloadFormat::Msgpack,
+        "application/cbor" => PayloadFormat::Cbor,
+        "text/plain" => PayloadFormat::Text,
+        "application/octet-stream" => PayloadFormat::Binary,
+        _ => return None,
+    })
 }
 
 fn json_object(payload: &[u8]) -> Result<Decoded, String> {
@@ -209,15 +228,15 @@ mod tests {
     use serde_json::json;
 
     fn data(format: PayloadFormat, payload: &[u8]) -> Value {
-        decode(format, payload).unwrap().value
+        decode(format, payload, None).unwrap().value
     }
 
     #[test]
     fn json_stays_as_it_was() {
-        let d = decode(PayloadFormat::Json, br#"{"a":1}"#).unwrap();
+        let d = decode(PayloadFormat::Json, br#"{"a":1}"#, None).unwrap();
         assert!(d.verbatim);
         assert_eq!(d.value, json!({"a": 1}));
-        let e = decode(PayloadFormat::Json, b"42").unwrap_err();
+        let e = decode(PayloadFormat::Json, b"42", None).unwrap_err();
         assert!(e.starts_with("payload is a number; a JSON object is expected"), "{e}");
     }
 
@@ -228,7 +247,7 @@ mod tests {
         assert_eq!(data(PayloadFormat::Text, b"true"), json!({"value": true}));
         assert_eq!(data(PayloadFormat::Text, b"docking"), json!({"value": "docking"}));
         assert_eq!(data(PayloadFormat::Text, b"inf"), json!({"value": "inf"}), "no float JSON cannot hold");
-        assert!(decode(PayloadFormat::Text, &[0xff, 0xfe]).unwrap_err().contains("not UTF-8"));
+        assert!(decode(PayloadFormat::Text, &[0xff, 0xfe], None).unwrap_err().contains("not UTF-8"));
     }
 
     #[test]
@@ -243,8 +262,8 @@ mod tests {
             json!({"kind": "lidar", "level": 3, "raw": {"$base64": "AQI="}, "7": null})
         );
         assert_eq!(data(PayloadFormat::Msgpack, &[0x93, 1, 2, 3]), json!({"value": [1, 2, 3]}));
-        assert!(decode(PayloadFormat::Msgpack, &[0x92, 1]).unwrap_err().contains("not MessagePack"));
-        assert!(decode(PayloadFormat::Msgpack, &[0x01, 0x02]).unwrap_err().contains("bytes follow"));
+        assert!(decode(PayloadFormat::Msgpack, &[0x92, 1], None).unwrap_err().contains("not MessagePack"));
+        assert!(decode(PayloadFormat::Msgpack, &[0x01, 0x02], None).unwrap_err().contains("bytes follow"));
     }
 
     #[test]
@@ -258,16 +277,23 @@ mod tests {
             data(PayloadFormat::Cbor, &payload),
             json!({"a": 1700000000, "b": {"$base64": "AQI="}, "c": 18446744073709551615u64})
         );
-        assert!(decode(PayloadFormat::Cbor, &[0xa1, 0x61]).unwrap_err().contains("not CBOR"));
+        assert!(decode(PayloadFormat::Cbor, &[0xa1, 0x61], None).unwrap_err().contains("not CBOR"));
     }
 
     #[test]
     fn auto_tells_them_apart() {
-        assert!(decode(PayloadFormat::Auto, br#"{"a":1}"#).unwrap().verbatim);
+        assert!(decode(PayloadFormat::Auto, br#"{"a":1}"#, None).unwrap().verbatim);
         assert_eq!(data(PayloadFormat::Auto, b"42"), json!({"value": 42}));
         assert_eq!(data(PayloadFormat::Auto, b"docking"), json!({"value": "docking"}));
         assert_eq!(data(PayloadFormat::Auto, &[0x81, 0xa1, b'a', 0x01]), json!({"a": 1}), "msgpack");
         assert_eq!(data(PayloadFormat::Auto, &[0xa1, 0x61, b'a', 0x01]), json!({"a": 1}), "cbor");
         assert_eq!(data(PayloadFormat::Auto, &[0xff, 0x00]), json!({"base64": "/wA=", "size": 2}));
+        // An MQTT 5 content type decides over the content.
+        let named = decode(PayloadFormat::Auto, b"42", Some("text/plain; charset=utf-8")).unwrap();
+        assert_eq!(named.value, json!({"value": 42}));
+        let e = decode(PayloadFormat::Auto, b"42", Some("application/msgpack")).unwrap_err();
+        assert!(e.contains("bytes follow"), "{e}");
+        let fixed = decode(PayloadFormat::Json, br#"{"a":1}"#, Some("application/cbor")).unwrap();
+        assert!(fixed.verbatim, "a route's own format is not overridden");
     }
 }

@@ -50,6 +50,8 @@ pub struct Message {
     pub dup: bool,
     pub retain: bool,
     pub needs_ack: bool,
+    /// MQTT 5 properties; none with 3.1.1.
+    pub props: super::Properties,
     raw: Raw,
 }
 
@@ -128,6 +130,7 @@ impl Driver {
                     dup: p.dup,
                     retain: p.retain,
                     needs_ack: p.qos != QoS::AtMostOnce,
+                    props: super::Properties::default(),
                     raw: Raw::V4(p),
                 })),
                 Ok(_) => Ok(Incoming::Other),
@@ -146,6 +149,7 @@ impl Driver {
                     dup: p.dup,
                     retain: p.retain,
                     needs_ack: p.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+                    props: properties(p.properties.as_ref()),
                     raw: Raw::V5(Box::new(p)),
                 })),
                 Ok(_) => Ok(Incoming::Other),
@@ -187,5 +191,15 @@ impl Client {
             Client::V4(c) => c.try_disconnect().map_err(|e| e.to_string()),
             Client::V5(c) => c.try_disconnect().map_err(|e| e.to_string()),
         };
+    }
+}
+
+/// What ingest reads of a v5 PUBLISH's properties.
+fn properties(p: Option<&p5::PublishProperties>) -> super::Properties {
+    let Some(p) = p else { return super::Properties::default() };
+    super::Properties {
+        content_type: p.content_type.clone(),
+        expiry: p.message_expiry_interval.map(|s| std::time::Duration::from_secs(u64::from(s))),
+        user: p.user_properties.clone(),
     }
 }
