@@ -20,9 +20,20 @@ use lossyfs::{Cut, LossyFs};
 const CUTS: usize = 15;
 const N: u64 = 1200;
 
-/// SQLite's own verdict on the outbox as the cut left it, read without writing to it.
+/// SQLite's own verdict on the outbox as the cut left it, read from a copy. Never open
+/// it where it lies: this process serves that FUSE mount, and SQLite maps its `-shm`
+/// file into memory; a page fault our own FUSE threads must serve, while they wait for
+/// the address space to map or unmap their buffers, hangs the process for good (seen
+/// as `folio_wait_bit` and `__vm_munmap` in the threads' wchan).
 fn integrity(db: &Path) -> String {
-    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let copy = tempfile::tempdir().unwrap();
+    for suffix in ["", "-wal"] {
+        let from = std::path::PathBuf::from(format!("{}{suffix}", db.display()));
+        if from.exists() {
+            std::fs::copy(&from, copy.path().join(format!("outbox.db{suffix}"))).unwrap();
+        }
+    }
+    let c = rusqlite::Connection::open(copy.path().join("outbox.db")).unwrap();
     c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap()
 }
 
