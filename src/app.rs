@@ -45,6 +45,7 @@ pub struct Agent {
     live: Arc<RwLock<Live>>,
     generation: Generation,
     status: Option<JoinHandle<()>>,
+    metrics: Option<JoinHandle<()>>,
     writer: WriterThread,
     shutdown: CancellationToken,
     config: Config,
@@ -58,12 +59,15 @@ impl Agent {
         let (generation, live) = start_generation(config, &outbox, &mqtt, &liveness, &shutdown)?;
         let live = Arc::new(RwLock::new(live));
         let socket = &config.status.socket;
+        let ctx = Arc::new(Context {
+            outbox: outbox.clone(),
+            mqtt: mqtt.clone(),
+            live: live.clone(),
+            started: Instant::now(),
+        });
+        let metrics = config.metrics.listen.and_then(|addr| serve_metrics(addr, ctx.clone(), &shutdown));
         let status = match status::bind(socket, config.status.socket_mode) {
-            Ok(listener) => {
-                let ctx =
-                    Context { outbox: outbox.clone(), mqtt: mqtt.clone(), live: live.clone(), started: Instant::now() };
-                Some(tokio::spawn(status::serve(listener, Arc::new(ctx), shutdown.clone())))
-            }
+            Ok(listener) => Some(tokio::spawn(status::serve(listener, ctx, shutdown.clone()))),
             Err(e) => {
                 tracing::error!(socket = %socket.display(), error = %e,
                     "Cannot open the status socket; the agent runs, but `fleethook status` cannot reach it.");
@@ -77,7 +81,18 @@ impl Agent {
         for w in &config.warnings {
             tracing::warn!(warning = %w, "The config loads, but probably does not do what was meant (`fleethook check` says the same).");
         }
-        Ok(Agent { mqtt, outbox, liveness, live, generation, status, writer, shutdown, config: config.clone() })
+        Ok(Agent {
+            mqtt,
+            outbox,
+            liveness,
+            live,
+            generation,
+            status,
+            metrics,
+            writer,
+            shutdown,
+            config: config.clone(),
+        })
     }
 
     /// Applies new routes and subscriptions without losing queued work: the current
@@ -91,6 +106,9 @@ impl Agent {
         }
         if new.storage.path != old.storage.path || new.storage.max_bytes != old.storage.max_bytes {
             needs_restart.push("[storage]");
+        }
+        if new.metrics.listen != old.metrics.listen {
+            needs_restart.push("[metrics]");
         }
         if new.status.socket != old.status.socket {
             needs_restart.push("[status]");
@@ -124,6 +142,9 @@ impl Agent {
         self.generation.stop.cancel();
         for t in self.generation.tasks {
             let _ = t.await;
+        }
+        if let Some(metrics) = self.metrics {
+            let _ = metrics.await;
         }
         if let Some(status) = self.status {
             let _ = status.await;
@@ -228,4 +249,27 @@ pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), 
     shutdown.cancel();
     agent.wait().await;
     Ok(())
+}
+
+/// Serves `/metrics` on `addr` (`[metrics] listen`), or says why it cannot.
+fn serve_metrics(
+    addr: std::net::SocketAddr,
+    ctx: Arc<Context>,
+    shutdown: &CancellationToken,
+) -> Option<JoinHandle<()>> {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(tokio::net::TcpListener::from_std);
+    match listener {
+        Ok(listener) => {
+            let bound = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(listen = %bound, "Serving metrics at /metrics.");
+            Some(tokio::spawn(status::metrics::serve(listener, ctx, shutdown.clone())))
+        }
+        Err(e) => {
+            tracing::error!(listen = %addr, error = %e,
+                "Cannot serve metrics; the agent runs, but nothing can scrape it (`fleethook metrics` still works).");
+            None
+        }
+    }
 }

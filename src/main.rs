@@ -74,6 +74,12 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
+    /// The status as Prometheus text, for node_exporter's textfile collector (the same
+    /// as `[metrics] listen` serves at /metrics).
+    Metrics {
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// Pending and failed deliveries.
     Queue {
         /// Only this subscription's deliveries.
@@ -320,6 +326,7 @@ fn top(socket: PathBuf, once: bool, interval: Duration) -> anyhow::Result<ExitCo
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match &cli.command {
         Command::Status { talk } => ask(&cli, talk, Request::Status, render::status),
+        Command::Metrics { talk } => ask(&cli, talk, Request::Metrics, |v| v.as_str().unwrap_or_default().to_string()),
         Command::Queue { subscription, state, limit, talk } => {
             let r = Request::Queue { subscription: subscription.clone(), state: state.clone(), limit: Some(*limit) };
             ask(&cli, talk, r, render::queue)

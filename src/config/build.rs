@@ -145,6 +145,12 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
             Duration::from_secs(60),
         ),
     };
+    let metrics = MetricsConfig {
+        listen: raw.metrics.listen.as_ref().and_then(|l| {
+            let parsed = l.parse().map_err(|_| format!("`{l}` is not an address and port like \"127.0.0.1:9464\""));
+            issues.take(root.key("metrics").key("listen"), parsed)
+        }),
+    };
     let delivery = build_delivery(&raw.delivery, root.key("delivery"), issues);
     let routes =
         raw.routes.iter().enumerate().filter_map(|(i, r)| build_route(r, root.key("route").index(i), issues)).collect();
@@ -156,6 +162,7 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
         storage,
         status,
         heartbeat,
+        metrics,
         delivery,
         routes,
         subscriptions,

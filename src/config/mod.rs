@@ -34,6 +34,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub status: StatusConfig,
     pub heartbeat: HeartbeatConfig,
+    pub metrics: MetricsConfig,
     pub delivery: DeliveryConfig,
     #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -115,6 +116,12 @@ impl StorageConfig {
             write_behind: Duration::from_millis(100),
         }
     }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MetricsConfig {
+    /// Where `/metrics` is served; off when absent.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -16,6 +16,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub heartbeat: RawHeartbeat,
     #[serde(default)]
+    pub metrics: RawMetrics,
+    #[serde(default)]
     pub delivery: RawDelivery,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
@@ -52,6 +54,12 @@ pub struct RawStorage {
 pub struct RawStatus {
     pub socket: Option<String>,
     pub socket_mode: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -94,6 +94,7 @@ impl Context {
     pub async fn handle(&self, request: Request) -> Result<Value, ErrorBody> {
         match request {
             Request::Status => self.status().await,
+            Request::Metrics => Ok(Value::String(super::metrics::render(&self.status().await?))),
             Request::Queue { subscription, state, limit } => {
                 super::one_of("state", state.as_deref(), super::QUEUE_STATES)
                     .map_err(|e| ErrorBody::new("bad_request", e))?;

@@ -17,6 +17,7 @@
 
 pub mod client;
 mod handlers;
+pub mod metrics;
 mod quarantine;
 pub mod render;
 mod server;
@@ -48,6 +49,8 @@ pub fn one_of(what: &str, value: Option<&str>, valid: &[&str]) -> Result<(), Str
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// The status as Prometheus text (what `/metrics` serves).
+    Metrics,
     Queue {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         subscription: Option<String>,
@@ -128,6 +131,7 @@ impl Request {
         !matches!(
             self,
             Request::Status
+                | Request::Metrics
                 | Request::Queue { .. }
                 | Request::Log { .. }
                 | Request::Show { .. }
