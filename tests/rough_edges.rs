@@ -121,9 +121,21 @@ fn help_describes_every_argument_and_offers_only_flags_that_mean_something() {
         let out = Command::new(env!("CARGO_BIN_EXE_fleethook")).args([cmd, "--help"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    for cmd in
-        ["queue", "log", "show", "retry", "replay", "pause", "resume", "test", "emit", "top", "status", "quarantine"]
-    {
+    for cmd in [
+        "queue",
+        "log",
+        "show",
+        "retry",
+        "replay",
+        "pause",
+        "resume",
+        "test",
+        "emit",
+        "top",
+        "status",
+        "quarantine",
+        "metrics",
+    ] {
         let h = help(cmd);
         for line in h.lines().map(str::trim).filter(|l| l.starts_with("--") || l.starts_with('<') || l.starts_with('['))
         {
