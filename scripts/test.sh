@@ -4,7 +4,7 @@
 # unit; util-linux's setpriv, to test the socket's permission check; fuse3, whose mount
 # helper backs the power-cut tests' filesystem; faketime, whose libfaketime lies to the
 # agent about the wall clock in the clock tests; prometheus, whose promtool checks the
-# metrics text), PyPI's msgpack and cbor2 (encoders for
+# metrics text; tinyproxy, a real proxy for the proxy tests), PyPI's msgpack and cbor2 (encoders for
 # the payload tests), then `cargo test`. Run it as root: a few
 # tests mount a small tmpfs or a FUSE filesystem (/dev/fuse) and bind journald's socket.
 set -euo pipefail
@@ -18,6 +18,7 @@ command -v setpriv >/dev/null 2>&1 || PKGS+=(util-linux)
 command -v fusermount3 >/dev/null 2>&1 || PKGS+=(fuse3)
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || PKGS+=(faketime)
 command -v promtool >/dev/null 2>&1 || PKGS+=(prometheus)
+command -v tinyproxy >/dev/null 2>&1 || PKGS+=(tinyproxy)
 if [ ${#PKGS[@]} -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi

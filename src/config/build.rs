@@ -154,7 +154,13 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
     let delivery = build_delivery(&raw.delivery, root.key("delivery"), issues);
     let routes =
         raw.routes.iter().enumerate().filter_map(|(i, r)| build_route(r, root.key("route").index(i), issues)).collect();
-    let subscriptions = build_subscriptions(raw.subscriptions, &root, issues);
+    let mut subscriptions = build_subscriptions(raw.subscriptions, &root, issues);
+    for sub in &mut subscriptions {
+        if sub.proxy.is_none() {
+            sub.proxy = delivery.proxy.clone();
+        }
+        sub.no_proxy = delivery.no_proxy.clone();
+    }
     Config {
         source: source.to_path_buf(),
         device_id,
@@ -253,6 +259,24 @@ fn build_delivery(raw: &super::raw::RawDelivery, dp: KeyPath, issues: &mut Issue
             duration_in(range::SHUTDOWN_GRACE),
             Duration::from_secs(10),
         ),
+        proxy: raw.proxy.as_ref().and_then(|p| issues.take(dp.key("proxy"), parse_proxy(p))),
+        no_proxy: raw.no_proxy.clone(),
+    }
+}
+
+/// `"none"`, or a proxy URL: http://, https://, socks5:// or socks5h://.
+fn parse_proxy(p: &str) -> Result<Proxy, String> {
+    if p == "none" {
+        return Ok(Proxy::Direct);
+    }
+    let url = reqwest::Url::parse(p)
+        .map_err(|e| format!("`{p}` is not a URL ({e}); use e.g. \"http://proxy:3128\" or \"none\""))?;
+    match url.scheme() {
+        "http" | "https" | "socks5" | "socks5h" if url.host_str().is_some() => Ok(Proxy::Via(FullUrl(url))),
+        _ => Err(format!(
+            "`{}` is not an http://, https://, socks5:// or socks5h:// proxy with a host (or \"none\")",
+            without_credentials(&url)
+        )),
     }
 }
 
@@ -497,6 +521,8 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         enabled: s.enabled.unwrap_or(true),
         routing_key,
         api_key,
+        proxy: s.proxy.as_ref().and_then(|x| issues.take(p.key("proxy"), parse_proxy(x))),
+        no_proxy: None,
         name: s.name,
     })
 }

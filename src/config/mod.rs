@@ -147,6 +147,30 @@ pub struct DeliveryConfig {
     /// How long SIGTERM waits for in-flight requests before abandoning them.
     #[serde(serialize_with = "ser_duration")]
     pub shutdown_grace: Duration,
+    /// Every subscription's proxy unless it names its own.
+    #[serde(serialize_with = "ser_proxy", skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Proxy>,
+    /// Hosts reached without the proxy (`localhost,10.0.0.0/8,.internal`).
+    pub no_proxy: Option<String>,
+}
+
+/// A `proxy` setting. Without one, reqwest's reading of `HTTPS_PROXY`, `HTTP_PROXY`,
+/// `ALL_PROXY` and `NO_PROXY` applies; with one, the environment is ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Proxy {
+    /// `"none"`: straight to the endpoint, whatever the environment says.
+    Direct,
+    /// Through this proxy (http, https, socks5 or socks5h); credentials in the URL are
+    /// hidden from `Debug` and left out of `check`'s print.
+    Via(FullUrl),
+}
+
+fn ser_proxy<S: Serializer>(proxy: &Option<Proxy>, s: S) -> Result<S::Ok, S::Error> {
+    match proxy {
+        None => s.serialize_none(),
+        Some(Proxy::Direct) => s.serialize_str("none"),
+        Some(Proxy::Via(url)) => s.serialize_str(&build::without_credentials(&url.0)),
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -284,6 +308,12 @@ pub struct Subscription {
     pub enabled: bool,
     pub routing_key: Option<Secret>,
     pub api_key: Option<Secret>,
+    /// Its own `proxy`, else `[delivery] proxy`.
+    #[serde(serialize_with = "ser_proxy", skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Proxy>,
+    /// `[delivery] no_proxy`, for its HTTP client.
+    #[serde(skip)]
+    pub no_proxy: Option<String>,
 }
 
 impl Subscription {

@@ -74,6 +74,8 @@ pub struct RawDelivery {
     pub max_in_flight: Option<u64>,
     pub offline_probe_max: Option<String>,
     pub shutdown_grace: Option<String>,
+    pub proxy: Option<String>,
+    pub no_proxy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -136,4 +138,5 @@ pub struct RawSubscription {
     pub enabled: Option<bool>,
     pub routing_key: Option<String>,
     pub api_key: Option<String>,
+    pub proxy: Option<String>,
 }

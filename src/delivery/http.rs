@@ -41,6 +41,16 @@ pub fn client(sub: &Subscription) -> Result<reqwest::Client, ClientError> {
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true);
+    match &sub.proxy {
+        None => {}
+        Some(crate::config::Proxy::Direct) => b = b.no_proxy(),
+        Some(crate::config::Proxy::Via(url)) => {
+            let proxy = reqwest::Proxy::all(url.0.clone())?
+                .no_proxy(sub.no_proxy.as_deref().and_then(reqwest::NoProxy::from_string));
+            // Ours replaces whatever the environment names.
+            b = b.no_proxy().proxy(proxy);
+        }
+    }
     if let Some(path) = &sub.ca_file {
         let shown = path.display().to_string();
         let pem = std::fs::read(path).map_err(|source| ClientError::CaFile { path: shown.clone(), source })?;
