@@ -272,3 +272,28 @@ headers = {{ X-Team = "robots" }}
     assert_eq!(r.header("webhook-signature").unwrap().split(' ').count(), 2);
     assert_eq!(r.header("X-Team"), Some("robots"));
 }
+
+/// An endpoint whose certificate the agent cannot trust: the audit log says what is
+/// wrong and what to do, in words, not only rustls's `UnknownIssuer`.
+#[test]
+fn an_untrusted_certificate_is_explained() {
+    let broker = Mosquitto::start();
+    let (tls, _ca) = Endpoint::start_tls(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port) + &subscription("ops", &tls.https_url(), "");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    publish(broker.port, &[mission("agv-1", 0, "completed")]);
+    let mut error = String::new();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            let log = agent.cli_json(&["log"]);
+            error = log[0]["error"].as_str().unwrap_or_default().to_string();
+            !error.is_empty()
+        }),
+        "no attempt was logged"
+    );
+    assert!(error.starts_with("TLS: the endpoint's certificate is not signed by a CA this agent trusts"), "{error}");
+    assert!(error.contains("ca_file") && error.contains("UnknownIssuer"), "{error}");
+    assert_eq!(tls.count(), 0);
+}

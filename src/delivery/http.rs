@@ -210,11 +210,52 @@ fn error_text(e: &reqwest::Error) -> String {
     }
     layers.dedup();
     let root = layers.pop().unwrap_or_default();
-    if layers.is_empty() {
-        return root;
+    let text = if layers.is_empty() {
+        root
+    } else {
+        layers.reverse();
+        format!("{root} ({})", layers.join(": "))
+    };
+    match tls_advice(&text) {
+        Some(advice) => format!("{advice} [{text}]"),
+        None => text,
     }
-    layers.reverse();
-    format!("{root} ({})", layers.join(": "))
+}
+
+/// rustls names certificate problems in its own terms (`UnknownIssuer`,
+/// `CaUsedAsEndEntity`); an operator needs what is wrong and what to do.
+fn tls_advice(text: &str) -> Option<&'static str> {
+    const ADVICE: [(&str, &str); 6] = [
+        (
+            "CaUsedAsEndEntity",
+            "TLS: the endpoint presents a CA certificate as its own (what `openssl req -x509` makes by default); \
+             give the endpoint a certificate signed by that CA, and put the CA in the subscription's ca_file",
+        ),
+        (
+            "UnknownIssuer",
+            "TLS: the endpoint's certificate is not signed by a CA this agent trusts; put that CA's PEM in the \
+             subscription's ca_file",
+        ),
+        (
+            "BadSignature",
+            "TLS: the endpoint's certificate does not verify against the subscription's ca_file; ca_file must \
+             hold the CA that signed it",
+        ),
+        (
+            "NotValidForName",
+            "TLS: the endpoint's certificate is not valid for the URL's host name; use the name it was issued \
+             for, or reissue it",
+        ),
+        (
+            "Expired",
+            "TLS: the endpoint's certificate has expired, or the robot's clock is wrong (see `fleethook status`)",
+        ),
+        (
+            "NotValidYet",
+            "TLS: the endpoint's certificate is not valid yet, or the robot's clock is wrong (see `fleethook status`)",
+        ),
+    ];
+    ADVICE.iter().find(|(marker, _)| text.contains(marker)).map(|(_, advice)| *advice)
 }
 
 /// reqwest's "error sending request for url (…)" without the URL.
@@ -236,5 +277,14 @@ mod tests {
         assert_eq!(super::without_url("error sending request for url (http://x/a?b=(c))"), "error sending request");
         assert_eq!(super::without_url("error sending request for url (http://x/a)"), "error sending request");
         assert_eq!(super::without_url("builder error"), "builder error");
+    }
+
+    #[test]
+    fn certificate_problems_say_what_to_do() {
+        let said = |t: &str| super::tls_advice(t).unwrap_or_default();
+        assert!(said("invalid peer certificate: UnknownIssuer").contains("ca_file"));
+        assert!(said("invalid peer certificate: CaUsedAsEndEntity").contains("openssl req -x509"));
+        assert!(said("invalid peer certificate: Expired").contains("clock"));
+        assert_eq!(super::tls_advice("Connection refused (os error 111)"), None);
     }
 }
