@@ -297,3 +297,27 @@ fn an_untrusted_certificate_is_explained() {
     assert!(error.contains("ca_file") && error.contains("UnknownIssuer"), "{error}");
     assert_eq!(tls.count(), 0);
 }
+
+/// `auth = { bearer_file = … }`: the token goes as `Authorization: Bearer …` on every
+/// request, and `check` prints the file, never the token.
+#[test]
+fn a_bearer_token_from_a_file_is_sent_and_never_printed() {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("ops.token");
+    std::fs::write(&token, "tok-8e1f2a\n").unwrap();
+    let auth = format!("auth = {{ bearer_file = \"{}\" }}", token.display());
+    let config = base_config(broker.port) + &subscription("ops", &ep.url(), &auth);
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    publish(broker.port, &[mission("agv-1", 0, "completed"), mission("agv-1", 1, "completed")]);
+    for r in ep.wait_for(2, LONG) {
+        assert_eq!(r.header("authorization"), Some("Bearer tok-8e1f2a"));
+        verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
+    }
+    let printed = agent.cli(&["check"]);
+    let text = String::from_utf8_lossy(&printed.stdout);
+    assert!(!text.contains("tok-8e1f2a") && !agent.log().contains("tok-8e1f2a"), "the token leaked:\n{text}");
+    assert!(text.contains(&format!("bearer_file = \"{}\"", token.display())), "{text}");
+}

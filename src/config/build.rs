@@ -450,6 +450,13 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         issues.push(p.key("header_prefix"), format!("`{header_prefix}` cannot start a header name"));
     }
     let headers = subscription_headers(s.headers.clone().unwrap_or_default(), &p, issues);
+    let bearer = s.auth.as_ref().and_then(|a| {
+        let key = p.key("auth").key("bearer_file");
+        issues.take(key, secret::load(SecretSource::File, &a.bearer_file))
+    });
+    if bearer.is_some() && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
+        issues.push(p.key("auth"), "auth and an Authorization header both say how to authenticate; keep one");
+    }
     let ordering = opt(
         issues,
         p.key("ordering"),
@@ -523,6 +530,7 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         api_key,
         proxy: s.proxy.as_ref().and_then(|x| issues.take(p.key("proxy"), parse_proxy(x))),
         no_proxy: None,
+        bearer,
         name: s.name,
     })
 }

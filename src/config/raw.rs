@@ -139,4 +139,11 @@ pub struct RawSubscription {
     pub routing_key: Option<String>,
     pub api_key: Option<String>,
     pub proxy: Option<String>,
+    pub auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    pub bearer_file: String,
 }

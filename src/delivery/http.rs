@@ -112,6 +112,9 @@ pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime) -> Prepared {
     for (name, value) in &sub.headers {
         put(&mut headers, name, value.expose());
     }
+    if let Some(token) = &sub.bearer {
+        put(&mut headers, "Authorization", &format!("Bearer {}", token.expose()));
+    }
     for (name, value) in &rendered.headers {
         put(&mut headers, name, value);
     }
