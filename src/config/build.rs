@@ -452,7 +452,13 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
     let headers = subscription_headers(s.headers.clone().unwrap_or_default(), &p, issues);
     let bearer = s.auth.as_ref().and_then(|a| {
         let key = p.key("auth").key("bearer_file");
-        issues.take(key, secret::load(SecretSource::File, &a.bearer_file))
+        let token = secret::load(SecretSource::File, &a.bearer_file).and_then(|t| {
+            match http::HeaderValue::from_str(&format!("Bearer {}", t.expose())) {
+                Ok(_) => Ok(t),
+                Err(_) => Err(format!("{}: the token must be one line of printable text", a.bearer_file)),
+            }
+        });
+        issues.take(key, token)
     });
     if bearer.is_some() && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
         issues.push(p.key("auth"), "auth and an Authorization header both say how to authenticate; keep one");
