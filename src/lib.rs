@@ -20,6 +20,7 @@
 //! | [`event`] | ids (UUIDv7), event-type patterns, the envelope body |
 //! | [`clock`] | the schedule clock (boottime, re-based across restarts), the wall clock's quality |
 //! | [`sign`] | signing and verifying, every scheme |
+//! | [`http_server`] | the HTTP/1 accept loop that `/metrics` and `fleethook receive` share |
 //! | [`receive`] | the verifying local endpoint of `fleethook receive` |
 //! | [`demo`] | `fleethook demo`: the whole pipeline on one machine |
 //!
@@ -34,6 +35,7 @@ pub mod event;
 pub mod format;
 pub mod health;
 pub mod heartbeat;
+pub mod http_server;
 pub mod ingest;
 pub mod live;
 pub mod logging;

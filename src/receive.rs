@@ -8,9 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -175,33 +173,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let opts = Arc::new(opts);
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let opts = opts.clone();
-        let tx = tx.clone();
-        let stop = shutdown.clone();
-        conns.spawn(async move {
-            let service = service_fn(move |req| handle(req, opts.clone(), tx.clone()));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
-    // Dropping the connections closes them: the receiver is gone, as in a real outage.
-    conns.abort_all();
+    crate::http_server::serve(listener, move |req| handle(req, opts.clone(), tx.clone()), shutdown).await
 }
 
 #[cfg(test)]

@@ -4,13 +4,10 @@
 //! twice or kept in memory for it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -121,33 +118,7 @@ pub fn render(status: &Value) -> String {
 
 /// Serves GET /metrics until `shutdown`.
 pub async fn serve(listener: TcpListener, ctx: Arc<Context>, shutdown: CancellationToken) {
-    let mut conns = tokio::task::JoinSet::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::debug!(error = %e, "The metrics listener could not accept a connection.");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let ctx = ctx.clone();
-        let stop = shutdown.clone();
-        conns.spawn(async move {
-            let service = service_fn(move |req| answer(req, ctx.clone()));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.cancelled() => {}
-            }
-        });
-        // Finished connections leave the set as new ones come.
-        while conns.try_join_next().is_some() {}
-    }
-    conns.abort_all();
+    crate::http_server::serve(listener, move |req| answer(req, ctx.clone()), shutdown).await
 }
 
 async fn answer(req: Request<Incoming>, ctx: Arc<Context>) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
