@@ -220,27 +220,22 @@ enum QuarantineAction {
     },
     /// Route messages again with the running config; those that now make an event are
     /// queued and leave the quarantine, the others stay with their new reason.
-    Release {
-        /// Their numbers.
-        #[arg(value_name = "N", required_unless_present = "all", conflicts_with = "all")]
-        seqs: Vec<i64>,
-        /// Every quarantined message.
-        #[arg(long)]
-        all: bool,
-        #[command(flatten)]
-        talk: Talk,
-    },
+    Release(Chosen),
     /// Delete quarantined messages: they are gone for good.
-    Purge {
-        /// Their numbers.
-        #[arg(value_name = "N", required_unless_present = "all", conflicts_with = "all")]
-        seqs: Vec<i64>,
-        /// Every quarantined message.
-        #[arg(long)]
-        all: bool,
-        #[command(flatten)]
-        talk: Talk,
-    },
+    Purge(Chosen),
+}
+
+/// The quarantined messages a `release` or `purge` takes.
+#[derive(Args)]
+struct Chosen {
+    /// Their numbers.
+    #[arg(value_name = "N", required_unless_present = "all", conflicts_with = "all")]
+    seqs: Vec<i64>,
+    /// Every quarantined message.
+    #[arg(long)]
+    all: bool,
+    #[command(flatten)]
+    talk: Talk,
 }
 
 fn main() -> ExitCode {
@@ -365,10 +360,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Some(QuarantineAction::Show { seq, talk }) => {
                 ask(&cli, talk, Request::QuarantineShow { seq: *seq }, render::quarantined)
             }
-            Some(QuarantineAction::Release { seqs, all, talk }) => {
+            Some(QuarantineAction::Release(Chosen { seqs, all, talk })) => {
                 ask(&cli, talk, Request::QuarantineRelease { seqs: seqs.clone(), all: *all }, render::released)
             }
-            Some(QuarantineAction::Purge { seqs, all, talk }) => {
+            Some(QuarantineAction::Purge(Chosen { seqs, all, talk })) => {
                 let r = Request::QuarantinePurge { seqs: seqs.clone(), all: *all };
                 ask(&cli, talk, r, |v| format!("{} quarantined message(s) deleted\n", v["purged"]))
             }

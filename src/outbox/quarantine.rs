@@ -94,8 +94,7 @@ impl Store {
     /// its row, in the caller's transaction. `None` if the row is gone (purged, trimmed,
     /// or released by another request meanwhile): nothing is stored then.
     pub fn release(&mut self, seq: i64, event: &NewEvent, now_ms: i64) -> rusqlite::Result<Option<Stored>> {
-        let deleted = self.conn().prepare_cached("DELETE FROM quarantine WHERE seq = ?1")?.execute([seq])?;
-        if deleted == 0 {
+        if self.purge_quarantine(Some(&[seq]))? == 0 {
             return Ok(None);
         }
         self.insert(&Inbound::Event(event.clone()), now_ms).map(Some)

@@ -98,7 +98,15 @@ struct Pending {
     writes: Vec<Write>,
     /// When the first of `writes` came.
     since: Option<Instant>,
-    until: Option<Instant>,
+}
+
+impl Pending {
+    /// Until when the held writes may wait for a commit to share: results nobody waits
+    /// on a few milliseconds, offline probes' as long as unhurried ingest.
+    fn until(&self) -> Option<Instant> {
+        let linger = if self.writes.iter().all(Write::unhurried) { UNHURRIED_LINGER } else { RECORD_LINGER };
+        self.since.map(|since| since + linger)
+    }
 }
 
 /// Work that rides along with commits: expiry sweeps, audit trimming, housekeeping.
@@ -263,7 +271,7 @@ impl Writer {
             for (loss, say) in self.losses.quiet(Instant::now()) {
                 losses::log(loss, say, self.budget.max_bytes);
             }
-            if self.pending.until.is_none() && self.admission.is_empty() {
+            if self.pending.since.is_none() && self.admission.is_empty() {
                 let sweeps = self.store.sweeps_due(sched_ms());
                 if !sweeps.is_empty() {
                     sweeps.into_iter().for_each(|s| self.upkeep.sweep_later(s));
@@ -314,7 +322,7 @@ impl Writer {
         } else {
             Duration::ZERO
         };
-        if let Some(until) = self.pending.until {
+        if let Some(until) = self.pending.until() {
             wait = wait.min(until.saturating_duration_since(now));
         }
         if let Some(at) = self.fast.flush_at() {
@@ -393,10 +401,7 @@ impl Writer {
         if self.pending.writes.is_empty() {
             return false;
         }
-        let since = *self.pending.since.get_or_insert_with(Instant::now);
-        let linger = if self.pending.writes.iter().all(Write::unhurried) { UNHURRIED_LINGER } else { RECORD_LINGER };
-        let until = since + linger;
-        self.pending.until = Some(until);
+        let Some(until) = self.pending.until() else { return false };
         let weight: usize = self.pending.writes.iter().map(Write::weight).sum();
         self.pending.writes.iter().all(Write::may_wait)
             && Instant::now() < until
@@ -410,7 +415,6 @@ impl Writer {
     /// [`GIVE_UP_AFTER`] tries.
     fn commit_pending(&mut self, mut take: usize) -> Turn {
         let writes = std::mem::take(&mut self.pending.writes);
-        self.pending.until = None;
         self.pending.since = None;
         let mut backoff = Duration::from_millis(100);
         let mut failures = 0;
