@@ -14,6 +14,7 @@ use crate::health::Liveness;
 use crate::heartbeat::{self, Heartbeat};
 use crate::ingest::Router;
 use crate::ingest::mqtt;
+use crate::ingest::ros::RosTypes;
 use crate::live::{Live, MqttView, new_mqtt_view};
 use crate::outbox::{Outbox, OutboxError, WriterThread};
 use crate::status::{self, Context};
@@ -49,6 +50,8 @@ pub struct Agent {
     writer: WriterThread,
     shutdown: CancellationToken,
     config: Config,
+    /// The ROS message types ingest has learnt; kept across reloads.
+    ros_types: RosTypes,
 }
 
 impl Agent {
@@ -56,7 +59,9 @@ impl Agent {
         let liveness = Liveness::new();
         let (outbox, writer) = WriterThread::start(&config.storage, liveness.writer())?;
         let mqtt = new_mqtt_view();
-        let (generation, live) = start_generation(config, &outbox, &mqtt, &liveness, &shutdown)?;
+        let ros_types = RosTypes::new(config.ros.msg_path.clone());
+        let parts = Parts { outbox: &outbox, mqtt: &mqtt, liveness: &liveness, ros_types: &ros_types };
+        let (generation, live) = start_generation(config, parts, &shutdown)?;
         let live = Arc::new(RwLock::new(live));
         let socket = &config.status.socket;
         let ctx = Arc::new(Context {
@@ -64,6 +69,7 @@ impl Agent {
             mqtt: mqtt.clone(),
             live: live.clone(),
             started: Instant::now(),
+            ros_types: ros_types.clone(),
         });
         let metrics = config.metrics.listen.and_then(|addr| serve_metrics(addr, ctx.clone(), &shutdown));
         let status = match status::bind(socket, config.status.socket_mode) {
@@ -92,6 +98,7 @@ impl Agent {
             writer,
             shutdown,
             config: config.clone(),
+            ros_types,
         })
     }
 
@@ -113,6 +120,9 @@ impl Agent {
         if new.status.socket != old.status.socket {
             needs_restart.push("[status]");
         }
+        if new.ros.msg_path != old.ros.msg_path {
+            needs_restart.push("[ros] msg_path");
+        }
         // Build the new dispatcher first: a bad CA file refuses the reload, the old stays.
         Dispatcher::new(&new, self.outbox.clone(), self.liveness.delivery())?;
         self.generation.stop.cancel();
@@ -122,7 +132,9 @@ impl Agent {
         if let Ok(mut m) = self.mqtt.lock() {
             m.subscribed = false;
         }
-        let (generation, live) = start_generation(&new, &self.outbox, &self.mqtt, &self.liveness, &self.shutdown)?;
+        let parts =
+            Parts { outbox: &self.outbox, mqtt: &self.mqtt, liveness: &self.liveness, ros_types: &self.ros_types };
+        let (generation, live) = start_generation(&new, parts, &self.shutdown)?;
         self.generation = generation;
         if let Ok(mut l) = self.live.write() {
             *l = live;
@@ -166,12 +178,18 @@ impl Agent {
     }
 }
 
+/// What every generation shares with the agent.
+struct Parts<'a> {
+    outbox: &'a Outbox,
+    mqtt: &'a MqttView,
+    liveness: &'a Arc<Liveness>,
+    ros_types: &'a RosTypes,
+}
+
 /// Starts ingest, the dispatcher and the heartbeat for one configuration.
 fn start_generation(
     config: &Config,
-    outbox: &Outbox,
-    mqtt: &MqttView,
-    liveness: &Arc<Liveness>,
+    Parts { outbox, mqtt, liveness, ros_types }: Parts<'_>,
     shutdown: &CancellationToken,
 ) -> Result<(Generation, Live), AppError> {
     let stop = shutdown.child_token();
@@ -186,7 +204,7 @@ fn start_generation(
     };
     let endpoints = dispatcher.views();
     let control = dispatcher.handle();
-    let router = Router::new(config);
+    let router = Router::new(config).with_ros_types(ros_types.clone());
     let mut tasks = vec![
         tokio::spawn(mqtt::run(
             config.mqtt.clone(),

@@ -1,7 +1,8 @@
 //! What the ROS bridges really publish (issue #17): MessagePack (groove-x mqtt_bridge's
 //! default), CBOR, plain primitives (ika mqtt_client), bytes, and a mix told apart by
 //! content. The payloads come from encoders nobody here wrote: PyPI's `msgpack` and
-//! `cbor2` (scripts/test.sh installs them). Real mosquitto, the real binary.
+//! `cbor2` (scripts/test.sh installs them); MQTT 5 properties come from mosquitto_pub.
+//! Real mosquitto, the real binary.
 
 mod common;
 
@@ -155,34 +156,28 @@ fn an_unknown_payload_format_is_refused_with_its_line() {
 /// One MQTT 5 message: topic, payload, content type, expiry in seconds, user properties.
 type V5Message = (&'static str, Vec<u8>, Option<&'static str>, Option<u32>, Vec<(&'static str, &'static str)>);
 
-/// Publishes QoS 1 MQTT 5 messages with properties and waits for every PUBACK.
+/// Publishes QoS 1 MQTT 5 messages with properties through mosquitto_pub (libmosquitto's
+/// MQTT 5 encoder, not the rumqttc the agent uses), each acked before it returns.
 fn publish_v5(port: u16, messages: Vec<V5Message>) {
-    use rumqttc::v5::mqttbytes::QoS;
-    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let opts = rumqttc::v5::MqttOptions::new(format!("test-pub5-{}", free_port()), "127.0.0.1", port);
-        let (client, mut events) = rumqttc::v5::AsyncClient::new(opts, messages.len() + 10);
-        let n = messages.len();
-        for (topic, payload, content_type, expiry, user) in messages {
-            let props = PublishProperties {
-                content_type: content_type.map(str::to_string),
-                message_expiry_interval: expiry,
-                user_properties: user.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                ..Default::default()
-            };
-            client.publish_with_properties(topic, QoS::AtLeastOnce, false, payload, props).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (n, (topic, payload, content_type, expiry, user)) in messages.into_iter().enumerate() {
+        let file = dir.path().join(format!("payload-{n}"));
+        std::fs::write(&file, payload).unwrap();
+        let mut cmd = Command::new("mosquitto_pub");
+        cmd.args(["-V", "mqttv5", "-q", "1", "-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic]);
+        cmd.arg("-f").arg(&file);
+        if let Some(ct) = content_type {
+            cmd.args(["-D", "publish", "content-type", ct]);
         }
-        let mut acked = 0;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while acked < n {
-            let ev = tokio::time::timeout_at(deadline, events.poll()).await.expect("broker acked in time").unwrap();
-            if let rumqttc::v5::Event::Incoming(Packet::PubAck(_)) = ev {
-                acked += 1;
-            }
+        if let Some(s) = expiry {
+            cmd.args(["-D", "publish", "message-expiry-interval", &s.to_string()]);
         }
-        let _ = client.disconnect().await;
-    });
+        for (k, v) in user {
+            cmd.args(["-D", "publish", "user-property", k, v]);
+        }
+        let out = cmd.output().expect("mosquitto_pub");
+        assert!(out.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
 
 /// With `[mqtt] version = 5`: user properties fill templates, the content type decides

@@ -151,6 +151,19 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
             issues.take(root.key("metrics").key("listen"), parsed)
         }),
     };
+    let ros = RosConfig {
+        msg_path: match &raw.ros.msg_path {
+            Some(dirs) => dirs.iter().map(PathBuf::from).collect(),
+            None => crate::ingest::ros::default_msg_path(),
+        },
+        type_wait: opt(
+            issues,
+            root.key("ros").key("type_wait"),
+            raw.ros.type_wait.as_ref(),
+            duration_in(range::TYPE_WAIT),
+            Duration::from_secs(10),
+        ),
+    };
     let delivery = build_delivery(&raw.delivery, root.key("delivery"), issues);
     let routes =
         raw.routes.iter().enumerate().filter_map(|(i, r)| build_route(r, root.key("route").index(i), issues)).collect();
@@ -169,6 +182,7 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
         status,
         heartbeat,
         metrics,
+        ros,
         delivery,
         routes,
         subscriptions,

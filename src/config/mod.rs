@@ -35,6 +35,7 @@ pub struct Config {
     pub status: StatusConfig,
     pub heartbeat: HeartbeatConfig,
     pub metrics: MetricsConfig,
+    pub ros: RosConfig,
     pub delivery: DeliveryConfig,
     #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
@@ -122,6 +123,17 @@ impl StorageConfig {
 pub struct MetricsConfig {
     /// Where `/metrics` is served; off when absent.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[ros]`: what `payload = "ros"` routes need beside the bridge's type topics.
+#[derive(Clone, Debug, Serialize)]
+pub struct RosConfig {
+    /// Where ROS 2 `.msg` files are found, as `<dir>/<pkg>/msg/<Type>.msg` (ROS 2
+    /// bridges announce a type's name only). By default every `/opt/ros/*/share`.
+    pub msg_path: Vec<PathBuf>,
+    /// How long a message waits, unacked, for its topic's type before it is quarantined.
+    #[serde(serialize_with = "ser_duration")]
+    pub type_wait: Duration,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -212,6 +224,8 @@ pub enum PayloadFormat {
     Text,
     Binary,
     Auto,
+    /// ika mqtt_client's serialized ROS 1 or ROS 2 messages (`ingest::ros`).
+    Ros,
 }
 
 impl PayloadFormat {
@@ -223,7 +237,8 @@ impl PayloadFormat {
             "text" => PayloadFormat::Text,
             "binary" => PayloadFormat::Binary,
             "auto" => PayloadFormat::Auto,
-            o => return Err(format!("`{o}` is not json, msgpack, cbor, text, binary or auto")),
+            "ros" => PayloadFormat::Ros,
+            o => return Err(format!("`{o}` is not json, msgpack, cbor, text, binary, auto or ros")),
         })
     }
 }

@@ -27,6 +27,8 @@ pub const MAX_BYTES: (u64, u64) = (64 << 10, 1 << 40);
 pub const AUDIT_ROWS: (u64, u64) = (1, 1_000_000);
 /// `[storage] write_behind`: the broker holds that long's messages unacked.
 pub const WRITE_BEHIND: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(10));
+/// `[ros] type_wait`: the broker holds that long's messages unacked.
+pub const TYPE_WAIT: (Duration, Duration) = (Duration::ZERO, MINUTE);
 /// `[mqtt] keep_alive`: MQTT carries it in whole seconds, in 16 bits.
 pub const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(65_535));
 /// `[mqtt] max_payload`.

@@ -18,6 +18,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub metrics: RawMetrics,
     #[serde(default)]
+    pub ros: RawRos,
+    #[serde(default)]
     pub delivery: RawDelivery,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
@@ -60,6 +62,13 @@ pub struct RawStatus {
 #[serde(deny_unknown_fields)]
 pub struct RawMetrics {
     pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRos {
+    pub msg_path: Option<Vec<String>>,
+    pub type_wait: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -4,11 +4,12 @@
 
 pub mod mqtt;
 pub mod payload;
+pub mod ros;
 pub mod session;
 
 use serde_json::Value;
 
-use crate::config::{Config, Retained, RouteConfig};
+use crate::config::{Config, PayloadFormat, Retained, RouteConfig};
 use crate::event::{derived_id, new_id, validate_event_type};
 use crate::outbox::content_key;
 use crate::outbox::{Inbound, NewEvent, QUARANTINE_KEEP, Quarantined};
@@ -31,6 +32,9 @@ pub struct Router {
     subscriptions: Vec<crate::config::Subscription>,
     device_id: String,
     max_payload: usize,
+    ros: ros::RosTypes,
+    /// How long a `payload = "ros"` message waits for its topic's type.
+    pub type_wait: std::time::Duration,
 }
 
 impl Router {
@@ -40,7 +44,50 @@ impl Router {
             subscriptions: config.subscriptions.clone(),
             device_id: config.device_id.clone(),
             max_payload: config.mqtt.max_payload as usize,
+            ros: ros::RosTypes::new(config.ros.msg_path.clone()),
+            type_wait: config.ros.type_wait,
         }
+    }
+
+    /// With the ROS types an agent has learnt (they outlive a reload).
+    pub fn with_ros_types(mut self, types: ros::RosTypes) -> Self {
+        self.ros = types;
+        self
+    }
+
+    fn route(&self, topic: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|r| r.topic.matches(topic))
+    }
+
+    /// The type topics of `payload = "ros"` routes (ika mqtt_client's
+    /// `mqtt_client/ros_msg_type/<topic>`).
+    pub fn type_filters(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in self.routes.iter().filter(|r| r.payload == PayloadFormat::Ros) {
+            let f = format!("{}{}", ros::TYPE_TOPIC_PREFIX, r.topic.as_str());
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    /// A type announcement for a `payload = "ros"` route, not a message to route.
+    pub fn is_type_topic(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix(ros::TYPE_TOPIC_PREFIX)
+            .and_then(|t| self.route(t))
+            .is_some_and(|r| r.payload == PayloadFormat::Ros)
+    }
+
+    /// Learns a topic's type from its announcement (see [`ros::RosTypes::learn`]).
+    pub fn learn_type(&self, type_topic: &str, payload: &[u8]) -> Result<Option<(String, String)>, String> {
+        self.ros.learn(type_topic, payload)
+    }
+
+    /// A message of a `payload = "ros"` route whose type has not been announced yet.
+    pub fn awaits_type(&self, topic: &str) -> bool {
+        self.route(topic).is_some_and(|r| r.payload == PayloadFormat::Ros) && !self.ros.knows(topic)
     }
 
     /// The distinct topic filters to subscribe to.
@@ -92,7 +139,11 @@ impl Router {
                 self.max_payload
             ));
         }
-        let decoded = match payload::decode(route.payload, payload, props.content_type.as_deref()) {
+        let decoded = match route.payload {
+            PayloadFormat::Ros => self.ros.decode(topic, payload).map(payload::Decoded::of),
+            format => payload::decode(format, payload, props.content_type.as_deref()),
+        };
+        let decoded = match decoded {
             Ok(d) => d,
             Err(reason) => return quarantine(reason),
         };
@@ -166,7 +217,7 @@ impl Router {
     /// (`once`), also checked against the dedupe window, which holds the live copy of
     /// a message that came while we were connected.
     pub fn retained(&self, topic: &str, inbound: Inbound) -> Inbound {
-        let Some(route) = self.routes.iter().find(|r| r.topic.matches(topic)) else { return inbound };
+        let Some(route) = self.route(topic) else { return inbound };
         match (route.retained, inbound) {
             (Retained::Ignore, _) => Inbound::Nothing,
             (Retained::Once, Inbound::Event(mut e)) => {

@@ -18,7 +18,7 @@ use crate::delivery::fast::{Intake, Resolution};
 use crate::event::now_ms;
 use crate::health::Beat;
 use crate::live::{MqttView, update_mqtt as update};
-use crate::outbox::Outbox;
+use crate::outbox::{Inbound, Outbox};
 use crate::text::printable;
 
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -55,7 +55,9 @@ pub async fn run(
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(ack_in_order(client.clone(), outbox.committed(), ack_rx, generation.clone()));
     let filters = router.filters();
-    let mut seq: u64 = 0;
+    let type_filters = router.type_filters();
+    let mut taker = Taker { seq: 0, intake, outbox, ack_tx, generation: generation.clone(), view: view.clone() };
+    let mut waiting = Waiting::default();
     let mut tick = tokio::time::interval(crate::health::BEAT);
     let wedge = crate::health::Wedge::from_env("ingest");
     loop {
@@ -65,7 +67,12 @@ pub async fn run(
         }
         let event = tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = tick.tick() => continue,
+            _ = tick.tick() => {
+                if !waiting.release(&router, &mut taker, false) {
+                    break;
+                }
+                continue;
+            }
             ev = events.recv() => match ev {
                 Some(ev) => ev,
                 None => break,
@@ -75,60 +82,157 @@ pub async fn run(
             Ok(Incoming::ConnAck { session_present }) => {
                 generation.fetch_add(1, Ordering::SeqCst);
                 connected(&cfg, &view, &client, &filters, session_present);
+                // Subscribed again on every connect so the broker sends the retained
+                // announcements again; at QoS 0, so they never wait behind the in-flight
+                // window that held messages fill.
+                if !type_filters.is_empty()
+                    && let Err(e) = client.subscribe_at_most_once(&type_filters)
+                {
+                    tracing::warn!(error = %e, "Cannot queue the ROS type subscriptions.");
+                }
             }
             Ok(Incoming::SubAck { granted }) => {
                 tracing::info!(filters = ?filters, %granted, "Subscribed to the route topics.");
                 update(&view, |v| v.subscribed = true);
             }
             Ok(Incoming::Publish(publish)) => {
-                seq += 1;
-                let mut inbound = router.inbound_with(
-                    &publish.topic,
-                    &publish.payload,
-                    publish.dup,
-                    now_ms(),
-                    crate::clock::sched_ms(),
-                    &publish.props,
-                );
-                if publish.retain {
-                    inbound = router.retained(&publish.topic, inbound);
-                }
-                if let crate::outbox::Inbound::Event(e) = &mut inbound {
-                    e.clock = crate::clock::taken_unless_synced();
-                }
-                if let crate::outbox::Inbound::Quarantine(q) = &inbound {
-                    tracing::warn!(topic = %printable(&q.topic), size = q.size, reason = %printable(&q.reason),
-                        "Quarantined an MQTT message.");
-                }
-                let when = match &intake {
-                    Some(tx) => {
-                        let (resolved, rx) = oneshot::channel();
-                        if tx.send(Intake { seq, inbound, resolved }).is_err() {
-                            tracing::debug!("The dispatcher has stopped; ingest stops too.");
-                            break;
-                        }
-                        AckWhen::Resolved(rx)
+                if router.is_type_topic(&publish.topic) {
+                    learn(&router, &publish);
+                    let ok = match publish.needs_ack {
+                        true => waiting.take_or_hold(&router, &mut taker, publish, Some(Inbound::Nothing)),
+                        false => true,
+                    };
+                    if !ok || !waiting.release(&router, &mut taker, false) {
+                        break;
                     }
-                    None => {
-                        if outbox.ingest(seq, inbound).is_err() {
-                            tracing::warn!("The outbox has stopped; ingest stops too.");
-                            break;
-                        }
-                        AckWhen::Committed
-                    }
-                };
-                update(&view, |v| v.received += 1);
-                if publish.needs_ack {
-                    let _ = ack_tx.send(Pending { seq, generation: generation.load(Ordering::SeqCst), publish, when });
+                    continue;
+                }
+                if !waiting.take_or_hold(&router, &mut taker, publish, None) {
+                    break;
                 }
             }
             Ok(_) => {}
             Err(e) => disconnected(&cfg, &view, &e),
         }
     }
-    drop(ack_tx);
+    drop(taker);
     say_goodbye(client, acker, events, driver_stop, driver).await;
     update(&view, |v| v.connected = false);
+}
+
+/// Turns messages into outbox records and queues their acks, in receive order.
+struct Taker {
+    seq: u64,
+    intake: Option<mpsc::UnboundedSender<Intake>>,
+    outbox: Outbox,
+    ack_tx: mpsc::UnboundedSender<Pending>,
+    generation: Arc<AtomicU64>,
+    view: MqttView,
+}
+
+impl Taker {
+    /// Routes `publish` (or takes `inbound` for it as given) and queues its ack. False
+    /// when the dispatcher or outbox has stopped: ingest stops too.
+    fn take(&mut self, router: &Router, publish: Message, inbound: Option<Inbound>) -> bool {
+        self.seq += 1;
+        let seq = self.seq;
+        let mut inbound = inbound.unwrap_or_else(|| {
+            let inbound = router.inbound_with(
+                &publish.topic,
+                &publish.payload,
+                publish.dup,
+                now_ms(),
+                crate::clock::sched_ms(),
+                &publish.props,
+            );
+            if publish.retain { router.retained(&publish.topic, inbound) } else { inbound }
+        });
+        if let Inbound::Event(e) = &mut inbound {
+            e.clock = crate::clock::taken_unless_synced();
+        }
+        if let Inbound::Quarantine(q) = &inbound {
+            tracing::warn!(topic = %printable(&q.topic), size = q.size, reason = %printable(&q.reason),
+                "Quarantined an MQTT message.");
+        }
+        let when = match &self.intake {
+            Some(tx) => {
+                let (resolved, rx) = oneshot::channel();
+                if tx.send(Intake { seq, inbound, resolved }).is_err() {
+                    tracing::debug!("The dispatcher has stopped; ingest stops too.");
+                    return false;
+                }
+                AckWhen::Resolved(rx)
+            }
+            None => {
+                if self.outbox.ingest(seq, inbound).is_err() {
+                    tracing::warn!("The outbox has stopped; ingest stops too.");
+                    return false;
+                }
+                AckWhen::Committed
+            }
+        };
+        update(&self.view, |v| v.received += 1);
+        if publish.needs_ack {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let _ = self.ack_tx.send(Pending { seq, generation, publish, when });
+        }
+        true
+    }
+}
+
+/// Most messages held for their ROS type at once; past it the oldest is taken as it is
+/// (quarantined). The broker's in-flight window bounds QoS 1 messages well below this.
+const WAITING_MAX: usize = 1000;
+
+/// Messages held, unacked, until their topic's ROS type is announced (`payload =
+/// "ros"`), each up to `ros.type_wait`. Everything that comes after the first of them
+/// waits behind it, so acks stay in receive order.
+#[derive(Default)]
+struct Waiting(std::collections::VecDeque<(Message, tokio::time::Instant, Option<Inbound>)>);
+
+impl Waiting {
+    fn take_or_hold(&mut self, router: &Router, taker: &mut Taker, publish: Message, inbound: Option<Inbound>) -> bool {
+        let holds = inbound.is_none() && router.awaits_type(&publish.topic) && !router.type_wait.is_zero();
+        if self.0.is_empty() && !holds {
+            return taker.take(router, publish, inbound);
+        }
+        if self.0.is_empty() {
+            tracing::info!(topic = %printable(&publish.topic), wait = ?router.type_wait,
+                "A ROS message came before its type; holding it, unacked, until the type is announced.");
+        }
+        self.0.push_back((publish, tokio::time::Instant::now() + router.type_wait, inbound));
+        self.release(router, taker, self.0.len() > WAITING_MAX)
+    }
+
+    /// Takes, from the front, what no longer waits: its type is known, its wait is over,
+    /// or (`one_more`) room is needed.
+    fn release(&mut self, router: &Router, taker: &mut Taker, mut one_more: bool) -> bool {
+        let now = tokio::time::Instant::now();
+        while let Some((publish, until, inbound)) = self.0.pop_front() {
+            let due = inbound.is_some() || !router.awaits_type(&publish.topic) || until <= now || one_more;
+            if !due {
+                self.0.push_front((publish, until, inbound));
+                break;
+            }
+            one_more = false;
+            if !taker.take(router, publish, inbound) {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// Reads a type announcement; says what was learnt, or why it cannot be used.
+fn learn(router: &Router, publish: &Message) {
+    match router.learn_type(&publish.topic, &publish.payload) {
+        Ok(Some((topic, name))) => {
+            tracing::info!(topic = %printable(&topic), ros_type = %printable(&name), "Learnt a ROS message type.");
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(type_topic = %printable(&publish.topic), reason = %printable(&e),
+            "Cannot use a ROS type announcement; messages of its topic are quarantined after ros.type_wait."),
+    }
 }
 
 /// A CONNACK: the view says connected, and a broker that lost our session gets our

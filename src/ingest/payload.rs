@@ -36,7 +36,7 @@ pub struct Decoded {
 }
 
 impl Decoded {
-    fn of(value: Value) -> Decoded {
+    pub(crate) fn of(value: Value) -> Decoded {
         let value = if value.is_object() { value } else { Value::Object(Map::from_iter([("value".into(), value)])) };
         Decoded { value, verbatim: false }
     }
@@ -57,6 +57,8 @@ pub fn decode(format: PayloadFormat, payload: &[u8], content_type: Option<&str>)
         PayloadFormat::Text => text(payload).map(Decoded::of),
         PayloadFormat::Binary => Ok(binary(payload)),
         PayloadFormat::Auto => Ok(auto(payload)),
+        // Needs its topic's type: `Router` decodes these with `ros::RosTypes`.
+        PayloadFormat::Ros => Err("a ROS message is decoded with its topic's type".into()),
     }
 }
 

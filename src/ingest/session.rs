@@ -185,6 +185,21 @@ impl Client {
         result.map_err(SessionError)
     }
 
+    /// Queues a SUBSCRIBE at QoS 0 (what may be lost and is sent again anyway).
+    pub fn subscribe_at_most_once(&self, filters: &[String]) -> Result<(), SessionError> {
+        let result = match self {
+            Client::V4(c) => c
+                .try_subscribe_many(filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtMostOnce)))
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_subscribe_many(
+                    filters.iter().map(|f| p5::Filter::new(f.clone(), rumqttc::v5::mqttbytes::QoS::AtMostOnce)),
+                )
+                .map_err(|e| e.to_string()),
+        };
+        result.map_err(SessionError)
+    }
+
     /// Queues a DISCONNECT.
     pub fn disconnect(&self) {
         let _ = match self {

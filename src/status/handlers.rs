@@ -22,6 +22,8 @@ pub struct Context {
     pub mqtt: MqttView,
     pub live: SharedLive,
     pub started: Instant,
+    /// What ingest learnt of ROS types, for `quarantine release`.
+    pub ros_types: crate::ingest::ros::RosTypes,
 }
 
 pub(super) fn internal(e: impl std::fmt::Display) -> ErrorBody {

@@ -58,7 +58,7 @@ impl Context {
         seqs_or_all(&seqs, all)?;
         let seqs = if all { self.read(|r| r.quarantine_seqs()).await? } else { seqs };
         // Routed with the config the agent runs now: the point is a fixed route.
-        let router = Router::new(&self.live()?.config);
+        let router = Router::new(&self.live()?.config).with_ros_types(self.ros_types.clone());
         let mut results = Vec::with_capacity(seqs.len());
         let mut released = 0;
         for seq in seqs {

@@ -1,0 +1,239 @@
+//! `payload = "ros"`: ika mqtt_client's serialized ROS messages.
+//!
+//! The bridge publishes each ROS message as its serialized bytes, optionally behind a
+//! serialized timestamp, and publishes what type it is, retained, on
+//! `mqtt_client/ros_msg_type/<topic>`: an `mqtt_client/RosMsgType` message (`md5`,
+//! `name`, `definition`, `stamped`). ROS 1 bridges fill in the full definition; ROS 2
+//! bridges send the name only, so the agent reads `<dir>/<pkg>/msg/<Type>.msg` from
+//! `ros.msg_path` (by default the share directories under `/opt/ros`).
+//!
+//! [`RosTypes`] is what ingest has learnt: per data topic, the type and its resolved
+//! definitions, shared by the MQTT loop (which learns) and `quarantine release`.
+
+pub mod msgdef;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use msgdef::{Definitions, Dialect, Elem};
+use serde_json::Value;
+
+/// Where ika mqtt_client publishes each topic's type.
+pub const TYPE_TOPIC_PREFIX: &str = "mqtt_client/ros_msg_type/";
+
+/// One topic's type, as its bridge announced it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TopicType {
+    /// As announced: `std_msgs/String` (ROS 1) or `std_msgs/msg/String` (ROS 2).
+    pub name: String,
+    /// A timestamp precedes each message.
+    pub stamped: bool,
+    pub defs: Definitions,
+}
+
+/// The types learnt so far, by data topic.
+#[derive(Clone, Debug, Default)]
+pub struct RosTypes {
+    known: Arc<RwLock<HashMap<String, Arc<TopicType>>>>,
+    msg_path: Arc<Vec<PathBuf>>,
+}
+
+impl RosTypes {
+    pub fn new(msg_path: Vec<PathBuf>) -> Self {
+        RosTypes { known: Arc::default(), msg_path: Arc::new(msg_path) }
+    }
+
+    pub fn knows(&self, topic: &str) -> bool {
+        self.known.read().map(|k| k.contains_key(topic)).unwrap_or(false)
+    }
+
+    /// Reads a message from `mqtt_client/ros_msg_type/<topic>`. Returns the data topic
+    /// and its type name when the type is new or changed, nothing when it is the one
+    /// already known, or why it cannot be used.
+    pub fn learn(&self, type_topic: &str, payload: &[u8]) -> Result<Option<(String, String)>, String> {
+        let topic = type_topic.strip_prefix(TYPE_TOPIC_PREFIX).ok_or("not a type topic")?.to_string();
+        let announced = announcement(payload)?;
+        if let Some(known) = self.known.read().ok().and_then(|k| k.get(&topic).cloned())
+            && known.name == announced.name
+            && known.stamped == announced.stamped
+            && known.defs.dialect == announced.dialect
+        {
+            return Ok(None);
+        }
+        let defs = match announced.dialect {
+            Dialect::Ros1 => msgdef::parse_full(&announced.name, &announced.definition, Dialect::Ros1)?,
+            Dialect::Ros2 => self.load_ros2(&announced.name)?,
+        };
+        let name = announced.name.clone();
+        let ty = TopicType { name: announced.name, stamped: announced.stamped, defs };
+        if let Ok(mut k) = self.known.write() {
+            k.insert(topic.clone(), Arc::new(ty));
+        }
+        Ok(Some((topic, name)))
+    }
+
+    /// Decodes a message published on `topic` with the type learnt for it.
+    pub fn decode(&self, topic: &str, payload: &[u8]) -> Result<Value, String> {
+        let ty = self.known.read().ok().and_then(|k| k.get(topic).cloned()).ok_or_else(|| {
+            format!("no ROS type is known for this topic: nothing came on {TYPE_TOPIC_PREFIX}{topic}")
+        })?;
+        let body = if ty.stamped {
+            let skip = wire::stamp_len(ty.defs.dialect);
+            payload.get(skip..).ok_or("the payload is shorter than its timestamp")?
+        } else {
+            payload
+        };
+        wire::decode(&ty.defs, body).map_err(|e| format!("not a {} message: {e}", ty.name))
+    }
+
+    /// A ROS 2 type and every type it uses, from `.msg` files under `msg_path`.
+    fn load_ros2(&self, root: &str) -> Result<Definitions, String> {
+        let root = msgdef::short_name(root);
+        let mut msgs = HashMap::new();
+        let mut todo = vec![root.clone()];
+        while let Some(name) = todo.pop() {
+            if msgs.contains_key(&name) {
+                continue;
+            }
+            let fields =
+                msgdef::parse_fields(&self.msg_text(&name)?, Dialect::Ros2).map_err(|e| format!("{name}: {e}"))?;
+            for f in &fields {
+                if let Elem::Msg(ty) = &f.elem {
+                    todo.push(msgdef::referenced(ty, &name, Dialect::Ros2));
+                }
+            }
+            msgs.insert(name, fields);
+        }
+        msgdef::resolve(root, Dialect::Ros2, msgs)
+    }
+
+    fn msg_text(&self, name: &str) -> Result<String, String> {
+        let (pkg, ty) = name.split_once('/').ok_or_else(|| format!("`{name}` is not a `package/Type` name"))?;
+        for dir in self.msg_path.iter() {
+            let path = dir.join(pkg).join("msg").join(format!("{ty}.msg"));
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                return Ok(text);
+            }
+        }
+        // The two types every ROS 2 install has, for an agent whose robot keeps its
+        // `.msg` files elsewhere.
+        match name {
+            "builtin_interfaces/Time" => Ok("int32 sec\nuint32 nanosec\n".into()),
+            "builtin_interfaces/Duration" => Ok("int32 sec\nuint32 nanosec\n".into()),
+            _ => Err(format!(
+                "no {pkg}/msg/{ty}.msg under ros.msg_path ({}); ROS 2 bridges do not send definitions",
+                self.msg_path.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+}
+
+/// `ros.msg_path` by default: every `/opt/ros/<distro>/share` there is.
+pub fn default_msg_path() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/opt/ros")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("share")).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
+}
+
+/// A decoded `mqtt_client/RosMsgType`.
+struct Announcement {
+    name: String,
+    definition: String,
+    stamped: bool,
+    dialect: Dialect,
+}
+
+/// A ROS 1 `RosMsgType` starts with its md5's length (32); a ROS 2 one with a CDR
+/// encapsulation header.
+fn announcement(payload: &[u8]) -> Result<Announcement, String> {
+    let dialect = match payload.get(..2) {
+        Some([0, 0 | 1]) => Dialect::Ros2,
+        _ => Dialect::Ros1,
+    };
+    let defs = msgdef::parse_full(
+        "mqtt_client/RosMsgType",
+        "string md5\nstring name\nstring definition\nbool stamped\n",
+        dialect,
+    )?;
+    let v = wire::decode(&defs, payload).map_err(|e| format!("not an mqtt_client/RosMsgType: {e}"))?;
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    let name = text("name");
+    if name.is_empty() {
+        return Err("the type announcement names no type".into());
+    }
+    Ok(Announcement { name, definition: text("definition"), stamped: v["stamped"] == true, dialect })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ros1_string(s: &str) -> Vec<u8> {
+        [&(s.len() as u32).to_le_bytes()[..], s.as_bytes()].concat()
+    }
+
+    fn ros1_announcement(name: &str, definition: &str, stamped: bool) -> Vec<u8> {
+        [
+            ros1_string("992ce8a1687cec8c8bd883ec73ca41d1"),
+            ros1_string(name),
+            ros1_string(definition),
+            vec![stamped as u8],
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn a_ros1_type_is_learnt_once_and_decodes_stamped_messages() {
+        let types = RosTypes::default();
+        let ann = ros1_announcement("std_msgs/String", "string data\n", true);
+        let learnt = types.learn("mqtt_client/ros_msg_type/robot/say", &ann).unwrap();
+        assert_eq!(learnt, Some(("robot/say".into(), "std_msgs/String".into())));
+        assert_eq!(types.learn("mqtt_client/ros_msg_type/robot/say", &ann).unwrap(), None);
+        let msg = [&[1, 0, 0, 0, 2, 0, 0, 0][..], &ros1_string("docking")].concat();
+        assert_eq!(types.decode("robot/say", &msg).unwrap(), serde_json::json!({"data": "docking"}));
+        assert!(types.decode("robot/other", &msg).unwrap_err().contains("mqtt_client/ros_msg_type/robot/other"));
+    }
+
+    #[test]
+    fn a_ros2_type_comes_from_msg_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let msg = dir.path().join("demo/msg");
+        std::fs::create_dir_all(&msg).unwrap();
+        std::fs::write(msg.join("Mission.msg"), "builtin_interfaces/Time stamp\nStep[] steps\n").unwrap();
+        std::fs::write(msg.join("Step.msg"), "string name\n").unwrap();
+        let types = RosTypes::new(vec![dir.path().to_path_buf()]);
+        // CDR: header, then md5 "", name, definition "", stamped false.
+        let name = b"demo/msg/Mission\0";
+        let ann = [
+            &[0, 1, 0, 0][..],
+            &1u32.to_le_bytes(),
+            &[0, 0, 0, 0],
+            &(name.len() as u32).to_le_bytes(),
+            name,
+            &[0, 0, 0],
+            &1u32.to_le_bytes(),
+            &[0, 0],
+        ]
+        .concat();
+        types.learn("mqtt_client/ros_msg_type/m", &ann).unwrap();
+        let data = [
+            &[0, 1, 0, 0][..],
+            &5i32.to_le_bytes(),
+            &6u32.to_le_bytes(),
+            &1u32.to_le_bytes(),
+            &3u32.to_le_bytes(),
+            b"go\0",
+        ]
+        .concat();
+        assert_eq!(
+            types.decode("m", &data).unwrap(),
+            serde_json::json!({"stamp": {"sec": 5, "nanosec": 6}, "steps": [{"name": "go"}]})
+        );
+        let missing = RosTypes::new(vec![]).learn("mqtt_client/ros_msg_type/m", &ann).unwrap_err();
+        assert!(missing.contains("demo/msg/Mission.msg"), "{missing}");
+    }
+}
