@@ -333,6 +333,15 @@ fn build_mqtt(raw: &super::raw::RawMqtt, device_id: &str, issues: &mut Issues) -
         Err(e) => issues
             .push(p.key("url"), format!("`{url_s}` is not a URL ({e}); use mqtt://host:port or mqtts://host:port")),
     }
+    let (client_cert, client_key) = client_identity(&raw.client_cert, &raw.client_key, &p, issues);
+    if client_cert.is_some() && !tls {
+        issues.push(p.key("client_cert"), "a client certificate needs TLS: use an mqtts:// URL");
+    } else if client_cert.is_some() && raw.ca_file.is_none() {
+        issues.push(
+            p.key("client_cert"),
+            "a client certificate needs mqtt.ca_file too: the CA of the broker (for a public CA, its root PEM)",
+        );
+    }
     let password = raw
         .password_file
         .as_ref()
@@ -353,6 +362,8 @@ fn build_mqtt(raw: &super::raw::RawMqtt, device_id: &str, issues: &mut Issues) -
             Duration::from_secs(30),
         ),
         ca_file: raw.ca_file.as_ref().map(PathBuf::from),
+        client_cert,
+        client_key,
         max_payload: opt(
             issues,
             p.key("max_payload"),
@@ -464,6 +475,7 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         issues.push(p.key("header_prefix"), format!("`{header_prefix}` cannot start a header name"));
     }
     let headers = subscription_headers(s.headers.clone().unwrap_or_default(), &p, issues);
+    let (client_cert, client_key) = client_identity(&s.client_cert, &s.client_key, &p, issues);
     let bearer = s.auth.as_ref().and_then(|a| {
         let key = p.key("auth").key("bearer_file");
         let token = secret::load(SecretSource::File, &a.bearer_file).and_then(|t| {
@@ -544,6 +556,8 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         ),
         allow_http,
         ca_file: s.ca_file.as_ref().map(PathBuf::from),
+        client_cert,
+        client_key,
         summary: s.summary.clone(),
         enabled: s.enabled.unwrap_or(true),
         routing_key,
@@ -553,6 +567,27 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         bearer,
         name: s.name,
     })
+}
+
+/// `client_cert` and `client_key`: both or neither.
+fn client_identity(
+    cert: &Option<String>,
+    key: &Option<String>,
+    p: &KeyPath,
+    issues: &mut Issues,
+) -> (Option<PathBuf>, Option<PathBuf>) {
+    match (cert, key) {
+        (Some(c), Some(k)) => (Some(PathBuf::from(c)), Some(PathBuf::from(k))),
+        (Some(_), None) => {
+            issues.push(p.key("client_key"), "client_cert is set but client_key is not: set both (PEM files)");
+            (None, None)
+        }
+        (None, Some(_)) => {
+            issues.push(p.key("client_cert"), "client_key is set but client_cert is not: set both (PEM files)");
+            (None, None)
+        }
+        (None, None) => (None, None),
+    }
 }
 
 fn subscription_url(url: &str, allow_http: bool, p: &KeyPath, issues: &mut Issues) -> Option<reqwest::Url> {

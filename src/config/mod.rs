@@ -69,6 +69,9 @@ pub struct MqttConfig {
     #[serde(serialize_with = "ser_duration")]
     pub keep_alive: Duration,
     pub ca_file: Option<PathBuf>,
+    /// A client certificate for a broker that requires one (mTLS): PEM files.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// Larger payloads are quarantined, not queued.
     #[serde(serialize_with = "ser_size")]
     pub max_payload: u64,
@@ -319,6 +322,10 @@ pub struct Subscription {
     pub max_age: Duration,
     pub allow_http: bool,
     pub ca_file: Option<PathBuf>,
+    /// A client certificate for endpoints that require one (mTLS): PEM files, read
+    /// when the HTTP client is built (start and reload).
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     pub summary: Option<String>,
     pub enabled: bool,
     pub routing_key: Option<Secret>,

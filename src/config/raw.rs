@@ -36,6 +36,8 @@ pub struct RawMqtt {
     pub password_file: Option<String>,
     pub keep_alive: Option<String>,
     pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
     pub max_payload: Option<String>,
     pub version: Option<u64>,
 }
@@ -143,6 +145,8 @@ pub struct RawSubscription {
     pub max_age: Option<String>,
     pub allow_http: Option<bool>,
     pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
     pub summary: Option<String>,
     pub enabled: Option<bool>,
     pub routing_key: Option<String>,

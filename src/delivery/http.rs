@@ -27,6 +27,10 @@ pub enum ClientError {
     CaFile { path: String, source: std::io::Error },
     #[error("ca_file {path} holds no usable certificate: {source}")]
     CaCert { path: String, source: reqwest::Error },
+    #[error("cannot read the client certificate {path}: {source}")]
+    ClientCertFile { path: String, source: std::io::Error },
+    #[error("client_cert {cert} and client_key {key} do not make a client identity (PEM certificate and PEM private key): {source}")]
+    ClientIdentity { cert: String, key: String, source: reqwest::Error },
     #[error("cannot build the HTTP client: {0}")]
     Build(#[from] reqwest::Error),
 }
@@ -60,7 +64,25 @@ pub fn client(sub: &Subscription) -> Result<reqwest::Client, ClientError> {
             b = b.add_root_certificate(cert);
         }
     }
+    if let (Some(cert), Some(key)) = (&sub.client_cert, &sub.client_key) {
+        b = b.identity(identity(cert, key)?);
+    }
     Ok(b.build()?)
+}
+
+/// A client certificate and its key, from two PEM files (reqwest takes them as one).
+fn identity(cert: &std::path::Path, key: &std::path::Path) -> Result<reqwest::Identity, ClientError> {
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|source| ClientError::ClientCertFile { path: p.display().to_string(), source })
+    };
+    let mut pem = read(cert)?;
+    pem.push(b'\n');
+    pem.extend(read(key)?);
+    reqwest::Identity::from_pem(&pem).map_err(|source| ClientError::ClientIdentity {
+        cert: cert.display().to_string(),
+        key: key.display().to_string(),
+        source,
+    })
 }
 
 /// A request ready to go.
@@ -228,7 +250,11 @@ fn error_text(e: &reqwest::Error) -> String {
 /// rustls names certificate problems in its own terms (`UnknownIssuer`,
 /// `CaUsedAsEndEntity`); an operator needs what is wrong and what to do.
 fn tls_advice(text: &str) -> Option<&'static str> {
-    const ADVICE: [(&str, &str); 6] = [
+    const ADVICE: [(&str, &str); 7] = [
+        (
+            "CertificateRequired",
+            "TLS: the endpoint requires a client certificate; set the subscription's client_cert and client_key",
+        ),
         (
             "CaUsedAsEndEntity",
             "TLS: the endpoint presents a CA certificate as its own (what `openssl req -x509` makes by default); \

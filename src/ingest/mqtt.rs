@@ -40,7 +40,8 @@ pub async fn run(
     let (client, eventloop) = match session::open(&cfg) {
         Ok(opened) => opened,
         Err(e) => {
-            tracing::error!(error = %e, ca_file = ?cfg.ca_file, "Cannot read the MQTT CA file; ingest is not running.");
+            tracing::error!(error = %e, ca_file = ?cfg.ca_file, client_cert = ?cfg.client_cert, client_key = ?cfg.client_key,
+                "Cannot read the MQTT CA file or client certificate; ingest is not running.");
             update(&view, |v| v.last_error = Some(e.to_string()));
             shutdown.cancelled().await;
             return;

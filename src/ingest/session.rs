@@ -64,8 +64,13 @@ enum Raw {
 pub fn open(cfg: &MqttConfig) -> std::io::Result<(Client, Driver)> {
     let transport = if cfg.tls {
         crate::init_crypto();
+        // A client certificate comes with a CA file (the config says so).
+        let identity = match (&cfg.client_cert, &cfg.client_key) {
+            (Some(cert), Some(key)) => Some((std::fs::read(cert)?, std::fs::read(key)?)),
+            _ => None,
+        };
         Some(match &cfg.ca_file {
-            Some(path) => Transport::tls(std::fs::read(path)?, None, None),
+            Some(path) => Transport::tls(std::fs::read(path)?, identity, None),
             None => Transport::tls_with_default_config(),
         })
     } else {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::collections::VecDeque;
 use std::io::Read;
 use std::net::TcpStream;
@@ -51,12 +53,30 @@ pub struct Mosquitto {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Lines for the listener: TLS files and options.
+    tls: String,
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Mosquitto { port: free_port(), dir, child: None };
+        let mut m = Mosquitto { port: free_port(), dir, child: None, tls: String::new() };
+        m.spawn();
+        m
+    }
+
+    /// A broker on TLS only, whose certificate `pki` issued for `localhost`, that
+    /// accepts only clients with a certificate `pki` issued.
+    pub fn start_requiring_client_certs(pki: &pki::Pki) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let files = pki.write(dir.path(), "broker", &["localhost"]);
+        let tls = format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            files.ca.display(),
+            files.cert.display(),
+            files.key.display()
+        );
+        let mut m = Mosquitto { port: free_port(), dir, child: None, tls };
         m.spawn();
         m
     }
@@ -66,8 +86,9 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "user root\nlistener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages 100\nmax_queued_messages 100000\n",
+                "user root\nlistener {} 127.0.0.1\n{}allow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages 100\nmax_queued_messages 100000\n",
                 self.port,
+                self.tls,
                 self.dir.path().display()
             ),
         )
@@ -216,6 +237,11 @@ impl Endpoint {
     pub fn start_tls(default: Reply) -> (Endpoint, String) {
         let (acceptor, ca_pem) = tls_acceptor();
         (Endpoint::start_with(0, default, Vec::new(), Some(acceptor)), ca_pem)
+    }
+
+    /// An HTTPS endpoint with the TLS setup given (see [`pki::Pki::acceptor`]).
+    pub fn start_with_tls(default: Reply, acceptor: tokio_rustls::TlsAcceptor) -> Endpoint {
+        Endpoint::start_with(0, default, Vec::new(), Some(acceptor))
     }
 
     pub fn https_url(&self) -> String {
