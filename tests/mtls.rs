@@ -42,9 +42,10 @@ fn an_endpoint_that_requires_a_client_certificate_gets_it_and_a_subscription_wit
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&"m-1".to_string()) && ids.contains(&"m-2".to_string()), "{ids:?}");
     assert!(
-        wait_until(LONG, || agent.log().lines().any(|l| l.contains("ERROR")
-            && l.contains("uncertified")
-            && l.contains("requires a client certificate"))),
+        wait_until(LONG, || agent
+            .log()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("uncertified") && l.contains("requires a client certificate"))),
         "the refused subscription is named at ERROR with what to set:\n{}",
         agent.log()
     );
@@ -72,7 +73,8 @@ fn a_broker_that_requires_a_client_certificate_accepts_the_agent() {
         toml_path(&files.cert),
         toml_path(&files.key)
     );
-    let config = base_config(broker.port).replace(&format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n", broker.port), &mqtt)
+    let config = base_config(broker.port)
+        .replace(&format!("[mqtt]\nurl = \"mqtt://127.0.0.1:{}\"\n", broker.port), &mqtt)
         + &subscription("ops", &ep.url(), "");
     assert!(config.contains("mqtts://"), "{config}");
     let agent = Agent::start(dir.path(), &config);

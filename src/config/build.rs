@@ -12,6 +12,8 @@ use super::raw::{OneOrMany, RawConfig, RawRoute, RawSubscription};
 use super::secret::{self, SecretSource};
 use super::*;
 
+pub mod auth;
+
 /// Problems found so far, each with the key it belongs to.
 #[derive(Default)]
 struct Issues(Vec<(KeyPath, String)>, Vec<KeyPath>);
@@ -476,17 +478,8 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
     }
     let headers = subscription_headers(s.headers.clone().unwrap_or_default(), &p, issues);
     let (client_cert, client_key) = client_identity(&s.client_cert, &s.client_key, &p, issues);
-    let bearer = s.auth.as_ref().and_then(|a| {
-        let key = p.key("auth").key("bearer_file");
-        let token = secret::load(SecretSource::File, &a.bearer_file).and_then(|t| {
-            match http::HeaderValue::from_str(&format!("Bearer {}", t.expose())) {
-                Ok(_) => Ok(t),
-                Err(_) => Err(format!("{}: the token must be one line of printable text", a.bearer_file)),
-            }
-        });
-        issues.take(key, token)
-    });
-    if bearer.is_some() && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
+    let auth = s.auth.as_ref().and_then(|a| auth::build(a, s.allow_http.unwrap_or(false), &p, issues));
+    if auth.is_some() && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
         issues.push(p.key("auth"), "auth and an Authorization header both say how to authenticate; keep one");
     }
     let ordering = opt(
@@ -564,7 +557,7 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         api_key,
         proxy: s.proxy.as_ref().and_then(|x| issues.take(p.key("proxy"), parse_proxy(x))),
         no_proxy: None,
-        bearer,
+        auth,
         name: s.name,
     })
 }

@@ -2,6 +2,7 @@
 //! file, the line and the key. Loaded once in `main` and passed down; never a global.
 
 mod build;
+pub use build::auth::{Auth, OAuth2};
 mod lint;
 pub mod locate;
 pub mod range;
@@ -336,19 +337,9 @@ pub struct Subscription {
     /// `[delivery] no_proxy`, for its HTTP client.
     #[serde(skip)]
     pub no_proxy: Option<String>,
-    /// `auth = { bearer_file = "…" }`: sent as `Authorization: Bearer <token>`.
-    #[serde(serialize_with = "ser_auth", skip_serializing_if = "Option::is_none")]
-    pub bearer: Option<Secret>,
-}
-
-/// A bearer token as the file it is read from.
-fn ser_auth<S: Serializer>(bearer: &Option<Secret>, s: S) -> Result<S::Ok, S::Error> {
-    use serde::ser::SerializeMap;
-    let mut map = s.serialize_map(Some(1))?;
-    if let Some((_, path)) = bearer.as_ref().and_then(Secret::origin) {
-        map.serialize_entry("bearer_file", path)?;
-    }
-    map.end()
+    /// `auth`: a bearer token from a file, or OAuth2 client credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
 }
 
 impl Subscription {

@@ -158,5 +158,12 @@ pub struct RawSubscription {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawAuth {
-    pub bearer_file: String,
+    pub bearer_file: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub client_secret_env: Option<String>,
+    pub client_secret_credential: Option<String>,
+    pub scope: Option<String>,
 }

@@ -32,7 +32,7 @@ pub struct Done {
 pub struct Attempt {
     pub lane: usize,
     pub sub: Arc<Subscription>,
-    pub client: reqwest::Client,
+    pub client: http::Client,
     pub due: Due,
     pub probe: bool,
     pub fast: Option<FastRef>,
@@ -41,9 +41,7 @@ pub struct Attempt {
 impl Attempt {
     pub async fn run(self) -> Done {
         let started_ms = now_ms();
-        let prepared = http::prepare(&self.sub, &self.due, SystemTime::now());
-        let attempt = prepared.attempt;
-        let sent = http::send(&self.client, &self.sub, prepared).await;
+        let (attempt, sent) = self.send().await;
         let verdict = match (&sent.status, &sent.error) {
             (Some(status), _) => {
                 let verdict =
@@ -107,6 +105,41 @@ impl Attempt {
             skew,
         }
     }
+}
+
+impl Attempt {
+    /// Prepares and sends; with OAuth2, with a token, and once more with a new token if
+    /// the endpoint refuses the first with a 401.
+    async fn send(&self) -> (u32, http::Sent) {
+        let Some(tokens) = &self.client.token else {
+            let prepared = http::prepare(&self.sub, &self.due, SystemTime::now(), None);
+            return (prepared.attempt, http::send(&self.client.http, &self.sub, prepared).await);
+        };
+        let attempt = self.due.attempts + 1;
+        let token = match tokens.token().await {
+            Ok(t) => t,
+            Err(e) => return (attempt, token_failed(&self.sub, e)),
+        };
+        let prepared = http::prepare(&self.sub, &self.due, SystemTime::now(), Some(&token));
+        let sent = http::send(&self.client.http, &self.sub, prepared).await;
+        if sent.status != Some(401) {
+            return (attempt, sent);
+        }
+        tracing::info!(subscription = %self.sub.name, "The endpoint refused the OAuth2 token (401); fetching a new one.");
+        let token = match tokens.refresh(&token).await {
+            Ok(t) => t,
+            Err(e) => return (attempt, token_failed(&self.sub, e)),
+        };
+        let prepared = http::prepare(&self.sub, &self.due, SystemTime::now(), Some(&token));
+        (attempt, http::send(&self.client.http, &self.sub, prepared).await)
+    }
+}
+
+/// No token, so no request: the attempt ends as if the endpoint were unreachable.
+fn token_failed(sub: &Subscription, (kind, text): (outcome::TransportError, String)) -> http::Sent {
+    tracing::warn!(subscription = %sub.name, error = %text,
+        "Cannot get an OAuth2 token; the endpoint is treated as offline (no retry budget spent) and probed with backoff.");
+    http::Sent { error: Some((kind, text)), ..Default::default() }
 }
 
 /// A 400 or 401 whose body blames the timestamp, while our clock is not known good, is

@@ -29,14 +29,34 @@ pub enum ClientError {
     CaCert { path: String, source: reqwest::Error },
     #[error("cannot read the client certificate {path}: {source}")]
     ClientCertFile { path: String, source: std::io::Error },
-    #[error("client_cert {cert} and client_key {key} do not make a client identity (PEM certificate and PEM private key): {source}")]
+    #[error(
+        "client_cert {cert} and client_key {key} do not make a client identity (PEM certificate and PEM private key): {source}"
+    )]
     ClientIdentity { cert: String, key: String, source: reqwest::Error },
     #[error("cannot build the HTTP client: {0}")]
     Build(#[from] reqwest::Error),
 }
 
+/// What one subscription sends with: its HTTP client and, with OAuth2, its tokens.
+#[derive(Clone)]
+pub struct Client {
+    pub http: reqwest::Client,
+    pub token: Option<super::token::TokenSource>,
+}
+
+/// The client of one subscription; an OAuth2 token endpoint is reached with the same
+/// proxy, CA and client certificate as the endpoint.
+pub fn client(sub: &Subscription) -> Result<Client, ClientError> {
+    let http = http_client(sub)?;
+    let token = match &sub.auth {
+        Some(crate::config::Auth::OAuth2(o)) => Some(super::token::TokenSource::new(o.clone(), http.clone())),
+        _ => None,
+    };
+    Ok(Client { http, token })
+}
+
 /// The HTTP client of one subscription: its timeouts, its extra CA, no redirects.
-pub fn client(sub: &Subscription) -> Result<reqwest::Client, ClientError> {
+fn http_client(sub: &Subscription) -> Result<reqwest::Client, ClientError> {
     crate::init_crypto();
     let mut b = reqwest::Client::builder()
         .user_agent(USER_AGENT)
@@ -100,8 +120,9 @@ fn put(headers: &mut HeaderMap, name: &str, value: &str) {
     }
 }
 
-/// Body and headers for one attempt of `due`, signed now.
-pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime) -> Prepared {
+/// Body and headers for one attempt of `due`, signed now; `token` is an OAuth2 access
+/// token fetched for it.
+pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime, token: Option<&str>) -> Prepared {
     // Taken while the clock was not good: made true now if it can be, else marked.
     let (created_ms, timestamp_unsynced) = crate::clock::dated(due.created_ms, due.clock);
     let parts = EnvelopeParts {
@@ -134,8 +155,12 @@ pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime) -> Prepared {
     for (name, value) in &sub.headers {
         put(&mut headers, name, value.expose());
     }
-    if let Some(token) = &sub.bearer {
-        put(&mut headers, "Authorization", &format!("Bearer {}", token.expose()));
+    let bearer = match &sub.auth {
+        Some(crate::config::Auth::Bearer(t)) => Some(t.expose()),
+        _ => token,
+    };
+    if let Some(token) = bearer {
+        put(&mut headers, "Authorization", &format!("Bearer {token}"));
     }
     for (name, value) in &rendered.headers {
         put(&mut headers, name, value);
@@ -189,7 +214,7 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, prepared: Prepar
                 sent.snippet = Some(String::from_utf8_lossy(&body).into_owned());
             }
         }
-        Err(e) => sent.error = Some((transport_error(&e), error_text(&e))),
+        Err(e) => sent.error = Some((transport_error(&e), describe(&e))),
     }
     sent.duration = started.elapsed();
     sent
@@ -197,7 +222,7 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, prepared: Prepar
 
 /// Sorts a reqwest error into the rule table's kinds by walking its sources.
 fn transport_error(e: &reqwest::Error) -> TransportError {
-    let text = error_text(e).to_ascii_lowercase();
+    let text = describe(e).to_ascii_lowercase();
     let mut source = e.source();
     while let Some(s) = source {
         if s.downcast_ref::<rustls::Error>().is_some() {
@@ -226,7 +251,7 @@ fn transport_error(e: &reqwest::Error) -> TransportError {
 /// The error in one line, its root cause first (`operation timed out`, `Connection
 /// refused`), then the layers around it, without the URL (the subscription names it): a
 /// table cut at its width still shows why.
-fn error_text(e: &reqwest::Error) -> String {
+pub fn describe(e: &reqwest::Error) -> String {
     let mut layers = vec![without_url(&e.to_string())];
     let mut source = e.source();
     while let Some(s) = source {

@@ -35,7 +35,7 @@ pub const PREFETCH: usize = 128;
 
 pub struct Lane {
     sub: Arc<Subscription>,
-    client: reqwest::Client,
+    client: super::http::Client,
     endpoint: Endpoint,
     in_flight: HashSet<i64>,
     /// Finished attempts whose results are not yet committed: the outbox still shows them
@@ -150,7 +150,7 @@ pub struct FetchRequest {
 }
 
 impl Lane {
-    pub fn new(sub: Subscription, client: reqwest::Client, endpoint: Endpoint) -> Lane {
+    pub fn new(sub: Subscription, client: super::http::Client, endpoint: Endpoint) -> Lane {
         Lane {
             sub: Arc::new(sub),
             client,
@@ -197,7 +197,7 @@ impl Lane {
         &self.sub
     }
 
-    pub fn client(&self) -> &reqwest::Client {
+    pub fn client(&self) -> &super::http::Client {
         &self.client
     }
 

@@ -13,6 +13,7 @@ mod lane;
 pub mod outcome;
 pub mod schedule;
 mod share;
+mod token;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -18,6 +18,8 @@ pub enum TransportError {
     Tls,
     /// Anything else (a broken response, a body error).
     Other,
+    /// The OAuth2 token endpoint could not give a token: like an unreachable endpoint.
+    Token,
 }
 
 impl TransportError {
@@ -29,6 +31,7 @@ impl TransportError {
             TransportError::Timeout => "timeout",
             TransportError::Tls => "tls",
             TransportError::Other => "other",
+            TransportError::Token => "token",
         }
     }
 }
@@ -83,7 +86,9 @@ pub fn classify_status(status: u16, retry_after: Option<&str>, location: Option<
 pub fn classify_error(error: TransportError, detail: &str) -> Verdict {
     let reason = format!("{}: {detail}", error.as_str());
     match error {
-        TransportError::Connect | TransportError::Dns | TransportError::ConnectTimeout => Verdict::Offline { reason },
+        TransportError::Connect | TransportError::Dns | TransportError::ConnectTimeout | TransportError::Token => {
+            Verdict::Offline { reason }
+        }
         TransportError::Timeout | TransportError::Tls | TransportError::Other => Verdict::Retry { after: None, reason },
     }
 }
@@ -149,7 +154,7 @@ mod tests {
 
     #[test]
     fn unreachable_is_offline_and_tls_retries_loudly() {
-        for e in [TransportError::Connect, TransportError::Dns, TransportError::ConnectTimeout] {
+        for e in [TransportError::Connect, TransportError::Dns, TransportError::ConnectTimeout, TransportError::Token] {
             assert!(matches!(classify_error(e, "x"), Verdict::Offline { .. }), "{e:?}");
         }
         assert!(matches!(classify_error(TransportError::Timeout, "x"), Verdict::Retry { .. }));

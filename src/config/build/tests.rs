@@ -139,3 +139,35 @@ fn secrets_come_from_files_env_and_credentials() {
     let e = errors(&src.replace("FLEETHOOK_TEST_SECRET_ENV", "FLEETHOOK_TEST_UNSET_VAR"));
     assert!(e[0].key == "subscription[0].secret_env" && e[0].message.contains("not set"), "{e:?}");
 }
+
+#[test]
+fn oauth2_auth_needs_its_keys_and_prints_without_its_secret() {
+    let sub = |auth: &str| {
+        format!(
+            "[[subscription]]\nname = \"a\"\nurl = \"https://h.example/x\"\nsignature = \"none\"\nauth = {{ {auth} }}\n"
+        )
+    };
+    let c = Config::parse(
+        &sub(r#"token_url = "https://id.example/token", client_id = "robot-7", client_secret = "hush", scope = "w""#),
+        Path::new("f.toml"),
+    )
+    .unwrap();
+    let Some(Auth::OAuth2(o)) = &c.subscriptions[0].auth else { panic!("{:?}", c.subscriptions[0].auth) };
+    assert_eq!((o.client_id.as_str(), o.client_secret.expose(), o.scope.as_deref()), ("robot-7", "hush", Some("w")));
+    let printed = toml::to_string(&c).unwrap();
+    assert!(printed.contains("client_secret = \"<redacted sha256:") && !printed.contains("hush"), "{printed}");
+    assert!(printed.contains("token_url = \"https://id.example/token\""), "{printed}");
+
+    let keys = |src: &str| errors(&sub(src)).into_iter().map(|e| (e.key, e.message)).collect::<Vec<_>>();
+    let e = keys(r#"token_url = "http://id.example/token""#);
+    assert!(e.iter().any(|(k, m)| k == "subscription[0].auth.token_url" && m.contains("https://")), "{e:?}");
+    assert!(e.iter().any(|(k, _)| k == "subscription[0].auth.client_id"), "{e:?}");
+    assert!(
+        e.iter().any(|(k, m)| k == "subscription[0].auth.client_secret" && m.contains("client_secret_file")),
+        "{e:?}"
+    );
+    let e = keys(r#"bearer_file = "/t", token_url = "https://id.example/token""#);
+    assert!(e.iter().any(|(_, m)| m.contains("two ways")), "{e:?}");
+    let e = keys("");
+    assert!(e.iter().any(|(k, m)| k == "subscription[0].auth" && m.contains("bearer_file, or token_url")), "{e:?}");
+}

@@ -17,7 +17,11 @@ fn lane(extra: &str) -> Lane {
     )
     .unwrap();
     let sub = config.subscriptions[0].clone();
-    Lane::new(sub, reqwest::Client::new(), Endpoint::new(Duration::from_secs(60), None, true))
+    Lane::new(
+        sub,
+        super::super::http::Client { http: reqwest::Client::new(), token: None },
+        Endpoint::new(Duration::from_secs(60), None, true),
+    )
 }
 
 fn due(seq: i64) -> Due {
