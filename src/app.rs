@@ -15,6 +15,7 @@ use crate::heartbeat::{self, Heartbeat};
 use crate::ingest::Router;
 use crate::ingest::mqtt;
 use crate::ingest::ros::RosTypes;
+use crate::live::AttemptMetrics;
 use crate::live::{Live, MqttView, new_mqtt_view};
 use crate::outbox::{Outbox, OutboxError, WriterThread};
 use crate::status::{self, Context};
@@ -52,6 +53,7 @@ pub struct Agent {
     config: Config,
     /// The ROS message types ingest has learnt; kept across reloads.
     ros_types: RosTypes,
+    attempt_metrics: AttemptMetrics,
 }
 
 impl Agent {
@@ -60,7 +62,14 @@ impl Agent {
         let (outbox, writer) = WriterThread::start(&config.storage, liveness.writer())?;
         let mqtt = new_mqtt_view();
         let ros_types = RosTypes::new(config.ros.msg_path.clone());
-        let parts = Parts { outbox: &outbox, mqtt: &mqtt, liveness: &liveness, ros_types: &ros_types };
+        let attempt_metrics = AttemptMetrics::default();
+        let parts = Parts {
+            outbox: &outbox,
+            mqtt: &mqtt,
+            liveness: &liveness,
+            ros_types: &ros_types,
+            metrics: &attempt_metrics,
+        };
         let (generation, live) = start_generation(config, parts, &shutdown)?;
         let live = Arc::new(RwLock::new(live));
         let socket = &config.status.socket;
@@ -70,6 +79,7 @@ impl Agent {
             live: live.clone(),
             started: Instant::now(),
             ros_types: ros_types.clone(),
+            metrics: attempt_metrics.clone(),
         });
         let metrics = config.metrics.listen.and_then(|addr| serve_metrics(addr, ctx.clone(), &shutdown));
         let status = match status::bind(socket, config.status.socket_mode) {
@@ -99,6 +109,7 @@ impl Agent {
             shutdown,
             config: config.clone(),
             ros_types,
+            attempt_metrics,
         })
     }
 
@@ -132,8 +143,13 @@ impl Agent {
         if let Ok(mut m) = self.mqtt.lock() {
             m.subscribed = false;
         }
-        let parts =
-            Parts { outbox: &self.outbox, mqtt: &self.mqtt, liveness: &self.liveness, ros_types: &self.ros_types };
+        let parts = Parts {
+            outbox: &self.outbox,
+            mqtt: &self.mqtt,
+            liveness: &self.liveness,
+            ros_types: &self.ros_types,
+            metrics: &self.attempt_metrics,
+        };
         let (generation, live) = start_generation(&new, parts, &self.shutdown)?;
         self.generation = generation;
         if let Ok(mut l) = self.live.write() {
@@ -184,16 +200,17 @@ struct Parts<'a> {
     mqtt: &'a MqttView,
     liveness: &'a Arc<Liveness>,
     ros_types: &'a RosTypes,
+    metrics: &'a AttemptMetrics,
 }
 
 /// Starts ingest, the dispatcher and the heartbeat for one configuration.
 fn start_generation(
     config: &Config,
-    Parts { outbox, mqtt, liveness, ros_types }: Parts<'_>,
+    Parts { outbox, mqtt, liveness, ros_types, metrics }: Parts<'_>,
     shutdown: &CancellationToken,
 ) -> Result<(Generation, Live), AppError> {
     let stop = shutdown.child_token();
-    let dispatcher = Dispatcher::new(config, outbox.clone(), liveness.delivery())?;
+    let dispatcher = Dispatcher::new(config, outbox.clone(), liveness.delivery())?.with_metrics(metrics.clone());
     // The fast path: ingest hands its messages to the dispatcher, which delivers from
     // memory what it can within `storage.write_behind`.
     let (dispatcher, intake) = if config.storage.write_behind.is_zero() {

@@ -65,6 +65,83 @@ pub struct EndpointView {
 
 pub type EndpointViews = Arc<Mutex<Vec<EndpointView>>>;
 
+/// What every attempt adds to the metrics: how long it took, what came of it, and the
+/// bytes it sent. Kept in memory from start (a restart begins again at 0, which
+/// Prometheus counters allow), across reloads; the dispatcher writes, `/metrics` reads.
+#[derive(Clone)]
+pub struct AttemptMetrics {
+    registry: prometheus::Registry,
+    duration: prometheus::HistogramVec,
+    attempts: prometheus::IntCounterVec,
+    sent_bytes: prometheus::IntCounterVec,
+}
+
+impl Default for AttemptMetrics {
+    fn default() -> Self {
+        use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+        // The names and buckets are fixed, so making and registering them cannot fail.
+        let duration = HistogramVec::new(
+            HistogramOpts::new("attempt_duration_seconds", "How long attempts took, by subscription")
+                .namespace("fleethook")
+                .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+            &["subscription"],
+        )
+        .expect("a valid histogram");
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "attempts_total",
+                "Attempts since start, by subscription and result: delivered, retry (an answer that spends one \
+                 retry), offline (no answer; no retry spent) or failed",
+            )
+            .namespace("fleethook"),
+            &["subscription", "result"],
+        )
+        .expect("a valid counter");
+        let sent_bytes = IntCounterVec::new(
+            Opts::new(
+                "sent_bytes_total",
+                "Request bytes sent since start (request line, headers and body), by subscription",
+            )
+            .namespace("fleethook"),
+            &["subscription"],
+        )
+        .expect("a valid counter");
+        let registry = Registry::new();
+        for c in [
+            Box::new(duration.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(attempts.clone()),
+            Box::new(sent_bytes.clone()),
+        ] {
+            registry.register(c).expect("registered once");
+        }
+        AttemptMetrics { registry, duration, attempts, sent_bytes }
+    }
+}
+
+impl AttemptMetrics {
+    /// One finished attempt. `result` is one of the [`AttemptMetrics::RESULTS`].
+    pub fn observe(&self, subscription: &str, result: &str, duration: std::time::Duration, sent_bytes: u64) {
+        self.duration.with_label_values(&[subscription]).observe(duration.as_secs_f64());
+        self.attempts.with_label_values(&[subscription, result]).inc();
+        self.sent_bytes.with_label_values(&[subscription]).inc_by(sent_bytes);
+    }
+
+    pub const RESULTS: [&str; 4] = ["delivered", "retry", "offline", "failed"];
+
+    /// Shows every subscription (with zeros) before its first attempt.
+    pub fn declare(&self, subscription: &str) {
+        let _ = self.duration.with_label_values(&[subscription]);
+        for r in Self::RESULTS {
+            let _ = self.attempts.with_label_values(&[subscription, r]);
+        }
+        let _ = self.sent_bytes.with_label_values(&[subscription]);
+    }
+
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+}
+
 /// Orders for a running dispatcher (from the status socket).
 #[derive(Debug)]
 pub enum Control {

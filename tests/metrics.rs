@@ -66,6 +66,23 @@ fn metrics_count_what_the_receiver_got_and_promtool_accepts_them() {
         ep.count()
     );
     assert_eq!(sample(&text, "fleethook_mqtt_connected"), Some(1.0));
+    assert!(sample(&text, "fleethook_mqtt_messages_total") >= Some(N as f64), "{text}");
+    let attempts = r#"fleethook_attempts_total{result="delivered",subscription="ops"}"#;
+    assert_eq!(
+        sample(&text, attempts),
+        Some(ep.count() as f64),
+        "one attempt per delivery:
+{text}"
+    );
+    assert_eq!(
+        sample(&text, r#"fleethook_attempt_duration_seconds_count{subscription="ops"}"#),
+        Some(ep.count() as f64)
+    );
+    // What went on the wire is at least the bodies the receiver read.
+    let bodies: usize = ep.requests().iter().map(|r| r.body.len()).sum();
+    let sent = sample(&text, r#"fleethook_sent_bytes_total{subscription="ops"}"#).unwrap_or(0.0);
+    assert!(sent > bodies as f64 && sent < (bodies * 4) as f64, "{sent} bytes sent for {bodies} bytes of bodies");
+    assert!(sample(&text, r#"fleethook_attempts_total{result="offline",subscription="later"}"#) >= Some(1.0), "{text}");
     assert_eq!(sample(&text, r#"fleethook_endpoint_state{state="offline",subscription="later"}"#), Some(1.0));
     assert_eq!(sample(&text, r#"fleethook_endpoint_state{state="online",subscription="ops"}"#), Some(1.0));
     assert!(sample(&text, r#"fleethook_oldest_pending_age_seconds{subscription="later"}"#).is_some());

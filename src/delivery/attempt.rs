@@ -36,6 +36,7 @@ pub struct Attempt {
     pub due: Due,
     pub probe: bool,
     pub fast: Option<FastRef>,
+    pub metrics: crate::live::AttemptMetrics,
 }
 
 impl Attempt {
@@ -57,6 +58,13 @@ impl Attempt {
             }
             (None, None) => classify_error(outcome::TransportError::Other, "no response"),
         };
+        let result = match &verdict {
+            Verdict::Delivered => "delivered",
+            Verdict::Retry { .. } => "retry",
+            Verdict::Offline { .. } => "offline",
+            Verdict::Failed { .. } => "failed",
+        };
+        self.metrics.observe(&self.sub.name, result, sent.duration, sent.sent_bytes);
         // Retry times are on the schedule clock, which wall-clock steps do not move.
         let next = next_state(&self.sub, &self.due, &verdict, crate::clock::sched_ms());
         let (error_kind, error) = match (&sent.error, &verdict) {

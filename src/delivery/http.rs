@@ -185,14 +185,31 @@ pub struct Sent {
     pub error: Option<(TransportError, String)>,
     pub snippet: Option<String>,
     pub duration: Duration,
+    /// The request's size on the wire before TLS: request line, headers, body.
+    pub sent_bytes: u64,
+}
+
+/// What a request takes on the wire (HTTP/1.1, before TLS): its request line, the
+/// headers we set and the ones the client adds (Host, Content-Length, User-Agent,
+/// Accept), and the body.
+fn request_bytes(method: &reqwest::Method, url: &reqwest::Url, p: &Prepared) -> u64 {
+    let target = url.path().len() + url.query().map_or(0, |q| q.len() + 1);
+    let line = method.as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let ours: usize = p.headers.iter().map(|(n, v)| n.as_str().len() + 2 + v.len() + 2).sum();
+    let host =
+        "host: ".len() + url.host_str().map_or(0, str::len) + url.port().map_or(0, |p| 1 + p.to_string().len()) + 2;
+    let length = "content-length: ".len() + p.body.len().to_string().len() + 2;
+    let agent = "user-agent: ".len() + USER_AGENT.len() + 2 + "accept: */*\r\n".len();
+    (line + ours + host + length + agent + 2 + p.body.len()) as u64
 }
 
 pub async fn send(client: &reqwest::Client, sub: &Subscription, prepared: Prepared) -> Sent {
     let started = Instant::now();
     let method = reqwest::Method::from_bytes(sub.method.as_bytes()).unwrap_or(reqwest::Method::POST);
+    let sent_bytes = request_bytes(&method, &sub.url_full.0, &prepared);
     let result =
         client.request(method, sub.url_full.0.clone()).headers(prepared.headers).body(prepared.body).send().await;
-    let mut sent = Sent::default();
+    let mut sent = Sent { sent_bytes, ..Sent::default() };
     match result {
         Ok(mut resp) => {
             sent.status = Some(resp.status().as_u16());

@@ -65,6 +65,7 @@ pub struct Dispatcher {
     fast: Book,
     /// Global slots guaranteed to each lane (see `share`).
     share: usize,
+    metrics: crate::live::AttemptMetrics,
 }
 
 impl Dispatcher {
@@ -92,11 +93,21 @@ impl Dispatcher {
             write_behind: config.storage.write_behind,
             fast: Book::default(),
             share: share::per_lane(config.delivery.max_in_flight, config.subscriptions.len()),
+            metrics: crate::live::AttemptMetrics::default(),
         })
     }
 
     /// Takes ingest's messages from `intake` (the fast path): each is sent from memory
     /// when its lanes are ready, else handed to the outbox in receive order.
+    /// Counts attempts into `metrics` (the agent's, kept across reloads).
+    pub fn with_metrics(mut self, metrics: crate::live::AttemptMetrics) -> Self {
+        for lane in &self.lanes {
+            metrics.declare(lane.name());
+        }
+        self.metrics = metrics;
+        self
+    }
+
     pub fn with_intake(mut self, intake: mpsc::UnboundedReceiver<Intake>) -> Self {
         self.intake = Some(intake);
         self
@@ -260,7 +271,15 @@ impl Dispatcher {
     /// An attempt of `due` by lane `idx`.
     fn attempt(&self, idx: usize, due: crate::outbox::Due, probe: bool, fast: Option<fast::FastRef>) -> Attempt {
         let lane = &self.lanes[idx];
-        Attempt { lane: idx, sub: lane.sub().clone(), client: lane.client().clone(), due, probe, fast }
+        Attempt {
+            lane: idx,
+            sub: lane.sub().clone(),
+            client: lane.client().clone(),
+            due,
+            probe,
+            fast,
+            metrics: self.metrics.clone(),
+        }
     }
 
     fn fetched(&mut self, fetched: Result<Fetched, tokio::task::JoinError>) {

@@ -24,6 +24,8 @@ pub struct Context {
     pub started: Instant,
     /// What ingest learnt of ROS types, for `quarantine release`.
     pub ros_types: crate::ingest::ros::RosTypes,
+    /// Attempt durations, results and bytes, for `/metrics`.
+    pub metrics: crate::live::AttemptMetrics,
 }
 
 pub(super) fn internal(e: impl std::fmt::Display) -> ErrorBody {
@@ -96,7 +98,7 @@ impl Context {
     pub async fn handle(&self, request: Request) -> Result<Value, ErrorBody> {
         match request {
             Request::Status => self.status().await,
-            Request::Metrics => Ok(Value::String(super::metrics::render(&self.status().await?))),
+            Request::Metrics => Ok(Value::String(super::metrics::render(&self.status().await?, self.metrics.gather()))),
             Request::Queue { subscription, state, limit } => {
                 super::one_of("state", state.as_deref(), super::QUEUE_STATES)
                     .map_err(|e| ErrorBody::new("bad_request", e))?;
@@ -290,7 +292,7 @@ impl Context {
             "device_id": live.config.device_id,
             "uptime_s": self.started.elapsed().as_secs(),
             "clock": crate::clock::quality(),
-            "mqtt": { "connected": mqtt.connected, "url": mqtt.url, "last_error": mqtt.last_error },
+            "mqtt": { "connected": mqtt.connected, "url": mqtt.url, "last_error": mqtt.last_error, "received": mqtt.received },
             "storage": {
                 "path": live.config.storage.path,
                 "bytes": bytes,

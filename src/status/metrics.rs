@@ -59,8 +59,9 @@ impl Metrics {
     }
 }
 
-/// The metrics text for one `status` result. Pure.
-pub fn render(status: &Value) -> String {
+/// The metrics text for one `status` result and what the dispatcher counted (`counted`,
+/// from `AttemptMetrics`). Pure.
+pub fn render(status: &Value, counted: Vec<prometheus::proto::MetricFamily>) -> String {
     let m = Metrics(Registry::new());
     let version = status["version"].as_str().unwrap_or("");
     let device = status["device_id"].as_str().unwrap_or("");
@@ -69,6 +70,7 @@ pub fn render(status: &Value) -> String {
         .set(1);
     m.gauge("uptime_seconds", "Seconds since the agent started", i(&status["uptime_s"]));
     m.gauge("mqtt_connected", "1 while connected to the MQTT broker", i64::from(status["mqtt"]["connected"] == true));
+    m.counter("mqtt_messages_total", "MQTT messages received since start", u(&status["mqtt"]["received"]));
     let st = &status["storage"];
     m.gauge("outbox_bytes", "The outbox's size on disk (database and WAL)", i(&st["bytes"]));
     m.gauge("outbox_max_bytes", "storage.max_bytes, the outbox's cap", i(&st["max_bytes"]));
@@ -112,7 +114,10 @@ pub fn render(status: &Value) -> String {
     }
     let mut out = Vec::new();
     // Encoding to memory cannot fail.
-    let _ = TextEncoder::new().encode(&m.0.gather(), &mut out);
+    let mut families = m.0.gather();
+    families.extend(counted);
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let _ = TextEncoder::new().encode(&families, &mut out);
     String::from_utf8(out).unwrap_or_default()
 }
 
@@ -149,12 +154,16 @@ mod tests {
     fn status_becomes_labelled_metrics() {
         let status = json!({
             "version": "0.1.0", "device_id": "agv-7", "uptime_s": 12,
-            "mqtt": {"connected": true},
+            "mqtt": {"connected": true, "received": 9},
             "storage": {"bytes": 4096, "max_bytes": 1048576, "events": 3, "quarantined": 1, "duplicates": 2, "written_bytes": 8192},
             "subscriptions": [{"name": "ops", "state": "offline", "pending": 3, "in_flight": 1, "delivered": 5,
                                "failed": 1, "expired": 0, "evicted": 0, "superseded": 0, "oldest_pending_age_s": 40}]
         });
-        let text = render(&status);
+        let counted = crate::live::AttemptMetrics::default();
+        counted.declare("ops");
+        counted.observe("ops", "delivered", std::time::Duration::from_millis(30), 900);
+        counted.observe("ops", "retry", std::time::Duration::from_millis(300), 800);
+        let text = render(&status, counted.gather());
         for line in [
             "fleethook_build_info{device_id=\"agv-7\",version=\"0.1.0\"} 1",
             "fleethook_mqtt_connected 1",
@@ -165,6 +174,13 @@ mod tests {
             "fleethook_endpoint_state{state=\"offline\",subscription=\"ops\"} 1",
             "fleethook_endpoint_state{state=\"online\",subscription=\"ops\"} 0",
             "fleethook_written_bytes_total 8192",
+            "fleethook_mqtt_messages_total 9",
+            "fleethook_attempts_total{result=\"delivered\",subscription=\"ops\"} 1",
+            "fleethook_attempts_total{result=\"offline\",subscription=\"ops\"} 0",
+            "fleethook_sent_bytes_total{subscription=\"ops\"} 1700",
+            "fleethook_attempt_duration_seconds_bucket{subscription=\"ops\",le=\"0.05\"} 1",
+            "fleethook_attempt_duration_seconds_bucket{subscription=\"ops\",le=\"0.5\"} 2",
+            "fleethook_attempt_duration_seconds_count{subscription=\"ops\"} 2",
             "# TYPE fleethook_deliveries_total counter",
         ] {
             assert!(text.lines().any(|l| l == line), "`{line}` missing:\n{text}");
