@@ -506,65 +506,70 @@ async fn main() {
     let got = Arc::new(Received::default());
     let stop = CancellationToken::new();
     tokio::spawn(receiver(endpoint, got.clone(), stop.clone()));
-    let agent = Agent::start(dir.path(), broker.port, endpoint, "main");
+    // FLEETHOOK_BENCH_FLASH_ONLY=1 (with AGENT_ONLY) runs only the flash rows: a fast A/B of
+    // what a change writes.
+    let flash_only = std::env::var_os("FLEETHOOK_BENCH_FLASH_ONLY").is_some();
+    if !flash_only {
+        let agent = Agent::start(dir.path(), broker.port, endpoint, "main");
 
-    // Idle.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle_rss = agent.rss_mib();
-    let idle_for = Duration::from_secs(opts.n(3, 10));
-    let cpu0 = agent.cpu_s();
-    tokio::time::sleep(idle_for).await;
-    let idle_cpu = (agent.cpu_s() - cpu0) / idle_for.as_secs_f64() * 100.0;
-    record("agent: RSS idle", idle_rss, "MiB", None);
-    record("agent: idle CPU", idle_cpu, "% of a core", None);
+        // Idle.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle_rss = agent.rss_mib();
+        let idle_for = Duration::from_secs(opts.n(3, 10));
+        let cpu0 = agent.cpu_s();
+        tokio::time::sleep(idle_for).await;
+        let idle_cpu = (agent.cpu_s() - cpu0) / idle_for.as_secs_f64() * 100.0;
+        record("agent: RSS idle", idle_rss, "MiB", None);
+        record("agent: idle CPU", idle_cpu, "% of a core", None);
 
-    // Latency at a steady 200 events/s.
-    let secs = opts.n(3, 10);
-    got.latencies_ns.lock().unwrap().clear();
-    let before = got.count.load(Ordering::Relaxed);
-    let w0 = agent.write_bytes();
-    publish(broker.port, "fleet/bench-agv/mission", 200 * secs, Some(200.0)).await;
-    wait_count(&got, before + 200 * secs, Duration::from_secs(30)).await;
-    let written_at_200 = (agent.write_bytes() - w0) as f64 / (200 * secs) as f64;
-    let mut lat = std::mem::take(&mut *got.latencies_ns.lock().unwrap());
-    lat.sort_unstable();
-    record("latency publish → endpoint p50 @200/s", percentile(&lat, 0.50), "ms", None);
-    record("latency publish → endpoint p99 @200/s", percentile(&lat, 0.99), "ms", None);
-    record("latency publish → endpoint p99.9 @200/s", percentile(&lat, 0.999), "ms", None);
+        // Latency at a steady 200 events/s.
+        let secs = opts.n(3, 10);
+        got.latencies_ns.lock().unwrap().clear();
+        let before = got.count.load(Ordering::Relaxed);
+        let w0 = agent.write_bytes();
+        publish(broker.port, "fleet/bench-agv/mission", 200 * secs, Some(200.0)).await;
+        wait_count(&got, before + 200 * secs, Duration::from_secs(30)).await;
+        let written_at_200 = (agent.write_bytes() - w0) as f64 / (200 * secs) as f64;
+        let mut lat = std::mem::take(&mut *got.latencies_ns.lock().unwrap());
+        lat.sort_unstable();
+        record("latency publish → endpoint p50 @200/s", percentile(&lat, 0.50), "ms", None);
+        record("latency publish → endpoint p99 @200/s", percentile(&lat, 0.99), "ms", None);
+        record("latency publish → endpoint p99.9 @200/s", percentile(&lat, 0.999), "ms", None);
 
-    // Throughput, publishing as fast as the broker takes it.
-    let n = opts.n(20_000, 100_000);
-    let before = got.count.load(Ordering::Relaxed);
-    let (cpu0, w0) = (agent.cpu_s(), agent.write_bytes());
-    let meter = CpuMeter::start(&broker);
-    let start = Instant::now();
-    let publisher = tokio::spawn(publish(broker.port, "fleet/bench-agv/mission", n, None));
-    let took = wait_count(&got, before + n, Duration::from_secs(600)).await.unwrap_or(start.elapsed());
-    let _ = publisher.await;
-    let delivered_rate = n as f64 / took.as_secs_f64();
-    let (broker_us, bench_us) = meter.per(n);
-    let cpu_per_10k = (agent.cpu_s() - cpu0) / n as f64 * 10_000.0;
-    let written_per_event = (agent.write_bytes() - w0) as f64 / n as f64;
-    record("agent: end-to-end delivered (throughput)", delivered_rate, "events/s", Some(smallest));
-    record("agent: peak RSS", agent.peak_rss_mib(), "MiB", None);
-    record("agent: CPU per 10 000 delivered", cpu_per_10k, "CPU s", None);
-    let payload_len = payload(0).len() as f64;
-    record("agent: disk written per delivered event", written_per_event, "bytes", None);
-    record("agent: … as a multiple of the payload", written_per_event / payload_len, "× payload", None);
-    record("agent: disk written per delivered event @200/s", written_at_200, "bytes", None);
-    // Where the cores went during the throughput run, per delivered event, and how much
-    // of it the agent may use for everything to fit at half the smallest ceiling.
-    let agent_us = cpu_per_10k * 100.0;
-    record("CPU per event in the throughput run: mosquitto", broker_us, "µs", None);
-    record("CPU per event: publisher + receiver (bench)", bench_us, "µs", None);
-    record("CPU per event: the agent", agent_us, "µs", None);
-    let fits = cores * 1e6 / (broker_us + bench_us + agent_us);
-    println!("  ({cores:.0} cores at that cost fit {fits:.0} events/s)");
-    let left_for_agent = cores * 1e6 / (0.5 * smallest) - broker_us - bench_us;
-    if left_for_agent.is_finite() {
-        record("CPU per event 50 % of the ceiling leaves the agent", left_for_agent, "µs", None);
+        // Throughput, publishing as fast as the broker takes it.
+        let n = opts.n(20_000, 100_000);
+        let before = got.count.load(Ordering::Relaxed);
+        let (cpu0, w0) = (agent.cpu_s(), agent.write_bytes());
+        let meter = CpuMeter::start(&broker);
+        let start = Instant::now();
+        let publisher = tokio::spawn(publish(broker.port, "fleet/bench-agv/mission", n, None));
+        let took = wait_count(&got, before + n, Duration::from_secs(600)).await.unwrap_or(start.elapsed());
+        let _ = publisher.await;
+        let delivered_rate = n as f64 / took.as_secs_f64();
+        let (broker_us, bench_us) = meter.per(n);
+        let cpu_per_10k = (agent.cpu_s() - cpu0) / n as f64 * 10_000.0;
+        let written_per_event = (agent.write_bytes() - w0) as f64 / n as f64;
+        record("agent: end-to-end delivered (throughput)", delivered_rate, "events/s", Some(smallest));
+        record("agent: peak RSS", agent.peak_rss_mib(), "MiB", None);
+        record("agent: CPU per 10 000 delivered", cpu_per_10k, "CPU s", None);
+        let payload_len = payload(0).len() as f64;
+        record("agent: disk written per delivered event", written_per_event, "bytes", None);
+        record("agent: … as a multiple of the payload", written_per_event / payload_len, "× payload", None);
+        record("agent: disk written per delivered event @200/s", written_at_200, "bytes", None);
+        // Where the cores went during the throughput run, per delivered event, and how much
+        // of it the agent may use for everything to fit at half the smallest ceiling.
+        let agent_us = cpu_per_10k * 100.0;
+        record("CPU per event in the throughput run: mosquitto", broker_us, "µs", None);
+        record("CPU per event: publisher + receiver (bench)", bench_us, "µs", None);
+        record("CPU per event: the agent", agent_us, "µs", None);
+        let fits = cores * 1e6 / (broker_us + bench_us + agent_us);
+        println!("  ({cores:.0} cores at that cost fit {fits:.0} events/s)");
+        let left_for_agent = cores * 1e6 / (0.5 * smallest) - broker_us - bench_us;
+        if left_for_agent.is_finite() {
+            record("CPU per event 50 % of the ceiling leaves the agent", left_for_agent, "µs", None);
+        }
+        drop(agent);
     }
-    drop(agent);
 
     // Flash wear (DESIGN guarantee 6): bytes the agent writes to the block device, per
     // delivered event with the endpoint keeping up, and per queued event with it down.
@@ -650,7 +655,7 @@ async fn main() {
     let json = json!({
         "mode": if opts.quick { "quick" } else { "full" },
         "machine": machine,
-        "payload_bytes": payload_len,
+        "payload_bytes": payload(0).len(),
         "results": results.iter().map(|(n, v, u, r)| json!({"name": n, "value": v, "unit": u, "ratio_to_ceiling": r})).collect::<Vec<_>>(),
     });
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");

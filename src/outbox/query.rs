@@ -211,7 +211,9 @@ impl Reader {
             .optional()?;
         let Some((seq, event_id, event_type, device_id, created_ms, topic, data)) = found else { return Ok(None) };
         let mut stmt = self.conn.prepare(&format!(
-            "SELECT {QUEUE_COLUMNS} FROM deliveries d JOIN events e ON e.seq = d.event_seq WHERE d.event_seq = ?1 ORDER BY d.seq"
+            "SELECT {QUEUE_COLUMNS} FROM events e JOIN deliveries d
+               ON d.seq BETWEEN e.first_delivery AND e.last_delivery AND d.event_seq = e.seq
+             WHERE e.seq = ?1 ORDER BY d.seq"
         ))?;
         let deliveries: Vec<QueueRow> = stmt.query_map([seq], queue_row)?.collect::<Result<_, _>>()?;
         let mut attempts = Vec::new();

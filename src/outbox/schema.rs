@@ -133,6 +133,22 @@ CREATE TABLE retained (
 CREATE INDEX deliveries_due ON deliveries (subscription, priority, next_attempt_ms, seq) WHERE state = 'pending';
 DROP INDEX deliveries_pending;
 "#,
+    r#"
+-- An event's deliveries are inserted together, so their seqs are one range: the event
+-- row keeps it, and "which deliveries has this event" is a rowid range read. It replaces
+-- the index on deliveries.event_seq, one B-tree less to write per queued delivery
+-- (docs/decisions.md: "The durable path's indexes").
+ALTER TABLE events ADD COLUMN first_delivery INTEGER;
+ALTER TABLE events ADD COLUMN last_delivery INTEGER;
+UPDATE events SET first_delivery = (SELECT MIN(seq) FROM deliveries WHERE event_seq = events.seq),
+                  last_delivery = (SELECT MAX(seq) FROM deliveries WHERE event_seq = events.seq);
+DROP INDEX deliveries_event;
+-- Only FIFO subscriptions need their pending deliveries in event order: each gets a
+-- partial index of its own when its lane first fetches (store::fifo_index).
+DROP INDEX deliveries_fifo;
+-- Expiry sweeps read bounded stretches of the table by seq (store::expire).
+DROP INDEX deliveries_expiry;
+"#,
 ];
 
 /// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.

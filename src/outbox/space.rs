@@ -113,7 +113,10 @@ impl Store {
         events.dedup();
         for e in events {
             c.prepare_cached(
-                "DELETE FROM events WHERE seq = ?1 AND NOT EXISTS (SELECT 1 FROM deliveries WHERE event_seq = ?1)",
+                "DELETE FROM events WHERE seq = ?1 AND NOT EXISTS (
+                     SELECT 1 FROM deliveries d
+                     WHERE d.seq BETWEEN coalesce(events.first_delivery, 0) AND coalesce(events.last_delivery, 9223372036854775807)
+                       AND d.event_seq = ?1)",
             )?
             .execute([e])?;
         }

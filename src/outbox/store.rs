@@ -33,11 +33,20 @@ pub struct Store {
     /// Counter increments of the open transaction, per (subscription, outcome): written
     /// once at commit rather than with an upsert per event or attempt.
     counts: Vec<(String, &'static str, i64)>,
+    /// Where each subscription's next expiry sweep starts (a delivery seq).
+    expire_from: std::collections::HashMap<String, i64>,
+    /// FIFO subscriptions whose head index exists, with its fetch query.
+    fifo: std::collections::HashMap<String, String>,
 }
 
-/// Expiry is swept at most this often per subscription (the index makes a sweep cheap;
-/// the interval keeps it off the path of every fetch).
+/// Expiry is swept at most this often per subscription (a sweep reads a bounded stretch
+/// of the table; the interval keeps it off the path of every fetch).
 const EXPIRE_SWEEP_MS: i64 = 5_000;
+/// How many delivery seqs one expiry sweep reads: a few milliseconds of reading, and a
+/// backlog of a million is swept through in about four minutes.
+const EXPIRE_WINDOW: i64 = 20_000;
+/// Windows one sweep may read while each finds expired deliveries.
+const EXPIRE_WINDOWS_AT_ONCE: usize = 16;
 
 /// Due deliveries of a parallel lane at one priority (`?4`), in due order: a lane reads
 /// high, then normal, then low, so after an outage the important events go first.
@@ -52,13 +61,40 @@ pub(super) const DUE_SQL: &str =
 /// The priorities a parallel lane reads, in order (`Priority as i64`).
 const PRIORITIES: [i64; 3] = [0, 1, 2];
 
-/// The head of a FIFO lane, in event order. Named index: left to itself the planner
-/// takes the expiry index for `expires_ms > ?` and sorts the whole backlog.
-pub(super) const DUE_FIFO_SQL: &str =
-    "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms,
-            e.clock_boot_id, e.clock_boottime_ms
-     FROM deliveries d INDEXED BY deliveries_fifo JOIN events e ON e.seq = d.event_seq
-     WHERE d.subscription = ?1 AND d.state = 'pending' AND d.expires_ms > ?2 ORDER BY d.seq LIMIT ?3";
+/// The head of a FIFO lane, in event order, through the subscription's own partial
+/// index (see [`fifo_index`]). Named index: left to itself the planner takes the expiry
+/// index for `expires_ms > ?` and sorts the whole backlog. The subscription is a literal
+/// as well as `?1`: SQLite uses a partial index only for a query that names its terms.
+pub(super) fn due_fifo_sql(index: &str, subscription: &str) -> String {
+    format!(
+        "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms,
+                e.clock_boot_id, e.clock_boottime_ms
+         FROM deliveries d INDEXED BY {index} JOIN events e ON e.seq = d.event_seq
+         WHERE d.subscription = ?1 AND d.subscription = {} AND d.state = 'pending' AND d.expires_ms > ?2
+         ORDER BY d.seq LIMIT ?3",
+        sql_text(subscription)
+    )
+}
+
+/// `s` as an SQL string literal.
+fn sql_text(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Creates, if it is not there, the index a FIFO subscription reads its head through:
+/// its pending deliveries in event order. One per FIFO subscription, made the first time
+/// its lane fetches, so the deliveries of every other subscription write one index less
+/// (docs/decisions.md: "The durable path's indexes"). Returns its name.
+pub(super) fn fifo_index(conn: &Connection, subscription: &str) -> rusqlite::Result<String> {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(subscription.as_bytes());
+    let name = format!("deliveries_fifo_{}", digest[..8].iter().map(|b| format!("{b:02x}")).collect::<String>());
+    conn.execute_batch(&format!(
+        "CREATE INDEX IF NOT EXISTS {name} ON deliveries (seq) WHERE state = 'pending' AND subscription = {}",
+        sql_text(subscription)
+    ))?;
+    Ok(name)
+}
 
 pub(super) fn bump(conn: &Connection, subscription: &str, outcome: &str, n: i64) -> rusqlite::Result<()> {
     if n == 0 {
@@ -142,6 +178,8 @@ impl Store {
             expire_sweep_ms: EXPIRE_SWEEP_MS,
             keys,
             counts: Vec::new(),
+            fifo: std::collections::HashMap::new(),
+            expire_from: std::collections::HashMap::new(),
         })
     }
 
@@ -238,6 +276,7 @@ impl Store {
         let event_seq = c.last_insert_rowid();
         let collapse_key = e.collapse.then(|| format!("{}\u{1f}{}", e.event_type, e.device_id));
         let mut delivery_ids = Vec::with_capacity(e.deliveries.len());
+        let (mut first_delivery, mut last_delivery) = (None::<i64>, None::<i64>);
         for d in &e.deliveries {
             if let Some(key) = &collapse_key {
                 self.supersede(&d.subscription, key, now_ms)?;
@@ -258,9 +297,15 @@ impl Store {
                     collapse_key,
                     now_ms
                 ])?;
+            last_delivery = Some(self.conn.last_insert_rowid());
+            first_delivery = first_delivery.or(last_delivery);
             self.count(&d.subscription, "created", 1)?;
             delivery_ids.push(delivery_id);
         }
+        // The event row is on a page this commit writes anyway.
+        self.conn
+            .prepare_cached("UPDATE events SET first_delivery = ?2, last_delivery = ?3 WHERE seq = ?1")?
+            .execute(params![event_seq, first_delivery, last_delivery])?;
         if let Some(key) = e.dedupe_key {
             let mut keys = self.keys.lock();
             keys.recent.stage(key);
@@ -330,7 +375,7 @@ impl Store {
     /// they are passed over before any of their columns is copied. It writes nothing,
     /// so it may run outside a transaction.
     pub fn due_rows(
-        &self,
+        &mut self,
         subscription: &str,
         now_ms: i64,
         limit: usize,
@@ -340,7 +385,11 @@ impl Store {
         let mut rows = Vec::new();
         let mut next_due_ms = None;
         if fifo {
-            let mut stmt = self.conn.prepare_cached(DUE_FIFO_SQL)?;
+            if !self.fifo.contains_key(subscription) {
+                let index = fifo_index(&self.conn, subscription)?;
+                self.fifo.insert(subscription.to_string(), due_fifo_sql(&index, subscription));
+            }
+            let mut stmt = self.conn.prepare_cached(&self.fifo[subscription])?;
             let q = stmt.query(params![subscription, now_ms, limit as i64])?;
             next_due_ms = read_due(q, subscription, now_ms, limit, &[], &mut rows)?;
         } else {
@@ -394,32 +443,64 @@ impl Store {
         std::mem::take(&mut self.expired_count)
     }
 
-    fn expire(&self, subscription: &str, now_ms: i64) -> rusqlite::Result<u64> {
+    /// Ends as `expired` what passed its max_age among the next [`EXPIRE_WINDOW`]
+    /// deliveries (by seq) of the subscription's sweep, which wraps around at the end.
+    /// No index on `expires_ms`: a sweep reads a bounded stretch of the table, so a
+    /// backlog of a million is swept through in minutes, and a queued delivery writes
+    /// one index less. What expired and is not swept yet is never sent: the due queries
+    /// pass over it (docs/decisions.md: "The durable path's indexes"). A window that
+    /// found expired deliveries is followed at once by the next (a backlog that expires
+    /// together goes quickly), up to [`EXPIRE_WINDOWS_AT_ONCE`].
+    fn expire(&mut self, subscription: &str, now_ms: i64) -> rusqlite::Result<u64> {
+        let mut total = 0;
+        for _ in 0..EXPIRE_WINDOWS_AT_ONCE {
+            let n = self.expire_window(subscription, now_ms)?;
+            total += n;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// One window of [`Store::expire`]: how many expired.
+    fn expire_window(&mut self, subscription: &str, now_ms: i64) -> rusqlite::Result<u64> {
+        let from = self.expire_from.get(subscription).copied().unwrap_or(0);
+        let to = from.saturating_add(EXPIRE_WINDOW);
         let c = &self.conn;
+        let last: i64 =
+            c.prepare_cached("SELECT coalesce(max(seq), 0) FROM deliveries")?.query_row([], |r| r.get(0))?;
+        let window = params![subscription, now_ms, from, to];
         let any: Option<i64> = c
             .prepare_cached(
-                "SELECT seq FROM deliveries WHERE subscription = ?1 AND state = 'pending' AND expires_ms <= ?2 LIMIT 1",
+                "SELECT seq FROM deliveries WHERE seq > ?3 AND seq <= ?4
+                   AND subscription = ?1 AND state = 'pending' AND expires_ms <= ?2 LIMIT 1",
             )?
-            .query_row(params![subscription, now_ms], |r| r.get(0))
+            .query_row(window, |r| r.get(0))
             .optional()?;
-        if any.is_none() {
-            return Ok(0);
-        }
-        c.prepare_cached(
-            "INSERT INTO attempts (subscription, delivery_id, event_type, attempt, started_ms, duration_ms, error_kind, error, outcome)
-             SELECT d.subscription, d.id, e.type, d.attempts, ?2, 0, 'expired', 'not delivered within its max_age', 'expired'
-             FROM deliveries d JOIN events e ON e.seq = d.event_seq
-             WHERE d.subscription = ?1 AND d.state = 'pending' AND d.expires_ms <= ?2",
-        )?
-        .execute(params![subscription, now_ms])?;
-        let n = c
-            .prepare_cached(
-                "UPDATE deliveries SET state = 'expired', updated_ms = ?2
-                 WHERE subscription = ?1 AND state = 'pending' AND expires_ms <= ?2",
-            )?
-            .execute(params![subscription, now_ms])?;
-        bump(c, subscription, "expired", n as i64)?;
-        Ok(n as u64)
+        let n = match any {
+            None => 0,
+            Some(_) => {
+                c.prepare_cached(
+                    "INSERT INTO attempts (subscription, delivery_id, event_type, attempt, started_ms, duration_ms, error_kind, error, outcome)
+                     SELECT d.subscription, d.id, e.type, d.attempts, ?2, 0, 'expired', 'not delivered within its max_age', 'expired'
+                     FROM deliveries d JOIN events e ON e.seq = d.event_seq
+                     WHERE d.seq > ?3 AND d.seq <= ?4
+                       AND d.subscription = ?1 AND d.state = 'pending' AND d.expires_ms <= ?2",
+                )?
+                .execute(window)?;
+                let n = c
+                    .prepare_cached(
+                        "UPDATE deliveries SET state = 'expired', updated_ms = ?2
+                         WHERE seq > ?3 AND seq <= ?4 AND subscription = ?1 AND state = 'pending' AND expires_ms <= ?2",
+                    )?
+                    .execute(window)?;
+                bump(c, subscription, "expired", n as i64)?;
+                n as u64
+            }
+        };
+        self.expire_from.insert(subscription.to_string(), if to >= last { 0 } else { to });
+        Ok(n)
     }
 
     /// Adds to a counter: at commit inside a transaction (one upsert per subscription and

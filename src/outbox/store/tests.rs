@@ -141,7 +141,8 @@ fn deliveries_created_in_a_transaction_are_counted_once_it_commits_and_not_after
 fn due_queries_walk_an_index_in_order_instead_of_sorting_the_backlog() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir);
-    for (name, sql) in [("parallel", DUE_SQL), ("fifo", DUE_FIFO_SQL)] {
+    let fifo_sql = due_fifo_sql(&fifo_index(s.conn(), "a").unwrap(), "a");
+    for (name, sql) in [("parallel", DUE_SQL), ("fifo", fifo_sql.as_str())] {
         let mut plan = s.conn().prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
         let steps: Vec<String> = plan
             .query_map(
@@ -153,7 +154,7 @@ fn due_queries_walk_an_index_in_order_instead_of_sorting_the_backlog() {
             .collect();
         let plan = steps.join("; ");
         assert!(!plan.contains("TEMP B-TREE"), "{name} sorts the backlog: {plan}");
-        let index = if name == "fifo" { "deliveries_fifo" } else { "deliveries_due" };
+        let index = if name == "fifo" { "deliveries_fifo_" } else { "deliveries_due" };
         assert!(plan.contains(index), "{name} does not use {index}: {plan}");
     }
 }
@@ -224,4 +225,73 @@ fn the_quarantine_keeps_its_newest_rows_within_a_count_and_a_byte_budget() {
     assert_eq!(s.purge_quarantine(Some(&[9, 42])).unwrap(), 1, "a number that is gone is no error");
     assert_eq!(s.purge_quarantine(None).unwrap(), 2);
     assert!(left(&s).is_empty());
+}
+
+#[test]
+fn an_event_goes_when_its_last_delivery_has_finished_and_not_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(&dir);
+    s.insert(&event("e1", &["a", "b"], false), 1000).unwrap();
+    s.insert(&event("e2", &["a"], false), 1000).unwrap();
+    let events = |s: &Store| -> Vec<String> {
+        let mut stmt = s.conn().prepare("SELECT id FROM events ORDER BY seq").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().map(|r| r.unwrap()).collect()
+    };
+    let ranges: Vec<(i64, i64)> = s
+        .conn()
+        .prepare("SELECT first_delivery, last_delivery FROM events ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(ranges, [(1, 2), (3, 3)], "each event knows its deliveries' seqs");
+    // e1's delivery to a, and e2's, finish; e1 still has b pending.
+    for d in s.due("a", 1000, 10, false).unwrap().rows {
+        s.record(&record(&d, NextState::Terminal(Terminal::Delivered))).unwrap();
+    }
+    s.delete_finished(i64::MAX, 100).unwrap();
+    assert_eq!(events(&s), ["e1"]);
+    let b = s.due("b", 1000, 10, false).unwrap().rows;
+    s.record(&record(&b[0], NextState::Terminal(Terminal::Delivered))).unwrap();
+    s.delete_finished(i64::MAX, 100).unwrap();
+    assert_eq!(events(&s), Vec::<String>::new());
+    let plan: Vec<String> = s
+        .conn()
+        .prepare(
+            "EXPLAIN QUERY PLAN SELECT 1 FROM events WHERE seq = 1 AND NOT EXISTS (SELECT 1 FROM deliveries d
+             WHERE d.seq BETWEEN coalesce(events.first_delivery, 0) AND coalesce(events.last_delivery, 9223372036854775807)
+               AND d.event_seq = 1)",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(3))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert!(plan.iter().any(|p| p.contains("SEARCH d USING INTEGER PRIMARY KEY")), "a rowid range: {plan:?}");
+}
+
+#[test]
+fn expiry_sweeps_the_table_in_windows_and_wraps_around() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = store(&dir);
+    // More deliveries than one window holds; every one expires at 10 000.
+    let n = EXPIRE_WINDOW as usize + 500;
+    s.begin().unwrap();
+    for i in 0..n {
+        s.insert(&event(&format!("e{i}"), &["a"], false), 1000).unwrap();
+    }
+    s.commit().unwrap();
+    assert_eq!(s.expire("a", 5_000).unwrap(), 0, "nothing has expired yet");
+    // The first sweep's windows follow each other while they find expired rows.
+    assert_eq!(s.expire("a", 20_000).unwrap(), n as u64);
+    assert_eq!(s.stats().unwrap().subscription("a").unwrap().expired, n as u64);
+    assert!(s.due("a", 20_000, 10, false).unwrap().rows.is_empty());
+    // Later arrivals are found once the sweep has wrapped around.
+    s.insert(&event("late", &["a"], false), 1000).unwrap();
+    let mut found = 0;
+    for _ in 0..4 {
+        found += s.expire("a", 20_000).unwrap();
+    }
+    assert_eq!(found, 1);
 }
