@@ -64,7 +64,7 @@ const RECORD_HOLD_MAX: usize = 4096;
 const CLOCK_SAVE_EVERY: Duration = Duration::from_secs(10);
 /// Messages none of whose endpoints is reachable wait this long at most for company in a
 /// commit (docs/decisions.md: "Unhurried ingest")…
-const UNHURRIED_LINGER: Duration = Duration::from_secs(1);
+const UNHURRIED_LINGER: Duration = Duration::from_secs(3);
 /// …or until this many are held, or until they stop coming (the broker's in-flight
 /// window is full: see `Admission::unhurried_until`).
 const UNHURRIED_BATCH: usize = 512;
@@ -292,7 +292,8 @@ impl Writer {
             // Written to the tables at stop (the fast log would give them back anyway).
             self.fast.waiters.push(tokio::sync::oneshot::channel().0);
         }
-        if !self.pending.writes.is_empty() || !self.fast.done.is_empty() {
+        // Messages held for company are committed too: acked now, not sent again.
+        if !self.pending.writes.is_empty() || !self.fast.done.is_empty() || !self.admission.is_empty() {
             let take = self.ingest_to_take();
             self.commit_pending(take);
         }
@@ -379,9 +380,10 @@ impl Writer {
         }
         let writes_unhurried = self.pending.writes.iter().all(Write::unhurried)
             && self.pending.since.is_none_or(|since| since.elapsed() < UNHURRIED_LINGER);
+        // An expiry sweep is never urgent: it rides along with the unhurried commit
+        // (within `UNHURRIED_LINGER`) instead of forcing one at every offline probe.
         if writes_unhurried
             && !fast_due
-            && self.upkeep.to_sweep.is_empty()
             && self.admission.unhurried_until(UNHURRIED_LINGER, UNHURRIED_BATCH).is_some_and(|t| Instant::now() < t)
         {
             return Turn::Progress;
