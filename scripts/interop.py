@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """Receivers nobody here wrote: checks fleethook's signatures with the `standardwebhooks`
-and `stripe` libraries, GitHub's documented `sha256=` scheme, and the README's own
-Python and Node snippets.
+and `stripe` libraries, GitHub's documented `sha256=` scheme (over gzip bodies as sent,
+then decoded with Python's gzip), and the README's own Python and Node snippets.
 
 Usage: interop.py STANDARD_PORT GITHUB_PORT STRIPE_PORT SECRET OUT.jsonl
 Every request is answered 204 if it verifies, 401 if not, and appended to OUT.jsonl.
 """
 
+import gzip
 import hashlib
 import hmac
 import json
@@ -53,13 +54,16 @@ def handler_for(name, check):
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             headers = {k.lower(): v for k, v in self.headers.items()}
             try:
-                check(headers, body)
+                check(headers, body)  # over the body as sent
                 ok, error = True, None
             except Exception as e:  # any failure is a rejection
                 ok, error = False, repr(e)
+            encoding = headers.get("content-encoding")
+            if encoding == "gzip":
+                body = gzip.decompress(body)
             with LOCK, open(OUT, "a") as f:
                 f.write(json.dumps({"receiver": name, "method": self.command, "ok": ok, "error": error,
-                                    "headers": headers, "body": body.decode()}) + "\n")
+                                    "encoding": encoding, "headers": headers, "body": body.decode()}) + "\n")
             self.send_response(204 if ok else 401)
             self.end_headers()
 

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Interop check against receivers nobody here wrote (see scripts/interop.py):
 # COUNT QoS 1 mission messages published with mosquitto_pub go through the agent to three
-# subscriptions (standard / sha256 with header_prefix X-RoboTrace / stripe with PUT), and
-# every request must verify with the standardwebhooks and stripe libraries, GitHub's
-# sha256= scheme, and the README's Python and Node snippets.
+# subscriptions (standard / sha256 with header_prefix X-RoboTrace and gzip bodies / stripe
+# with PUT), and every request must verify with the standardwebhooks and stripe libraries,
+# GitHub's sha256= scheme (over the gzip bytes as sent), and the README's Python and Node
+# snippets.
 #
 # usage: scripts/interop.sh [FLEETHOOK_BINARY] [COUNT]
 set -euo pipefail
@@ -57,6 +58,7 @@ allow_http = true
 secret = "$SECRET"
 signature = "sha256"
 header_prefix = "X-RoboTrace"
+compression = "gzip"
 [[subscription]]
 name = "stripe"
 url = "http://127.0.0.1:$P3/hooks"
@@ -112,6 +114,8 @@ for name, prefix, method in [("standard", "x-fleethook", "POST"), ("github", "x-
             problems.append(f"{name}: rejected: {r['error']}")
         if r["method"] != method:
             problems.append(f"{name}: method {r['method']}")
+        if r["encoding"] != ("gzip" if name == "github" else None):
+            problems.append(f"{name}: Content-Encoding {r['encoding']}")
         if r["headers"].get(f"{prefix}-delivery") != body["delivery_id"] or r["headers"].get(f"{prefix}-event") != body["type"]:
             problems.append(f"{name}: headers do not match the envelope")
         if body["type"] != "mission.completed" or not body["device_id"].startswith("agv-") or not body["timestamp"].endswith("Z"):

@@ -4,9 +4,10 @@
 # unit; util-linux's setpriv, to test the socket's permission check; fuse3, whose mount
 # helper backs the power-cut tests' filesystem; faketime, whose libfaketime lies to the
 # agent about the wall clock in the clock tests; prometheus, whose promtool checks the
-# metrics text; tinyproxy, a real proxy for the proxy tests), PyPI's msgpack, cbor2 and rosbags (encoders for
-# the payload tests), then `cargo test`. Run it as root: a few
-# tests mount a small tmpfs or a FUSE filesystem (/dev/fuse) and bind journald's socket.
+# metrics text; tinyproxy, a real proxy for the proxy tests), PyPI's msgpack, cbor2,
+# rosbags and zstandard (encoders and a decoder for the payload and compression tests),
+# then `cargo test`. Run it as root: a few tests mount a small tmpfs or a FUSE filesystem
+# (/dev/fuse) and bind journald's socket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +28,10 @@ if [ ${#PKGS[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${PKGS[@]}" >/dev/null
 fi
 
-# Third-party encoders for tests/payloads.rs and tests/ros.rs: what the ROS bridges' own
-# libraries write (rosbags serializes ROS 1 and ROS 2 messages without ROS).
-python3 -c "import msgpack, cbor2, rosbags" 2>/dev/null || python3 -m pip install -q msgpack cbor2 rosbags
+# Third-party encoders and decoders: what the ROS bridges' own libraries write, for
+# tests/payloads.rs and tests/ros.rs (rosbags serializes ROS 1 and ROS 2 messages without
+# ROS), and zstandard, a stock zstd decoder for tests/compression.rs.
+python3 -c "import msgpack, cbor2, rosbags, zstandard" 2>/dev/null \
+    || python3 -m pip install -q msgpack cbor2 rosbags zstandard
 
 exec cargo test "$@"

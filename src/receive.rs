@@ -39,6 +39,8 @@ pub struct Received {
     pub event_type: Option<String>,
     pub delivery_id: Option<String>,
     pub attempt: Option<String>,
+    /// `Content-Encoding` (gzip, zstd): verified as sent, then decoded into `body`.
+    pub encoding: Option<String>,
     pub body: String,
     /// How far the signer's clock is from ours, in words, when it is off by more than
     /// a few seconds (read from the signature's timestamp).
@@ -79,11 +81,16 @@ fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
 pub fn check(opts: &ReceiveOptions, method: &str, headers: &http::HeaderMap, body: &[u8], now: SystemTime) -> Received {
     let (scheme, prefix) = detect_scheme(headers);
     let secrets: Vec<&str> = opts.secrets.iter().map(String::as_str).collect();
-    let result = match scheme {
+    // The signature covers the body as sent: verified before it is decoded.
+    let verified = match scheme {
         _ if secrets.is_empty() => Ok(()),
         None => Err("the request is not signed".to_string()),
         Some(s) => sign::verify(s, &secrets, &prefix, headers, body, now, opts.tolerance).map_err(|e| e.to_string()),
     };
+    let encoding = header(headers, "content-encoding").filter(|e| !e.eq_ignore_ascii_case("identity"));
+    let decoded = decode(encoding.as_deref(), body);
+    let result = verified.and(decoded.as_ref().map(|_| ()).map_err(Clone::clone));
+    let body = decoded.unwrap_or_else(|_| body.to_vec());
     Received {
         method: method.to_string(),
         scheme,
@@ -92,9 +99,29 @@ pub fn check(opts: &ReceiveOptions, method: &str, headers: &http::HeaderMap, bod
         event_type: header(headers, &format!("{prefix}-event")),
         delivery_id: header(headers, &format!("{prefix}-delivery")),
         attempt: header(headers, &format!("{prefix}-attempt")),
-        body: String::from_utf8_lossy(body).into_owned(),
+        encoding,
+        body: String::from_utf8_lossy(&body).into_owned(),
         skew: signed_at(headers, &prefix)
             .and_then(|ts| crate::clock::skew_words(ts * 1000, crate::clock::unix_s(now) * 1000)),
+    }
+}
+
+/// A body as its `Content-Encoding` says, up to [`MAX_BODY`] decoded.
+fn decode(encoding: Option<&str>, body: &[u8]) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let read = match encoding.map(str::to_ascii_lowercase).as_deref() {
+        None => return Ok(body.to_vec()),
+        Some("gzip") => flate2::read::GzDecoder::new(body).take(MAX_BODY as u64 + 1).read_to_end(&mut out),
+        Some("zstd") => {
+            zstd::stream::read::Decoder::new(body).and_then(|d| d.take(MAX_BODY as u64 + 1).read_to_end(&mut out))
+        }
+        Some(other) => return Err(format!("Content-Encoding `{other}` is not gzip or zstd")),
+    };
+    match read {
+        Ok(n) if n > MAX_BODY => Err(format!("the body decodes to more than {MAX_BODY} bytes")),
+        Ok(_) => Ok(out),
+        Err(e) => Err(format!("the body does not decode as {}: {e}", encoding.unwrap_or_default())),
     }
 }
 
@@ -128,6 +155,9 @@ fn print(r: &Received, with_body: bool) {
     }
     if let Some(skew) = &r.skew {
         line.push_str(&format!(" ({skew})"));
+    }
+    if let Some(encoding) = &r.encoding {
+        line.push_str(&format!(" [{encoding}]"));
     }
     println!("{line}");
     if with_body {
@@ -211,6 +241,35 @@ mod tests {
             assert!(!check(&opts, "POST", &h, b"{\"x\":1}", now).verified);
         }
         assert!(check(&opts, "POST", &http::HeaderMap::new(), b"{}", now).error.is_some());
+    }
+
+    #[test]
+    fn a_compressed_body_is_verified_as_sent_then_decoded() {
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        let now = SystemTime::now();
+        let ts = now.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let opts = ReceiveOptions {
+            secrets: vec![secret.into()],
+            tolerance: sign::DEFAULT_TOLERANCE,
+            print: false,
+            print_body: false,
+        };
+        let json = br#"{"type":"mission.completed"}"#;
+        for how in [crate::config::Compression::Gzip, crate::config::Compression::Zstd] {
+            let sent = crate::delivery::compress::compress(how, json);
+            let key = sign::signing_key(Scheme::Standard, secret).unwrap();
+            let mut h = http::HeaderMap::new();
+            for (k, v) in sign::sign_headers(Scheme::Standard, &[key], "x-fleethook", "d1", ts, &sent) {
+                h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            h.insert("content-encoding", how.encoding().parse().unwrap());
+            let r = check(&opts, "POST", &h, &sent, now);
+            assert!(r.verified, "{how:?}: {:?}", r.error);
+            assert_eq!(r.body.as_bytes(), json);
+            // Signed over the decoded body instead: rejected.
+            let r = check(&opts, "POST", &h, json, now);
+            assert!(!r.verified && r.error.is_some());
+        }
     }
 
     #[test]

@@ -478,6 +478,23 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
     }
     let headers = subscription_headers(s.headers.clone().unwrap_or_default(), &p, issues);
     let (client_cert, client_key) = client_identity(&s.client_cert, &s.client_key, &p, issues);
+    let compression = s.compression.as_deref().and_then(|c| {
+        let parsed = match c {
+            "gzip" => Ok(Compression::Gzip),
+            "zstd" => Ok(Compression::Zstd),
+            o => Err(format!("`{o}` is not gzip or zstd")),
+        };
+        issues.take(p.key("compression"), parsed)
+    });
+    if compression.is_some() && format != Format::Envelope {
+        issues.push(
+            p.key("compression"),
+            format!(
+                "compression is for format = \"envelope\" endpoints; {} takes plain JSON",
+                format!("{format:?}").to_lowercase()
+            ),
+        );
+    }
     let auth = s.auth.as_ref().and_then(|a| auth::build(a, s.allow_http.unwrap_or(false), &p, issues));
     if auth.is_some() && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
         issues.push(p.key("auth"), "auth and an Authorization header both say how to authenticate; keep one");
@@ -551,6 +568,7 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         ca_file: s.ca_file.as_ref().map(PathBuf::from),
         client_cert,
         client_key,
+        compression,
         summary: s.summary.clone(),
         enabled: s.enabled.unwrap_or(true),
         routing_key,

@@ -217,6 +217,14 @@ pub enum Retained {
     Ignore,
 }
 
+/// A subscription's `compression`: how request bodies are encoded (`delivery::compress`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
 /// A route's `payload`: how its messages are encoded (decoded by `ingest::payload`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -327,6 +335,9 @@ pub struct Subscription {
     /// when the HTTP client is built (start and reload).
     pub client_cert: Option<PathBuf>,
     pub client_key: Option<PathBuf>,
+    /// Request bodies compressed with `Content-Encoding`; off when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compression: Option<Compression>,
     pub summary: Option<String>,
     pub enabled: bool,
     pub routing_key: Option<Secret>,

@@ -147,6 +147,7 @@ pub struct RawSubscription {
     pub ca_file: Option<String>,
     pub client_cert: Option<String>,
     pub client_key: Option<String>,
+    pub compression: Option<String>,
     pub summary: Option<String>,
     pub enabled: Option<bool>,
     pub routing_key: Option<String>,

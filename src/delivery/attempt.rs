@@ -117,29 +117,39 @@ impl Attempt {
 
 impl Attempt {
     /// Prepares and sends; with OAuth2, with a token, and once more with a new token if
-    /// the endpoint refuses the first with a 401.
+    /// the endpoint refuses the first with a 401; compressed, and once more uncompressed
+    /// (from then on) if the endpoint refuses that with a 415.
     async fn send(&self) -> (u32, http::Sent) {
-        let Some(tokens) = &self.client.token else {
-            let prepared = http::prepare(&self.sub, &self.due, SystemTime::now(), None);
-            return (prepared.attempt, http::send(&self.client.http, &self.sub, prepared).await);
-        };
-        let attempt = self.due.attempts + 1;
-        let token = match tokens.token().await {
-            Ok(t) => t,
-            Err(e) => return (attempt, token_failed(&self.sub, e)),
-        };
-        let prepared = http::prepare(&self.sub, &self.due, SystemTime::now(), Some(&token));
-        let sent = http::send(&self.client.http, &self.sub, prepared).await;
-        if sent.status != Some(401) {
-            return (attempt, sent);
+        let mut token = None;
+        if let Some(tokens) = &self.client.token {
+            match tokens.token().await {
+                Ok(t) => token = Some(t),
+                Err(e) => return (self.due.attempts + 1, token_failed(&self.sub, e)),
+            }
         }
-        tracing::info!(subscription = %self.sub.name, "The endpoint refused the OAuth2 token (401); fetching a new one.");
-        let token = match tokens.refresh(&token).await {
-            Ok(t) => t,
-            Err(e) => return (attempt, token_failed(&self.sub, e)),
-        };
-        let prepared = http::prepare(&self.sub, &self.due, SystemTime::now(), Some(&token));
-        (attempt, http::send(&self.client.http, &self.sub, prepared).await)
+        let (attempt, mut sent, compressed) = self.send_once(token.as_deref()).await;
+        if sent.status == Some(415) && compressed {
+            self.client.compress.store(false, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(subscription = %self.sub.name, compression = ?self.sub.compression,
+                "The endpoint refused a compressed body (415); this subscription sends uncompressed until a restart or reload.");
+            sent = self.send_once(token.as_deref()).await.1;
+        }
+        if let (Some(401), Some(tokens), Some(stale)) = (sent.status, &self.client.token, &token) {
+            tracing::info!(subscription = %self.sub.name, "The endpoint refused the OAuth2 token (401); fetching a new one.");
+            match tokens.refresh(stale).await {
+                Ok(fresh) => sent = self.send_once(Some(&fresh)).await.1,
+                Err(e) => return (attempt, token_failed(&self.sub, e)),
+            }
+        }
+        (attempt, sent)
+    }
+
+    /// One request; says whether its body was compressed.
+    async fn send_once(&self, token: Option<&str>) -> (u32, http::Sent, bool) {
+        let compression =
+            self.sub.compression.filter(|_| self.client.compress.load(std::sync::atomic::Ordering::Relaxed));
+        let prepared = http::prepare(&self.sub, &self.due, SystemTime::now(), token, compression);
+        (prepared.attempt, http::send(&self.client.http, &self.sub, prepared).await, compression.is_some())
     }
 }
 

@@ -42,6 +42,9 @@ pub enum ClientError {
 pub struct Client {
     pub http: reqwest::Client,
     pub token: Option<super::token::TokenSource>,
+    /// The subscription's `compression` still applies: an endpoint that answers 415 to a
+    /// compressed body turns it off until the client is built again (restart, reload).
+    pub compress: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The client of one subscription; an OAuth2 token endpoint is reached with the same
@@ -52,7 +55,8 @@ pub fn client(sub: &Subscription) -> Result<Client, ClientError> {
         Some(crate::config::Auth::OAuth2(o)) => Some(super::token::TokenSource::new(o.clone(), http.clone())),
         _ => None,
     };
-    Ok(Client { http, token })
+    let compress = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(sub.compression.is_some()));
+    Ok(Client { http, token, compress })
 }
 
 /// The HTTP client of one subscription: its timeouts, its extra CA, no redirects.
@@ -107,7 +111,8 @@ fn identity(cert: &std::path::Path, key: &std::path::Path) -> Result<reqwest::Id
 
 /// A request ready to go.
 pub struct Prepared {
-    pub body: String,
+    /// As sent: compressed when `compression` says so.
+    pub body: Vec<u8>,
     pub headers: HeaderMap,
     pub attempt: u32,
 }
@@ -121,8 +126,15 @@ fn put(headers: &mut HeaderMap, name: &str, value: &str) {
 }
 
 /// Body and headers for one attempt of `due`, signed now; `token` is an OAuth2 access
-/// token fetched for it.
-pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime, token: Option<&str>) -> Prepared {
+/// token fetched for it; `compression` encodes the body, and the signature covers the
+/// bytes as sent.
+pub fn prepare(
+    sub: &Subscription,
+    due: &Due,
+    now: SystemTime,
+    token: Option<&str>,
+    compression: Option<super::compress::Compression>,
+) -> Prepared {
     // Taken while the clock was not good: made true now if it can be, else marked.
     let (created_ms, timestamp_unsynced) = crate::clock::dated(due.created_ms, due.clock);
     let parts = EnvelopeParts {
@@ -165,13 +177,18 @@ pub fn prepare(sub: &Subscription, due: &Due, now: SystemTime, token: Option<&st
     for (name, value) in &rendered.headers {
         put(&mut headers, name, value);
     }
+    let body = match compression {
+        Some(how) => {
+            put(&mut headers, "content-encoding", how.encoding());
+            super::compress::compress(how, rendered.body.as_bytes())
+        }
+        None => rendered.body.into_bytes(),
+    };
     let ts = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    for (name, value) in
-        sign::sign_headers(sub.signature, &sub.keys.0, p, &due.delivery_id, ts, rendered.body.as_bytes())
-    {
+    for (name, value) in sign::sign_headers(sub.signature, &sub.keys.0, p, &due.delivery_id, ts, &body) {
         put(&mut headers, &name, &value);
     }
-    Prepared { body: rendered.body, headers, attempt }
+    Prepared { body, headers, attempt }
 }
 
 /// What one attempt got back.

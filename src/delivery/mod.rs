@@ -5,6 +5,7 @@
 //! *recording*: never fetched again, and on a FIFO lane it still holds the lane's one slot.
 
 mod attempt;
+pub mod compress;
 pub mod endpoint;
 pub mod fast;
 mod fast_path;

@@ -19,7 +19,7 @@ fn lane(extra: &str) -> Lane {
     let sub = config.subscriptions[0].clone();
     Lane::new(
         sub,
-        super::super::http::Client { http: reqwest::Client::new(), token: None },
+        super::super::http::Client { http: reqwest::Client::new(), token: None, compress: Default::default() },
         Endpoint::new(Duration::from_secs(60), None, true),
     )
 }
