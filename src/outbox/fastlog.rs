@@ -98,7 +98,17 @@ pub struct FastLog {
     bytes: u64,
     /// The last append failed (a full disk): said once, not per event.
     failing: bool,
+    /// Appended, not yet taken by the writer, in order. The writer takes them whenever
+    /// it wakes (at least once a [`crate::health::BEAT`]); it is woken for them only
+    /// every [`RING_EVERY`]: a wake per event cost two thread switches per event.
+    handed: Vec<FastDone>,
+    /// The writer has stopped: nothing more reaches the tables in this run.
+    writer_gone: bool,
 }
+
+/// Handed entries that wake the writer: often enough that its flush at 2048 waiting
+/// events comes on time.
+pub const RING_EVERY: usize = 256;
 
 /// The fast log's file for the outbox at `db`.
 pub fn path_for(db: &Path) -> PathBuf {
@@ -137,10 +147,40 @@ impl FastLog {
                 None
             }
         };
-        FastLog { path, file, next_l: last + 1, unapplied: VecDeque::new(), bytes: 0, failing: false }
+        FastLog {
+            path,
+            file,
+            next_l: last + 1,
+            unapplied: VecDeque::new(),
+            bytes: 0,
+            failing: false,
+            handed: Vec::new(),
+            writer_gone: false,
+        }
     }
 
     /// Appends one delivered event and returns it numbered.
+    /// Appends an entry and hands it to the writer. Returns whether the writer should be
+    /// woken for it (every [`RING_EVERY`] handed), or `None` once the writer has stopped.
+    pub fn append_and_hand(&mut self, key: Option<i64>, audits: Vec<AuditRow>) -> Option<bool> {
+        if self.writer_gone {
+            return None;
+        }
+        let done = self.append(key, audits);
+        self.handed.push(done);
+        Some(self.handed.len() % RING_EVERY == 0)
+    }
+
+    /// What was handed since the writer last took it, in order.
+    pub fn take_handed(&mut self) -> Vec<FastDone> {
+        std::mem::take(&mut self.handed)
+    }
+
+    /// The writer has stopped: later entries stay in the log for the next start.
+    pub fn writer_stopped(&mut self) {
+        self.writer_gone = true;
+    }
+
     pub fn append(&mut self, key: Option<i64>, audits: Vec<AuditRow>) -> FastDone {
         let done = FastDone { l: self.next_l, key, audits };
         self.next_l += 1;

@@ -424,9 +424,9 @@ pub(crate) enum Command {
     Persist { event: Box<NewEvent>, then: Box<Persisting> },
     /// Answered at once from committed state, outside any transaction.
     Read(Read),
-    /// An event delivered from memory: already in the fast log, written to the tables
-    /// with a later commit that need not be fsync'd (see `fastlog`).
-    Fast(FastDone),
+    /// Events delivered from memory wait in the fast log's hand-over (see
+    /// `FastLog::append_and_hand`): take them now.
+    FastHanded,
     /// Write what the fast path delivered to the tables now (before `log` or `show`
     /// reads them); answered once committed.
     FlushFast(oneshot::Sender<()>),
@@ -568,9 +568,11 @@ impl Outbox {
     /// tables later. Call it before acking the event's message.
     pub fn delivered_fast(&self, key: Option<i64>, audits: Vec<crate::outbox::AuditRow>) -> Result<(), OutboxError> {
         let mut log = self.fast_log.lock().unwrap_or_else(|e| e.into_inner());
-        let done = log.append(key, audits);
-        // Sent under the log's lock: the writer gets entries in the log's order.
-        self.tx.send(Command::Fast(done)).map_err(|_| OutboxError::Closed)
+        match log.append_and_hand(key, audits) {
+            None => Err(OutboxError::Closed),
+            Some(false) => Ok(()),
+            Some(true) => self.tx.send(Command::FastHanded).map_err(|_| OutboxError::Closed),
+        }
     }
 
     /// Writes what the fast path delivered to the tables; returns once committed.

@@ -288,6 +288,8 @@ impl Writer {
                 self.beat.beat();
             }
         }
+        // From here on the fast path's events stay unacked (the broker sends them again).
+        self.take_handed_then(true);
         if !self.fast.done.is_empty() {
             // Written to the tables at stop (the fast log would give them back anyway).
             self.fast.waiters.push(tokio::sync::oneshot::channel().0);
@@ -355,6 +357,8 @@ impl Writer {
     /// Sorts a batch (reads answered, writes and ingest queued) and commits unless the
     /// writes may wait for company.
     fn turn(&mut self, batch: Vec<Command>) -> Turn {
+        // Before the batch: a flush asked for after an event was handed carries it.
+        self.take_handed();
         for cmd in batch {
             match cmd {
                 Command::Ingest { seq, inbound, unhurried } => self.admission.hold(seq, inbound, unhurried),
@@ -370,7 +374,8 @@ impl Writer {
                     self.pending.since.get_or_insert_with(Instant::now);
                     self.pending.writes.push(write);
                 }
-                Command::Fast(done) => self.fast.push(done),
+                // Taken below, with whatever else was handed.
+                Command::FastHanded => {}
                 Command::FlushFast(reply) => self.fast.waiters.push(reply),
             }
         }

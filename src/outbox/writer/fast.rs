@@ -49,6 +49,25 @@ impl FastPending {
 }
 
 impl Writer {
+    /// Takes what the fast path handed over since the last look (see
+    /// `FastLog::append_and_hand`); with `last`, also says no more will be taken.
+    pub(super) fn take_handed_then(&mut self, last: bool) {
+        let handed = {
+            let mut log = self.fast_log.lock().unwrap_or_else(|e| e.into_inner());
+            if last {
+                log.writer_stopped();
+            }
+            log.take_handed()
+        };
+        for done in handed {
+            self.fast.push(done);
+        }
+    }
+
+    pub(super) fn take_handed(&mut self) {
+        self.take_handed_then(false);
+    }
+
     /// The fast path's events are in the tables: the log may forget them, and whoever
     /// asked for the flush hears so.
     pub(super) fn committed_fast(&mut self) {
