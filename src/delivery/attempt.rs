@@ -132,12 +132,12 @@ impl Attempt {
             self.client.compress.store(false, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(subscription = %self.sub.name, compression = ?self.sub.compression,
                 "The endpoint refused a compressed body (415); this subscription sends uncompressed until a restart or reload.");
-            sent = self.send_once(token.as_deref()).await.1;
+            sent = sent.then(self.send_once(token.as_deref()).await.1);
         }
         if let (Some(401), Some(tokens), Some(stale)) = (sent.status, &self.client.token, &token) {
             tracing::info!(subscription = %self.sub.name, "The endpoint refused the OAuth2 token (401); fetching a new one.");
             match tokens.refresh(stale).await {
-                Ok(fresh) => sent = self.send_once(Some(&fresh)).await.1,
+                Ok(fresh) => sent = sent.then(self.send_once(Some(&fresh)).await.1),
                 Err(e) => return (attempt, token_failed(&self.sub, e)),
             }
         }

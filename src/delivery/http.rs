@@ -206,6 +206,14 @@ pub struct Sent {
     pub sent_bytes: u64,
 }
 
+impl Sent {
+    /// `next`, sent after this one within the same attempt: its answer, and the time
+    /// and bytes of both.
+    pub fn then(self, next: Sent) -> Sent {
+        Sent { duration: self.duration + next.duration, sent_bytes: self.sent_bytes + next.sent_bytes, ..next }
+    }
+}
+
 /// What a request takes on the wire (HTTP/1.1, before TLS): its request line, the
 /// headers we set and the ones the client adds (Host, Content-Length, User-Agent,
 /// Accept), and the body.
