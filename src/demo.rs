@@ -72,6 +72,7 @@ topic = "fleet/+/battery"
 event = "robot.battery"
 device_id = "{{topic.1}}"
 priority = "low"
+payload = "msgpack"
 
 [[subscription]]
 name = "local-receiver"
@@ -151,12 +152,14 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<S
                 }
                 let n = summary.published;
                 let (topic, payload, label) = if n % 4 == 3 {
-                    (format!("fleet/{DEVICE}/battery"), serde_json::json!({"seq": n, "percent": 90 - (n % 50) as i64, "charging": false}), "robot.battery".to_string())
+                    // MessagePack, as groove-x mqtt_bridge publishes by default.
+                    (format!("fleet/{DEVICE}/battery"), battery(n), "robot.battery (MessagePack)".to_string())
                 } else {
                     let status = statuses[(n as usize) % 3];
-                    (format!("fleet/{DEVICE}/mission"), serde_json::json!({"seq": n, "event_id": format!("ev-{n}"), "mission_id": format!("m-{:04}", n / 4), "status": status, "station": format!("dock-{}", n % 7)}), format!("mission.{status}"))
+                    let json = serde_json::json!({"seq": n, "event_id": format!("ev-{n}"), "mission_id": format!("m-{:04}", n / 4), "status": status, "station": format!("dock-{}", n % 7)});
+                    (format!("fleet/{DEVICE}/mission"), json.to_string().into_bytes(), format!("mission.{status}"))
                 };
-                publisher.publish(topic, QoS::AtLeastOnce, false, payload.to_string()).await?;
+                publisher.publish(topic, QoS::AtLeastOnce, false, payload).await?;
                 summary.published += 1;
                 say(&format!("published  #{n:<4} {label}"));
                 if !outage_done && outage_end.is_none() && now.duration_since(t0) >= outage_at {
@@ -204,6 +207,20 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<S
         if summary.ok() { "OK" } else { "MISSING EVENTS" }
     );
     Ok(summary)
+}
+
+/// A battery reading as a ROS bridge that speaks MessagePack sends it.
+fn battery(n: u64) -> Vec<u8> {
+    use rmpv::Value;
+    let map = Value::Map(vec![
+        (Value::from("seq"), Value::from(n)),
+        (Value::from("percent"), Value::from(90 - (n % 50) as i64)),
+        (Value::from("charging"), Value::from(false)),
+    ]);
+    let mut out = Vec::new();
+    // Writing to memory cannot fail.
+    let _ = rmpv::encode::write_value(&mut out, &map);
+    out
 }
 
 fn note(r: &Received, s: &mut Summary, verified: &mut HashSet<u64>, delivered: &mut HashSet<u64>, say: &impl Fn(&str)) {
