@@ -374,7 +374,7 @@ impl Writer {
                     self.pending.since.get_or_insert_with(Instant::now);
                     self.pending.writes.push(write);
                 }
-                // Taken below, with whatever else was handed.
+                // Taken at the start of this turn, with whatever else was handed.
                 Command::FastHanded => {}
                 Command::FlushFast(reply) => self.fast.waiters.push(reply),
             }
