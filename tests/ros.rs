@@ -79,15 +79,34 @@ fn pose(ros1: bool) -> Value {
         "orientation": {"x": 0.0, "y": 0.0, "z": 0.0, "w": 1.0}}})
 }
 
+/// A broker, a receiver, the agent with the two `payload = "ros"` routes, and the
+/// messages rosbags made (their ROS 2 `.msg` files under the agent's directory).
+/// Bound in the tests as `_dir, broker, ep, messages, agent`, so the agent goes first and
+/// its directory last.
+struct Rig {
+    agent: Agent,
+    messages: Vec<(String, Vec<u8>)>,
+    ep: Endpoint,
+    broker: Mosquitto,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    fn start(type_wait: &str) -> Rig {
+        let broker = Mosquitto::start();
+        let ep = Endpoint::start(Reply::Status(200));
+        let dir = tempfile::tempdir().unwrap();
+        let msg_dir = dir.path().join("share");
+        let messages = ros_messages(&msg_dir);
+        let agent = Agent::start(dir.path(), &config(broker.port, &msg_dir, type_wait, &ep));
+        agent.wait_subscribed();
+        Rig { agent, messages, ep, broker, _dir: dir }
+    }
+}
+
 #[test]
 fn ika_mqtt_client_ros1_and_ros2_messages_become_events_with_their_fields() {
-    let broker = Mosquitto::start();
-    let ep = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let msg_dir = dir.path().join("share");
-    let messages = ros_messages(&msg_dir);
-    let agent = Agent::start(dir.path(), &config(broker.port, &msg_dir, "10s", &ep));
-    agent.wait_subscribed();
+    let Rig { _dir, broker, ep, messages, agent } = Rig::start("10s");
 
     // The first message comes before its type: it waits, unacked, and everything after
     // it waits behind it; the announcements (retained, as the bridge sends them) free it.
@@ -148,13 +167,7 @@ fn ika_mqtt_client_ros1_and_ros2_messages_become_events_with_their_fields() {
 
 #[test]
 fn a_ros_message_without_a_type_or_that_does_not_fit_it_is_quarantined_and_released_once_known() {
-    let broker = Mosquitto::start();
-    let ep = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let msg_dir = dir.path().join("share");
-    let messages = ros_messages(&msg_dir);
-    let agent = Agent::start(dir.path(), &config(broker.port, &msg_dir, "1s", &ep));
-    agent.wait_subscribed();
+    let Rig { _dir, broker, ep, messages, agent } = Rig::start("1s");
     let find = |topic: &str| messages.iter().find(|(t, _)| t == topic).cloned().unwrap();
 
     // No announcement within ros.type_wait.

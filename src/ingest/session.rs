@@ -177,30 +177,25 @@ impl Client {
 
     /// Queues QoS 1 subscriptions to `filters`.
     pub fn subscribe(&self, filters: &[String]) -> Result<(), SessionError> {
-        let result = match self {
-            Client::V4(c) => c
-                .try_subscribe_many(filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)))
-                .map_err(|e| e.to_string()),
-            Client::V5(c) => c
-                .try_subscribe_many(
-                    filters.iter().map(|f| p5::Filter::new(f.clone(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce)),
-                )
-                .map_err(|e| e.to_string()),
-        };
-        result.map_err(SessionError)
+        self.subscribe_at(filters, true)
     }
 
     /// Queues a SUBSCRIBE at QoS 0 (what may be lost and is sent again anyway).
     pub fn subscribe_at_most_once(&self, filters: &[String]) -> Result<(), SessionError> {
+        self.subscribe_at(filters, false)
+    }
+
+    fn subscribe_at(&self, filters: &[String], at_least_once: bool) -> Result<(), SessionError> {
+        use rumqttc::v5::mqttbytes::QoS as QoS5;
+        let (v4, v5) =
+            if at_least_once { (QoS::AtLeastOnce, QoS5::AtLeastOnce) } else { (QoS::AtMostOnce, QoS5::AtMostOnce) };
         let result = match self {
             Client::V4(c) => c
-                .try_subscribe_many(filters.iter().map(|f| SubscribeFilter::new(f.clone(), QoS::AtMostOnce)))
+                .try_subscribe_many(filters.iter().map(|f| SubscribeFilter::new(f.clone(), v4)))
                 .map_err(|e| e.to_string()),
-            Client::V5(c) => c
-                .try_subscribe_many(
-                    filters.iter().map(|f| p5::Filter::new(f.clone(), rumqttc::v5::mqttbytes::QoS::AtMostOnce)),
-                )
-                .map_err(|e| e.to_string()),
+            Client::V5(c) => {
+                c.try_subscribe_many(filters.iter().map(|f| p5::Filter::new(f.clone(), v5))).map_err(|e| e.to_string())
+            }
         };
         result.map_err(SessionError)
     }

@@ -602,20 +602,6 @@ pub fn subscription(name: &str, url: &str, extra: &str) -> String {
 }
 
 fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
-    fleethook::init_crypto();
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "fleethook test CA");
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf =
-        rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
-    let config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone(), ca_cert.der().clone()], key)
-        .unwrap();
-    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca_cert.pem())
+    let pki = pki::Pki::new();
+    (pki.acceptor(false), pki.ca_pem.clone())
 }

@@ -60,15 +60,25 @@ impl Pki {
 
     /// A TLS server for `localhost` that requires a client certificate from this CA.
     pub fn acceptor_requiring_client_certs(&self) -> tokio_rustls::TlsAcceptor {
+        self.acceptor(true)
+    }
+
+    /// A TLS server for `localhost` with a certificate from this CA; with
+    /// `client_certs`, it accepts only clients with one from this CA too.
+    pub fn acceptor(&self, client_certs: bool) -> tokio_rustls::TlsAcceptor {
         let (_, _, cert, key) = self.issue(&["localhost"]);
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca_der.clone()).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
+        let builder = rustls::ServerConfig::builder();
+        let builder = if client_certs {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca_der.clone()).unwrap();
+            builder.with_client_cert_verifier(
+                rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap(),
+            )
+        } else {
+            builder.with_no_client_auth()
+        };
         let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
-        let config = rustls::ServerConfig::builder()
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(vec![cert.der().clone(), self.ca_der.clone()], key)
-            .unwrap();
+        let config = builder.with_single_cert(vec![cert.der().clone(), self.ca_der.clone()], key).unwrap();
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 }
