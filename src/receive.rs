@@ -39,6 +39,8 @@ pub struct Received {
     pub event_type: Option<String>,
     pub delivery_id: Option<String>,
     pub attempt: Option<String>,
+    /// A batch's id and size (`P-Batch`, `P-Batch-Size`): `body` holds its envelopes.
+    pub batch: Option<(String, String)>,
     /// `Content-Encoding` (gzip, zstd): verified as sent, then decoded into `body`.
     pub encoding: Option<String>,
     pub body: String,
@@ -70,7 +72,10 @@ pub fn detect_scheme(headers: &http::HeaderMap) -> (Option<Scheme>, String) {
 
 /// The prefix of the `P-Event` header, if any.
 fn prefix_of(headers: &http::HeaderMap) -> Option<String> {
-    headers.keys().find_map(|k| k.as_str().strip_suffix("-delivery").map(str::to_string))
+    headers.keys().find_map(|k| {
+        let k = k.as_str();
+        k.strip_suffix("-delivery").or_else(|| k.strip_suffix("-batch-size")).map(str::to_string)
+    })
 }
 
 fn header(headers: &http::HeaderMap, name: &str) -> Option<String> {
@@ -99,6 +104,8 @@ pub fn check(opts: &ReceiveOptions, method: &str, headers: &http::HeaderMap, bod
         event_type: header(headers, &format!("{prefix}-event")),
         delivery_id: header(headers, &format!("{prefix}-delivery")),
         attempt: header(headers, &format!("{prefix}-attempt")),
+        batch: header(headers, &format!("{prefix}-batch"))
+            .map(|id| (id, header(headers, &format!("{prefix}-batch-size")).unwrap_or_else(|| "?".into()))),
         encoding,
         body: String::from_utf8_lossy(&body).into_owned(),
         skew: signed_at(headers, &prefix)
@@ -143,13 +150,16 @@ fn print(r: &Received, with_body: bool) {
         "· unsigned"
     };
     let scheme = r.scheme.map(|s| format!("{s:?}").to_lowercase()).unwrap_or_else(|| "none".into());
-    let mut line = format!(
-        "{mark} ({scheme}) {} {} delivery={} attempt={}",
-        r.method,
-        r.event_type.as_deref().unwrap_or("?"),
-        r.delivery_id.as_deref().unwrap_or("?"),
-        r.attempt.as_deref().unwrap_or("?"),
-    );
+    let attempt = r.attempt.as_deref().unwrap_or("?");
+    let mut line = match &r.batch {
+        Some((id, size)) => format!("{mark} ({scheme}) {} batch={id} events={size} attempt={attempt}", r.method),
+        None => format!(
+            "{mark} ({scheme}) {} {} delivery={} attempt={attempt}",
+            r.method,
+            r.event_type.as_deref().unwrap_or("?"),
+            r.delivery_id.as_deref().unwrap_or("?"),
+        ),
+    };
     if let Some(e) = &r.error {
         line.push_str(&format!(": {e}"));
     }

@@ -13,6 +13,7 @@ use super::secret::{self, SecretSource};
 use super::*;
 
 pub mod auth;
+pub mod batch;
 
 /// Problems found so far, each with the key it belongs to.
 #[derive(Default)]
@@ -495,6 +496,7 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
             ),
         );
     }
+    let batch = s.batch.as_ref().and_then(|b| batch::build(b, format, &p, issues));
     let auth = s.auth.as_ref().and_then(|a| auth::build(a, s.allow_http.unwrap_or(false), &p, issues));
     if auth.is_some() && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
         issues.push(p.key("auth"), "auth and an Authorization header both say how to authenticate; keep one");
@@ -569,6 +571,7 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         client_cert,
         client_key,
         compression,
+        batch,
         summary: s.summary.clone(),
         enabled: s.enabled.unwrap_or(true),
         routing_key,

@@ -3,6 +3,7 @@
 
 mod build;
 pub use build::auth::{Auth, OAuth2};
+pub use build::batch::{Batch, BatchFormat};
 mod lint;
 pub mod locate;
 pub mod range;
@@ -338,6 +339,8 @@ pub struct Subscription {
     /// Request bodies compressed with `Content-Encoding`; off when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// Several envelopes per request; None: one event per request.
+    pub batch: Option<Batch>,
     pub summary: Option<String>,
     pub enabled: bool,
     pub routing_key: Option<Secret>,

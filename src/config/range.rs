@@ -45,6 +45,12 @@ pub const RETRY_COUNT: usize = 100;
 pub const TIMEOUT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(600));
 /// A subscription's `connect_timeout`.
 pub const CONNECT_TIMEOUT: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(300));
+/// A subscription's `batch.max_events`.
+pub const BATCH_EVENTS: (u64, u64) = (1, 10_000);
+/// A subscription's `batch.max_bytes`: the body before compression.
+pub const BATCH_BYTES: (u64, u64) = (1 << 10, 64 << 20);
+/// A subscription's `batch.max_wait`.
+pub const BATCH_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
 /// A subscription's `rate_limit`, in requests per second: 1/h to 10 000/s.
 pub const RATE: (f64, f64) = (1.0 / 3600.0, 10_000.0);
 

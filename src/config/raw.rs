@@ -148,12 +148,22 @@ pub struct RawSubscription {
     pub client_cert: Option<String>,
     pub client_key: Option<String>,
     pub compression: Option<String>,
+    pub batch: Option<RawBatch>,
     pub summary: Option<String>,
     pub enabled: Option<bool>,
     pub routing_key: Option<String>,
     pub api_key: Option<String>,
     pub proxy: Option<String>,
     pub auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    pub max_events: Option<u64>,
+    pub max_bytes: Option<String>,
+    pub max_wait: Option<String>,
+    pub format: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,6 +22,8 @@ pub struct Done {
     pub probe: bool,
     /// What the outbox must record; the dispatcher commits a wave of these at once.
     pub record: AttemptRecord,
+    /// The other members of a batch, by row, with their records.
+    pub rest: Vec<(i64, AttemptRecord)>,
     /// A fast-path delivery: its event is not stored (or was not when it started).
     pub fast: Option<FastRef>,
     /// Our clock against the endpoint's `Date`, in words, if they differ by seconds.
@@ -37,13 +39,108 @@ pub struct Attempt {
     pub probe: bool,
     pub fast: Option<FastRef>,
     pub metrics: crate::live::AttemptMetrics,
+    /// A batch's members (the first is `due`); empty for one delivery per request.
+    pub batch: Vec<Due>,
 }
 
 impl Attempt {
     pub async fn run(self) -> Done {
+        if !self.batch.is_empty() {
+            return self.run_batch().await;
+        }
         let started_ms = now_ms();
-        let (attempt, sent) = self.send().await;
-        let verdict = match (&sent.status, &sent.error) {
+        let sent = self.send(Request::One(&self.due)).await;
+        let verdict = self.verdict(&sent);
+        self.metrics.observe(&self.sub.name, result_word(&verdict), sent.duration, sent.sent_bytes);
+        // Retry times are on the schedule clock, which wall-clock steps do not move.
+        let next = next_state(&self.sub, &self.due, &verdict, crate::clock::sched_ms());
+        let attempt = self.due.attempts + 1;
+        let audit = self.audit(&self.due, started_ms, &sent, &verdict, None);
+        tracing::debug!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, attempt,
+            status = ?sent.status, ?next, "Attempt finished.");
+        if let NextState::Terminal(Terminal::Failed) = next {
+            tracing::warn!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, event_type = %printable(&self.due.event_type),
+                attempt, error = audit.error.as_deref().unwrap_or(""), "Delivery failed for good.");
+        }
+        // A fast-path delivery has no row yet; if it gets one, it is found by its id.
+        let row = self.fast.is_none().then_some(self.due.seq);
+        let record = AttemptRecord::new(row, audit, next);
+        Done {
+            lane: self.lane,
+            seq: self.due.seq,
+            status: sent.status,
+            probe: self.probe,
+            record,
+            rest: Vec::new(),
+            fast: self.fast,
+            skew: skew(&sent),
+            verdict,
+        }
+    }
+
+    /// A batch: one request for all its members, split in halves on a 413 down to single
+    /// deliveries (each half a batch of its own, with its own id). Every member's result
+    /// is that of the last request it went in; the members of one request share one next
+    /// state, so a retried batch stays together (see `batch`).
+    async fn run_batch(&self) -> Done {
+        let started_ms = now_ms();
+        let mut todo: Vec<&[Due]> = vec![&self.batch];
+        let mut records: Vec<(i64, AttemptRecord)> = Vec::with_capacity(self.batch.len());
+        let mut lane_verdict: Option<(Verdict, Option<u16>, Option<Option<String>>)> = None;
+        while let Some(members) = todo.pop() {
+            let id = super::batch::batch_id(members);
+            let sent = self.send(Request::Batch(members, &id)).await;
+            if sent.status == Some(413) && members.len() > 1 {
+                self.metrics.observe(&self.sub.name, "split", sent.duration, sent.sent_bytes);
+                tracing::info!(subscription = %self.sub.name, batch_id = %id, events = members.len(),
+                    "The endpoint refused the batch as too large (413); sending it in halves.");
+                let (a, b) = members.split_at(members.len() / 2);
+                todo.push(b);
+                todo.push(a);
+                continue;
+            }
+            let verdict = self.verdict(&sent);
+            self.metrics.observe(&self.sub.name, result_word(&verdict), sent.duration, sent.sent_bytes);
+            // The member that has spent the most retries decides for all.
+            let most = members.iter().max_by_key(|d| d.budget_used).unwrap_or(&members[0]);
+            let next = next_state(&self.sub, most, &verdict, crate::clock::sched_ms());
+            tracing::debug!(subscription = %self.sub.name, batch_id = %id, events = members.len(),
+                status = ?sent.status, ?next, "Batch attempt finished.");
+            if let NextState::Terminal(Terminal::Failed) = next {
+                let audit = self.audit(&members[0], started_ms, &sent, &verdict, Some(&id));
+                tracing::warn!(subscription = %self.sub.name, batch_id = %id, events = members.len(),
+                    error = audit.error.as_deref().unwrap_or(""), "Batch failed for good; each delivery in it is failed.");
+            }
+            for d in members {
+                let audit = self.audit(d, started_ms, &sent, &verdict, Some(&id));
+                records.push((d.seq, AttemptRecord::new(Some(d.seq), audit, next.clone())));
+            }
+            // The endpoint learns from the first request that did not deliver, if any.
+            let first_bad = !matches!(verdict, Verdict::Delivered)
+                && lane_verdict.as_ref().is_none_or(|(v, ..)| matches!(v, Verdict::Delivered));
+            if lane_verdict.is_none() || first_bad {
+                lane_verdict = Some((verdict, sent.status, skew(&sent)));
+            }
+        }
+        let (verdict, status, skew) = lane_verdict.unwrap_or((Verdict::Delivered, None, None));
+        let mut records = records.into_iter();
+        let (seq, record) = records.next().expect("a batch has a member");
+        Done {
+            lane: self.lane,
+            seq,
+            verdict,
+            status,
+            probe: self.probe,
+            record,
+            rest: records.collect(),
+            fast: None,
+            skew,
+        }
+    }
+
+    /// The rule table's verdict on what one request got back.
+    fn verdict(&self, sent: &http::Sent) -> Verdict {
+        match (&sent.status, &sent.error) {
             (Some(status), _) => {
                 let verdict =
                     classify_status(*status, sent.retry_after.as_deref(), sent.location.as_deref(), SystemTime::now());
@@ -57,99 +154,100 @@ impl Attempt {
                 classify_error(*kind, text)
             }
             (None, None) => classify_error(outcome::TransportError::Other, "no response"),
-        };
-        let result = match &verdict {
-            Verdict::Delivered => "delivered",
-            Verdict::Retry { .. } => "retry",
-            Verdict::Offline { .. } => "offline",
-            Verdict::Failed { .. } => "failed",
-        };
-        self.metrics.observe(&self.sub.name, result, sent.duration, sent.sent_bytes);
-        // Retry times are on the schedule clock, which wall-clock steps do not move.
-        let next = next_state(&self.sub, &self.due, &verdict, crate::clock::sched_ms());
-        let (error_kind, error) = match (&sent.error, &verdict) {
+        }
+    }
+
+    /// The audit row of `due`'s part in a request.
+    fn audit(&self, due: &Due, started_ms: i64, sent: &http::Sent, verdict: &Verdict, batch: Option<&str>) -> AuditRow {
+        let (error_kind, error) = match (&sent.error, verdict) {
             (Some((kind, text)), _) => (Some(kind.as_str().to_string()), Some(text.clone())),
             (None, Verdict::Failed { reason, .. } | Verdict::Retry { reason, .. }) => {
                 (Some("http".into()), Some(reason.clone()))
             }
             _ => (None, None),
         };
-        tracing::debug!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, attempt,
-            status = ?sent.status, ?next, "Attempt finished.");
-        if let NextState::Terminal(Terminal::Failed) = next {
-            tracing::warn!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, event_type = %printable(&self.due.event_type),
-                attempt, error = error.as_deref().unwrap_or(""), "Delivery failed for good.");
-        }
-        let audit = AuditRow {
+        AuditRow {
             subscription: self.sub.name.clone(),
-            delivery_id: self.due.delivery_id.clone(),
-            event_type: self.due.event_type.clone(),
-            attempt,
+            delivery_id: due.delivery_id.clone(),
+            event_type: due.event_type.clone(),
+            attempt: due.attempts + 1,
             started_ms,
             duration_ms: sent.duration.as_millis() as i64,
             status: sent.status,
             error_kind,
             error,
-            snippet: sent.snippet,
+            snippet: sent.snippet.clone(),
             outcome: String::new(),
-        };
-        // A fast-path delivery has no row yet; if it gets one, it is found by its id.
-        let row = self.fast.is_none().then_some(self.due.seq);
-        let record = AttemptRecord::new(row, audit, next);
-        // HTTP dates have whole seconds: within a few, the clocks agree.
-        let skew = sent
-            .date
-            .as_deref()
-            .and_then(|d| httpdate::parse_http_date(d).ok())
-            .map(|theirs| crate::clock::skew_words(now_ms(), crate::clock::unix_s(theirs) * 1000));
-        Done {
-            lane: self.lane,
-            seq: self.due.seq,
-            verdict,
-            status: sent.status,
-            probe: self.probe,
-            record,
-            fast: self.fast,
-            skew,
+            batch_id: batch.map(str::to_string),
         }
     }
+}
+
+/// The word `fleethook_attempts_total` counts a verdict under.
+fn result_word(verdict: &Verdict) -> &'static str {
+    match verdict {
+        Verdict::Delivered => "delivered",
+        Verdict::Retry { .. } => "retry",
+        Verdict::Offline { .. } => "offline",
+        Verdict::Failed { .. } => "failed",
+    }
+}
+
+/// Our clock against the endpoint's `Date`, in words (HTTP dates have whole seconds:
+/// within a few, the clocks agree).
+fn skew(sent: &http::Sent) -> Option<Option<String>> {
+    sent.date
+        .as_deref()
+        .and_then(|d| httpdate::parse_http_date(d).ok())
+        .map(|theirs| crate::clock::skew_words(now_ms(), crate::clock::unix_s(theirs) * 1000))
+}
+
+/// What one request carries: one delivery, or a batch under its id.
+#[derive(Clone, Copy)]
+enum Request<'a> {
+    One(&'a Due),
+    Batch(&'a [Due], &'a str),
 }
 
 impl Attempt {
     /// Prepares and sends; with OAuth2, with a token, and once more with a new token if
     /// the endpoint refuses the first with a 401; compressed, and once more uncompressed
     /// (from then on) if the endpoint refuses that with a 415.
-    async fn send(&self) -> (u32, http::Sent) {
+    async fn send(&self, what: Request<'_>) -> http::Sent {
         let mut token = None;
         if let Some(tokens) = &self.client.token {
             match tokens.token().await {
                 Ok(t) => token = Some(t),
-                Err(e) => return (self.due.attempts + 1, token_failed(&self.sub, e)),
+                Err(e) => return token_failed(&self.sub, e),
             }
         }
-        let (attempt, mut sent, compressed) = self.send_once(token.as_deref()).await;
+        let (mut sent, compressed) = self.send_once(what, token.as_deref()).await;
         if sent.status == Some(415) && compressed {
             self.client.compress.store(false, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(subscription = %self.sub.name, compression = ?self.sub.compression,
                 "The endpoint refused a compressed body (415); this subscription sends uncompressed until a restart or reload.");
-            sent = sent.then(self.send_once(token.as_deref()).await.1);
+            sent = sent.then(self.send_once(what, token.as_deref()).await.0);
         }
         if let (Some(401), Some(tokens), Some(stale)) = (sent.status, &self.client.token, &token) {
             tracing::info!(subscription = %self.sub.name, "The endpoint refused the OAuth2 token (401); fetching a new one.");
             match tokens.refresh(stale).await {
-                Ok(fresh) => sent = sent.then(self.send_once(Some(&fresh)).await.1),
-                Err(e) => return (attempt, token_failed(&self.sub, e)),
+                Ok(fresh) => sent = sent.then(self.send_once(what, Some(&fresh)).await.0),
+                Err(e) => return token_failed(&self.sub, e),
             }
         }
-        (attempt, sent)
+        sent
     }
 
     /// One request; says whether its body was compressed.
-    async fn send_once(&self, token: Option<&str>) -> (u32, http::Sent, bool) {
+    async fn send_once(&self, what: Request<'_>, token: Option<&str>) -> (http::Sent, bool) {
         let compression =
             self.sub.compression.filter(|_| self.client.compress.load(std::sync::atomic::Ordering::Relaxed));
-        let prepared = http::prepare(&self.sub, &self.due, SystemTime::now(), token, compression);
-        (prepared.attempt, http::send(&self.client.http, &self.sub, prepared).await, compression.is_some())
+        let now = SystemTime::now();
+        let prepared = match what {
+            Request::One(due) => http::prepare(&self.sub, due, now, token, compression),
+            Request::Batch(members, id) => http::prepare_batch(&self.sub, members, id, now, token, compression),
+        };
+        (http::send(&self.client.http, &self.sub, prepared).await, compression.is_some())
     }
 }
 

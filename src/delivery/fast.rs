@@ -158,6 +158,8 @@ impl Book {
             created_ms: job.event.created_ms,
             data: job.event.data.clone(),
             clock: job.event.clock,
+            priority: job.event.priority as i64,
+            next_attempt_ms: 0,
         })
     }
 

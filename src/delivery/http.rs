@@ -135,6 +135,61 @@ pub fn prepare(
     token: Option<&str>,
     compression: Option<super::compress::Compression>,
 ) -> Prepared {
+    let rendered = render(sub, due, now);
+    let p = &sub.header_prefix;
+    let mut headers = HeaderMap::new();
+    put(&mut headers, "content-type", "application/json");
+    put(&mut headers, &format!("{p}-Event"), &header_value(&due.event_type));
+    put(&mut headers, &format!("{p}-Delivery"), &due.delivery_id);
+    // Counts the attempts that reached the endpoint (an answer that spent the retry
+    // budget), not offline probes that never connected: the receiver's first request
+    // for a delivery says 1.
+    put(&mut headers, &format!("{p}-Attempt"), &(due.budget_used + 1).to_string());
+    put(&mut headers, &format!("{p}-Device"), &header_value(&due.device_id));
+    let (headers, body) = finish(sub, headers, rendered, &due.delivery_id, now, token, compression);
+    Prepared { body, headers, attempt: due.attempts + 1 }
+}
+
+/// One request carrying `members` (a batch, `batch.format` says how), under batch id
+/// `id`: one signature over the body as sent.
+pub fn prepare_batch(
+    sub: &Subscription,
+    members: &[Due],
+    id: &str,
+    now: SystemTime,
+    token: Option<&str>,
+    compression: Option<super::compress::Compression>,
+) -> Prepared {
+    let ndjson = sub.batch.as_ref().is_some_and(|b| b.format == crate::config::BatchFormat::Ndjson);
+    let bodies: Vec<String> = members.iter().map(|d| render(sub, d, now).body).collect();
+    let body = if ndjson {
+        let mut b = bodies.join("\n");
+        b.push('\n');
+        b
+    } else {
+        format!("[{}]", bodies.join(","))
+    };
+    let p = &sub.header_prefix;
+    let mut headers = HeaderMap::new();
+    put(&mut headers, "content-type", if ndjson { "application/x-ndjson" } else { "application/json" });
+    put(&mut headers, &format!("{p}-Batch"), id);
+    put(&mut headers, &format!("{p}-Batch-Size"), &members.len().to_string());
+    let sent_before = members.iter().map(|d| d.budget_used).max().unwrap_or(0);
+    put(&mut headers, &format!("{p}-Attempt"), &(sent_before + 1).to_string());
+    if let Some(first) = members.first()
+        && members.iter().all(|d| d.device_id == first.device_id)
+    {
+        put(&mut headers, &format!("{p}-Device"), &header_value(&first.device_id));
+    }
+    let rendered = format::Rendered { body, headers: Vec::new() };
+    let (headers, body) = finish(sub, headers, rendered, id, now, token, compression);
+    let attempt = members.iter().map(|d| d.attempts).max().unwrap_or(0) + 1;
+    Prepared { body, headers, attempt }
+}
+
+/// The body `due` takes in the subscription's format, timestamped truly if the clock
+/// now allows.
+fn render(sub: &Subscription, due: &Due, now: SystemTime) -> format::Rendered {
     // Taken while the clock was not good: made true now if it can be, else marked.
     let (created_ms, timestamp_unsynced) = crate::clock::dated(due.created_ms, due.clock);
     let parts = EnvelopeParts {
@@ -152,18 +207,21 @@ pub fn prepare(
         api_key: sub.api_key.as_ref().map(|s| s.expose()),
         now_ms: now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
     };
-    let rendered = format::render(sub.format, &parts, &opts);
-    let attempt = due.attempts + 1;
-    let p = &sub.header_prefix;
-    let mut headers = HeaderMap::new();
-    put(&mut headers, "content-type", "application/json");
-    put(&mut headers, &format!("{p}-Event"), &header_value(&due.event_type));
-    put(&mut headers, &format!("{p}-Delivery"), &due.delivery_id);
-    // Counts the attempts that reached the endpoint (an answer that spent the retry
-    // budget), not offline probes that never connected: the receiver's first request
-    // for a delivery says 1.
-    put(&mut headers, &format!("{p}-Attempt"), &(due.budget_used + 1).to_string());
-    put(&mut headers, &format!("{p}-Device"), &header_value(&due.device_id));
+    format::render(sub.format, &parts, &opts)
+}
+
+/// What every request adds to its own headers: the subscription's headers, its
+/// authorization, the format's headers, the body's encoding and, last, the signature
+/// over the body as sent under `id` (the `webhook-id`).
+fn finish(
+    sub: &Subscription,
+    mut headers: HeaderMap,
+    rendered: format::Rendered,
+    id: &str,
+    now: SystemTime,
+    token: Option<&str>,
+    compression: Option<super::compress::Compression>,
+) -> (HeaderMap, Vec<u8>) {
     for (name, value) in &sub.headers {
         put(&mut headers, name, value.expose());
     }
@@ -185,10 +243,10 @@ pub fn prepare(
         None => rendered.body.into_bytes(),
     };
     let ts = now.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
-    for (name, value) in sign::sign_headers(sub.signature, &sub.keys.0, p, &due.delivery_id, ts, &body) {
+    for (name, value) in sign::sign_headers(sub.signature, &sub.keys.0, &sub.header_prefix, id, ts, &body) {
         put(&mut headers, &name, &value);
     }
-    Prepared { body, headers, attempt }
+    (headers, body)
 }
 
 /// What one attempt got back.

@@ -81,6 +81,12 @@ pub struct Lane {
     clock: ClockHold,
     /// Our clock against the endpoint's, by its last `Date` header.
     clock_skew: Option<String>,
+    /// Batch requests in flight (batched subscriptions: `in_flight` counts their members).
+    batches: usize,
+    /// Since when the batch at the front of `prefetched` has waited to fill…
+    batch_since: Option<Instant>,
+    /// …and when it goes anyway (`batch.max_wait` later).
+    batch_at: Option<Instant>,
 }
 
 /// How long at most deliveries wait for a good clock before they are signed anyway (an
@@ -137,6 +143,8 @@ pub struct Starts {
     pub probe: bool,
     /// Fast-path deliveries to send now; the lane counts them in flight.
     pub fast: Vec<FastRef>,
+    /// Batches to send now, a request each (batched subscriptions).
+    pub batches: Vec<Vec<Due>>,
     /// A fetch to start.
     pub fetch: Option<FetchRequest>,
 }
@@ -177,6 +185,9 @@ impl Lane {
             persisting: 0,
             clock: ClockHold { policy: None, checked: None, holding: false, since: None, gave_up: false },
             clock_skew: None,
+            batches: 0,
+            batch_since: None,
+            batch_at: None,
         }
         .with_clock_policy()
     }
@@ -210,7 +221,12 @@ impl Lane {
             State::Online if self.is_fifo() => 1,
             State::Online => self.sub.max_in_flight,
         };
-        share.min(usable).saturating_sub(self.in_flight.len() + self.fast_in_flight)
+        share.min(usable).saturating_sub(self.requests())
+    }
+
+    /// Requests in flight: a batch is one.
+    fn requests(&self) -> usize {
+        if self.sub.batch.is_some() { self.batches } else { self.in_flight.len() + self.fast_in_flight }
     }
 
     pub fn is_fifo(&self) -> bool {
@@ -232,7 +248,7 @@ impl Lane {
 
     /// The earliest time this lane wants to be looked at again.
     pub fn next_wake(&self) -> Option<Instant> {
-        self.wake_at.into_iter().chain(self.due_at).min()
+        self.wake_at.into_iter().chain(self.due_at).chain(self.batch_at).min()
     }
 
     /// Whether a timer of this lane has fired; a fired due time is consumed.
@@ -242,7 +258,7 @@ impl Lane {
             self.due_at = None;
             self.poke();
         }
-        due || self.wake_at.is_some_and(|at| at <= now)
+        due || self.wake_at.is_some_and(|at| at <= now) || self.batch_at.is_some_and(|at| at <= now)
     }
 
     /// Something may have become due: look, and fetch even if the queue was found empty.
@@ -269,6 +285,9 @@ impl Lane {
             // Pending, budget untouched: look again in a second.
             self.wake_at = Some(now + Duration::from_secs(1));
             return Some(Starts::default());
+        }
+        if self.sub.batch.is_some() {
+            return Some(self.next_batches(now, global_room));
         }
         let fifo = self.is_fifo();
         let limit = if fifo { 1 } else { self.sub.max_in_flight };
@@ -311,7 +330,7 @@ impl Lane {
         if fetch.is_some() {
             self.fetch_started();
         }
-        Some(Starts { due, probe, fetch, fast })
+        Some(Starts { due, probe, fetch, fast, batches: Vec::new() })
     }
 
     /// Fast attempts finished whose results are not yet committed (their job was stored).
@@ -331,6 +350,7 @@ impl Lane {
             !self.is_fifo() || (self.recording.is_empty() && self.due_at.is_none() && self.fast_stored.is_empty());
         self.endpoint.state == State::Online
             && self.sub.rate_limit.is_none()
+            && self.sub.batch.is_none()
             && quiet
             && fifo_clear
             && !self.clock.holding
@@ -454,9 +474,14 @@ impl Lane {
 
     /// An attempt finished: its slot is free, it is recording until its result is on
     /// disk, and the endpoint learns from its verdict.
-    pub fn finished(&mut self, seq: i64, verdict: &Verdict, status: Option<u16>, probe: bool, now: Instant) {
-        self.in_flight.remove(&seq);
-        self.recording.insert(seq);
+    pub fn finished(&mut self, seqs: &[i64], verdict: &Verdict, status: Option<u16>, probe: bool, now: Instant) {
+        for seq in seqs {
+            self.in_flight.remove(seq);
+            self.recording.insert(*seq);
+        }
+        if self.sub.batch.is_some() {
+            self.batches = self.batches.saturating_sub(1);
+        }
         self.dirty = true;
         self.observe(verdict, status, probe, now);
     }
@@ -587,5 +612,6 @@ impl Lane {
     }
 }
 
+mod batches;
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@
 //! *recording*: never fetched again, and on a FIFO lane it still holds the lane's one slot.
 
 mod attempt;
+mod batch;
 pub mod compress;
 pub mod endpoint;
 pub mod fast;
@@ -258,6 +259,15 @@ impl Dispatcher {
                 };
                 spawn_attempt(self.attempt(idx, due, starts.probe, None), permit, tasks, done_tx);
             }
+            for members in starts.batches {
+                let Ok(permit) = self.global.clone().try_acquire_owned() else {
+                    self.lanes[idx].batch_not_started(&members);
+                    continue;
+                };
+                let mut job = self.attempt(idx, members[0].clone(), starts.probe, None);
+                job.batch = members;
+                spawn_attempt(job, permit, tasks, done_tx);
+            }
             let lane = &self.lanes[idx];
             if let Some(FetchRequest { asked, skip, fifo }) = starts.fetch {
                 let (outbox, name) = (self.outbox.clone(), lane.name().to_string());
@@ -280,6 +290,7 @@ impl Dispatcher {
             probe,
             fast,
             metrics: self.metrics.clone(),
+            batch: Vec::new(),
         }
     }
 
@@ -321,6 +332,7 @@ impl Dispatcher {
             }
             self.finish(&done);
             durable.push((done.lane, done.seq, done.record));
+            durable.extend(done.rest.into_iter().map(|(seq, record)| (done.lane, seq, record)));
         }
         self.record_wave(durable, fast, recordings);
     }
@@ -374,7 +386,8 @@ impl Dispatcher {
 
     fn finish(&mut self, done: &Done) {
         let Some(lane) = self.lanes.get_mut(done.lane) else { return };
-        lane.finished(done.seq, &done.verdict, done.status, done.probe, Instant::now());
+        let seqs: Vec<i64> = std::iter::once(done.seq).chain(done.rest.iter().map(|(seq, _)| *seq)).collect();
+        lane.finished(&seqs, &done.verdict, done.status, done.probe, Instant::now());
         self.after_attempt(done.lane, &done.verdict, done.skew.clone());
     }
 

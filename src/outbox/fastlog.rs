@@ -80,6 +80,7 @@ impl Line {
                 error: None,
                 snippet,
                 outcome: "delivered".into(),
+                batch_id: None,
             })
             .collect();
         FastDone { l: self.l, key: self.k, audits }

@@ -178,6 +178,11 @@ pub struct Due {
     pub data: String,
     /// Where it was taken on the boot's clock, if the wall clock was not good then.
     pub clock: Option<crate::clock::Taken>,
+    /// `Priority as i64`: 0 high, 1 normal, 2 low.
+    pub priority: i64,
+    /// When it became due, on the schedule clock: the deliveries of a batch that is
+    /// retried share it, which keeps them together (`delivery::batch`).
+    pub next_attempt_ms: i64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -248,6 +253,8 @@ pub struct AuditRow {
     pub error: Option<String>,
     pub snippet: Option<String>,
     pub outcome: String,
+    /// The batch the attempt went in (batched subscriptions only).
+    pub batch_id: Option<String>,
 }
 
 /// One finished attempt: its audit row and where its delivery goes next.

@@ -132,10 +132,11 @@ fn audit_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRow> {
         error: r.get(8)?,
         snippet: r.get(9)?,
         outcome: r.get(10)?,
+        batch_id: r.get(11)?,
     })
 }
 
-const AUDIT_COLUMNS: &str = "subscription, delivery_id, event_type, attempt, started_ms, duration_ms, status, error_kind, error, snippet, outcome";
+const AUDIT_COLUMNS: &str = "subscription, delivery_id, event_type, attempt, started_ms, duration_ms, status, error_kind, error, snippet, outcome, batch_id";
 
 impl Reader {
     pub fn open(path: &Path) -> rusqlite::Result<Reader> {

@@ -149,6 +149,11 @@ DROP INDEX deliveries_fifo;
 -- Expiry sweeps read bounded stretches of the table by seq (store::expire).
 DROP INDEX deliveries_expiry;
 "#,
+    r#"
+-- A batched subscription sends several deliveries in one request; each attempt's audit
+-- row names the batch it went in.
+ALTER TABLE attempts ADD COLUMN batch_id TEXT;
+"#,
 ];
 
 /// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.

@@ -48,7 +48,7 @@ pub struct Store {
 /// high, then normal, then low, so after an outage the important events go first.
 pub(super) const DUE_SQL: &str =
     "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms,
-            e.clock_boot_id, e.clock_boottime_ms
+            e.clock_boot_id, e.clock_boottime_ms, d.priority
      FROM deliveries d INDEXED BY deliveries_due JOIN events e ON e.seq = d.event_seq
      WHERE d.subscription = ?1 AND d.priority = ?4 AND d.state = 'pending' AND d.next_attempt_ms <= ?2
        AND d.expires_ms > ?2
@@ -64,7 +64,7 @@ const PRIORITIES: [i64; 3] = [0, 1, 2];
 pub(super) fn due_fifo_sql(index: &str, subscription: &str) -> String {
     format!(
         "SELECT d.seq, d.id, d.attempts, d.budget_used, e.id, e.type, e.device_id, e.created_ms, e.data, d.next_attempt_ms,
-                e.clock_boot_id, e.clock_boottime_ms
+                e.clock_boot_id, e.clock_boottime_ms, d.priority
          FROM deliveries d INDEXED BY {index} JOIN events e ON e.seq = d.event_seq
          WHERE d.subscription = ?1 AND d.subscription = {} AND d.state = 'pending' AND d.expires_ms > ?2
          ORDER BY d.seq LIMIT ?3",
@@ -141,6 +141,8 @@ fn read_due(
                 (Some(boot_id), Some(boottime_ms)) => Some(crate::clock::Taken { boot_id, boottime_ms }),
                 _ => None,
             },
+            priority: r.get(12)?,
+            next_attempt_ms,
         });
     }
     Ok(None)
@@ -498,8 +500,8 @@ impl Store {
     fn audit(&self, r: &AuditRow, outcome: &str) -> rusqlite::Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO attempts (subscription, delivery_id, event_type, attempt, started_ms, duration_ms, status, error_kind, error, snippet, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                "INSERT INTO attempts (subscription, delivery_id, event_type, attempt, started_ms, duration_ms, status, error_kind, error, snippet, outcome, batch_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 r.subscription,
@@ -512,7 +514,8 @@ impl Store {
                 r.error_kind,
                 r.error,
                 r.snippet,
-                outcome
+                outcome,
+                r.batch_id
             ])?;
         Ok(())
     }

@@ -199,6 +199,9 @@ pub fn show(v: &Value) -> String {
             },
             s(&a["duration_ms"]),
         ));
+        if !a["batch_id"].is_null() {
+            out.push_str(&format!("  in batch {}\n", s(&a["batch_id"])));
+        }
         if !a["error"].is_null() {
             out.push_str(&format!("  error: {}\n", s(&a["error"])));
         }

@@ -184,6 +184,8 @@ pub enum Reply {
     Close,
     /// Answer with this status after this long.
     Slow(Duration, u16),
+    /// 413 to a body longer than this many bytes, else 200.
+    BodyLimit(usize),
 }
 
 #[derive(Clone, Debug)]
@@ -319,6 +321,7 @@ async fn answer(
 ) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let size = body.len();
     let reply = {
         let mut s = st.lock().unwrap();
         s.requests.push(Request {
@@ -343,6 +346,7 @@ async fn answer(
             tokio::time::sleep(after).await;
             (s, Vec::new())
         }
+        Reply::BodyLimit(max) => (if size > max { 413 } else { 200 }, Vec::new()),
     };
     let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();

@@ -171,3 +171,21 @@ fn oauth2_auth_needs_its_keys_and_prints_without_its_secret() {
     let e = keys("");
     assert!(e.iter().any(|(k, m)| k == "subscription[0].auth" && m.contains("bearer_file, or token_url")), "{e:?}");
 }
+
+#[test]
+fn batch_takes_defaults_and_is_refused_where_a_service_takes_one_event_per_request() {
+    let with = |extra: &str| format!("{GOOD}{extra}\n");
+    let c = Config::parse(&with("batch = { max_wait = \"250ms\", format = \"ndjson\" }"), Path::new("f.toml")).unwrap();
+    let b = c.subscriptions[0].batch.clone().expect("batched");
+    assert_eq!((b.max_events, b.max_bytes, b.max_wait), (100, 256 << 10, Duration::from_millis(250)));
+    assert_eq!(b.format, crate::config::BatchFormat::Ndjson);
+    let slack = GOOD.replace("events = [\"mission.*\"]", "events = [\"mission.*\"]\nformat = \"slack\"");
+    let e = errors(&format!("{slack}batch = {{ max_events = 10 }}\n"));
+    let batch = e.iter().find(|e| e.key.ends_with("batch")).expect("batch refused");
+    assert!(batch.message.contains("slack takes one event per request"), "{}", batch.message);
+    assert!(batch.line > 20, "the line of the batch key: {}", batch.line);
+    let e = errors(&with("batch = { max_events = 0, max_bytes = \"1B\", format = \"xml\" }"));
+    for key in ["batch.max_events", "batch.max_bytes", "batch.format"] {
+        assert!(e.iter().any(|x| x.key.ends_with(key)), "{key}: {e:?}");
+    }
+}

@@ -37,6 +37,8 @@ fn due(seq: i64) -> Due {
         created_ms: 0,
         data: "{}".into(),
         clock: None,
+        priority: 1,
+        next_attempt_ms: 0,
     }
 }
 
@@ -105,7 +107,7 @@ fn what_was_released_during_a_fetch_is_skipped_from_its_answer() {
     l.poke();
     let fetch = l.next_starts(now, 32).unwrap().fetch.expect("poked: fetch again");
     assert_eq!(fetch.skip, [1], "in flight: the outbox leaves it out");
-    l.finished(1, &Verdict::Delivered, Some(200), false, now);
+    l.finished(&[1], &Verdict::Delivered, Some(200), false, now);
     l.release(1, false);
     // The answer was read before the commit and still shows 1 as due.
     l.fetched(batch(&[1, 2]), fetch.asked);
@@ -151,7 +153,7 @@ fn a_fifo_lane_waits_for_its_head_to_be_recorded() {
     assert_eq!((fetch.asked, fetch.fifo), (1, true));
     l.fetched(batch(&[1]), fetch.asked);
     assert_eq!(started(&l.next_starts(now, 32).unwrap()), [1]);
-    l.finished(1, &Verdict::Retry { after: None, reason: "503".into() }, Some(503), false, now);
+    l.finished(&[1], &Verdict::Retry { after: None, reason: "503".into() }, Some(503), false, now);
     let s = l.next_starts(now, 32).unwrap();
     assert!(s.due.is_empty() && s.fetch.is_none(), "the head is recording: nothing behind it may go");
     l.release(1, true);

@@ -1,0 +1,75 @@
+//! A batched subscription's lane: it starts whole batches, a request each, as
+//! [`super::super::batch::take`] lets them go, and reads ahead enough to fill them.
+
+use std::time::Instant;
+
+use super::super::endpoint::State;
+use super::{FetchRequest, Lane, PREFETCH, Starts};
+use crate::outbox::Due;
+
+impl Lane {
+    /// [`Lane::next_starts`] for a batched subscription: whole batches, a request each,
+    /// as [`super::super::batch::take`] lets them go. Its deliveries never take the fast path.
+    pub(super) fn next_batches(&mut self, now: Instant, global_room: usize) -> Starts {
+        let Some(cfg) = self.sub.batch.clone() else { return Starts::default() };
+        let fifo = self.is_fifo();
+        let limit = if fifo { 1 } else { self.sub.max_in_flight };
+        let busy = self.batches + usize::from(fifo && !self.recording.is_empty());
+        let (room, wake) = self.endpoint.capacity(now, busy, limit);
+        self.wake_at = wake;
+        let mut room = room.min(global_room);
+        let probe = self.endpoint.state == State::Offline;
+        let mut starts = Starts { probe, ..Default::default() };
+        while room > 0 {
+            let more_coming = self.fetching || !self.exhausted;
+            // A probe goes with what there is: it only asks whether the endpoint answers.
+            let waited = probe || self.batch_since.is_some_and(|t| now.duration_since(t) >= cfg.max_wait);
+            let Some(batch) = super::super::batch::take(&mut self.prefetched, &cfg, more_coming, waited) else { break };
+            self.in_flight.extend(batch.iter().map(|d| d.seq));
+            self.batches += 1;
+            room -= 1;
+            starts.batches.push(batch);
+            if fifo || probe {
+                // The rest is fetched again, in order, once this batch's result is on disk.
+                self.prefetched.clear();
+            }
+        }
+        self.endpoint.started(starts.batches.len());
+        match (self.prefetched.is_empty(), self.batch_since) {
+            (true, _) => self.batch_since = None,
+            (false, None) => self.batch_since = Some(now),
+            (false, Some(_)) => {}
+        }
+        self.batch_at = self.batch_since.map(|t| t + cfg.max_wait);
+        // Read ahead enough for two batches; a FIFO lane reads its head only when nothing
+        // of it is out.
+        let ahead = if fifo { cfg.max_events } else { PREFETCH.max(2 * cfg.max_events) };
+        let low = self.prefetched.len() < if fifo { cfg.max_events } else { ahead / 2 };
+        let free = !fifo || busy + starts.batches.len() == 0;
+        if low && free && !self.fetching && !self.exhausted {
+            starts.fetch = Some(self.batch_fetch_request(ahead, fifo));
+            self.fetch_started();
+        }
+        starts
+    }
+
+    fn batch_fetch_request(&self, ahead: usize, fifo: bool) -> FetchRequest {
+        let known = self.in_flight.iter().chain(&self.recording).copied().chain(self.prefetched.iter().map(|d| d.seq));
+        if fifo {
+            // The head is read again with what follows it; what is known is passed over.
+            return FetchRequest { asked: ahead + self.prefetched.len(), skip: Vec::new(), fifo };
+        }
+        let mut skip: Vec<i64> = known.collect();
+        skip.sort_unstable();
+        FetchRequest { asked: ahead, skip, fifo }
+    }
+
+    /// A batch handed out by [`Lane::next_starts`] could not start (no global slot).
+    pub fn batch_not_started(&mut self, batch: &[Due]) {
+        for d in batch {
+            self.in_flight.remove(&d.seq);
+        }
+        self.batches = self.batches.saturating_sub(1);
+        self.poke();
+    }
+}
