@@ -54,6 +54,8 @@ pub struct Agent {
     /// The ROS message types ingest has learnt; kept across reloads.
     ros_types: RosTypes,
     attempt_metrics: AttemptMetrics,
+    /// The link profile and bytes sent per subscription, kept across reloads.
+    link: crate::link::Link,
 }
 
 impl Agent {
@@ -63,12 +65,14 @@ impl Agent {
         let mqtt = new_mqtt_view();
         let ros_types = RosTypes::new(config.ros.msg_path.clone());
         let attempt_metrics = AttemptMetrics::default();
+        let link = crate::link::Link::open(config.storage.path.parent().unwrap_or(std::path::Path::new(".")));
         let parts = Parts {
             outbox: &outbox,
             mqtt: &mqtt,
             liveness: &liveness,
             ros_types: &ros_types,
             metrics: &attempt_metrics,
+            link: &link,
         };
         let (generation, live) = start_generation(config, parts, &shutdown)?;
         let live = Arc::new(RwLock::new(live));
@@ -80,6 +84,7 @@ impl Agent {
             started: Instant::now(),
             ros_types: ros_types.clone(),
             metrics: attempt_metrics.clone(),
+            link: link.clone(),
         });
         let metrics = config.metrics.listen.and_then(|addr| serve_metrics(addr, ctx.clone(), &shutdown));
         let status = match status::bind(socket, config.status.socket_mode) {
@@ -110,6 +115,7 @@ impl Agent {
             config: config.clone(),
             ros_types,
             attempt_metrics,
+            link,
         })
     }
 
@@ -149,6 +155,7 @@ impl Agent {
             liveness: &self.liveness,
             ros_types: &self.ros_types,
             metrics: &self.attempt_metrics,
+            link: &self.link,
         };
         let (generation, live) = start_generation(&new, parts, &self.shutdown)?;
         self.generation = generation;
@@ -177,6 +184,7 @@ impl Agent {
         if let Some(status) = self.status {
             let _ = status.await;
         }
+        self.link.save();
         drop(self.outbox);
         drop(self.live);
         // The writer gives up a commit that keeps failing within seconds; the bound is
@@ -201,16 +209,19 @@ struct Parts<'a> {
     liveness: &'a Arc<Liveness>,
     ros_types: &'a RosTypes,
     metrics: &'a AttemptMetrics,
+    link: &'a crate::link::Link,
 }
 
 /// Starts ingest, the dispatcher and the heartbeat for one configuration.
 fn start_generation(
     config: &Config,
-    Parts { outbox, mqtt, liveness, ros_types, metrics }: Parts<'_>,
+    Parts { outbox, mqtt, liveness, ros_types, metrics, link }: Parts<'_>,
     shutdown: &CancellationToken,
 ) -> Result<(Generation, Live), AppError> {
     let stop = shutdown.child_token();
-    let dispatcher = Dispatcher::new(config, outbox.clone(), liveness.delivery())?.with_metrics(metrics.clone());
+    let dispatcher = Dispatcher::new(config, outbox.clone(), liveness.delivery())?
+        .with_metrics(metrics.clone())
+        .with_link(config, link.clone());
     // The fast path: ingest hands its messages to the dispatcher, which delivers from
     // memory what it can within `storage.write_behind`.
     let (dispatcher, intake) = if config.storage.write_behind.is_zero() {
@@ -241,6 +252,7 @@ fn start_generation(
             outbox: outbox.clone(),
             mqtt: mqtt.clone(),
             endpoints: endpoints.clone(),
+            link: link.clone(),
         };
         tasks.push(tokio::spawn(heartbeat::run(hb, stop.clone())));
     }

@@ -75,11 +75,12 @@ pub struct Heartbeat {
     pub outbox: Outbox,
     pub mqtt: MqttView,
     pub endpoints: EndpointViews,
+    pub link: crate::link::Link,
 }
 
 /// Emits heartbeats every `heartbeat.interval` until `shutdown`.
 pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
-    let Heartbeat { config, outbox, mqtt, endpoints } = hb;
+    let Heartbeat { config, outbox, mqtt, endpoints, link } = hb;
     let interval = config.heartbeat.interval;
     let state_path = config.storage.path.clone();
     let mut vitals = Vitals::new();
@@ -111,9 +112,16 @@ pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
         }
         let m = mqtt.lock().map(|m| m.clone()).unwrap_or_default();
         data["mqtt"] = json!({ "connected": m.connected, "last_error": m.last_error });
-        let states: serde_json::Map<String, Value> =
-            endpoints.lock().map(|v| v.iter().map(|e| (e.name.clone(), json!(e.state))).collect()).unwrap_or_default();
+        let views = endpoints.lock().map(|v| v.clone()).unwrap_or_default();
+        let states: serde_json::Map<String, Value> = views.iter().map(|e| (e.name.clone(), json!(e.state))).collect();
         data["endpoints"] = Value::Object(states);
+        // What the link costs: bytes sent in the last 24 hours and the budget left.
+        let sent: serde_json::Map<String, Value> = views.iter().map(|e| (e.name.clone(), json!(e.sent_24h))).collect();
+        let left: serde_json::Map<String, Value> = views
+            .iter()
+            .filter_map(|e| e.daily_budget.map(|b| (e.name.clone(), json!(b.saturating_sub(e.sent_24h)))))
+            .collect();
+        data["link"] = json!({ "profile": link.view().profile, "sent_bytes_24h": sent, "budget_left": left });
         let mut event = NewEvent::local(EVENT_TYPE, &config.device_id, &data, now, deliveries);
         // Low priority and collapsing: after an outage, the newest one is what matters.
         event.priority = Priority::Low;

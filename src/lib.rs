@@ -37,6 +37,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod http_server;
 pub mod ingest;
+pub mod link;
 pub mod live;
 pub mod logging;
 pub mod outbox;

@@ -61,6 +61,13 @@ pub struct EndpointView {
     /// How far our clock is from the endpoint's, by its last `Date` header, in words,
     /// when that is more than a few seconds.
     pub clock_skew: Option<String>,
+    /// Request bytes sent in the last 24 hours (hourly steps), against `daily_budget`.
+    pub sent_24h: u64,
+    pub daily_budget: Option<u64>,
+    /// Request bytes per second, in the link profile in force.
+    pub max_rate: Option<u64>,
+    /// Which priorities wait, and why (daily budget, metered link).
+    pub held: Option<String>,
 }
 
 pub type EndpointViews = Arc<Mutex<Vec<EndpointView>>>;

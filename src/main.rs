@@ -157,6 +157,14 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
+    /// Switch the bandwidth profile: `metered` applies `[link.metered]` and each
+    /// subscription's `metered = { … }` (kept across restarts); `unmetered` ends it.
+    Link {
+        #[arg(value_parser = ["metered", "unmetered"])]
+        profile: String,
+        #[command(flatten)]
+        talk: Talk,
+    },
     /// Send a `fleethook.test` event to a subscription now and print the outcome.
     Test {
         /// A subscription's name, as in the config.
@@ -348,6 +356,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Resume { subscription, talk } => {
             ask(&cli, talk, Request::Resume { subscription: subscription.clone() }, held)
         }
+        Command::Link { profile, talk } => ask(&cli, talk, Request::Link { profile: profile.clone() }, |v| {
+            let state = if v["changed"] == true { "now" } else { "already" };
+            format!("ok: the link is {state} {}\n", v["profile"].as_str().unwrap_or("?"))
+        }),
         Command::Test { subscription, talk } => {
             ask(&cli, talk, Request::Test { subscription: subscription.clone() }, tested)
         }

@@ -218,17 +218,6 @@ fn pause_survives_a_restart_and_strangers_may_only_look() {
     f.ok.wait_for(1, LONG);
 }
 
-/// The real CLI as uid 65534, outside the agent's group.
-fn as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_fleethook")])
-        .args(args)
-        .arg("--socket")
-        .arg(socket)
-        .output()
-        .unwrap()
-}
-
 #[test]
 fn a_stranger_holding_every_connection_locks_nobody_out() {
     let f = field();

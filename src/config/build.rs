@@ -14,6 +14,7 @@ use super::*;
 
 pub mod auth;
 pub mod batch;
+pub mod link;
 
 /// Problems found so far, each with the key it belongs to.
 #[derive(Default)]
@@ -168,6 +169,7 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
         ),
     };
     let delivery = build_delivery(&raw.delivery, root.key("delivery"), issues);
+    let link = link::build(&raw.link, root.key("link"), issues);
     let routes =
         raw.routes.iter().enumerate().filter_map(|(i, r)| build_route(r, root.key("route").index(i), issues)).collect();
     let mut subscriptions = build_subscriptions(raw.subscriptions, &root, issues);
@@ -187,6 +189,7 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
         metrics,
         ros,
         delivery,
+        link,
         routes,
         subscriptions,
         warnings: Vec::new(),
@@ -497,6 +500,7 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         );
     }
     let batch = s.batch.as_ref().and_then(|b| batch::build(b, format, &p, issues));
+    let (max_rate, daily_budget, metered) = link::subscription(&s, format, batch.is_some(), &p, issues);
     let auth = s.auth.as_ref().and_then(|a| auth::build(a, s.allow_http.unwrap_or(false), &p, issues));
     if auth.is_some() && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
         issues.push(p.key("auth"), "auth and an Authorization header both say how to authenticate; keep one");
@@ -572,6 +576,9 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
         client_key,
         compression,
         batch,
+        max_rate,
+        daily_budget,
+        metered,
         summary: s.summary.clone(),
         enabled: s.enabled.unwrap_or(true),
         routing_key,

@@ -4,6 +4,7 @@
 mod build;
 pub use build::auth::{Auth, OAuth2};
 pub use build::batch::{Batch, BatchFormat};
+pub use build::link::{Hold, LinkConfig, MeteredProfile, MeteredSubscription};
 mod lint;
 pub mod locate;
 pub mod range;
@@ -39,6 +40,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub ros: RosConfig,
     pub delivery: DeliveryConfig,
+    pub link: LinkConfig,
     #[serde(rename = "route")]
     pub routes: Vec<RouteConfig>,
     #[serde(rename = "subscription")]
@@ -341,6 +343,14 @@ pub struct Subscription {
     pub compression: Option<Compression>,
     /// Several envelopes per request; None: one event per request.
     pub batch: Option<Batch>,
+    /// Request bytes per second to this endpoint; None: no cap of its own.
+    #[serde(serialize_with = "build::link::ser_byte_rate")]
+    pub max_rate: Option<u64>,
+    /// Request bytes per rolling 24 h past which only high-priority events go.
+    #[serde(serialize_with = "build::link::ser_opt_size")]
+    pub daily_budget: Option<u64>,
+    /// What replaces the above (and batch sizes) while the link is metered.
+    pub metered: Option<MeteredSubscription>,
     pub summary: Option<String>,
     pub enabled: bool,
     pub routing_key: Option<Secret>,

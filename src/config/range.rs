@@ -51,6 +51,10 @@ pub const BATCH_EVENTS: (u64, u64) = (1, 10_000);
 pub const BATCH_BYTES: (u64, u64) = (1 << 10, 64 << 20);
 /// A subscription's `batch.max_wait`.
 pub const BATCH_WAIT: (Duration, Duration) = (Duration::ZERO, Duration::from_secs(3600));
+/// `max_rate` (the link's, a subscription's), in bytes per second.
+pub const BYTE_RATE: (u64, u64) = (64, 1 << 30);
+/// A subscription's `daily_budget`.
+pub const DAILY_BUDGET: (u64, u64) = (1 << 10, 1 << 40);
 /// A subscription's `rate_limit`, in requests per second: 1/h to 10 000/s.
 pub const RATE: (f64, f64) = (1.0 / 3600.0, 10_000.0);
 
@@ -88,6 +92,24 @@ pub fn size_in((min, max): (u64, u64)) -> impl Fn(&str) -> Result<u64, String> {
         }
         Ok(n)
     }
+}
+
+/// A byte rate, `"32KiB/s"`, `"100MB/h"`, in bytes per second within `BYTE_RATE`.
+pub fn byte_rate(s: &str) -> Result<u64, String> {
+    let err = || format!("`{s}` is not a byte rate; use e.g. \"32KiB/s\", \"50MiB/h\"");
+    let (size, unit) = s.rsplit_once('/').ok_or_else(err)?;
+    let per = match unit.trim() {
+        "s" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(err()),
+    };
+    let bytes = size.trim().parse::<bytesize::ByteSize>().map_err(|_| err())?.as_u64();
+    let rate = (bytes as f64 / per).round() as u64;
+    if rate < BYTE_RATE.0 || rate > BYTE_RATE.1 {
+        return Err(format!("`{s}` is out of range: from 64 B/s to 1 GiB/s"));
+    }
+    Ok(rate)
 }
 
 /// A count within `(min, max)`.

@@ -21,6 +21,8 @@ pub struct RawConfig {
     pub ros: RawRos,
     #[serde(default)]
     pub delivery: RawDelivery,
+    #[serde(default)]
+    pub link: RawLink,
     #[serde(default, rename = "route")]
     pub routes: Vec<RawRoute>,
     #[serde(default, rename = "subscription")]
@@ -149,12 +151,38 @@ pub struct RawSubscription {
     pub client_key: Option<String>,
     pub compression: Option<String>,
     pub batch: Option<RawBatch>,
+    pub max_rate: Option<String>,
+    pub daily_budget: Option<String>,
+    pub metered: Option<RawMeteredSubscription>,
     pub summary: Option<String>,
     pub enabled: Option<bool>,
     pub routing_key: Option<String>,
     pub api_key: Option<String>,
     pub proxy: Option<String>,
     pub auth: Option<RawAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLink {
+    pub max_rate: Option<String>,
+    pub metered: Option<RawMetered>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMetered {
+    pub max_rate: Option<String>,
+    pub hold: Option<String>,
+}
+
+/// A subscription's `metered = { … }`: what changes while the link is metered.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMeteredSubscription {
+    pub max_rate: Option<String>,
+    pub daily_budget: Option<String>,
+    pub batch: Option<RawBatch>,
 }
 
 #[derive(Debug, Deserialize)]

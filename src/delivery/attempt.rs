@@ -24,6 +24,10 @@ pub struct Done {
     pub record: AttemptRecord,
     /// The other members of a batch, by row, with their records.
     pub rest: Vec<(i64, AttemptRecord)>,
+    /// Request bytes sent (every request of the attempt), and what was paid for them at
+    /// start (`budget::estimate`).
+    pub sent_bytes: u64,
+    pub estimate: u64,
     /// A fast-path delivery: its event is not stored (or was not when it started).
     pub fast: Option<FastRef>,
     /// Our clock against the endpoint's `Date`, in words, if they differ by seconds.
@@ -75,6 +79,8 @@ impl Attempt {
             fast: self.fast,
             skew: skew(&sent),
             verdict,
+            sent_bytes: sent.sent_bytes,
+            estimate: super::budget::estimate(std::slice::from_ref(&self.due)),
         }
     }
 
@@ -87,9 +93,11 @@ impl Attempt {
         let mut todo: Vec<&[Due]> = vec![&self.batch];
         let mut records: Vec<(i64, AttemptRecord)> = Vec::with_capacity(self.batch.len());
         let mut lane_verdict: Option<(Verdict, Option<u16>, Option<Option<String>>)> = None;
+        let mut sent_bytes = 0;
         while let Some(members) = todo.pop() {
             let id = super::batch::batch_id(members);
             let sent = self.send(Request::Batch(members, &id)).await;
+            sent_bytes += sent.sent_bytes;
             if sent.status == Some(413) && members.len() > 1 {
                 self.metrics.observe(&self.sub.name, "split", sent.duration, sent.sent_bytes);
                 tracing::info!(subscription = %self.sub.name, batch_id = %id, events = members.len(),
@@ -135,6 +143,8 @@ impl Attempt {
             rest: records.collect(),
             fast: None,
             skew,
+            sent_bytes,
+            estimate: super::budget::estimate(&self.batch),
         }
     }
 

@@ -31,7 +31,12 @@ impl Dispatcher {
         let lanes: Option<Vec<usize>> = event
             .deliveries
             .iter()
-            .map(|d| self.by_name.get(&d.subscription).copied().filter(|i| self.lanes[*i].fast_ready()))
+            .map(|d| {
+                self.by_name
+                    .get(&d.subscription)
+                    .copied()
+                    .filter(|i| self.lanes[*i].fast_ready() && !self.link.limits())
+            })
             .collect();
         let lanes = match lanes {
             Some(lanes) if !lanes.is_empty() => lanes,
@@ -79,6 +84,8 @@ impl Dispatcher {
         let r = done.fast?;
         if let Some(lane) = self.lanes.get_mut(done.lane) {
             lane.fast_finished(&done.verdict, done.status, Instant::now());
+            // Nothing was paid at start: the fast path runs only where nothing limits it.
+            lane.paid(done.sent_bytes, 0, &mut self.link);
         }
         self.after_attempt(done.lane, &done.verdict, done.skew);
         if !self.fast.owns_result(&r) {

@@ -22,6 +22,7 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::budget::LinkGate;
 use super::endpoint::{Endpoint, State};
 use super::fast::FastRef;
 use super::outcome::Verdict;
@@ -87,6 +88,14 @@ pub struct Lane {
     batch_since: Option<Instant>,
     /// …and when it goes anyway (`batch.max_wait` later).
     batch_at: Option<Instant>,
+    /// Its `max_rate` and `daily_budget` in the profile in force.
+    budget: super::budget::LaneBudget,
+    /// The link is metered (as this lane last saw it).
+    metered: bool,
+    /// The lowest priority that goes now (`Priority as i64`; 2: all).
+    lowest: i64,
+    /// It has sent its daily budget.
+    over_budget: bool,
 }
 
 /// How long at most deliveries wait for a good clock before they are signed anyway (an
@@ -155,10 +164,13 @@ pub struct FetchRequest {
     pub asked: usize,
     pub skip: Vec<i64>,
     pub fifo: bool,
+    /// The lowest priority to read (`Priority as i64`; 2: all).
+    pub lowest: i64,
 }
 
 impl Lane {
     pub fn new(sub: Subscription, client: super::http::Client, endpoint: Endpoint) -> Lane {
+        let budget = super::budget::LaneBudget::new(&sub);
         Lane {
             sub: Arc::new(sub),
             client,
@@ -188,6 +200,10 @@ impl Lane {
             batches: 0,
             batch_since: None,
             batch_at: None,
+            budget,
+            metered: false,
+            lowest: super::budget::ALL,
+            over_budget: false,
         }
         .with_clock_policy()
     }
@@ -276,7 +292,13 @@ impl Lane {
     /// What may start now with `global_room` free global slots: the deliveries to send
     /// (now in flight) and the fetch that keeps the lane supplied. None when the lane has
     /// no reason to look (nothing changed and no timer fired).
+    #[cfg(test)]
     pub fn next_starts(&mut self, now: Instant, global_room: usize) -> Option<Starts> {
+        self.next_starts_with(now, global_room, &mut super::budget::LinkGate::default())
+    }
+
+    /// [`Lane::next_starts`] under the link's profile and rate.
+    pub fn next_starts_with(&mut self, now: Instant, global_room: usize, link: &mut LinkGate) -> Option<Starts> {
         if !self.dirty && !self.timer_fired(now) {
             return None;
         }
@@ -287,7 +309,7 @@ impl Lane {
             return Some(Starts::default());
         }
         if self.sub.batch.is_some() {
-            return Some(self.next_batches(now, global_room));
+            return Some(self.next_batches(now, global_room, link));
         }
         let fifo = self.is_fifo();
         let limit = if fifo { 1 } else { self.sub.max_in_flight };
@@ -297,6 +319,7 @@ impl Lane {
             + self.fast_in_flight
             + if fifo { self.recording.len() + self.fast_recording() } else { 0 };
         let (room, wake) = self.endpoint.capacity(now, busy, limit);
+        let (room, wake) = self.budget_room(now, room, wake, link);
         self.wake_at = wake;
         let mut room = room.min(global_room);
         if room == 0 {
@@ -319,8 +342,18 @@ impl Lane {
         let probe = self.endpoint.state == State::Offline;
         // A FIFO lane or a probe sends exactly what it fetched for this start.
         let exact = fifo || probe;
-        let take = room.min(self.prefetched.len());
-        let due: Vec<Due> = self.prefetched.drain(..take).collect();
+        let mut due: Vec<Due> = Vec::with_capacity(room.min(self.prefetched.len()));
+        while due.len() < room
+            && let Some(d) = self.prefetched.pop_front()
+        {
+            // Each request pays as it starts: a rate lets one start while it has bytes.
+            if !self.afford(now, std::slice::from_ref(&d), link) {
+                self.prefetched.push_front(d);
+                room = due.len();
+                break;
+            }
+            due.push(d);
+        }
         if exact {
             self.prefetched.clear();
         }
@@ -351,6 +384,7 @@ impl Lane {
         self.endpoint.state == State::Online
             && self.sub.rate_limit.is_none()
             && self.sub.batch.is_none()
+            && !self.budget.limits()
             && quiet
             && fifo_clear
             && !self.clock.holding
@@ -450,11 +484,11 @@ impl Lane {
         let ahead = if exact { room } else { room.max(PREFETCH) };
         let known = self.in_flight.iter().chain(&self.recording).copied().chain(self.prefetched.iter().map(|d| d.seq));
         if fifo {
-            return Some(FetchRequest { asked: ahead + known.count(), skip: Vec::new(), fifo });
+            return Some(FetchRequest { asked: ahead + known.count(), skip: Vec::new(), fifo, lowest: self.lowest });
         }
         let mut skip: Vec<i64> = known.collect();
         skip.sort_unstable();
-        Some(FetchRequest { asked: ahead, skip, fifo })
+        Some(FetchRequest { asked: ahead, skip, fifo, lowest: self.lowest })
     }
 
     /// A delivery handed out by [`Lane::next_starts`] could not start after all (no global
@@ -591,7 +625,7 @@ impl Lane {
     }
 
     /// What `status` and the heartbeat show of this lane.
-    pub fn view(&self) -> EndpointView {
+    pub fn view(&self, link: &crate::link::Link) -> EndpointView {
         EndpointView {
             name: self.sub.name.clone(),
             url: self.sub.url.clone(),
@@ -604,6 +638,10 @@ impl Lane {
             last_status: self.last_status,
             last_error: self.last_error.clone(),
             clock_skew: self.clock_skew.clone(),
+            sent_24h: link.sent_24h(&self.sub.name),
+            daily_budget: self.budget.daily(),
+            max_rate: self.budget.max_rate(),
+            held: self.held_words(),
             next_attempt_at_ms: self
                 .endpoint
                 .next_probe()
@@ -613,5 +651,6 @@ impl Lane {
 }
 
 mod batches;
+mod budget;
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@
 
 mod attempt;
 mod batch;
+pub mod budget;
 pub mod compress;
 pub mod endpoint;
 pub mod fast;
@@ -68,6 +69,8 @@ pub struct Dispatcher {
     /// Global slots guaranteed to each lane (see `share`).
     share: usize,
     metrics: crate::live::AttemptMetrics,
+    /// The link's profile and rate; what each subscription sent.
+    link: budget::LinkGate,
 }
 
 impl Dispatcher {
@@ -96,6 +99,7 @@ impl Dispatcher {
             fast: Book::default(),
             share: share::per_lane(config.delivery.max_in_flight, config.subscriptions.len()),
             metrics: crate::live::AttemptMetrics::default(),
+            link: budget::LinkGate::new(config.link.clone(), crate::link::Link::default()),
         })
     }
 
@@ -107,6 +111,13 @@ impl Dispatcher {
             metrics.declare(lane.name());
         }
         self.metrics = metrics;
+        self
+    }
+
+    /// Follows `link` (shared with the status socket, kept across reloads): its profile,
+    /// and what each subscription has sent against its daily budget.
+    pub fn with_link(mut self, config: &Config, link: crate::link::Link) -> Self {
+        self.link = budget::LinkGate::new(config.link.clone(), link);
         self
     }
 
@@ -186,7 +197,7 @@ impl Dispatcher {
                 Some(taken) = fast_path::next_intake(&mut intake) => self.take(taken),
                 Some(Ok((job, ok))) = persists.join_next(), if !persists.is_empty() => self.persisted(job, ok, &mut recordings),
                 _ = sleep => self.overdue(&mut persists),
-                _ = beat.tick() => {}
+                _ = beat.tick() => self.link.link.save_if_due(),
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
         }
@@ -229,12 +240,16 @@ impl Dispatcher {
     /// that keep each lane supplied.
     fn fill(&mut self, tasks: &mut JoinSet<()>, done_tx: &mpsc::UnboundedSender<Done>, fetches: &mut JoinSet<Fetched>) {
         let now = Instant::now();
+        if self.link.refresh(now) {
+            // The profile changed: held priorities and rates change on every lane.
+            self.lanes.iter_mut().for_each(Lane::poke);
+        }
         let mut unused: Vec<usize> = self.lanes.iter().map(|l| l.unused_share(self.share)).collect();
         let mut kept: usize = unused.iter().sum();
         for (idx, own) in unused.iter_mut().enumerate() {
             let room = share::room(self.global.available_permits(), kept, *own);
             let lane = &mut self.lanes[idx];
-            let starts = lane.next_starts(now, room);
+            let starts = lane.next_starts_with(now, room, &mut self.link);
             let left = lane.unused_share(self.share);
             kept = kept - *own + left;
             *own = left;
@@ -269,10 +284,10 @@ impl Dispatcher {
                 spawn_attempt(job, permit, tasks, done_tx);
             }
             let lane = &self.lanes[idx];
-            if let Some(FetchRequest { asked, skip, fifo }) = starts.fetch {
+            if let Some(FetchRequest { asked, skip, fifo, lowest }) = starts.fetch {
                 let (outbox, name) = (self.outbox.clone(), lane.name().to_string());
                 fetches.spawn(async move {
-                    let batch = outbox.due(&name, crate::clock::sched_ms(), asked, fifo, skip).await;
+                    let batch = outbox.due(&name, crate::clock::sched_ms(), asked, fifo, skip, lowest).await;
                     Fetched { lane: idx, asked, batch }
                 });
             }
@@ -386,6 +401,7 @@ impl Dispatcher {
 
     fn finish(&mut self, done: &Done) {
         let Some(lane) = self.lanes.get_mut(done.lane) else { return };
+        lane.paid(done.sent_bytes, done.estimate, &mut self.link);
         let seqs: Vec<i64> = std::iter::once(done.seq).chain(done.rest.iter().map(|(seq, _)| *seq)).collect();
         lane.finished(&seqs, &done.verdict, done.status, done.probe, Instant::now());
         self.after_attempt(done.lane, &done.verdict, done.skew.clone());
@@ -409,7 +425,7 @@ impl Dispatcher {
     }
 
     fn publish_views(&self) {
-        let views = self.lanes.iter().map(Lane::view).collect();
+        let views = self.lanes.iter().map(|l| l.view(&self.link.link)).collect();
         if let Ok(mut v) = self.views.lock() {
             *v = views;
         }

@@ -448,6 +448,7 @@ pub(crate) enum Read {
         limit: usize,
         fifo: bool,
         skip: Vec<i64>,
+        lowest: i64,
         reply: oneshot::Sender<DueBatch>,
     },
     Stats {
@@ -529,8 +530,9 @@ impl Outbox {
     /// (a result still waiting for its commit shows its delivery as due: the dispatcher
     /// knows those and skips them). With `fifo`, only the head of the queue, if it is due.
     /// `skip` (sorted) names deliveries to leave out of the answer; a FIFO read ignores it.
-    /// Answered at once, outside any transaction; the expiry sweep it asks for follows in
-    /// the next one.
+    /// A parallel read leaves out priorities below `lowest` (`Priority as i64`: 0 high
+    /// only, 2 everything). Answered at once, outside any transaction; the expiry sweep it
+    /// asks for follows in the next one.
     pub async fn due(
         &self,
         subscription: &str,
@@ -538,9 +540,10 @@ impl Outbox {
         limit: usize,
         fifo: bool,
         skip: Vec<i64>,
+        lowest: i64,
     ) -> Result<DueBatch, OutboxError> {
         let subscription = subscription.to_string();
-        self.ask(|reply| Command::Read(Read::Due { subscription, now_ms, limit, fifo, skip, reply })).await
+        self.ask(|reply| Command::Read(Read::Due { subscription, now_ms, limit, fifo, skip, lowest, reply })).await
     }
 
     /// Sends a command and waits for its answer. An answer that never comes means the

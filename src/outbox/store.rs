@@ -360,6 +360,19 @@ impl Store {
         fifo: bool,
         skip: &[i64],
     ) -> rusqlite::Result<DueBatch> {
+        self.due_rows_upto(subscription, now_ms, limit, fifo, skip, 2)
+    }
+
+    /// [`Store::due_rows`], leaving out (unless `fifo`) priorities below `lowest`.
+    pub fn due_rows_upto(
+        &mut self,
+        subscription: &str,
+        now_ms: i64,
+        limit: usize,
+        fifo: bool,
+        skip: &[i64],
+        lowest: i64,
+    ) -> rusqlite::Result<DueBatch> {
         let mut rows = Vec::new();
         let mut next_due_ms = None;
         if fifo {
@@ -372,7 +385,7 @@ impl Store {
             next_due_ms = read_due(q, subscription, now_ms, limit, &[], &mut rows)?;
         } else {
             let mut stmt = self.conn.prepare_cached(DUE_SQL)?;
-            for priority in PRIORITIES {
+            for priority in PRIORITIES.into_iter().filter(|p| *p <= lowest) {
                 if rows.len() >= limit {
                     break;
                 }

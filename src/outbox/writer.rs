@@ -568,8 +568,8 @@ impl Writer {
     /// answer: its caller sees the outbox as unavailable.
     fn answer(&mut self, read: Read) {
         match read {
-            Read::Due { subscription, now_ms, limit, fifo, skip, reply } => {
-                match self.store.due_rows(&subscription, now_ms, limit, fifo, &skip) {
+            Read::Due { subscription, now_ms, limit, fifo, skip, lowest, reply } => {
+                match self.store.due_rows_upto(&subscription, now_ms, limit, fifo, &skip, lowest) {
                     Ok(mut d) => {
                         d.committed = *self.committed.borrow();
                         drop(reply.send(d))

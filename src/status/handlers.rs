@@ -26,6 +26,8 @@ pub struct Context {
     pub ros_types: crate::ingest::ros::RosTypes,
     /// Attempt durations, results and bytes, for `/metrics`.
     pub metrics: crate::live::AttemptMetrics,
+    /// The link profile (`link metered`) and bytes sent per subscription.
+    pub link: crate::link::Link,
 }
 
 pub(super) fn internal(e: impl std::fmt::Display) -> ErrorBody {
@@ -148,6 +150,20 @@ impl Context {
             }
             Request::Pause { subscription } => self.hold(subscription, true).await,
             Request::Resume { subscription } => self.hold(subscription, false).await,
+            Request::Link { profile } => {
+                let metered = match profile.as_str() {
+                    "metered" => true,
+                    "unmetered" => false,
+                    other => {
+                        return Err(ErrorBody::new(
+                            "bad_request",
+                            format!("`{other}` is not a link profile: use metered or unmetered"),
+                        ));
+                    }
+                };
+                let changed = self.link.set_metered(metered);
+                Ok(json!({ "profile": profile, "changed": changed }))
+            }
             Request::Emit { event_type, data } => {
                 let deliveries = self.live()?.config.deliveries(&event_type, None, crate::clock::sched_ms());
                 let (event_id, ids) = self.emit(event_type, data, deliveries).await?;
@@ -284,6 +300,11 @@ impl Context {
                     "last_error": v.and_then(|v| v.last_error.clone()),
                     "clock_skew": v.and_then(|v| v.clock_skew.clone()),
                     "next_attempt_at": next.map(rfc3339_ms),
+                    "sent_bytes_24h": v.map(|v| v.sent_24h).unwrap_or_else(|| self.link.sent_24h(&sub.name)),
+                    "daily_budget": v.and_then(|v| v.daily_budget),
+                    "budget_left": v.and_then(|v| v.daily_budget.map(|b| b.saturating_sub(v.sent_24h))),
+                    "max_rate": v.and_then(|v| v.max_rate),
+                    "held": v.and_then(|v| v.held.clone()),
                 })
             })
             .collect();
@@ -302,6 +323,15 @@ impl Context {
                 "duplicates": stats.duplicates,
                 "written_bytes": written,
                 "written_per_day": written.map(|w| per_day(w, self.started.elapsed())),
+            },
+            "link": {
+                "profile": self.link.view().profile,
+                "max_rate": if self.link.metered() {
+                    live.config.link.metered.max_rate.or(live.config.link.max_rate)
+                } else {
+                    live.config.link.max_rate
+                },
+                "held": if self.link.metered() { Some(live.config.link.metered.hold) } else { None },
             },
             "subscriptions": subscriptions,
         }))

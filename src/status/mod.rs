@@ -11,7 +11,7 @@
 //!
 //! Reads (`status`, `queue`, `log`, `show`, `quarantine`, `quarantine_show`) open their
 //! own read-only SQLite connection. Commands that change state (`retry`, `replay`,
-//! `pause`, `resume`, `test`, `emit`, `quarantine_release`, `quarantine_purge`) go to the
+//! `pause`, `resume`, `link`, `test`, `emit`, `quarantine_release`, `quarantine_purge`) go to the
 //! outbox writer or the dispatcher as messages, and are allowed only to root, the agent's
 //! own user and members of its group (checked with SO_PEERCRED).
 
@@ -86,6 +86,10 @@ pub enum Request {
     },
     Pause {
         subscription: String,
+    },
+    /// Switch the link profile: `metered` or `unmetered`.
+    Link {
+        profile: String,
     },
     Resume {
         subscription: String,

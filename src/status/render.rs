@@ -132,7 +132,34 @@ pub fn status(v: &Value) -> String {
         ],
         &rows,
     ));
+    out.push_str(&bandwidth(v));
     out
+}
+
+/// The link's profile, and what each subscription sent against its budget and rate.
+fn bandwidth(v: &Value) -> String {
+    let link = &v["link"];
+    let rate = |r: &Value| r.as_u64().map_or_else(|| "-".to_string(), |r| format!("{}/s", bytes(r)));
+    let mut out = format!("\nlink     {}  max {}", s(&link["profile"]), rate(&link["max_rate"]));
+    if !link["held"].is_null() {
+        out.push_str(&format!("  holding {}", s(&link["held"])));
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = items(&v["subscriptions"])
+        .iter()
+        .map(|sub| {
+            let size = |n: &Value| n.as_u64().map_or_else(|| "-".to_string(), bytes);
+            vec![
+                s(&sub["name"]),
+                size(&sub["sent_bytes_24h"]),
+                size(&sub["daily_budget"]),
+                size(&sub["budget_left"]),
+                rate(&sub["max_rate"]),
+                sub["held"].as_str().unwrap_or("-").to_string(),
+            ]
+        })
+        .collect();
+    out + &table(&["SUBSCRIPTION", "SENT 24H", "DAILY BUDGET", "LEFT", "MAX RATE", "WAITING"], &rows)
 }
 
 pub fn queue(v: &Value) -> String {

@@ -226,7 +226,8 @@ async fn respond(line: &[u8], trusted: bool, ctx: &Context) -> String {
     }
 }
 
-const KNOWN: [&str; 10] = ["status", "queue", "log", "show", "retry", "replay", "pause", "resume", "test", "emit"];
+const KNOWN: [&str; 11] =
+    ["status", "queue", "log", "show", "retry", "replay", "pause", "resume", "link", "test", "emit"];
 
 /// Root, the agent's own user, or a member of the agent's group (primary or supplementary).
 fn trusted_peer(uid: u32, gid: u32, pid: Option<i32>) -> bool {

@@ -609,3 +609,14 @@ fn tls_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
     let pki = pki::Pki::new();
     (pki.acceptor(false), pki.ca_pem.clone())
 }
+
+/// The real CLI as uid 65534, outside the agent's group.
+pub fn as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_fleethook")])
+        .args(args)
+        .arg("--socket")
+        .arg(socket)
+        .output()
+        .unwrap()
+}

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use super::super::budget::LinkGate;
 use super::super::endpoint::State;
 use super::{FetchRequest, Lane, PREFETCH, Starts};
 use crate::outbox::Due;
@@ -10,22 +11,25 @@ use crate::outbox::Due;
 impl Lane {
     /// [`Lane::next_starts`] for a batched subscription: whole batches, a request each,
     /// as [`super::super::batch::take`] lets them go. Its deliveries never take the fast path.
-    pub(super) fn next_batches(&mut self, now: Instant, global_room: usize) -> Starts {
-        let Some(cfg) = self.sub.batch.clone() else { return Starts::default() };
+    pub(super) fn next_batches(&mut self, now: Instant, global_room: usize, link: &mut LinkGate) -> Starts {
+        let metered_batch = self.sub.metered.as_ref().and_then(|m| m.batch.clone()).filter(|_| self.metered);
+        let Some(cfg) = metered_batch.or_else(|| self.sub.batch.clone()) else { return Starts::default() };
         let fifo = self.is_fifo();
         let limit = if fifo { 1 } else { self.sub.max_in_flight };
         let busy = self.batches + usize::from(fifo && !self.recording.is_empty());
         let (room, wake) = self.endpoint.capacity(now, busy, limit);
+        let (room, wake) = self.budget_room(now, room, wake, link);
         self.wake_at = wake;
         let mut room = room.min(global_room);
         let probe = self.endpoint.state == State::Offline;
         let mut starts = Starts { probe, ..Default::default() };
-        while room > 0 {
+        while room > 0 && self.may_start(now, link) {
             let more_coming = self.fetching || !self.exhausted;
             // A probe goes with what there is: it only asks whether the endpoint answers.
             let waited = probe || self.batch_since.is_some_and(|t| now.duration_since(t) >= cfg.max_wait);
             let Some(batch) = super::super::batch::take(&mut self.prefetched, &cfg, more_coming, waited) else { break };
             self.in_flight.extend(batch.iter().map(|d| d.seq));
+            self.pay_estimate(&batch, link);
             self.batches += 1;
             room -= 1;
             starts.batches.push(batch);
@@ -57,11 +61,11 @@ impl Lane {
         let known = self.in_flight.iter().chain(&self.recording).copied().chain(self.prefetched.iter().map(|d| d.seq));
         if fifo {
             // The head is read again with what follows it; what is known is passed over.
-            return FetchRequest { asked: ahead + self.prefetched.len(), skip: Vec::new(), fifo };
+            return FetchRequest { asked: ahead + self.prefetched.len(), skip: Vec::new(), fifo, lowest: self.lowest };
         }
         let mut skip: Vec<i64> = known.collect();
         skip.sort_unstable();
-        FetchRequest { asked: ahead, skip, fifo }
+        FetchRequest { asked: ahead, skip, fifo, lowest: self.lowest }
     }
 
     /// A batch handed out by [`Lane::next_starts`] could not start (no global slot).

@@ -47,8 +47,15 @@ fn ingest(seq: u64) -> Command {
 
 fn due(writer: &mut Writer) -> Vec<Due> {
     let (reply, mut rx) = oneshot::channel();
-    let read =
-        Read::Due { subscription: "s".into(), now_ms: i64::MAX - 1, limit: 10, fifo: false, skip: Vec::new(), reply };
+    let read = Read::Due {
+        subscription: "s".into(),
+        now_ms: i64::MAX - 1,
+        limit: 10,
+        fifo: false,
+        skip: Vec::new(),
+        lowest: 2,
+        reply,
+    };
     assert_eq!(writer.turn(vec![Command::Read(read)]), Turn::Progress);
     rx.try_recv().expect("reads are answered at once").rows
 }
