@@ -17,6 +17,9 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+#[path = "pipeline/cellular.rs"]
+mod cellular;
+
 const PAYLOAD_PAD: usize = 200;
 
 struct Opts {
@@ -77,8 +80,25 @@ fn payload(seq: u64) -> Vec<u8> {
 
 #[derive(Default)]
 struct Received {
+    /// Events: a batch counts its envelopes.
     count: AtomicU64,
     latencies_ns: Mutex<Vec<u64>>,
+    /// HTTP requests, and their bytes as sent: request line, headers, body.
+    requests: AtomicU64,
+    wire_bytes: AtomicU64,
+}
+
+/// The envelopes of a body: one, a JSON array, or NDJSON; gzip-decoded first.
+fn envelopes(body: &[u8], gzip: bool) -> Vec<Value> {
+    use std::io::Read;
+    let mut decoded = Vec::new();
+    let body =
+        if gzip && flate2::read::GzDecoder::new(body).read_to_end(&mut decoded).is_ok() { &decoded } else { body };
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(a)) => a,
+        Ok(v) => vec![v],
+        Err(_) => body.split(|b| *b == b'\n').filter_map(|l| serde_json::from_slice(l).ok()).collect(),
+    }
 }
 
 /// An HTTP receiver in this process (hyper, keep-alive) that counts and timestamps.
@@ -95,14 +115,24 @@ async fn receiver(port: u16, got: Arc<Received>, stop: CancellationToken) {
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let got = got.clone();
                 async move {
+                    let head: usize = req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>()
+                        + req.uri().path().len()
+                        + 16;
+                    let gzip = req.headers().get("content-encoding").is_some_and(|v| v == "gzip");
                     let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
                     let arrived = now_ns();
-                    if let Ok(v) = serde_json::from_slice::<Value>(&body)
-                        && let Some(ts) = v.pointer("/data/ts_ns").and_then(Value::as_u64)
+                    let events = envelopes(&body, gzip);
                     {
-                        got.latencies_ns.lock().unwrap().push(arrived.saturating_sub(ts));
+                        let mut lat = got.latencies_ns.lock().unwrap();
+                        for v in &events {
+                            if let Some(ts) = v.pointer("/data/ts_ns").and_then(Value::as_u64) {
+                                lat.push(arrived.saturating_sub(ts));
+                            }
+                        }
                     }
-                    got.count.fetch_add(1, Ordering::Relaxed);
+                    got.requests.fetch_add(1, Ordering::Relaxed);
+                    got.wire_bytes.fetch_add((head + body.len()) as u64, Ordering::Relaxed);
+                    got.count.fetch_add(events.len().max(1) as u64, Ordering::Relaxed);
                     Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b""))))
                 }
             });
@@ -155,6 +185,11 @@ fn mosquitto() -> Broker {
 
 /// Publishes `n` QoS 1 messages as fast as the broker acks them, or at `rate` per second.
 async fn publish(port: u16, topic: &str, n: u64, rate: Option<f64>) -> Duration {
+    publish_with(port, topic, n, rate, payload).await
+}
+
+/// [`publish`] with payloads from `make`.
+async fn publish_with(port: u16, topic: &str, n: u64, rate: Option<f64>, make: fn(u64) -> Vec<u8>) -> Duration {
     let mut opts = rumqttc::MqttOptions::new(format!("bench-pub-{}", free_port()), "127.0.0.1", port);
     opts.set_inflight(1000);
     opts.set_max_packet_size(1 << 20, 1 << 20);
@@ -178,7 +213,7 @@ async fn publish(port: u16, topic: &str, n: u64, rate: Option<f64>) -> Duration 
             let due = start + Duration::from_secs_f64(i as f64 / r);
             tokio::time::sleep_until(due.into()).await;
         }
-        client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload(i)).await.unwrap();
+        client.publish(topic, rumqttc::QoS::AtLeastOnce, false, make(i)).await.unwrap();
     }
     while acked.load(Ordering::Relaxed) < n {
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -317,6 +352,11 @@ impl Drop for Agent {
 
 impl Agent {
     fn start(dir: &Path, broker: u16, endpoint: u16, name: &str) -> Agent {
+        Agent::start_with(dir, broker, endpoint, name, "")
+    }
+
+    /// With `extra` keys in the subscription (batch, compression).
+    fn start_with(dir: &Path, broker: u16, endpoint: u16, name: &str, extra: &str) -> Agent {
         let config = format!(
             r#"device_id = "bench-agv"
 [mqtt]
@@ -341,6 +381,7 @@ url = "http://127.0.0.1:{endpoint}/hook"
 allow_http = true
 secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 max_in_flight = 32
+{extra}
 "#,
             dir = dir.display()
         );
@@ -610,6 +651,7 @@ async fn main() {
     if agent_only {
         return;
     }
+    cellular::run(&broker, &opts, &mut record).await;
 
     // Durable ingest with the endpoint down, then the drain.
     let backlog = opts.n(100_000, 1_000_000);
@@ -645,6 +687,7 @@ async fn main() {
         cores * 1e6 / (agent_us + receiver_us)
     );
     drop(agent);
+    cellular::batched_drain(&broker, backlog, drain_rate, &mut record).await;
     stop.cancel();
 
     let machine = format!(
