@@ -128,6 +128,29 @@ fn a_metered_link_holds_low_events_until_unmetered_and_strangers_cannot_switch_i
     assert!(wait_until(LONG, || ep.count() == 4), "{:?}", types(&ep));
     assert!(types(&ep)[2..].iter().all(|t| t == "chatter.chatter"));
     assert!(sub_status(&agent, "cell")["held"].is_null());
+
+    // NetworkManager's dispatcher hook, with `busctl` answering as NetworkManager does.
+    let bin = tempfile::tempdir().unwrap();
+    let busctl = bin.path().join("busctl");
+    std::fs::write(&busctl, "#!/bin/sh\necho \"$NM_METERED\"\n").unwrap();
+    std::fs::set_permissions(&busctl, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_fleethook"), bin.path().join("fleethook")).unwrap();
+    let hook = |action: &str, metered: &str| {
+        let status =
+            std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/fleethook-nm-dispatcher"))
+                .args(["wwan0", action])
+                .env("PATH", format!("{}:/usr/bin:/bin", bin.path().display()))
+                .env("NM_METERED", metered)
+                .env("FLEETHOOK_SOCKET", &socket)
+                .output()
+                .unwrap();
+        assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+        agent.cli_json(&["status"])["link"]["profile"].as_str().unwrap().to_string()
+    };
+    assert_eq!(hook("up", "u 3"), "metered", "a guessed yes is metered");
+    assert_eq!(hook("pre-down", "u 4"), "metered", "other actions change nothing");
+    assert_eq!(hook("connectivity-change", "u 0"), "metered", "unknown changes nothing");
+    assert_eq!(hook("connectivity-change", "u 2"), "unmetered");
 }
 
 /// A request's bytes on the wire as the agent counts them, near enough.

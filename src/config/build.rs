@@ -499,8 +499,8 @@ fn build_subscription(mut s: RawSubscription, p: KeyPath, issues: &mut Issues) -
             ),
         );
     }
-    let batch = s.batch.as_ref().and_then(|b| batch::build(b, format, &p, issues));
-    let (max_rate, daily_budget, metered) = link::subscription(&s, format, batch.is_some(), &p, issues);
+    let batch = s.batch.as_ref().and_then(|b| batch::build(b, format, &p, issues, None));
+    let (max_rate, daily_budget, metered) = link::subscription(&s, format, batch.as_ref(), &p, issues);
     let auth = s.auth.as_ref().and_then(|a| auth::build(a, s.allow_http.unwrap_or(false), &p, issues));
     if auth.is_some() && headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization")) {
         issues.push(p.key("auth"), "auth and an Authorization header both say how to authenticate; keep one");

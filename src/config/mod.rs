@@ -518,12 +518,16 @@ fn ser_opt_duration<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, 
 
 /// Sizes as the config writes them (`"256KiB"`), exact.
 fn ser_size<S: Serializer>(n: &u64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&size_text(*n))
+}
+
+/// A size as the config writes it, exact: `"256KiB"`, `"1000B"`.
+fn size_text(n: u64) -> String {
     let units = [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];
-    let shown = units
+    units
         .iter()
-        .find(|(unit, _)| *n >= *unit && n % unit == 0)
-        .map_or_else(|| format!("{n}B"), |(unit, name)| format!("{}{name}", n / unit));
-    s.serialize_str(&shown)
+        .find(|(unit, _)| n >= *unit && n % unit == 0)
+        .map_or_else(|| format!("{n}B"), |(unit, name)| format!("{}{name}", n / unit))
 }
 
 fn ser_rate<S: Serializer>(rate: &Option<RateLimit>, s: S) -> Result<S::Ok, S::Error> {

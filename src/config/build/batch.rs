@@ -36,7 +36,15 @@ pub const DEFAULT_EVENTS: u64 = 100;
 pub const DEFAULT_BYTES: u64 = 256 << 10;
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(1);
 
-pub(super) fn build(raw: &RawBatch, format: Format, p: &KeyPath, issues: &mut Issues) -> Option<Batch> {
+/// `batch` under `p`; what it leaves out comes from `base` (the subscription's own batch,
+/// for `metered.batch`), else the defaults.
+pub(super) fn build(
+    raw: &RawBatch,
+    format: Format,
+    p: &KeyPath,
+    issues: &mut Issues,
+    base: Option<&Batch>,
+) -> Option<Batch> {
     let at = p.key("batch");
     if format != Format::Envelope {
         let name = format!("{format:?}").to_lowercase();
@@ -46,10 +54,18 @@ pub(super) fn build(raw: &RawBatch, format: Format, p: &KeyPath, issues: &mut Is
         );
         return None;
     }
-    let max_events = count(issues, at.key("max_events"), raw.max_events, range::BATCH_EVENTS, DEFAULT_EVENTS);
+    let default = base.cloned().unwrap_or(Batch {
+        max_events: DEFAULT_EVENTS as usize,
+        max_bytes: DEFAULT_BYTES,
+        max_wait: DEFAULT_WAIT,
+        format: BatchFormat::Array,
+    });
+    let max_events =
+        count(issues, at.key("max_events"), raw.max_events, range::BATCH_EVENTS, default.max_events as u64);
     let max_bytes =
-        opt(issues, at.key("max_bytes"), raw.max_bytes.as_ref(), size_in(range::BATCH_BYTES), DEFAULT_BYTES);
-    let max_wait = opt(issues, at.key("max_wait"), raw.max_wait.as_ref(), duration_in(range::BATCH_WAIT), DEFAULT_WAIT);
+        opt(issues, at.key("max_bytes"), raw.max_bytes.as_ref(), size_in(range::BATCH_BYTES), default.max_bytes);
+    let max_wait =
+        opt(issues, at.key("max_wait"), raw.max_wait.as_ref(), duration_in(range::BATCH_WAIT), default.max_wait);
     let format = opt(
         issues,
         at.key("format"),
@@ -59,7 +75,7 @@ pub(super) fn build(raw: &RawBatch, format: Format, p: &KeyPath, issues: &mut Is
             "ndjson" => Ok(BatchFormat::Ndjson),
             o => Err(format!("`{o}` is not array or ndjson")),
         },
-        BatchFormat::Array,
+        default.format,
     );
     Some(Batch { max_events: max_events as usize, max_bytes, max_wait, format })
 }

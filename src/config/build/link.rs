@@ -6,7 +6,7 @@ use serde::{Serialize, Serializer};
 
 use super::super::range::{self, size_in};
 use super::super::raw::{RawLink, RawMeteredSubscription, RawSubscription};
-use super::super::{Format, ser_size};
+use super::super::{Format, ser_size, size_text};
 use super::batch::{self, Batch};
 use super::{Issues, KeyPath, opt};
 
@@ -89,30 +89,30 @@ pub(super) fn build(raw: &RawLink, p: KeyPath, issues: &mut Issues) -> LinkConfi
 pub(super) fn subscription(
     s: &RawSubscription,
     format: Format,
-    batched: bool,
+    batch: Option<&Batch>,
     p: &KeyPath,
     issues: &mut Issues,
 ) -> (Option<u64>, Option<u64>, Option<MeteredSubscription>) {
     let max_rate = rate(issues, p.key("max_rate"), s.max_rate.as_ref());
     let daily = budget(issues, p.key("daily_budget"), s.daily_budget.as_ref());
-    let metered = s.metered.as_ref().map(|m| metered(m, format, batched, &p.key("metered"), issues));
+    let metered = s.metered.as_ref().map(|m| metered(m, format, batch, &p.key("metered"), issues));
     (max_rate, daily, metered)
 }
 
 fn metered(
     m: &RawMeteredSubscription,
     format: Format,
-    batched: bool,
+    base: Option<&Batch>,
     at: &KeyPath,
     issues: &mut Issues,
 ) -> MeteredSubscription {
     let batch = m.batch.as_ref().and_then(|b| {
-        if !batched {
+        let Some(base) = base else {
             issues
                 .push(at.key("batch"), "metered.batch changes a batch's sizes; set the subscription's own batch first");
             return None;
-        }
-        batch::build(b, format, at, issues)
+        };
+        batch::build(b, format, at, issues, Some(base))
     });
     MeteredSubscription {
         max_rate: rate(issues, at.key("max_rate"), m.max_rate.as_ref()),
@@ -131,7 +131,7 @@ fn budget(issues: &mut Issues, path: KeyPath, v: Option<&String>) -> Option<u64>
 
 pub fn ser_byte_rate<S: Serializer>(rate: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
     match rate {
-        Some(r) => s.serialize_str(&format!("{}/s", bytesize::ByteSize(*r).display().iec())),
+        Some(r) => s.serialize_str(&format!("{}/s", size_text(*r))),
         None => s.serialize_none(),
     }
 }

@@ -175,10 +175,19 @@ fn oauth2_auth_needs_its_keys_and_prints_without_its_secret() {
 #[test]
 fn batch_takes_defaults_and_is_refused_where_a_service_takes_one_event_per_request() {
     let with = |extra: &str| format!("{GOOD}{extra}\n");
-    let c = Config::parse(&with("batch = { max_wait = \"250ms\", format = \"ndjson\" }"), Path::new("f.toml")).unwrap();
+    let c = Config::parse(
+        &with("batch = { max_wait = \"250ms\", format = \"ndjson\" }\nmetered = { batch = { max_events = 500 } }"),
+        Path::new("f.toml"),
+    )
+    .unwrap();
     let b = c.subscriptions[0].batch.clone().expect("batched");
     assert_eq!((b.max_events, b.max_bytes, b.max_wait), (100, 256 << 10, Duration::from_millis(250)));
     assert_eq!(b.format, crate::config::BatchFormat::Ndjson);
+    // metered.batch changes what it names and keeps the rest of the subscription's batch.
+    let m = c.subscriptions[0].metered.clone().and_then(|m| m.batch).expect("a metered batch");
+    assert_eq!((m.max_events, m.max_wait, m.format), (500, b.max_wait, b.format));
+    let e = errors(&with("metered = { batch = { max_events = 5 } }"));
+    assert!(e.iter().any(|x| x.key.ends_with("metered.batch") && x.message.contains("own batch first")), "{e:?}");
     let slack = GOOD.replace("events = [\"mission.*\"]", "events = [\"mission.*\"]\nformat = \"slack\"");
     let e = errors(&format!("{slack}batch = {{ max_events = 10 }}\n"));
     let batch = e.iter().find(|e| e.key.ends_with("batch")).expect("batch refused");

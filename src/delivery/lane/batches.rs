@@ -45,9 +45,10 @@ impl Lane {
             (false, Some(_)) => {}
         }
         self.batch_at = self.batch_since.map(|t| t + cfg.max_wait);
-        // Read ahead enough for two batches; a FIFO lane reads its head only when nothing
-        // of it is out.
-        let ahead = if fifo { cfg.max_events } else { PREFETCH.max(2 * cfg.max_events) };
+        // Read ahead enough for a few batches, so that a backlog drains with several in
+        // flight; a FIFO lane reads its head only when nothing of it is out.
+        let ahead =
+            if fifo { cfg.max_events } else { PREFETCH.max(cfg.max_events * self.sub.max_in_flight.clamp(2, 4)) };
         let low = self.prefetched.len() < if fifo { cfg.max_events } else { ahead / 2 };
         let free = !fifo || busy + starts.batches.len() == 0;
         if low && free && !self.fetching && !self.exhausted {
