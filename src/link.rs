@@ -5,9 +5,10 @@
 //!
 //! The 24 hours roll in hourly steps on the schedule clock, which wall-clock steps do not
 //! move and which is re-based across restarts (`clock`), so a budget neither resets nor
-//! jumps when NTP corrects the time. What was sent is saved beside the outbox at most once
-//! a minute, and at exit, without fsync: a power cut can forget the last minute's bytes,
-//! never a queued event.
+//! jumps when NTP corrects the time. What was sent is saved beside the outbox at most every
+//! ten minutes, at a profile switch and at exit, without fsync: a kill or a power cut can
+//! forget the last minutes' bytes, never a queued event. Each save dirties a page of
+//! flash, so not more often (guarantee 6).
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 const HOUR_MS: i64 = 3_600_000;
-const SAVE_EVERY: Duration = Duration::from_secs(60);
+const SAVE_EVERY: Duration = Duration::from_secs(600);
 
 /// The link's state, shared.
 #[derive(Clone, Default)]
@@ -115,7 +116,7 @@ impl Link {
         LinkView { profile: if self.metered() { "metered" } else { "unmetered" } }
     }
 
-    /// Saves if something changed and the last save is a minute old.
+    /// Saves if something changed and the last save is [`SAVE_EVERY`] old.
     pub fn save_if_due(&self) {
         let due = self.with(|s| s.dirty && s.saved_at.is_none_or(|t| t.elapsed() >= SAVE_EVERY));
         if due {
