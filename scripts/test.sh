@@ -5,8 +5,8 @@
 # helper backs the power-cut tests' filesystem; faketime, whose libfaketime lies to the
 # agent about the wall clock in the clock tests; prometheus, whose promtool checks the
 # metrics text; tinyproxy, a real proxy for the proxy tests), PyPI's msgpack, cbor2,
-# rosbags and zstandard (encoders and a decoder for the payload and compression tests),
-# then `cargo test`. Run it as root: a few tests mount a small tmpfs or a FUSE filesystem
+# rosbags, zstandard and standardwebhooks (encoders, a decoder and a verifier for the
+# payload, compression and batch tests), then `cargo test`. Run it as root: a few tests mount a small tmpfs or a FUSE filesystem
 # (/dev/fuse) and bind journald's socket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +30,9 @@ fi
 
 # Third-party encoders and decoders: what the ROS bridges' own libraries write, for
 # tests/payloads.rs and tests/ros.rs (rosbags serializes ROS 1 and ROS 2 messages without
-# ROS), and zstandard, a stock zstd decoder for tests/compression.rs.
-python3 -c "import msgpack, cbor2, rosbags, zstandard" 2>/dev/null \
-    || python3 -m pip install -q msgpack cbor2 rosbags zstandard
+# ROS), zstandard, a stock zstd decoder for tests/compression.rs and tests/batch.rs, and
+# standardwebhooks, which verifies and parses batches in tests/batch.rs.
+python3 -c "import msgpack, cbor2, rosbags, zstandard, standardwebhooks" 2>/dev/null \
+    || python3 -m pip install -q msgpack cbor2 rosbags zstandard standardwebhooks
 
 exec cargo test "$@"
