@@ -219,6 +219,13 @@ fn start_generation(
     shutdown: &CancellationToken,
 ) -> Result<(Generation, Live), AppError> {
     let stop = shutdown.child_token();
+    // What each subscription sent is saved only where a daily budget counts it.
+    link.keep_sent(
+        config
+            .subscriptions
+            .iter()
+            .any(|s| s.daily_budget.or(s.metered.as_ref().and_then(|m| m.daily_budget)).is_some()),
+    );
     let dispatcher = Dispatcher::new(config, outbox.clone(), liveness.delivery())?
         .with_metrics(metrics.clone())
         .with_link(config, link.clone());

@@ -8,7 +8,8 @@
 //! jumps when NTP corrects the time. What was sent is saved beside the outbox at most every
 //! ten minutes, at a profile switch and at exit, without fsync: a kill or a power cut can
 //! forget the last minutes' bytes, never a queued event. Each save dirties a page of
-//! flash, so not more often (guarantee 6).
+//! flash, so not more often (guarantee 6), and only while some subscription has a
+//! `daily_budget` for the bytes to count against: otherwise they are shown since start.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,8 @@ struct State {
     path: Option<PathBuf>,
     dirty: bool,
     saved_at: Option<Instant>,
+    /// A daily budget needs what was sent to outlive restarts.
+    keep_sent: bool,
 }
 
 /// What is kept across restarts.
@@ -58,7 +61,7 @@ impl Link {
             }),
             Err(_) => Saved::default(),
         };
-        Link(Arc::new(Mutex::new(State { saved, path: Some(path), dirty: false, saved_at: None })))
+        Link(Arc::new(Mutex::new(State { saved, path: Some(path), dirty: false, saved_at: None, keep_sent: false })))
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -116,9 +119,16 @@ impl Link {
         LinkView { profile: if self.metered() { "metered" } else { "unmetered" } }
     }
 
-    /// Saves if something changed and the last save is [`SAVE_EVERY`] old.
+    /// Whether what was sent is saved now and then (some subscription has a daily
+    /// budget), or only with a profile switch and at exit.
+    pub fn keep_sent(&self, keep: bool) {
+        self.with(|s| s.keep_sent = keep);
+    }
+
+    /// Saves if something changed, bytes sent are kept, and the last save is
+    /// [`SAVE_EVERY`] old.
     pub fn save_if_due(&self) {
-        let due = self.with(|s| s.dirty && s.saved_at.is_none_or(|t| t.elapsed() >= SAVE_EVERY));
+        let due = self.with(|s| s.keep_sent && s.dirty && s.saved_at.is_none_or(|t| t.elapsed() >= SAVE_EVERY));
         if due {
             self.save();
         }
@@ -158,6 +168,18 @@ mod tests {
         let again = Link::open(dir.path());
         assert!(again.metered());
         assert_eq!((again.sent_24h("ops"), again.sent_24h("cloud"), again.sent_24h("x")), (1500, 7, 0));
+    }
+
+    #[test]
+    fn bytes_sent_are_saved_on_a_timer_only_for_a_daily_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = Link::open(dir.path());
+        link.add("ops", 10);
+        link.save_if_due();
+        assert!(!dir.path().join("link.json").exists(), "no budget: no write");
+        link.keep_sent(true);
+        link.save_if_due();
+        assert_eq!(Link::open(dir.path()).sent_24h("ops"), 10);
     }
 
     #[test]
