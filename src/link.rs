@@ -92,7 +92,11 @@ impl Link {
     pub fn add(&self, subscription: &str, bytes: u64) {
         let hour = crate::clock::sched_ms().div_euclid(HOUR_MS);
         self.with(|s| {
-            let hours = s.saved.sent.entry(subscription.to_string()).or_default();
+            // Called for every request: no allocation once the subscription is known.
+            if !s.saved.sent.contains_key(subscription) {
+                s.saved.sent.insert(subscription.to_string(), VecDeque::new());
+            }
+            let Some(hours) = s.saved.sent.get_mut(subscription) else { return };
             match hours.back_mut() {
                 Some((h, b)) if *h == hour => *b += bytes,
                 _ => hours.push_back((hour, bytes)),

@@ -44,7 +44,10 @@ impl Lane {
             (false, None) => self.batch_since = Some(now),
             (false, Some(_)) => {}
         }
-        self.batch_at = self.batch_since.map(|t| t + cfg.max_wait);
+        // Only a wait still to come is a timer: a batch that has waited but found no room
+        // (offline, rate, slots) goes when that changes, which wakes the lane anyway; a
+        // past time here would wake the loop again at once, and again.
+        self.batch_at = self.batch_since.map(|t| t + cfg.max_wait).filter(|at| *at > now);
         // Read ahead enough for a few batches, so that a backlog drains with several in
         // flight; a FIFO lane reads its head only when nothing of it is out.
         let ahead =

@@ -172,3 +172,23 @@ fn a_paused_lane_starts_nothing_until_resumed() {
     l.resume();
     assert_eq!(started(&l.next_starts(now, 32).unwrap()), [1]);
 }
+
+#[test]
+fn a_batch_waits_to_fill_and_a_wait_that_found_no_room_sets_no_timer_in_the_past() {
+    let mut l = lane("batch = { max_events = 10, max_wait = \"100ms\" }");
+    let t0 = Instant::now();
+    let asked = l.next_starts(t0, 4).unwrap().fetch.expect("a fetch").asked;
+    l.fetched(batch(&[1, 2]), asked);
+    assert!(l.next_starts(t0, 4).unwrap().batches.is_empty(), "two events wait for more");
+    assert_eq!(l.next_wake(), Some(t0 + Duration::from_millis(100)));
+    // The wait is over, but no global slot is free: no timer in the past (it would spin
+    // the dispatcher's loop); a freed slot wakes the lane instead.
+    let later = t0 + Duration::from_millis(200);
+    assert!(l.next_starts(later, 0).unwrap().batches.is_empty());
+    assert!(l.next_wake().is_none_or(|w| w > later), "{:?}", l.next_wake());
+    l.mark_dirty();
+    let s = l.next_starts(later, 1).unwrap();
+    assert_eq!(s.batches.len(), 1);
+    assert_eq!(s.batches[0].iter().map(|d| d.seq).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(l.unused_share(2), 1, "a batch is one request");
+}
