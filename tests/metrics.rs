@@ -83,6 +83,8 @@ fn metrics_count_what_the_receiver_got_and_promtool_accepts_them() {
     let sent = sample(&text, r#"fleethook_sent_bytes_total{subscription="ops"}"#).unwrap_or(0.0);
     assert!(sent > bodies as f64 && sent < (bodies * 4) as f64, "{sent} bytes sent for {bodies} bytes of bodies");
     assert!(sample(&text, r#"fleethook_attempts_total{result="offline",subscription="later"}"#) >= Some(1.0), "{text}");
+    // Probes that found no connection put nothing on the wire (nor on a bandwidth budget).
+    assert_eq!(sample(&text, r#"fleethook_sent_bytes_total{subscription="later"}"#), Some(0.0), "{text}");
     assert_eq!(sample(&text, r#"fleethook_endpoint_state{state="offline",subscription="later"}"#), Some(1.0));
     assert_eq!(sample(&text, r#"fleethook_endpoint_state{state="online",subscription="ops"}"#), Some(1.0));
     assert!(sample(&text, r#"fleethook_oldest_pending_age_seconds{subscription="later"}"#).is_some());

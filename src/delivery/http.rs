@@ -314,7 +314,18 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, prepared: Prepar
                 sent.snippet = Some(String::from_utf8_lossy(&body).into_owned());
             }
         }
-        Err(e) => sent.error = Some((transport_error(&e), describe(&e))),
+        Err(e) => {
+            let kind = transport_error(&e);
+            // Nothing reached the wire if no connection (or no TLS session) was made:
+            // an offline endpoint's probes spend no bandwidth budget.
+            if matches!(
+                kind,
+                TransportError::Connect | TransportError::Dns | TransportError::ConnectTimeout | TransportError::Tls
+            ) {
+                sent.sent_bytes = 0;
+            }
+            sent.error = Some((kind, describe(&e)));
+        }
     }
     sent.duration = started.elapsed();
     sent
