@@ -223,6 +223,10 @@ fn heartbeats_carry_the_robots_vitals_in_json_logs() {
     assert_eq!(d["agent_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(d["mqtt"]["connected"], true);
     assert_eq!(d["endpoints"]["vitals"], "online");
+    // What the link costs: the first heartbeat went out before the second was taken.
+    assert_eq!(d["link"]["profile"], "unmetered");
+    let sent = d["link"]["sent_bytes_24h"]["vitals"].as_u64().unwrap_or(0);
+    assert!(sent as usize > got[0].body.len(), "{d}");
     let log = agent.log();
     let first = log.lines().next().unwrap_or("");
     let line: serde_json::Value =
