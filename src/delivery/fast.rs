@@ -19,7 +19,7 @@
 //! Once persisted, a job is only waiting for its commit; its in-flight attempts belong to
 //! the ordinary record path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -44,7 +44,7 @@ pub struct Intake {
 }
 
 /// Names one delivery of one job.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct FastRef {
     pub job: u64,
     pub index: usize,
@@ -66,7 +66,6 @@ struct Job {
     event: NewEvent,
     lanes: Vec<usize>,
     slots: Vec<Slot>,
-    deadline: Instant,
     resolved: Option<oneshot::Sender<Resolution>>,
     persisted: bool,
     /// Results of attempts handed over while the persist was not yet committed: they go
@@ -118,6 +117,11 @@ pub struct Persisted {
 pub struct Book {
     jobs: HashMap<u64, Job>,
     next: u64,
+    /// Each job's deadline in opening order, which is deadline order (`write_behind` is
+    /// one for all): what is overdue is at the front, without a scan of every job per
+    /// turn of the dispatcher's loop. Entries of jobs since ended or stored are dropped
+    /// as they reach the front.
+    deadlines: VecDeque<(u64, Instant)>,
 }
 
 impl Book {
@@ -134,10 +138,11 @@ impl Book {
         resolved: oneshot::Sender<Resolution>,
     ) -> u64 {
         self.next += 1;
+        self.deadlines.push_back((self.next, deadline));
         let slots = lanes.iter().map(|_| Slot::Queued).collect();
         self.jobs.insert(
             self.next,
-            Job { event, lanes, slots, deadline, resolved: Some(resolved), persisted: false, late: Vec::new() },
+            Job { event, lanes, slots, resolved: Some(resolved), persisted: false, late: Vec::new() },
         );
         self.next
     }
@@ -218,7 +223,14 @@ impl Book {
 
     /// Jobs whose deadline has passed and are not persisted yet, oldest first.
     pub fn overdue(&mut self, now: Instant) -> Vec<Persist> {
-        self.persist_where(|j| j.deadline <= now)
+        let mut late = Vec::new();
+        while let Some(&(id, deadline)) = self.deadlines.front()
+            && deadline <= now
+        {
+            self.deadlines.pop_front();
+            late.extend(self.persist(id));
+        }
+        late
     }
 
     /// Every job not yet persisted, oldest first (shutdown).
@@ -239,8 +251,14 @@ impl Book {
         self.persist_where(|j| j.lanes.iter().zip(&j.slots).any(|(l, s)| *l == lane && matches!(s, Slot::Queued)))
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.jobs.values().filter(|j| !j.persisted).map(|j| j.deadline).min()
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(&(id, deadline)) = self.deadlines.front() {
+            if self.jobs.get(&id).is_some_and(|j| !j.persisted) {
+                return Some(deadline);
+            }
+            self.deadlines.pop_front();
+        }
+        None
     }
 
     /// Marks a job persisted and says what to store. Its in-flight attempts are handed to

@@ -1,6 +1,7 @@
 //! The dispatcher's side of the fast path (see [`super::fast`]): taking ingest's messages,
 //! finishing fast attempts, storing jobs that could not be delivered from memory in time.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -135,10 +136,17 @@ impl Dispatcher {
             i += 1;
         }
         all.sort_by_key(|p| p.job);
-        for p in all {
-            for (lane, r) in &p.unqueued {
-                self.lanes[*lane].unqueue_fast(r);
+        // One pass over each lane's queue for all of them: a burst stores thousands.
+        let mut unqueued: HashMap<usize, HashSet<FastRef>> = HashMap::new();
+        for p in &mut all {
+            for (lane, r) in p.unqueued.drain(..) {
+                unqueued.entry(lane).or_default().insert(r);
             }
+        }
+        for (lane, refs) in unqueued {
+            self.lanes[lane].unqueue_fast(&refs);
+        }
+        for p in all {
             for (lane, id) in &p.in_flight {
                 self.lanes[*lane].fast_stored(id);
             }

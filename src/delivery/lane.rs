@@ -401,9 +401,9 @@ impl Lane {
         self.dirty = true;
     }
 
-    /// A queued fast-path delivery is stored instead of sent from memory.
-    pub fn unqueue_fast(&mut self, r: &FastRef) {
-        self.fast_queue.retain(|q| q != r);
+    /// Queued fast-path deliveries are stored instead of sent from memory.
+    pub fn unqueue_fast(&mut self, refs: &HashSet<FastRef>) {
+        self.fast_queue.retain(|q| !refs.contains(q));
     }
 
     /// A fast delivery handed out by [`Lane::next_starts`] could not start after all.

@@ -180,7 +180,8 @@ impl Dispatcher {
             }
             self.fill(&mut tasks, &done_tx, &mut fetches);
             self.publish_views();
-            let wake = self.lanes.iter().filter_map(Lane::next_wake).chain(self.fast.next_deadline()).min();
+            let deadline = self.fast.next_deadline();
+            let wake = self.lanes.iter().filter_map(Lane::next_wake).chain(deadline).min();
             let sleep = async {
                 match wake {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
