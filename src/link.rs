@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +24,7 @@ const SAVE_EVERY: Duration = Duration::from_secs(600);
 
 /// The link's state, shared.
 #[derive(Clone, Default)]
-pub struct Link(Arc<Mutex<State>>);
+pub struct Link(Arc<Mutex<State>>, Arc<AtomicBool>);
 
 #[derive(Default)]
 struct State {
@@ -61,7 +62,11 @@ impl Link {
             }),
             Err(_) => Saved::default(),
         };
-        Link(Arc::new(Mutex::new(State { saved, path: Some(path), dirty: false, saved_at: None, keep_sent: false })))
+        let metered = Arc::new(AtomicBool::new(saved.metered));
+        Link(
+            Arc::new(Mutex::new(State { saved, path: Some(path), dirty: false, saved_at: None, keep_sent: false })),
+            metered,
+        )
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
@@ -69,8 +74,9 @@ impl Link {
         f(&mut state)
     }
 
+    /// Read on every turn of the dispatcher's loop: an atomic, not the lock.
     pub fn metered(&self) -> bool {
-        self.with(|s| s.saved.metered)
+        self.1.load(Ordering::Relaxed)
     }
 
     /// Switches the profile; says whether it changed. Saved at once.
@@ -78,6 +84,7 @@ impl Link {
         let changed = self.with(|s| {
             let changed = s.saved.metered != metered;
             s.saved.metered = metered;
+            self.1.store(metered, Ordering::Relaxed);
             s.dirty |= changed;
             changed
         });
