@@ -98,7 +98,8 @@ impl Default for AttemptMetrics {
             Opts::new(
                 "attempts_total",
                 "Attempts since start, by subscription and result: delivered, retry (an answer that spends one \
-                 retry), offline (no answer; no retry spent) or failed",
+                 retry), offline (no answer; no retry spent), failed, or split (a batch refused with 413, sent \
+                 again in halves)",
             )
             .namespace("fleethook"),
             &["subscription", "result"],
@@ -133,7 +134,7 @@ impl AttemptMetrics {
         self.sent_bytes.with_label_values(&[subscription]).inc_by(sent_bytes);
     }
 
-    pub const RESULTS: [&str; 4] = ["delivered", "retry", "offline", "failed"];
+    pub const RESULTS: [&str; 5] = ["delivered", "retry", "offline", "failed", "split"];
 
     /// Shows every subscription (with zeros) before its first attempt.
     pub fn declare(&self, subscription: &str) {

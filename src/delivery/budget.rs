@@ -81,6 +81,7 @@ pub struct LinkGate {
 impl LinkGate {
     pub fn new(config: LinkConfig, link: Link) -> Self {
         let mut gate = LinkGate { link, config, bucket: None, metered: false };
+        // Seen as the other profile, so that `refresh` sets up the one in force.
         gate.metered = !gate.link.metered();
         gate.refresh(Instant::now());
         gate
