@@ -30,6 +30,7 @@ use crate::config::{Ordering, Subscription};
 use crate::event::now_ms;
 use crate::live::EndpointView;
 use crate::outbox::{Due, DueBatch};
+use clock::ClockHold;
 
 /// Due deliveries fetched ahead per parallel lane.
 pub const PREFETCH: usize = 128;
@@ -98,51 +99,6 @@ pub struct Lane {
     over_budget: bool,
 }
 
-/// How long at most deliveries wait for a good clock before they are signed anyway (an
-/// ERROR says so): a robot whose clock never syncs must not hold its events for ever.
-pub const CLOCK_WAIT_MAX: Duration = Duration::from_secs(6 * 3600);
-
-/// Whether a lane waits for the wall clock: its signatures carry a timestamp, its policy
-/// is `wait`, and the clock is not synced. The clock's state is read at most once a
-/// second.
-#[derive(Debug)]
-struct ClockHold {
-    /// None: this lane's signatures carry no timestamp, or its policy is `sign`.
-    policy: Option<crate::config::ClockPolicy>,
-    checked: Option<Instant>,
-    holding: bool,
-    since: Option<Instant>,
-    gave_up: bool,
-}
-
-impl ClockHold {
-    fn holds(&mut self, now: Instant, name: &str) -> bool {
-        let Some(policy) = self.policy else { return false };
-        if self.checked.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
-            self.checked = Some(now);
-            let quality = crate::clock::quality();
-            let bad = policy.holds(quality);
-            if bad && !self.holding {
-                tracing::warn!(subscription = %name, clock = quality.as_str(),
-                    "The wall clock is not good enough to sign with; deliveries signed with a timestamp wait for it (clock_policy).");
-                self.since.get_or_insert(now);
-            }
-            if !bad && self.holding {
-                tracing::info!(subscription = %name, "The wall clock is good again; deliveries resume.");
-                self.since = None;
-                self.gave_up = false;
-            }
-            self.holding = bad;
-        }
-        if self.holding && !self.gave_up && self.since.is_some_and(|t| now.duration_since(t) >= CLOCK_WAIT_MAX) {
-            tracing::error!(subscription = %name, waited_s = CLOCK_WAIT_MAX.as_secs(),
-                "The wall clock never became good; signing with it anyway. Receivers that check timestamps will refuse these: fix the robot's time source.");
-            self.gave_up = true;
-        }
-        self.holding && !self.gave_up
-    }
-}
-
 /// What a lane may do now.
 #[derive(Debug, Default)]
 pub struct Starts {
@@ -195,7 +151,7 @@ impl Lane {
             forwarded: 0,
             seen: 0,
             persisting: 0,
-            clock: ClockHold { policy: None, checked: None, holding: false, since: None, gave_up: false },
+            clock: ClockHold::default(),
             clock_skew: None,
             batches: 0,
             batch_since: None,
@@ -206,14 +162,6 @@ impl Lane {
             over_budget: false,
         }
         .with_clock_policy()
-    }
-
-    fn with_clock_policy(mut self) -> Lane {
-        use crate::sign::Scheme;
-        let timestamped = matches!(self.sub.signature, Scheme::Standard | Scheme::Stripe);
-        self.clock.policy =
-            Some(self.sub.clock_policy).filter(|p| timestamped && *p != crate::config::ClockPolicy::Sign);
-        self
     }
 
     pub fn name(&self) -> &str {
@@ -366,107 +314,6 @@ impl Lane {
         Some(Starts { due, probe, fetch, fast, batches: Vec::new() })
     }
 
-    /// Fast attempts finished whose results are not yet committed (their job was stored).
-    fn fast_recording(&self) -> usize {
-        self.fast_ids.len().saturating_sub(self.fast_in_flight)
-    }
-
-    /// Whether a new event may go to this lane from memory (see the module doc).
-    pub fn fast_ready(&self) -> bool {
-        let quiet = self.exhausted
-            && !self.fetching
-            && self.prefetched.is_empty()
-            && self.in_flight.is_empty()
-            && self.persisting == 0
-            && self.seen >= self.forwarded;
-        let fifo_clear =
-            !self.is_fifo() || (self.recording.is_empty() && self.due_at.is_none() && self.fast_stored.is_empty());
-        self.endpoint.state == State::Online
-            && self.sub.rate_limit.is_none()
-            && self.sub.batch.is_none()
-            && !self.budget.limits()
-            && quiet
-            && fifo_clear
-            && !self.clock.holding
-    }
-
-    /// Nothing sent to this lane now would be answered: offline, paused or gone.
-    pub fn unreachable(&self) -> bool {
-        matches!(self.endpoint.state, State::Offline | State::Paused | State::Gone)
-    }
-
-    /// Takes a fast-path delivery; it starts when a slot is free.
-    pub fn queue_fast(&mut self, r: FastRef) {
-        self.fast_queue.push_back(r);
-        self.dirty = true;
-    }
-
-    /// Queued fast-path deliveries are stored instead of sent from memory.
-    pub fn unqueue_fast(&mut self, refs: &HashSet<FastRef>) {
-        self.fast_queue.retain(|q| !refs.contains(q));
-    }
-
-    /// A fast delivery handed out by [`Lane::next_starts`] could not start after all.
-    pub fn fast_not_started(&mut self, r: FastRef) {
-        self.fast_in_flight = self.fast_in_flight.saturating_sub(1);
-        self.fast_queue.push_front(r);
-        self.dirty = true;
-    }
-
-    /// A fast delivery whose job is gone (stored meanwhile) is not sent.
-    pub fn fast_dropped(&mut self) {
-        self.fast_in_flight = self.fast_in_flight.saturating_sub(1);
-        self.dirty = true;
-    }
-
-    /// A fast attempt of `delivery_id` starts.
-    pub fn fast_started(&mut self, delivery_id: &str) {
-        self.fast_ids.insert(delivery_id.to_string());
-    }
-
-    /// A fast attempt finished: its slot is free, and the endpoint learns from it. Its
-    /// id stays known until [`Lane::fast_settled`].
-    pub fn fast_finished(&mut self, verdict: &Verdict, status: Option<u16>, now: Instant) {
-        self.fast_in_flight = self.fast_in_flight.saturating_sub(1);
-        self.dirty = true;
-        self.observe(verdict, status, false, now);
-    }
-
-    /// A fast delivery is settled (delivered from memory, or its result committed): its
-    /// row, if it has one, is the queue's again.
-    pub fn fast_settled(&mut self, delivery_id: &str, retry: bool) {
-        self.fast_ids.remove(delivery_id);
-        self.fast_stored.remove(delivery_id);
-        if self.fetching {
-            self.released_fast.insert(delivery_id.to_string());
-        }
-        if retry {
-            self.poke();
-        }
-        self.dirty = true;
-    }
-
-    /// The event of a fast attempt still in flight was stored.
-    pub fn fast_stored(&mut self, delivery_id: &str) {
-        self.fast_stored.insert(delivery_id.to_string());
-    }
-
-    /// A message with a delivery for this lane was handed to the outbox as ingest `seq`.
-    pub fn forwarded(&mut self, seq: u64) {
-        self.forwarded = self.forwarded.max(seq);
-        self.poke();
-    }
-
-    /// A fast job of this lane is being stored (`true`), or its commit is done.
-    pub fn persisting(&mut self, started: bool) {
-        if started {
-            self.persisting += 1;
-        } else {
-            self.persisting = self.persisting.saturating_sub(1);
-            self.poke();
-        }
-    }
-
     /// What to ask for, if a fetch should start now. `exact` lanes (FIFO, or an offline
     /// probe) take exactly what they may send; others read ahead, and start the next
     /// fetch before running dry.
@@ -556,17 +403,6 @@ impl Lane {
         }
     }
 
-    /// What the endpoint's `Date` said of our clock (None: it sent none).
-    pub fn skew(&mut self, skew: Option<Option<String>>) {
-        let Some(skew) = skew else { return };
-        if let Some(words) = &skew
-            && self.clock_skew.is_none()
-        {
-            tracing::warn!(subscription = %self.sub.name, skew = %words, "The endpoint's clock disagrees with ours (by its Date header).");
-        }
-        self.clock_skew = skew;
-    }
-
     /// A delivery's result is on disk (or could not be written): it may be fetched
     /// again, and a retry may be due again (or have a new due time).
     pub fn release(&mut self, seq: i64, retry: bool) {
@@ -652,5 +488,7 @@ impl Lane {
 
 mod batches;
 mod budget;
+mod clock;
+mod fast;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,113 @@
+//! A lane's side of the fast path (see the lane's module doc): when it may take events
+//! from memory, and what it keeps of those it takes until they are settled.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use super::super::endpoint::State;
+use super::super::fast::FastRef;
+use super::super::outcome::Verdict;
+use super::Lane;
+
+impl Lane {
+    /// Fast attempts finished whose results are not yet committed (their job was stored).
+    pub(super) fn fast_recording(&self) -> usize {
+        self.fast_ids.len().saturating_sub(self.fast_in_flight)
+    }
+
+    /// Whether a new event may go to this lane from memory (see the module doc).
+    pub fn fast_ready(&self) -> bool {
+        let quiet = self.exhausted
+            && !self.fetching
+            && self.prefetched.is_empty()
+            && self.in_flight.is_empty()
+            && self.persisting == 0
+            && self.seen >= self.forwarded;
+        let fifo_clear =
+            !self.is_fifo() || (self.recording.is_empty() && self.due_at.is_none() && self.fast_stored.is_empty());
+        self.endpoint.state == State::Online
+            && self.sub.rate_limit.is_none()
+            && self.sub.batch.is_none()
+            && !self.budget.limits()
+            && quiet
+            && fifo_clear
+            && !self.clock.holding
+    }
+
+    /// Nothing sent to this lane now would be answered: offline, paused or gone.
+    pub fn unreachable(&self) -> bool {
+        matches!(self.endpoint.state, State::Offline | State::Paused | State::Gone)
+    }
+
+    /// Takes a fast-path delivery; it starts when a slot is free.
+    pub fn queue_fast(&mut self, r: FastRef) {
+        self.fast_queue.push_back(r);
+        self.dirty = true;
+    }
+
+    /// Queued fast-path deliveries are stored instead of sent from memory.
+    pub fn unqueue_fast(&mut self, refs: &HashSet<FastRef>) {
+        self.fast_queue.retain(|q| !refs.contains(q));
+    }
+
+    /// A fast delivery handed out by [`Lane::next_starts`] could not start after all.
+    pub fn fast_not_started(&mut self, r: FastRef) {
+        self.fast_in_flight = self.fast_in_flight.saturating_sub(1);
+        self.fast_queue.push_front(r);
+        self.dirty = true;
+    }
+
+    /// A fast delivery whose job is gone (stored meanwhile) is not sent.
+    pub fn fast_dropped(&mut self) {
+        self.fast_in_flight = self.fast_in_flight.saturating_sub(1);
+        self.dirty = true;
+    }
+
+    /// A fast attempt of `delivery_id` starts.
+    pub fn fast_started(&mut self, delivery_id: &str) {
+        self.fast_ids.insert(delivery_id.to_string());
+    }
+
+    /// A fast attempt finished: its slot is free, and the endpoint learns from it. Its
+    /// id stays known until [`Lane::fast_settled`].
+    pub fn fast_finished(&mut self, verdict: &Verdict, status: Option<u16>, now: Instant) {
+        self.fast_in_flight = self.fast_in_flight.saturating_sub(1);
+        self.dirty = true;
+        self.observe(verdict, status, false, now);
+    }
+
+    /// A fast delivery is settled (delivered from memory, or its result committed): its
+    /// row, if it has one, is the queue's again.
+    pub fn fast_settled(&mut self, delivery_id: &str, retry: bool) {
+        self.fast_ids.remove(delivery_id);
+        self.fast_stored.remove(delivery_id);
+        if self.fetching {
+            self.released_fast.insert(delivery_id.to_string());
+        }
+        if retry {
+            self.poke();
+        }
+        self.dirty = true;
+    }
+
+    /// The event of a fast attempt still in flight was stored.
+    pub fn fast_stored(&mut self, delivery_id: &str) {
+        self.fast_stored.insert(delivery_id.to_string());
+    }
+
+    /// A message with a delivery for this lane was handed to the outbox as ingest `seq`.
+    pub fn forwarded(&mut self, seq: u64) {
+        self.forwarded = self.forwarded.max(seq);
+        self.poke();
+    }
+
+    /// A fast job of this lane is being stored (`true`), or its commit is done.
+    pub fn persisting(&mut self, started: bool) {
+        if started {
+            self.persisting += 1;
+        } else {
+            self.persisting = self.persisting.saturating_sub(1);
+            self.poke();
+        }
+    }
+}
