@@ -62,6 +62,38 @@ impl ByteBucket {
     }
 }
 
+/// A rate that may not be set: without one nothing is held.
+#[derive(Debug, Default)]
+struct Cap(Option<ByteBucket>);
+
+impl Cap {
+    fn new(rate: Option<u64>, now: Instant) -> Self {
+        Cap(rate.map(|r| ByteBucket::new(r, now)))
+    }
+
+    /// A new rate (a profile switch); the bytes in the bucket carry over.
+    fn set(&mut self, rate: Option<u64>, now: Instant) {
+        self.0 = match (rate, self.0.take()) {
+            (None, _) => None,
+            (Some(r), Some(mut b)) => {
+                b.set_rate(r, now);
+                Some(b)
+            }
+            (Some(r), None) => Some(ByteBucket::new(r, now)),
+        };
+    }
+
+    fn open(&mut self, now: Instant) -> Result<(), Instant> {
+        self.0.as_mut().map_or(Ok(()), |b| b.open(now))
+    }
+
+    fn charge(&mut self, bytes: i64) {
+        if let Some(b) = &mut self.0 {
+            b.charge(bytes);
+        }
+    }
+}
+
 /// What a request is expected to cost before it is prepared: its events' bytes and
 /// room for the envelope and headers. Compression makes the real cost smaller.
 pub fn estimate(members: &[Due]) -> u64 {
@@ -74,13 +106,13 @@ pub fn estimate(members: &[Due]) -> u64 {
 pub struct LinkGate {
     pub link: Link,
     config: LinkConfig,
-    bucket: Option<ByteBucket>,
+    bucket: Cap,
     metered: bool,
 }
 
 impl LinkGate {
     pub fn new(config: LinkConfig, link: Link) -> Self {
-        let mut gate = LinkGate { link, config, bucket: None, metered: false };
+        let mut gate = LinkGate { link, config, bucket: Cap::default(), metered: false };
         // Seen as the other profile, so that `refresh` sets up the one in force.
         gate.metered = !gate.link.metered();
         gate.refresh(Instant::now());
@@ -94,15 +126,7 @@ impl LinkGate {
             return false;
         }
         self.metered = metered;
-        let rate = if metered { self.config.metered.max_rate.or(self.config.max_rate) } else { self.config.max_rate };
-        self.bucket = match (rate, self.bucket.take()) {
-            (None, _) => None,
-            (Some(r), Some(mut b)) => {
-                b.set_rate(r, now);
-                Some(b)
-            }
-            (Some(r), None) => Some(ByteBucket::new(r, now)),
-        };
+        self.bucket.set(self.config.max_rate_in(metered), now);
         true
     }
 
@@ -117,24 +141,22 @@ impl LinkGate {
 
     /// Whether anything here may hold a request back (then nothing goes from memory).
     pub fn limits(&self) -> bool {
-        self.bucket.is_some() || self.lowest() < ALL
+        self.bucket.0.is_some() || self.lowest() < ALL
     }
 
     pub fn open(&mut self, now: Instant) -> Result<(), Instant> {
-        self.bucket.as_mut().map_or(Ok(()), |b| b.open(now))
+        self.bucket.open(now)
     }
 
     pub fn charge(&mut self, bytes: i64) {
-        if let Some(b) = &mut self.bucket {
-            b.charge(bytes);
-        }
+        self.bucket.charge(bytes);
     }
 }
 
 /// One subscription's rate and daily budget, in the profile in force.
 #[derive(Debug, Default)]
 pub struct LaneBudget {
-    bucket: Option<ByteBucket>,
+    bucket: Cap,
     rates: [Option<u64>; 2],
     daily: [Option<u64>; 2],
     metered: bool,
@@ -146,20 +168,12 @@ impl LaneBudget {
         let rates = [sub.max_rate, m.and_then(|m| m.max_rate).or(sub.max_rate)];
         let daily = [sub.daily_budget, m.and_then(|m| m.daily_budget).or(sub.daily_budget)];
         let now = Instant::now();
-        LaneBudget { bucket: rates[0].map(|r| ByteBucket::new(r, now)), rates, daily, metered: false }
+        LaneBudget { bucket: Cap::new(rates[0], now), rates, daily, metered: false }
     }
 
     pub fn set_metered(&mut self, metered: bool, now: Instant) {
         self.metered = metered;
-        let rate = self.rates[usize::from(metered)];
-        self.bucket = match (rate, self.bucket.take()) {
-            (None, _) => None,
-            (Some(r), Some(mut b)) => {
-                b.set_rate(r, now);
-                Some(b)
-            }
-            (Some(r), None) => Some(ByteBucket::new(r, now)),
-        };
+        self.bucket.set(self.rates[usize::from(metered)], now);
     }
 
     pub fn daily(&self) -> Option<u64> {
@@ -176,13 +190,11 @@ impl LaneBudget {
     }
 
     pub fn open(&mut self, now: Instant) -> Result<(), Instant> {
-        self.bucket.as_mut().map_or(Ok(()), |b| b.open(now))
+        self.bucket.open(now)
     }
 
     pub fn charge(&mut self, bytes: i64) {
-        if let Some(b) = &mut self.bucket {
-            b.charge(bytes);
-        }
+        self.bucket.charge(bytes);
     }
 }
 
@@ -216,7 +228,7 @@ mod tests {
         gate_link.set_metered(true);
         assert!(gate.refresh(Instant::now()));
         assert_eq!(gate.lowest(), 1, "low is held by default");
-        assert_eq!(gate.bucket.as_ref().map(|b| b.rate), Some(1000.0));
+        assert_eq!(gate.bucket.0.as_ref().map(|b| b.rate), Some(1000.0));
         assert!(!gate.refresh(Instant::now()), "no change, nothing to do");
     }
 }

@@ -326,11 +326,7 @@ impl Context {
             },
             "link": {
                 "profile": self.link.view().profile,
-                "max_rate": if self.link.metered() {
-                    live.config.link.metered.max_rate.or(live.config.link.max_rate)
-                } else {
-                    live.config.link.max_rate
-                },
+                "max_rate": live.config.link.max_rate_in(self.link.metered()),
                 "held": if self.link.metered() { Some(live.config.link.metered.hold) } else { None },
             },
             "subscriptions": subscriptions,

@@ -19,6 +19,13 @@ pub struct LinkConfig {
     pub metered: MeteredProfile,
 }
 
+impl LinkConfig {
+    /// The rate for everything in the profile in force.
+    pub fn max_rate_in(&self, metered: bool) -> Option<u64> {
+        if metered { self.metered.max_rate.or(self.max_rate) } else { self.max_rate }
+    }
+}
+
 /// `[link.metered]`: what changes while the link is metered.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct MeteredProfile {
