@@ -160,7 +160,6 @@ impl FastLog {
         }
     }
 
-    /// Appends one delivered event and returns it numbered.
     /// Appends an entry and hands it to the writer. Returns whether the writer should be
     /// woken for it (every [`RING_EVERY`] handed), or `None` once the writer has stopped.
     pub fn append_and_hand(&mut self, key: Option<i64>, audits: Vec<AuditRow>) -> Option<bool> {
@@ -182,6 +181,7 @@ impl FastLog {
         self.writer_gone = true;
     }
 
+    /// Appends one delivered event and returns it numbered.
     pub fn append(&mut self, key: Option<i64>, audits: Vec<AuditRow>) -> FastDone {
         let done = FastDone { l: self.next_l, key, audits };
         self.next_l += 1;

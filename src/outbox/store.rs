@@ -350,8 +350,9 @@ impl Store {
 
     /// Reads up to `limit` due deliveries, oldest first, leaving out any past its
     /// max_age that no sweep has ended yet and, unless `fifo`, those in `skip` (sorted):
-    /// they are passed over before any of their columns is copied. It writes nothing,
-    /// so it may run outside a transaction.
+    /// they are passed over before any of their columns is copied. It writes nothing
+    /// (but for a FIFO subscription's first read, which creates its head index, see
+    /// [`fifo_index`]), so it may run outside a transaction.
     pub fn due_rows(
         &mut self,
         subscription: &str,
