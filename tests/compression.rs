@@ -6,62 +6,31 @@
 
 mod common;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine;
 use common::*;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(20);
 
-/// Verifies each request with standardwebhooks and decodes it; returns the envelopes.
+/// Verifies each request with the README's stdlib snippet over the bytes as sent, then
+/// decodes it with Python's `gzip` or PyPI's `zstandard`; returns the envelopes.
 fn verified_and_decoded(requests: &[Request]) -> Vec<Value> {
-    let input: Vec<Value> = requests
-        .iter()
-        .map(|r| {
-            let headers: serde_json::Map<String, Value> = r
-                .headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_string(), Value::String(v.to_str().unwrap_or("").to_string())))
-                .collect();
-            json!({"headers": headers, "body": base64::engine::general_purpose::STANDARD.encode(&r.body)})
-        })
-        .collect();
-    let script = format!(
-        r#"
-import base64, gzip, json, re, sys
-import zstandard
-# The README's own stdlib snippet, as documented; over the bytes as sent.
-readme = open("{readme}").read()
-ns = {{}}
-exec(re.search(r"```python\n(.*?)```", readme, re.S).group(1), ns)
+    let script = r#"
+import gzip, zstandard
 out = []
-for r in json.load(sys.stdin):
-    raw = base64.b64decode(r["body"])
-    assert ns["verify"]("{SECRET}", r["headers"], raw), "the README snippet rejects it"
+for r in requests:
+    raw = r["body"]
+    assert verify(SECRET, r["headers"], raw), "the README snippet rejects it"
     enc = r["headers"].get("content-encoding")
     if enc == "gzip":
         raw = gzip.decompress(raw)
     elif enc == "zstd":
         raw = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
-    out.append({{"encoding": enc, "envelope": json.loads(raw)}})
+    out.append({"encoding": enc, "envelope": json.loads(raw)})
 print(json.dumps(out))
-"#,
-        readme = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")
-    );
-    let mut py = Command::new("python3")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    py.stdin.take().unwrap().write_all(serde_json::to_string(&input).unwrap().as_bytes()).unwrap();
-    let out = py.wait_with_output().unwrap();
-    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap()
+"#;
+    serde_json::from_value(python_over(requests, script)).unwrap()
 }
 
 #[test]

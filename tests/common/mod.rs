@@ -620,3 +620,41 @@ pub fn as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Outpu
         .output()
         .unwrap()
 }
+
+/// Runs the Python `script` over `requests` and returns the JSON it prints. Before it,
+/// `SECRET` is set, `verify(secret, headers, body)` is the README's own stdlib snippet as
+/// documented, and `requests` is a list of `{"headers": {…}, "body": bytes as sent}`.
+pub fn python_over(requests: &[Request], script: &str) -> serde_json::Value {
+    use base64::Engine;
+    use std::io::Write;
+    let input: Vec<serde_json::Value> = requests
+        .iter()
+        .map(|r| {
+            let headers: serde_json::Map<String, serde_json::Value> =
+                r.headers.iter().map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").into())).collect();
+            serde_json::json!({"headers": headers, "body": base64::engine::general_purpose::STANDARD.encode(&r.body)})
+        })
+        .collect();
+    let prelude = format!(
+        r#"
+import base64, json, re, sys
+SECRET = "{SECRET}"
+ns = {{}}
+exec(re.search(r"```python\n(.*?)```", open("{readme}").read(), re.S).group(1), ns)
+verify = ns["verify"]
+requests = [dict(r, body=base64.b64decode(r["body"])) for r in json.load(sys.stdin)]
+"#,
+        readme = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")
+    );
+    let mut py = Command::new("python3")
+        .args(["-c", &(prelude + script)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    py.stdin.take().unwrap().write_all(serde_json::to_string(&input).unwrap().as_bytes()).unwrap();
+    let out = py.wait_with_output().unwrap();
+    assert!(out.status.success(), "python: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
