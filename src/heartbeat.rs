@@ -116,10 +116,11 @@ pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
         let states: serde_json::Map<String, Value> = views.iter().map(|e| (e.name.clone(), json!(e.state))).collect();
         data["endpoints"] = Value::Object(states);
         // What the link costs: bytes sent in the last 24 hours and the budget left.
-        let sent: serde_json::Map<String, Value> = views.iter().map(|e| (e.name.clone(), json!(e.sent_24h))).collect();
+        let sent: serde_json::Map<String, Value> =
+            views.iter().map(|e| (e.name.clone(), json!(link.sent_24h(&e.name)))).collect();
         let left: serde_json::Map<String, Value> = views
             .iter()
-            .filter_map(|e| e.daily_budget.map(|b| (e.name.clone(), json!(b.saturating_sub(e.sent_24h)))))
+            .filter_map(|e| e.daily_budget.map(|b| (e.name.clone(), json!(b.saturating_sub(link.sent_24h(&e.name))))))
             .collect();
         data["link"] = json!({ "profile": link.view().profile, "sent_bytes_24h": sent, "budget_left": left });
         let mut event = NewEvent::local(EVENT_TYPE, &config.device_id, &data, now, deliveries);

@@ -61,8 +61,7 @@ pub struct EndpointView {
     /// How far our clock is from the endpoint's, by its last `Date` header, in words,
     /// when that is more than a few seconds.
     pub clock_skew: Option<String>,
-    /// Request bytes sent in the last 24 hours (hourly steps), against `daily_budget`.
-    pub sent_24h: u64,
+    /// The daily budget in the profile in force (what was sent is in `link::Link`).
     pub daily_budget: Option<u64>,
     /// Request bytes per second, in the link profile in force.
     pub max_rate: Option<u64>,

@@ -461,7 +461,7 @@ impl Lane {
     }
 
     /// What `status` and the heartbeat show of this lane.
-    pub fn view(&self, link: &crate::link::Link) -> EndpointView {
+    pub fn view(&self) -> EndpointView {
         EndpointView {
             name: self.sub.name.clone(),
             url: self.sub.url.clone(),
@@ -474,7 +474,6 @@ impl Lane {
             last_status: self.last_status,
             last_error: self.last_error.clone(),
             clock_skew: self.clock_skew.clone(),
-            sent_24h: link.sent_24h(&self.sub.name),
             daily_budget: self.budget.daily(),
             max_rate: self.budget.max_rate(),
             held: self.held_words(),

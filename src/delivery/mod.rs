@@ -426,7 +426,7 @@ impl Dispatcher {
     }
 
     fn publish_views(&self) {
-        let views = self.lanes.iter().map(|l| l.view(&self.link.link)).collect();
+        let views = self.lanes.iter().map(Lane::view).collect();
         if let Ok(mut v) = self.views.lock() {
             *v = views;
         }

@@ -281,6 +281,7 @@ impl Context {
             .map(|sub| {
                 let s = stats.subscription(&sub.name).cloned().unwrap_or_default();
                 let v = views.iter().find(|v| v.name == sub.name);
+                let sent = self.link.sent_24h(&sub.name);
                 let next = v
                     .and_then(|v| v.next_attempt_at_ms)
                     .or(s.next_attempt_ms.filter(|_| s.pending > 0).map(crate::clock::to_wall_ms));
@@ -300,9 +301,9 @@ impl Context {
                     "last_error": v.and_then(|v| v.last_error.clone()),
                     "clock_skew": v.and_then(|v| v.clock_skew.clone()),
                     "next_attempt_at": next.map(rfc3339_ms),
-                    "sent_bytes_24h": v.map(|v| v.sent_24h).unwrap_or_else(|| self.link.sent_24h(&sub.name)),
+                    "sent_bytes_24h": sent,
                     "daily_budget": v.and_then(|v| v.daily_budget),
-                    "budget_left": v.and_then(|v| v.daily_budget.map(|b| b.saturating_sub(v.sent_24h))),
+                    "budget_left": v.and_then(|v| v.daily_budget.map(|b| b.saturating_sub(sent))),
                     "max_rate": v.and_then(|v| v.max_rate),
                     "held": v.and_then(|v| v.held.clone()),
                 })
