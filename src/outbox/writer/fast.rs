@@ -10,7 +10,7 @@ use super::Writer;
 
 /// What the fast path delivered is written to the tables at the latest after this long…
 /// (docs/decisions.md: "The fast path's writes"): the fast log holds it meanwhile.
-const FAST_FLUSH_AGE: Duration = Duration::from_secs(60);
+const FAST_FLUSH_AGE: Duration = Duration::from_secs(300);
 /// …or once this many events are waiting, or with any other commit.
 const FAST_FLUSH_EVENTS: usize = 2048;
 
@@ -59,6 +59,7 @@ impl Writer {
             }
             log.take_handed()
         };
+        self.upkeep.ingested_since_release += handed.len();
         for done in handed {
             self.fast.push(done);
         }
