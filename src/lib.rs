@@ -40,6 +40,7 @@ pub mod ingest;
 pub mod link;
 pub mod live;
 pub mod logging;
+pub mod memory;
 pub mod outbox;
 pub mod receive;
 pub mod route;

@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Router;
-use super::session::{self, Client, Driver, Incoming, Message, SessionError};
+use super::session::{self, Client, Driver, Incoming, Message, Receipt, SessionError};
 use crate::config::MqttConfig;
 use crate::delivery::fast::{Intake, Resolution};
 use crate::event::now_ms;
@@ -175,7 +175,8 @@ impl Taker {
         update(&self.view, |v| v.received += 1);
         if publish.needs_ack {
             let generation = self.generation.load(Ordering::SeqCst);
-            let _ = self.ack_tx.send(Pending { seq, generation, publish, when });
+            let receipt = publish.into_receipt();
+            let _ = self.ack_tx.send(Pending { seq, generation, receipt, when });
         }
         true
     }
@@ -339,7 +340,7 @@ struct Pending {
     seq: u64,
     /// The connection it came on.
     generation: u64,
-    publish: Message,
+    receipt: Receipt,
     when: AckWhen,
 }
 
@@ -353,7 +354,7 @@ async fn ack_in_order(
     mut rx: mpsc::UnboundedReceiver<Pending>,
     generation: Arc<AtomicU64>,
 ) {
-    while let Some(Pending { seq, generation: conn_generation, publish, when }) = rx.recv().await {
+    while let Some(Pending { seq, generation: conn_generation, receipt, when }) = rx.recv().await {
         let after_commit = match when {
             AckWhen::Committed => true,
             AckWhen::Resolved(rx) => match rx.await {
@@ -368,7 +369,7 @@ async fn ack_in_order(
         if conn_generation != generation.load(Ordering::SeqCst) {
             continue;
         }
-        if client.ack(&publish).await.is_err() {
+        if client.ack(&receipt).await.is_err() {
             return;
         }
     }

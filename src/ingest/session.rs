@@ -52,8 +52,21 @@ pub struct Message {
     pub needs_ack: bool,
     /// MQTT 5 properties; none with 3.1.1.
     pub props: super::Properties,
-    raw: Raw,
+    receipt: Receipt,
 }
+
+impl Message {
+    /// What acking it takes, kept apart from the message itself.
+    pub fn into_receipt(self) -> Receipt {
+        self.receipt
+    }
+}
+
+/// What acking a message needs: its packet id and QoS, as the protocol's own publish with
+/// topic and payload moved out. An ack may wait behind thousands of others (mosquitto
+/// 2.0.11 sends past its `max_inflight_messages` once the first ack comes), and a payload
+/// kept until then pins the whole read buffer it was cut from.
+pub struct Receipt(Raw);
 
 enum Raw {
     V4(rumqttc::Publish),
@@ -129,14 +142,14 @@ impl Driver {
                 Ok(Event::Incoming(Packet::SubAck(a))) => {
                     Ok(Incoming::SubAck { granted: format!("{:?}", a.return_codes) })
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => Ok(Incoming::Publish(Message {
-                    topic: p.topic.clone(),
-                    payload: p.payload.clone(),
+                Ok(Event::Incoming(Packet::Publish(mut p))) => Ok(Incoming::Publish(Message {
+                    topic: std::mem::take(&mut p.topic),
+                    payload: std::mem::take(&mut p.payload),
                     dup: p.dup,
                     retain: p.retain,
                     needs_ack: p.qos != QoS::AtMostOnce,
                     props: super::Properties::default(),
-                    raw: Raw::V4(p),
+                    receipt: Receipt(Raw::V4(p)),
                 })),
                 Ok(_) => Ok(Incoming::Other),
                 Err(e) => Err(SessionError(e.to_string())),
@@ -148,14 +161,14 @@ impl Driver {
                 Ok(rumqttc::v5::Event::Incoming(p5::Packet::SubAck(a))) => {
                     Ok(Incoming::SubAck { granted: format!("{:?}", a.return_codes) })
                 }
-                Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(p))) => Ok(Incoming::Publish(Message {
-                    topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                    payload: p.payload.clone(),
+                Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(mut p))) => Ok(Incoming::Publish(Message {
+                    topic: String::from_utf8_lossy(&std::mem::take(&mut p.topic)).into_owned(),
+                    payload: std::mem::take(&mut p.payload),
                     dup: p.dup,
                     retain: p.retain,
                     needs_ack: p.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-                    props: properties(p.properties.as_ref()),
-                    raw: Raw::V5(Box::new(p)),
+                    props: properties(p.properties.take().as_ref()),
+                    receipt: Receipt(Raw::V5(Box::new(p))),
                 })),
                 Ok(_) => Ok(Incoming::Other),
                 Err(e) => Err(SessionError(e.to_string())),
@@ -166,8 +179,8 @@ impl Driver {
 
 impl Client {
     /// Acks one message (manual acks; the caller keeps them in receive order).
-    pub async fn ack(&self, message: &Message) -> Result<(), SessionError> {
-        let result = match (self, &message.raw) {
+    pub async fn ack(&self, receipt: &Receipt) -> Result<(), SessionError> {
+        let result = match (self, &receipt.0) {
             (Client::V4(c), Raw::V4(p)) => c.ack(p).await.map_err(|e| e.to_string()),
             (Client::V5(c), Raw::V5(p)) => c.ack(p).await.map_err(|e| e.to_string()),
             _ => Err("a message from the other protocol version".to_string()),

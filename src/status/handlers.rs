@@ -61,13 +61,8 @@ impl Context {
         let path = self.db_path();
         tokio::task::spawn_blocking(move || {
             let result = Reader::open(&path).and_then(|r| f(&r));
-            // A big listing can leave megabytes free but held by the allocator; hand
-            // them back, a robot's memory is small.
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            // SAFETY: malloc_trim only returns free heap memory to the OS.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            // A big listing can leave megabytes free but held by the allocator.
+            crate::memory::release_free_heap();
             result
         })
         .await
