@@ -183,7 +183,8 @@ impl Taker {
 }
 
 /// Most messages held for their ROS type at once; past it the oldest is taken as it is
-/// (quarantined). The broker's in-flight window bounds QoS 1 messages well below this.
+/// (quarantined). The broker's in-flight window usually keeps QoS 1 messages well below
+/// this, but not always (mosquitto 2.0.11 sends past it once acks flow): hence a bound.
 const WAITING_MAX: usize = 1000;
 
 /// Messages held, unacked, until their topic's ROS type is announced (`payload =
