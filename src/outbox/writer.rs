@@ -69,7 +69,8 @@ const UNHURRIED_LINGER: Duration = Duration::from_secs(3);
 /// …or until this many are held, or until they stop coming (the broker's in-flight
 /// window is full: see `Admission::unhurried_until`).
 const UNHURRIED_BATCH: usize = 512;
-/// Messages committed in a burst before the writer hands free heap back when it ends.
+/// Messages in a burst (committed, or delivered from memory) before the writer hands
+/// free heap back when it ends.
 const RELEASE_AFTER: usize = 4096;
 /// The running writer; join it after every [`Outbox`] clone is dropped.
 pub struct WriterThread {
@@ -120,7 +121,8 @@ struct Upkeep {
     /// Subscriptions whose due deliveries were read since the last commit: their expiry
     /// sweep runs in the next transaction.
     to_sweep: Vec<String>,
-    /// Messages committed since the heap was last handed back (see `committed_ingest`).
+    /// Messages committed, or delivered from memory and handed over, since the heap was
+    /// last handed back (see `release_heap_after_burst`).
     ingested_since_release: usize,
 }
 
