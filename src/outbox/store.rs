@@ -7,6 +7,7 @@ use super::dedupe::SharedKeys;
 use super::{
     AttemptRecord, AuditRow, Due, DueBatch, FastDone, Inbound, NewEvent, NextState, Quarantined, Stats, Terminal,
 };
+use crate::event::Priority;
 use expiry::EXPIRE_SWEEP_MS;
 #[cfg(test)]
 use expiry::EXPIRE_WINDOW;
@@ -345,27 +346,16 @@ impl Store {
     /// Expires what is past its age, then lists due deliveries (see `Outbox::due`).
     pub fn due(&mut self, subscription: &str, now_ms: i64, limit: usize, fifo: bool) -> rusqlite::Result<DueBatch> {
         self.sweep_expired(subscription, now_ms)?;
-        self.due_rows(subscription, now_ms, limit, fifo, &[])
+        self.due_rows(subscription, now_ms, limit, fifo, &[], Priority::Low as i64)
     }
 
     /// Reads up to `limit` due deliveries, oldest first, leaving out any past its
-    /// max_age that no sweep has ended yet and, unless `fifo`, those in `skip` (sorted):
-    /// they are passed over before any of their columns is copied. It writes nothing
-    /// (but for a FIFO subscription's first read, which creates its head index, see
-    /// [`fifo_index`]), so it may run outside a transaction.
+    /// max_age that no sweep has ended yet and, unless `fifo`, those in `skip` (sorted)
+    /// and priorities below `lowest` (`Priority::Low`: none): they are passed over before
+    /// any of their columns is copied. It writes nothing (but for a FIFO subscription's
+    /// first read, which creates its head index, see [`fifo_index`]), so it may run
+    /// outside a transaction.
     pub fn due_rows(
-        &mut self,
-        subscription: &str,
-        now_ms: i64,
-        limit: usize,
-        fifo: bool,
-        skip: &[i64],
-    ) -> rusqlite::Result<DueBatch> {
-        self.due_rows_upto(subscription, now_ms, limit, fifo, skip, 2)
-    }
-
-    /// [`Store::due_rows`], leaving out (unless `fifo`) priorities below `lowest`.
-    pub fn due_rows_upto(
         &mut self,
         subscription: &str,
         now_ms: i64,

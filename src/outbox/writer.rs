@@ -595,7 +595,7 @@ impl Writer {
     fn answer(&mut self, read: Read) {
         match read {
             Read::Due { subscription, now_ms, limit, fifo, skip, lowest, reply } => {
-                match self.store.due_rows_upto(&subscription, now_ms, limit, fifo, &skip, lowest) {
+                match self.store.due_rows(&subscription, now_ms, limit, fifo, &skip, lowest) {
                     Ok(mut d) => {
                         d.committed = *self.committed.borrow();
                         drop(reply.send(d))

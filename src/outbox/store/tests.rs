@@ -170,12 +170,12 @@ fn a_due_read_passes_over_what_the_lane_knows_and_still_fills_its_limit() {
     assert_eq!(all.len(), 6);
     // The first two are in flight and the fourth is queued in the lane already.
     let skip = vec![all[0], all[1], all[3]];
-    let batch = s.due_rows("a", 1000, 2, false, &skip).unwrap();
+    let batch = s.due_rows("a", 1000, 2, false, &skip, Priority::Low as i64).unwrap();
     assert_eq!(batch.rows.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![all[2], all[4]]);
-    let rest = s.due_rows("a", 1000, 10, false, &skip).unwrap();
+    let rest = s.due_rows("a", 1000, 10, false, &skip, Priority::Low as i64).unwrap();
     assert_eq!(rest.rows.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![all[2], all[4], all[5]]);
     // A FIFO read never skips its head: the queue waits behind it.
-    let head = s.due_rows("a", 1000, 1, true, &skip).unwrap();
+    let head = s.due_rows("a", 1000, 1, true, &skip, Priority::Low as i64).unwrap();
     assert_eq!(head.rows[0].seq, all[0]);
 }
 
