@@ -114,7 +114,6 @@ pub struct Prepared {
     /// As sent: compressed when `compression` says so.
     pub body: Vec<u8>,
     pub headers: HeaderMap,
-    pub attempt: u32,
 }
 
 fn put(headers: &mut HeaderMap, name: &str, value: &str) {
@@ -147,7 +146,7 @@ pub fn prepare(
     put(&mut headers, &format!("{p}-Attempt"), &(due.budget_used + 1).to_string());
     put(&mut headers, &format!("{p}-Device"), &header_value(&due.device_id));
     let (headers, body) = finish(sub, headers, rendered, &due.delivery_id, now, token, compression);
-    Prepared { body, headers, attempt: due.attempts + 1 }
+    Prepared { body, headers }
 }
 
 /// One request carrying `members` (a batch, `batch.format` says how), under batch id
@@ -183,8 +182,7 @@ pub fn prepare_batch(
     }
     let rendered = format::Rendered { body, headers: Vec::new() };
     let (headers, body) = finish(sub, headers, rendered, id, now, token, compression);
-    let attempt = members.iter().map(|d| d.attempts).max().unwrap_or(0) + 1;
-    Prepared { body, headers, attempt }
+    Prepared { body, headers }
 }
 
 /// The body `due` takes in the subscription's format, timestamped truly if the clock
