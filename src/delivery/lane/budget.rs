@@ -37,10 +37,16 @@ impl Lane {
         if self.is_fifo() && self.prefetched.front().is_some_and(|d| d.priority > self.lowest) {
             return (0, later(wake, now + Duration::from_secs(1)));
         }
-        match self.budget.open(now).and_then(|()| link.open(now)) {
+        match self.rates_open(now, link) {
             Ok(()) => (room, wake),
             Err(at) => (0, later(wake, at)),
         }
+    }
+
+    /// Whether the subscription's rate and then the link's let a request start now;
+    /// if not, when they will.
+    fn rates_open(&mut self, now: Instant, link: &mut LinkGate) -> Result<(), Instant> {
+        self.budget.open(now).and_then(|()| link.open(now))
     }
 
     fn set_lowest(&mut self, lowest: i64, over: bool) {
@@ -73,7 +79,7 @@ impl Lane {
 
     /// Whether the rates let a request start now; if not, the lane wakes when they do.
     pub(super) fn may_start(&mut self, now: Instant, link: &mut LinkGate) -> bool {
-        match self.budget.open(now).and_then(|()| link.open(now)) {
+        match self.rates_open(now, link) {
             Ok(()) => true,
             Err(at) => {
                 self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
