@@ -329,13 +329,18 @@ impl Lane {
             return None;
         }
         let ahead = if exact { room } else { room.max(PREFETCH) };
+        Some(self.fetch_ahead(ahead, fifo))
+    }
+
+    /// A fetch of `ahead` more due deliveries than the lane knows (see `fetch_request`).
+    fn fetch_ahead(&self, ahead: usize, fifo: bool) -> FetchRequest {
         let known = self.in_flight.iter().chain(&self.recording).copied().chain(self.prefetched.iter().map(|d| d.seq));
         if fifo {
-            return Some(FetchRequest { asked: ahead + known.count(), skip: Vec::new(), fifo, lowest: self.lowest });
+            return FetchRequest { asked: ahead + known.count(), skip: Vec::new(), fifo, lowest: self.lowest };
         }
         let mut skip: Vec<i64> = known.collect();
         skip.sort_unstable();
-        Some(FetchRequest { asked: ahead, skip, fifo, lowest: self.lowest })
+        FetchRequest { asked: ahead, skip, fifo, lowest: self.lowest }
     }
 
     /// A delivery handed out by [`Lane::next_starts`] could not start after all (no global

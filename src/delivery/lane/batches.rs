@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use super::super::budget::LinkGate;
 use super::super::endpoint::State;
-use super::{FetchRequest, Lane, PREFETCH, Starts};
+use super::{Lane, PREFETCH, Starts};
 use crate::outbox::Due;
 
 impl Lane {
@@ -55,21 +55,10 @@ impl Lane {
         let low = self.prefetched.len() < if fifo { cfg.max_events } else { ahead / 2 };
         let free = !fifo || busy + starts.batches.len() == 0;
         if low && free && !self.fetching && !self.exhausted {
-            starts.fetch = Some(self.batch_fetch_request(ahead, fifo));
+            starts.fetch = Some(self.fetch_ahead(ahead, fifo));
             self.fetch_started();
         }
         starts
-    }
-
-    fn batch_fetch_request(&self, ahead: usize, fifo: bool) -> FetchRequest {
-        let known = self.in_flight.iter().chain(&self.recording).copied().chain(self.prefetched.iter().map(|d| d.seq));
-        if fifo {
-            // The head is read again with what follows it; what is known is passed over.
-            return FetchRequest { asked: ahead + self.prefetched.len(), skip: Vec::new(), fifo, lowest: self.lowest };
-        }
-        let mut skip: Vec<i64> = known.collect();
-        skip.sort_unstable();
-        FetchRequest { asked: ahead, skip, fifo, lowest: self.lowest }
     }
 
     /// A batch handed out by [`Lane::next_starts`] could not start (no global slot).
