@@ -116,12 +116,14 @@ pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
         let states: serde_json::Map<String, Value> = views.iter().map(|e| (e.name.clone(), json!(e.state))).collect();
         data["endpoints"] = Value::Object(states);
         // What the link costs: bytes sent in the last 24 hours and the budget left.
-        let sent: serde_json::Map<String, Value> =
-            views.iter().map(|e| (e.name.clone(), json!(link.sent_24h(&e.name)))).collect();
-        let left: serde_json::Map<String, Value> = views
-            .iter()
-            .filter_map(|e| e.daily_budget.map(|b| (e.name.clone(), json!(b.saturating_sub(link.sent_24h(&e.name))))))
-            .collect();
+        let (mut sent, mut left) = (serde_json::Map::new(), serde_json::Map::new());
+        for e in &views {
+            let bytes = link.sent_24h(&e.name);
+            sent.insert(e.name.clone(), json!(bytes));
+            if let Some(budget) = e.daily_budget {
+                left.insert(e.name.clone(), json!(budget.saturating_sub(bytes)));
+            }
+        }
         data["link"] = json!({ "profile": link.view().profile, "sent_bytes_24h": sent, "budget_left": left });
         let mut event = NewEvent::local(EVENT_TYPE, &config.device_id, &data, now, deliveries);
         // Low priority and collapsing: after an outage, the newest one is what matters.
