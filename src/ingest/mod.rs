@@ -2,6 +2,7 @@
 //! route, which event, which subscriptions, or which quarantine reason); `mqtt` is the
 //! rumqttc loop around it.
 
+pub mod budget;
 pub mod mqtt;
 pub mod payload;
 pub mod ros;

@@ -15,11 +15,16 @@
 //! or CBOR value become `{"$base64": "…"}` (JSON has no bytes); a map key that is not a
 //! string becomes its JSON text (`1` → `"1"`); a float JSON cannot hold (NaN, infinity)
 //! becomes `null`.
+//!
+//! What a decoder makes is bounded by [`crate::ingest::budget`]: at most 16 × the
+//! payload's size plus 64 KiB of JSON, nested at most 64 deep; more is refused, and the
+//! message quarantined with the reason.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Number, Value};
 
+use super::budget::{self, Budget, SCALAR};
 pub use crate::config::PayloadFormat;
 
 /// The key that marks bytes inside a decoded value.
@@ -162,12 +167,21 @@ fn msgpack(payload: &[u8]) -> Result<Value, String> {
     if !rest.is_empty() {
         return Err(format!("payload is not one MessagePack value: {} bytes follow it", rest.len()));
     }
-    Ok(from_msgpack(value))
+    from_msgpack(value, &mut Budget::for_input(payload.len()), 0)
 }
 
-fn from_msgpack(v: rmpv::Value) -> Value {
+/// One MessagePack value as JSON, paid for from `budget` as it is made.
+fn from_msgpack(v: rmpv::Value, budget: &mut Budget, depth: usize) -> Result<Value, String> {
     use rmpv::Value as M;
-    match v {
+    Budget::check_depth(depth)?;
+    budget.spend(match &v {
+        M::String(s) => budget::string_cost(s.as_bytes().len()),
+        M::Binary(b) => budget::bytes_cost(b.len()),
+        M::Ext(_, data) => budget::bytes_cost(data.len()).saturating_add(16),
+        M::Array(_) | M::Map(_) => 2,
+        _ => SCALAR,
+    })?;
+    Ok(match v {
         M::Nil => Value::Null,
         M::Boolean(b) => Value::Bool(b),
         M::Integer(i) => i.as_i64().map(Value::from).or_else(|| i.as_u64().map(Value::from)).unwrap_or(Value::Null),
@@ -178,15 +192,21 @@ fn from_msgpack(v: rmpv::Value) -> Value {
             None => Value::Null,
         },
         M::Binary(b) => bytes(&b),
-        M::Array(a) => Value::Array(a.into_iter().map(from_msgpack).collect()),
-        M::Map(m) => Value::Object(m.into_iter().map(|(k, v)| (key(from_msgpack(k)), from_msgpack(v))).collect()),
+        M::Array(a) => {
+            Value::Array(a.into_iter().map(|v| from_msgpack(v, budget, depth + 1)).collect::<Result<_, _>>()?)
+        }
+        M::Map(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| Ok((key(from_msgpack(k, budget, depth + 1)?), from_msgpack(v, budget, depth + 1)?)))
+                .collect::<Result<_, String>>()?,
+        ),
         M::Ext(kind, data) => {
             let mut m = Map::new();
             m.insert("$ext".into(), kind.into());
             m.insert(BYTES_KEY.into(), B64.encode(data).into());
             Value::Object(m)
         }
-    }
+    })
 }
 
 fn cbor(payload: &[u8]) -> Result<Value, String> {
@@ -197,12 +217,20 @@ fn cbor(payload: &[u8]) -> Result<Value, String> {
     if rest > 0 {
         return Err(format!("payload is not one CBOR value: {rest} bytes follow it"));
     }
-    Ok(from_cbor(value))
+    from_cbor(value, &mut Budget::for_input(payload.len()), 0)
 }
 
-fn from_cbor(v: ciborium::Value) -> Value {
+/// One CBOR value as JSON, paid for from `budget` as it is made.
+fn from_cbor(v: ciborium::Value, budget: &mut Budget, depth: usize) -> Result<Value, String> {
     use ciborium::Value as C;
-    match v {
+    Budget::check_depth(depth)?;
+    budget.spend(match &v {
+        C::Text(s) => budget::string_cost(s.len()),
+        C::Bytes(b) => budget::bytes_cost(b.len()),
+        C::Array(_) | C::Map(_) | C::Tag(..) => 2,
+        _ => SCALAR,
+    })?;
+    Ok(match v {
         C::Null => Value::Null,
         C::Bool(b) => Value::Bool(b),
         C::Integer(i) => {
@@ -217,11 +245,15 @@ fn from_cbor(v: ciborium::Value) -> Value {
         C::Bytes(b) => bytes(&b),
         // A tag (a date, a big number, self-description) says how to read its value;
         // the value is what a route can use.
-        C::Tag(_, inner) => from_cbor(*inner),
-        C::Array(a) => Value::Array(a.into_iter().map(from_cbor).collect()),
-        C::Map(m) => Value::Object(m.into_iter().map(|(k, v)| (key(from_cbor(k)), from_cbor(v))).collect()),
+        C::Tag(_, inner) => from_cbor(*inner, budget, depth + 1)?,
+        C::Array(a) => Value::Array(a.into_iter().map(|v| from_cbor(v, budget, depth + 1)).collect::<Result<_, _>>()?),
+        C::Map(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| Ok((key(from_cbor(k, budget, depth + 1)?), from_cbor(v, budget, depth + 1)?)))
+                .collect::<Result<_, String>>()?,
+        ),
         _ => Value::Null,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -297,5 +329,61 @@ mod tests {
         assert!(e.contains("bytes follow"), "{e}");
         let fixed = decode(PayloadFormat::Json, br#"{"a":1}"#, Some("application/cbor")).unwrap();
         assert!(fixed.verbatim, "a route's own format is not overridden");
+    }
+
+    #[test]
+    fn deep_and_wide_values_are_refused() {
+        // 100 nested one-element arrays: rmpv and ciborium read them; the budget refuses them.
+        let deep_msgpack = [vec![0x91; 100], vec![0x01]].concat();
+        let e = decode(PayloadFormat::Msgpack, &deep_msgpack, None).unwrap_err();
+        assert!(e.contains("deeper than 64"), "{e}");
+        let deep_cbor = [vec![0x81; 100], vec![0x01]].concat();
+        assert!(decode(PayloadFormat::Cbor, &deep_cbor, None).unwrap_err().contains("deeper than 64"));
+        // Tags cost their nesting too.
+        let tagged = [vec![0xc1; 100], vec![0x01]].concat();
+        assert!(decode(PayloadFormat::Cbor, &tagged, None).is_err());
+        // 60 nested levels are fine.
+        let ok = [vec![0x91; 60], vec![0x01]].concat();
+        assert!(decode(PayloadFormat::Msgpack, &ok, None).is_ok());
+    }
+
+    fn any_format() -> impl proptest::strategy::Strategy<Value = PayloadFormat> {
+        proptest::sample::select(vec![
+            PayloadFormat::Json,
+            PayloadFormat::Msgpack,
+            PayloadFormat::Cbor,
+            PayloadFormat::Text,
+            PayloadFormat::Binary,
+            PayloadFormat::Auto,
+        ])
+    }
+
+    /// Bytes that look like MessagePack or CBOR containers most of the time.
+    fn containerish() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let byte = prop_oneof![
+            4 => 0x80u8..=0x9f,
+            2 => 0xc0u8..=0xdf,
+            2 => 0xd4u8..=0xd8,
+            1 => any::<u8>(),
+        ];
+        proptest::collection::vec(byte, 0..600)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any bytes in any format: a value within budget, or a reason; never a panic.
+        #[test]
+        fn every_decoder_answers_within_budget(
+            format in any_format(),
+            bytes in proptest::prop_oneof![containerish(), proptest::collection::vec(proptest::num::u8::ANY, 0..600)],
+        ) {
+            if let Ok(d) = decode(format, &bytes, None) {
+                proptest::prop_assert!(d.value.is_object());
+                let limit = bytes.len() * budget::EXPANSION + budget::FLOOR;
+                proptest::prop_assert!(d.value.to_string().len() <= limit);
+            }
+        }
     }
 }

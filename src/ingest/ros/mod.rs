@@ -55,6 +55,7 @@ impl RosTypes {
     pub fn learn(&self, type_topic: &str, payload: &[u8]) -> Result<Option<(String, String)>, String> {
         let topic = type_topic.strip_prefix(TYPE_TOPIC_PREFIX).ok_or("not a type topic")?.to_string();
         let announced = announcement(payload)?;
+        msgdef::check_type_name(&msgdef::short_name(&announced.name))?;
         if let Some(known) = self.known.read().ok().and_then(|k| k.get(&topic).cloned())
             && known.name == announced.name
             && known.stamped == announced.stamped
@@ -97,6 +98,9 @@ impl RosTypes {
             if msgs.contains_key(&name) {
                 continue;
             }
+            if msgs.len() >= msgdef::MAX_TYPES {
+                return Err(format!("{root} uses more than {} types", msgdef::MAX_TYPES));
+            }
             let fields =
                 msgdef::parse_fields(&self.msg_text(&name)?, Dialect::Ros2).map_err(|e| format!("{name}: {e}"))?;
             for f in &fields {
@@ -109,11 +113,15 @@ impl RosTypes {
         msgdef::resolve(root, Dialect::Ros2, msgs)
     }
 
+    /// The text of `<dir>/<pkg>/msg/<Type>.msg` for the first `ros.msg_path` entry that
+    /// has it. `name` is checked to be `package/Type` first: it comes off the wire, and
+    /// must not name a file anywhere else.
     fn msg_text(&self, name: &str) -> Result<String, String> {
+        msgdef::check_type_name(name)?;
         let (pkg, ty) = name.split_once('/').ok_or_else(|| format!("`{name}` is not a `package/Type` name"))?;
         for dir in self.msg_path.iter() {
             let path = dir.join(pkg).join("msg").join(format!("{ty}.msg"));
-            if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(text) = read_msg_file(&path) {
                 return Ok(text);
             }
         }
@@ -128,6 +136,16 @@ impl RosTypes {
             )),
         }
     }
+}
+
+/// Largest `.msg` file read (the largest in a ROS 2 install is a few KiB).
+const MSG_FILE_MAX: u64 = 256 * 1024;
+
+fn read_msg_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MSG_FILE_MAX).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// `ros.msg_path` by default: every `/opt/ros/<distro>/share` there is.
@@ -196,6 +214,38 @@ mod tests {
         let msg = [&[1, 0, 0, 0, 2, 0, 0, 0][..], &ros1_string("docking")].concat();
         assert_eq!(types.decode("robot/say", &msg).unwrap(), serde_json::json!({"data": "docking"}));
         assert!(types.decode("robot/other", &msg).unwrap_err().contains("mqtt_client/ros_msg_type/robot/other"));
+    }
+
+    fn ros2_announcement(name: &str) -> Vec<u8> {
+        let name = [name.as_bytes(), b"\0"].concat();
+        let pad = (4 - name.len() % 4) % 4;
+        [
+            &[0, 1, 0, 0][..],
+            &1u32.to_le_bytes(),
+            &[0, 0, 0, 0],
+            &(name.len() as u32).to_le_bytes(),
+            &name,
+            &vec![0; pad],
+            &1u32.to_le_bytes(),
+            &[0, 0, 0, 0],
+        ]
+        .concat()
+    }
+
+    /// The red team's name: `pkg//tmp/x/outside` read `/tmp/x/outside.msg`.
+    #[test]
+    fn a_ros2_type_name_cannot_leave_msg_path() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("outside.msg"), "int8 a\nSECRET LINE\n").unwrap();
+        let msg_path = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(msg_path.path().join("pkg/msg")).unwrap();
+        let types = RosTypes::new(vec![msg_path.path().to_path_buf()]);
+        let name = format!("pkg/{}/outside", outside.path().display());
+        let e = types.learn("mqtt_client/ros_msg_type/t", &ros2_announcement(&name)).unwrap_err();
+        assert!(e.contains("not a ROS type name") && !e.contains("SECRET"), "{e}");
+        let e = types.learn("mqtt_client/ros_msg_type/t", &ros2_announcement("pkg/msg/../../x")).unwrap_err();
+        assert!(e.contains("not a ROS type name"), "{e}");
+        assert!(!types.knows("t"));
     }
 
     #[test]

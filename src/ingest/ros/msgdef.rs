@@ -9,8 +9,22 @@
 //! ignored. Type names are kept as `pkg/Type` (`pkg/msg/Type` is shortened), and a name
 //! without a package means the package of the message that uses it (`Header` means
 //! `std_msgs/Header` in ROS 1).
+//!
+//! Definitions come off the wire, so they are bounded like any input: a type name is
+//! `package/Type` (letters, digits and `_`), never a path; a fixed array holds at most
+//! [`MAX_FIXED`] items; a definition names at most [`MAX_TYPES`] types, none contains
+//! itself, and one message expands to at most [`MAX_VALUES`] values before its
+//! sequences (a tree of empty messages 20 levels deep is refused here, not decoded).
 
 use std::collections::HashMap;
+
+/// Most items in a fixed-size array (`float64[36] covariance` is a large one in practice).
+pub const MAX_FIXED: usize = 1 << 16;
+/// Most types one definition may name.
+pub const MAX_TYPES: usize = 256;
+/// Most values one message may expand to, counting fixed arrays item by item and each
+/// sequence as one (what a sequence holds is paid for by the bytes it reads).
+pub const MAX_VALUES: usize = 1 << 16;
 
 /// The two encodings of ika mqtt_client's serialized messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +95,27 @@ pub fn short_name(name: &str) -> String {
     }
 }
 
+/// True for `package/Type` (ROS names: a letter, then letters, digits and `_`), the
+/// only names the agent looks up, so that none can climb out of `ros.msg_path`.
+pub fn is_type_name(name: &str) -> bool {
+    let word = |w: &str| {
+        w.starts_with(|c: char| c.is_ascii_alphabetic()) && w.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match name.split_once('/') {
+        Some((pkg, ty)) => word(pkg) && word(ty) && name.len() <= 256,
+        None => false,
+    }
+}
+
+/// Checks an announced or referenced name, for an error that shows it safely.
+pub fn check_type_name(name: &str) -> Result<(), String> {
+    if is_type_name(name) {
+        return Ok(());
+    }
+    let shown: String = crate::text::printable(name).chars().take(80).collect();
+    Err(format!("`{shown}` is not a ROS type name (package/Type)"))
+}
+
 fn package(name: &str) -> &str {
     name.split('/').next().unwrap_or("")
 }
@@ -95,7 +130,8 @@ pub fn parse_fields(text: &str, dialect: Dialect) -> Result<Vec<Field>, String> 
         }
         let mut words = line.split_whitespace();
         let (Some(ty), Some(name)) = (words.next(), words.next()) else {
-            return Err(format!("line {}: `{line}` is not `type name`", n + 1));
+            let shown: String = line.chars().take(60).collect();
+            return Err(format!("line {}: `{shown}` is not `type name`", n + 1));
         };
         // A constant: `TYPE NAME=VALUE` or `TYPE NAME = VALUE`.
         if name.contains('=') || words.next().is_some_and(|w| w.starts_with('=')) {
@@ -114,7 +150,11 @@ fn parse_type(ty: &str, dialect: Dialect) -> Result<(Elem, Count), String> {
             let count = if inner.is_empty() || inner.starts_with("<=") {
                 Count::Seq
             } else {
-                Count::Fixed(inner.parse().map_err(|_| format!("`{ty}` has an array size that is not a number"))?)
+                let n: usize = inner.parse().map_err(|_| format!("`{ty}` has an array size that is not a number"))?;
+                if n > MAX_FIXED {
+                    return Err(format!("`{ty}` is a fixed array of more than {MAX_FIXED} items"));
+                }
+                Count::Fixed(n)
             };
             (&ty[..i], count)
         }
@@ -140,7 +180,15 @@ fn parse_type(ty: &str, dialect: Dialect) -> Result<(Elem, Count), String> {
         "time" if dialect == Dialect::Ros1 => Prim::Time,
         "duration" if dialect == Dialect::Ros1 => Prim::Duration,
         "" => return Err(format!("`{ty}` names no type")),
-        other => return Ok((Elem::Msg(other.to_string()), count)),
+        other => {
+            // `Type`, `pkg/Type` or `pkg/msg/Type`, nothing else.
+            let short = short_name(other);
+            let bare_ok = !short.contains('/') && is_type_name(&format!("x/{short}"));
+            if !bare_ok && !is_type_name(&short) {
+                return Err(check_type_name(other).unwrap_err());
+            }
+            return Ok((Elem::Msg(other.to_string()), count));
+        }
     };
     Ok((Elem::Prim(prim), count))
 }
@@ -148,6 +196,7 @@ fn parse_type(ty: &str, dialect: Dialect) -> Result<(Elem, Count), String> {
 /// Parses a ROS 1 full definition of `root` (its text, then `MSG:` sections).
 pub fn parse_full(root: &str, text: &str, dialect: Dialect) -> Result<Definitions, String> {
     let root = short_name(root);
+    check_type_name(&root)?;
     let mut sections: Vec<(String, String)> = vec![(root.clone(), String::new())];
     for line in text.lines() {
         let trimmed = line.trim();
@@ -158,7 +207,9 @@ pub fn parse_full(root: &str, text: &str, dialect: Dialect) -> Result<Definition
         let last = sections.last_mut().expect("sections starts with one");
         if last.0.is_empty() {
             if let Some(name) = trimmed.strip_prefix("MSG:") {
-                last.0 = short_name(name);
+                let name = short_name(name);
+                check_type_name(&name)?;
+                last.0 = name;
             }
             // Anything before `MSG:` in a section is blank or a comment.
             continue;
@@ -189,7 +240,49 @@ pub fn resolve(root: String, dialect: Dialect, mut msgs: HashMap<String, Vec<Fie
     if !msgs.contains_key(&root) {
         return Err(format!("the definition of {root} is missing"));
     }
+    if msgs.len() > MAX_TYPES {
+        return Err(format!("the definition names {} types, more than {MAX_TYPES}", msgs.len()));
+    }
+    let mut sizes = HashMap::new();
+    let values = expanded_size(&root, &msgs, &mut sizes, &mut Vec::new())?;
+    if values > MAX_VALUES {
+        return Err(format!("one {root} expands to more than {MAX_VALUES} values before its sequences"));
+    }
     Ok(Definitions { root, dialect, msgs })
+}
+
+/// How many values one `name` message makes, fixed arrays counted item by item and
+/// sequences as one (saturating); an error for a type that contains itself.
+fn expanded_size(
+    name: &str,
+    msgs: &HashMap<String, Vec<Field>>,
+    sizes: &mut HashMap<String, usize>,
+    path: &mut Vec<String>,
+) -> Result<usize, String> {
+    if let Some(size) = sizes.get(name) {
+        return Ok(*size);
+    }
+    if path.iter().any(|p| p == name) {
+        return Err(format!("{name} contains itself ({} → {name})", path.join(" → ")));
+    }
+    let fields = msgs.get(name).ok_or_else(|| format!("{name} is not defined"))?;
+    path.push(name.to_string());
+    let mut total: usize = 1;
+    for f in fields {
+        let one = match &f.elem {
+            Elem::Prim(_) => 1,
+            Elem::Msg(ty) => expanded_size(ty, msgs, sizes, path)?,
+        };
+        let times = match (f.count, &f.elem) {
+            (Count::Fixed(_), Elem::Prim(Prim::U8)) => 1,
+            (Count::Fixed(n), _) => n,
+            (Count::One | Count::Seq, _) => 1,
+        };
+        total = total.saturating_add(one.saturating_mul(times)).min(usize::MAX / 2);
+    }
+    path.pop();
+    sizes.insert(name.to_string(), total);
+    Ok(total)
 }
 
 /// The `pkg/Type` a field's type names, if it is among `names`.
@@ -293,5 +386,44 @@ float64 w
         assert!(e.contains("`Missing`"), "{e}");
         assert!(parse_fields("int32[x] a", Dialect::Ros1).unwrap_err().contains("not a number"));
         assert!(parse_fields("lonely", Dialect::Ros1).unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn type_names_are_package_and_type_only() {
+        for bad in ["pkg//tmp/x/outside", "../x", "pkg/../../etc/passwd", "/abs/Type", "pkg/Ty pe", "pkg/msg/a/b", ""] {
+            assert!(!is_type_name(&short_name(bad)), "{bad}");
+        }
+        for good in ["std_msgs/Header", "geometry_msgs/msg/Pose", "my_pkg2/Type_3"] {
+            assert!(is_type_name(&short_name(good)), "{good}");
+        }
+        let e = parse_full("x/M", "x/../../etc/passwd f", Dialect::Ros1).unwrap_err();
+        assert!(e.contains("not a ROS type name"), "{e}");
+        assert!(parse_full("x/M", "int8 a\n===\nMSG: ../evil\nint8 b\n", Dialect::Ros1).is_err());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any text as a definition: parsed or refused, never a panic.
+        #[test]
+        fn any_definition_text_is_an_answer(root in "[a-z/]{0,12}", text in "(?s).{0,400}") {
+            let _ = parse_full(&root, &text, Dialect::Ros1);
+            let _ = parse_full(&root, &text, Dialect::Ros2);
+        }
+
+        /// Definitions built from real lines, nested, with arrays of any size.
+        #[test]
+        fn any_nesting_is_bounded(sizes in proptest::collection::vec(0usize..100_000, 1..8)) {
+            let mut text = String::new();
+            for (i, n) in sizes.iter().enumerate() {
+                let next = if i + 1 == sizes.len() { "int8".to_string() } else { format!("T{}", i + 1) };
+                if i > 0 { text.push_str(&format!("===\nMSG: x/T{i}\n")); }
+                text.push_str(&format!("{next}[{n}] a\n"));
+            }
+            if let Ok(d) = parse_full("x/T0", &text, Dialect::Ros1) {
+                let mut sizes = HashMap::new();
+                proptest::prop_assert!(expanded_size(&d.root, &d.msgs, &mut sizes, &mut Vec::new()).unwrap() <= MAX_VALUES);
+            }
+        }
     }
 }

@@ -1,7 +1,9 @@
 //! Serialized ROS messages to JSON: ROS 1 serialization and ROS 2 CDR, walked field by
 //! field with a message's [`Definitions`]. Pure, and every read is bounds-checked: a
 //! payload that does not fit its definition is an error with the field it stopped at,
-//! never a panic or an unbounded allocation.
+//! never a panic or an unbounded allocation. What it makes is paid for from a
+//! [`Budget`] before it is made: an element that reads no bytes (an empty message)
+//! still costs its JSON, so `Empty[4294967295]` is refused, not decoded.
 //!
 //! JSON shapes: a message is an object in field order; `uint8`/`byte`/`char` arrays are
 //! bytes (`{"$base64": …}`, as elsewhere); a float JSON cannot hold (NaN, which ROS
@@ -13,6 +15,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Number, Value};
 
 use super::msgdef::{Count, Definitions, Dialect, Elem, Field, Prim};
+use crate::ingest::budget::{self, Budget, SCALAR};
 use crate::ingest::payload::BYTES_KEY;
 
 /// Nested messages deeper than this are refused (a definition could name itself).
@@ -20,7 +23,7 @@ const MAX_DEPTH: usize = 32;
 
 /// Decodes one whole message of `defs.root` from `bytes`.
 pub fn decode(defs: &Definitions, bytes: &[u8]) -> Result<Value, String> {
-    let mut r = Reader::new(bytes, defs.dialect)?;
+    let mut r = Reader::new(bytes, defs.dialect, Budget::for_input(bytes.len()))?;
     let value = r.message(defs, &defs.root, 0)?;
     r.finish()?;
     Ok(value)
@@ -42,12 +45,13 @@ struct Reader<'a> {
     origin: usize,
     cdr: bool,
     big_endian: bool,
+    budget: Budget,
 }
 
 impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8], dialect: Dialect) -> Result<Self, String> {
+    fn new(buf: &'a [u8], dialect: Dialect, budget: Budget) -> Result<Self, String> {
         if dialect == Dialect::Ros1 {
-            return Ok(Reader { buf, pos: 0, origin: 0, cdr: false, big_endian: false });
+            return Ok(Reader { buf, pos: 0, origin: 0, cdr: false, big_endian: false, budget });
         }
         let big_endian = match buf.get(..2) {
             Some([0, 0]) => true,
@@ -62,7 +66,7 @@ impl<'a> Reader<'a> {
         if buf.len() < 4 {
             return Err("the payload is shorter than the CDR encapsulation header".into());
         }
-        Ok(Reader { buf, pos: 4, origin: 4, cdr: true, big_endian })
+        Ok(Reader { buf, pos: 4, origin: 4, cdr: true, big_endian, budget })
     }
 
     fn finish(&self) -> Result<(), String> {
@@ -122,6 +126,7 @@ impl<'a> Reader<'a> {
 
     fn string(&mut self) -> Result<Value, String> {
         let n = self.length()?;
+        self.budget.spend(budget::string_cost(n))?;
         let raw = self.bytes(n)?;
         // CDR counts the terminating NUL.
         let raw = if self.cdr { raw.strip_suffix(&[0]).unwrap_or(raw) } else { raw };
@@ -129,6 +134,11 @@ impl<'a> Reader<'a> {
     }
 
     fn prim(&mut self, p: Prim) -> Result<Value, String> {
+        if !matches!(p, Prim::String) {
+            // Time and duration are two scalars and their keys.
+            let cost = if matches!(p, Prim::Time | Prim::Duration) { 2 * SCALAR + 20 } else { SCALAR };
+            self.budget.spend(cost)?;
+        }
         Ok(match p {
             Prim::Bool => Value::Bool(self.take::<1>()?[0] != 0),
             Prim::I8 => (self.take::<1>()?[0] as i8).into(),
@@ -153,8 +163,10 @@ impl<'a> Reader<'a> {
             return Err(format!("messages nest deeper than {MAX_DEPTH} at {name}"));
         }
         let fields = defs.msgs.get(name).ok_or_else(|| format!("{name} is not defined"))?;
+        self.budget.spend(2)?;
         let mut out = Map::new();
         for f in fields {
+            self.budget.spend(budget::string_cost(f.name.len()))?;
             let v = self.field(defs, f, depth).map_err(|e| format!("{name}.{}: {e}", f.name))?;
             out.insert(f.name.clone(), v);
         }
@@ -168,9 +180,11 @@ impl<'a> Reader<'a> {
             Count::Seq => self.length()?,
         };
         if f.elem == Elem::Prim(Prim::U8) {
+            self.budget.spend(budget::bytes_cost(n))?;
             let raw = self.bytes(n)?;
             return Ok(Value::Object(Map::from_iter([(BYTES_KEY.to_string(), B64.encode(raw).into())])));
         }
+        self.budget.spend(2)?;
         let mut items = Vec::with_capacity(n.min(self.buf.len() - self.pos));
         for _ in 0..n {
             items.push(self.elem(defs, &f.elem, depth)?);
@@ -255,9 +269,77 @@ mod tests {
     fn corrupt_lengths_and_self_nesting_are_errors() {
         let defs = parse_full("x/M", "int32[] v", Dialect::Ros1).unwrap();
         assert!(decode(&defs, &u32::MAX.to_le_bytes()).unwrap_err().contains("more than"));
-        let looping = parse_full("x/M", "M inner", Dialect::Ros1).unwrap();
-        assert!(decode(&looping, &[]).unwrap_err().contains("nest deeper"));
+        let looping = parse_full("x/M", "M inner", Dialect::Ros1).unwrap_err();
+        assert!(looping.contains("contains itself"), "{looping}");
         let wide = parse_full("x/M", "wstring w", Dialect::Ros2).unwrap();
         assert!(decode(&wide, &[0, 1, 0, 0, 1, 0, 0, 0]).unwrap_err().contains("wstring"));
+    }
+
+    /// The red team's message: an array of empty messages reads no bytes per item.
+    #[test]
+    fn items_that_read_no_bytes_are_paid_for() {
+        let huge = parse_full("x/M", "E[4294967295] items\n===\nMSG: x/E\n", Dialect::Ros1).unwrap_err();
+        assert!(huge.contains("more than 65536 items"), "{huge}");
+        let defs = parse_full("x/M", "E[60000] items\n===\nMSG: x/E\n", Dialect::Ros1).unwrap();
+        let e = decode(&defs, &[]).unwrap_err();
+        assert!(e.contains("x/M.items") && e.contains("refused"), "{e}");
+        let small = parse_full("x/M", "E[100] items\n===\nMSG: x/E\n", Dialect::Ros1).unwrap();
+        assert_eq!(decode(&small, &[]).unwrap()["items"].as_array().unwrap().len(), 100);
+        // A sequence of empty messages: its length is bounded by the bytes left, and each
+        // item is paid for.
+        let seq = parse_full("x/M", "E[] items\n===\nMSG: x/E\n", Dialect::Ros1).unwrap();
+        let mut bytes = 3000u32.to_le_bytes().to_vec();
+        bytes.resize(4 + 3000, 0);
+        assert!(decode(&seq, &bytes).unwrap_err().contains("bytes follow"), "decoded within budget, then refused");
+    }
+
+    /// A binary tree of empty messages 20 levels deep doubles at each level.
+    #[test]
+    fn type_trees_are_bounded_in_size_not_only_depth() {
+        let mut text = String::from("T1 a\nT1 b\n");
+        for level in 1..20 {
+            text.push_str(&format!("===\nMSG: x/T{level}\nT{next} a\nT{next} b\n", next = level + 1));
+        }
+        text.push_str("===\nMSG: x/T20\n");
+        let e = parse_full("x/M", &text, Dialect::Ros1).unwrap_err();
+        assert!(e.contains("expands to more than 65536 values"), "{e}");
+    }
+
+    fn prim_type() -> impl proptest::strategy::Strategy<Value = &'static str> {
+        proptest::sample::select(vec![
+            "bool", "int8", "uint8", "int16", "uint32", "int64", "float32", "float64", "string", "time", "E",
+        ])
+    }
+
+    fn field_line() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (
+            prim_type(),
+            prop_oneof![Just(String::new()), Just("[]".to_string()), (0usize..70_000).prop_map(|n| format!("[{n}]"))],
+        )
+            .prop_map(|(ty, arr)| format!("{ty}{arr} f"))
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any definition, any bytes: an answer (a value or an error), never a panic, and
+        /// a value within the budget.
+        #[test]
+        fn decoding_never_panics_and_stays_in_budget(
+            root in proptest::collection::vec(field_line(), 0..6),
+            empty in proptest::collection::vec(field_line(), 0..3),
+            ros2 in proptest::bool::ANY,
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+        ) {
+            let text = format!("{}\n===\nMSG: x/E\n{}", root.join("\n"), empty.join("\n").replace("E", "uint8"));
+            let dialect = if ros2 { Dialect::Ros2 } else { Dialect::Ros1 };
+            if let Ok(defs) = parse_full("x/M", &text.replace("time", if ros2 { "int32" } else { "time" }), dialect) {
+                if let Ok(v) = decode(&defs, &bytes) {
+                    let limit = bytes.len() * crate::ingest::budget::EXPANSION + crate::ingest::budget::FLOOR;
+                    proptest::prop_assert!(v.to_string().len() <= limit);
+                }
+            }
+        }
     }
 }
