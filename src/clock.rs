@@ -261,7 +261,7 @@ fn kernel_unsynced() -> Option<bool> {
 /// A plain sentence for how far the agent's clock is from another's (`theirs - ours`),
 /// if it is more than a few seconds.
 pub fn skew_words(ours_ms: i64, theirs_ms: i64) -> Option<String> {
-    let d = theirs_ms - ours_ms;
+    let d = theirs_ms.saturating_sub(ours_ms);
     let secs = d.unsigned_abs() / 1000;
     if secs < 5 {
         return None;
@@ -367,5 +367,13 @@ mod tests {
         let a = boottime_ms();
         std::thread::sleep(std::time::Duration::from_millis(5));
         assert!(boottime_ms() >= a + 4);
+    }
+
+    proptest::proptest! {
+        /// Skews between any two times, from a header or a row, never overflow.
+        #[test]
+        fn skew_of_any_two_times_is_words_or_nothing(a in proptest::num::i64::ANY, b in proptest::num::i64::ANY) {
+            let _ = skew_words(a, b);
+        }
     }
 }

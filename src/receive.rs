@@ -108,8 +108,9 @@ pub fn check(opts: &ReceiveOptions, method: &str, headers: &http::HeaderMap, bod
             .map(|id| (id, header(headers, &format!("{prefix}-batch-size")).unwrap_or_else(|| "?".into()))),
         encoding,
         body: String::from_utf8_lossy(&body).into_owned(),
-        skew: signed_at(headers, &prefix)
-            .and_then(|ts| crate::clock::skew_words(ts * 1000, crate::clock::unix_s(now) * 1000)),
+        skew: signed_at(headers, &prefix).and_then(|ts| {
+            crate::clock::skew_words(ts.saturating_mul(1000), crate::clock::unix_s(now).saturating_mul(1000))
+        }),
     }
 }
 

@@ -446,7 +446,9 @@ impl Lane {
             self.dirty = true;
         }
         if let Some(ms) = batch.next_due_ms {
-            self.due_at = Some(Instant::now() + Duration::from_millis((ms - crate::clock::sched_ms()).max(0) as u64));
+            // Rows are ours, but a row's time is still only a number: clamped to a day.
+            let wait = ms.saturating_sub(crate::clock::sched_ms()).clamp(0, 86_400_000) as u64;
+            self.due_at = Some(Instant::now() + Duration::from_millis(wait));
         }
     }
 

@@ -108,6 +108,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
@@ -161,5 +162,21 @@ mod tests {
         assert!(matches!(classify_error(TransportError::Tls, "x"), Verdict::Retry { .. }));
         assert!(needs_operator(TransportError::Tls));
         assert!(!needs_operator(TransportError::Timeout));
+    }
+
+    proptest::proptest! {
+        /// Any `Retry-After` (seconds of any size, dates of any year, junk) is clamped
+        /// or ignored, never a panic.
+        #[test]
+        fn any_retry_after_is_clamped(v in prop_oneof![
+            any::<u64>().prop_map(|n| n.to_string()),
+            proptest::string::string_regex("[0-9]{1,40}").unwrap(),
+            proptest::string::string_regex("[A-Za-z0-9 ,:]{0,40}").unwrap(),
+            any::<u32>().prop_map(|s| httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_secs(u64::from(s) * 8))),
+        ]) {
+            if let Some(d) = parse_retry_after(&v, now()) {
+                proptest::prop_assert!(d <= RETRY_AFTER_MAX);
+            }
+        }
     }
 }

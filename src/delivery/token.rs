@@ -22,6 +22,10 @@ use crate::config::OAuth2;
 const EARLY: Duration = Duration::from_secs(60);
 /// A token that says nothing of its lifetime is kept this long.
 const UNSTATED_LIFETIME: Duration = Duration::from_secs(300);
+/// A stated lifetime is trusted up to this long: `expires_in` is the token endpoint's
+/// word, and a huge one (`18446744073709551615`) must neither overflow nor keep a token
+/// past any rotation.
+const LIFETIME_MAX: Duration = Duration::from_secs(24 * 3600);
 /// The token endpoint's answer is read up to this much.
 const BODY_MAX: usize = 64 * 1024;
 
@@ -43,8 +47,34 @@ struct TokenAnswer {
     access_token: String,
     #[serde(default)]
     token_type: Option<String>,
+    /// A number of seconds, as the RFC has it; some servers send it as a string or a
+    /// float, and a hostile one anything. Read by [`lifetime`].
     #[serde(default)]
-    expires_in: Option<u64>,
+    expires_in: Option<serde_json::Value>,
+}
+
+/// A token's lifetime from its `expires_in`: seconds as a number or a numeric string,
+/// clamped to [`LIFETIME_MAX`]; absent, unreadable, zero or negative is taken as
+/// unstated ([`UNSTATED_LIFETIME`]; a 401 fetches a new one sooner anyway).
+fn lifetime(expires_in: Option<&serde_json::Value>) -> Duration {
+    use serde_json::Value;
+    let secs = match expires_in {
+        None | Some(Value::Null) => return UNSTATED_LIFETIME,
+        Some(Value::Number(n)) => n.as_f64(),
+        Some(Value::String(s)) => s.trim().parse::<f64>().ok(),
+        Some(_) => None,
+    };
+    match secs {
+        Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s.min(LIFETIME_MAX.as_secs_f64())),
+        _ => UNSTATED_LIFETIME,
+    }
+}
+
+/// When a token fetched at `started` with `life` is fetched again: `EARLY` before it
+/// expires, or at half its life if that is sooner. Never panics.
+fn refresh_at(started: Instant, life: Duration) -> Instant {
+    let early = life.saturating_sub(EARLY).min(life / 2);
+    started.checked_add(early).unwrap_or(started)
 }
 
 impl TokenSource {
@@ -112,8 +142,8 @@ impl TokenSource {
         {
             return Err(failed("the access token is empty or not printable text".into()));
         }
-        let life = answer.expires_in.map_or(UNSTATED_LIFETIME, Duration::from_secs);
-        let refresh_at = started + life.saturating_sub(EARLY).min(life / 2);
+        let life = lifetime(answer.expires_in.as_ref());
+        let refresh_at = refresh_at(started, life);
         tracing::debug!(token_url = %self.config.token_url, expires_in_s = life.as_secs(), "Fetched an OAuth2 token.");
         Ok(Cached { token: answer.access_token, refresh_at })
     }
@@ -128,4 +158,42 @@ async fn read_capped(mut resp: reqwest::Response) -> Vec<u8> {
         }
     }
     body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    #[test]
+    fn hostile_lifetimes_are_clamped() {
+        assert_eq!(lifetime(Some(&json!(18446744073709551615u64))), LIFETIME_MAX);
+        assert_eq!(lifetime(Some(&json!(1e300))), LIFETIME_MAX);
+        assert_eq!(lifetime(Some(&json!(3600))), Duration::from_secs(3600));
+        assert_eq!(lifetime(Some(&json!("3600"))), Duration::from_secs(3600));
+        assert_eq!(lifetime(Some(&json!(-5))), UNSTATED_LIFETIME);
+        assert_eq!(lifetime(Some(&json!("soon"))), UNSTATED_LIFETIME);
+        assert_eq!(lifetime(None), UNSTATED_LIFETIME);
+        let t = Instant::now();
+        assert_eq!(refresh_at(t, Duration::from_secs(3600)), t + Duration::from_secs(1800));
+        assert_eq!(refresh_at(t, Duration::from_secs(100)), t + Duration::from_secs(40));
+        assert_eq!(refresh_at(t, Duration::from_secs(60)), t);
+        assert_eq!(refresh_at(t, Duration::MAX), t, "an instant that cannot be reached is now");
+    }
+
+    proptest! {
+        /// Any token answer: parsed or refused, and a lifetime that never panics.
+        #[test]
+        fn any_token_answer_is_an_answer(body in "(?s).{0,200}", n in any::<f64>(), i in any::<i128>()) {
+            if let Ok(answer) = serde_json::from_str::<TokenAnswer>(&body) {
+                let _ = refresh_at(Instant::now(), lifetime(answer.expires_in.as_ref()));
+            }
+            for v in [json!(n), json!(i.to_string()), serde_json::from_str(&i.to_string()).unwrap_or(json!(null))] {
+                let life = lifetime(Some(&v));
+                prop_assert!(life <= LIFETIME_MAX);
+                let _ = refresh_at(Instant::now(), life);
+            }
+        }
+    }
 }

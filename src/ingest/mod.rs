@@ -175,7 +175,7 @@ impl Router {
         let mut deliveries = crate::config::deliveries(&self.subscriptions, &event_type, route.ttl, sched_ms);
         // The publisher's own expiry wins when it is sooner than the TTL.
         if let Some(expiry) = props.expiry {
-            let by = sched_ms.saturating_add(expiry.as_millis() as i64);
+            let by = sched_ms.saturating_add(i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX));
             deliveries.iter_mut().for_each(|d| d.expires_ms = d.expires_ms.min(by));
         }
         let (id, dedupe_key, dedupe_check) = match own_id {

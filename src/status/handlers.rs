@@ -34,12 +34,18 @@ pub(super) fn internal(e: impl std::fmt::Display) -> ErrorBody {
     ErrorBody::new("internal", e.to_string())
 }
 
+/// A duration from a request in milliseconds, saturating (`999999999years` is a valid
+/// humantime duration).
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn parse_time(s: &str, now_ms: i64) -> Result<i64, ErrorBody> {
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0));
+        return Ok(t.duration_since(std::time::UNIX_EPOCH).map(millis).unwrap_or(0));
     }
     if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(now_ms - d.as_millis() as i64);
+        return Ok(now_ms.saturating_sub(millis(d)));
     }
     Err(ErrorBody::new("bad_request", format!("`{s}` is neither a time (2026-05-10T18:00:00Z) nor an age (2h)")))
 }
@@ -224,7 +230,7 @@ impl Context {
         let deliveries = vec![NewDelivery {
             id: crate::event::new_id(),
             subscription: subscription.clone(),
-            expires_ms: crate::clock::sched_ms() + sub.max_age.as_millis() as i64,
+            expires_ms: crate::clock::sched_ms().saturating_add(millis(sub.max_age)),
         }];
         let data = json!({ "message": "a test event from fleethook", "subscription": subscription });
         let (event_id, ids) = self.emit("fleethook.test".into(), Some(data), deliveries).await?;
@@ -327,5 +333,24 @@ impl Context {
             },
             "subscriptions": subscriptions,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// `replay --since/--until` take anything a user (or anyone in the group) sends.
+        #[test]
+        fn any_time_or_age_is_a_time_or_a_refusal(s in "[0-9a-zA-Z:\\- .]{0,40}", now in proptest::num::i64::ANY) {
+            let _ = parse_time(&s, now);
+        }
+    }
+
+    #[test]
+    fn huge_ages_saturate() {
+        assert_eq!(parse_time("500000000000years", 1000).unwrap(), 1000 - i64::MAX);
+        assert_eq!(parse_time("2h", 7_200_000).unwrap(), 0);
     }
 }
