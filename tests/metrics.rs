@@ -121,3 +121,65 @@ fn metrics_count_what_the_receiver_got_and_promtool_accepts_them() {
     };
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
+
+/// The red team's slowloris: 1100 connections that send half a request took every file
+/// descriptor of an agent limited to 1024, and with them the status socket, scrapes and
+/// deliveries to an endpoint that closes its connections after each answer.
+#[test]
+fn half_open_connections_cannot_starve_the_agent() {
+    let broker = Mosquitto::start();
+    let ep = Endpoint::start(Reply::WithHeaders(200, vec![("connection", "close".to_string())]));
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port).replace("[delivery]", "[metrics]\nlisten = \"127.0.0.1:0\"\n\n[delivery]")
+        + &subscription("ops", &ep.url(), "");
+    let agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    // What systemd gives a unit by default, and what the red team's agent had.
+    let limited = Command::new("prlimit")
+        .args(["--pid", &agent.pid().to_string(), "--nofile=1024:1024"])
+        .status()
+        .expect("prlimit (util-linux)");
+    assert!(limited.success());
+    let log = agent.log();
+    let addr = log
+        .lines()
+        .find(|l| l.contains("Serving metrics"))
+        .and_then(|l| l.split("listen=").nth(1))
+        .map(|a| a.split_whitespace().next().unwrap().to_string())
+        .unwrap_or_else(|| panic!("no metrics address in the log:\n{log}"));
+
+    // This process needs 1100 descriptors of its own.
+    raise_nofile(4096);
+    let mut held = Vec::new();
+    for _ in 0..1100 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+        held.push(s);
+    }
+
+    // A scrape, the status socket and a delivery, while all of them are held.
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    let read = s.read_to_string(&mut answer);
+    assert!(read.is_ok() && answer.starts_with("HTTP/1.1 200"), "scrape: {read:?} {answer:.200}");
+    let status = agent.cli(&["status", "--json"]);
+    assert!(status.status.success(), "status: {}", String::from_utf8_lossy(&status.stderr));
+    let messages: Vec<_> = (0..5).map(|n| mission("agv-1", n, "completed")).collect();
+    publish(broker.port, &messages);
+    let got = ep.wait_for(5, Duration::from_secs(10));
+    assert_eq!(got.len(), 5, "deliveries while the listener is flooded");
+    drop(held);
+    assert!(agent.log().contains("Serving metrics"));
+}
+
+fn raise_nofile(want: u64) {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit with a valid pointer to an rlimit.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max.min(want.max(lim.rlim_cur));
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
