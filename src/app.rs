@@ -246,6 +246,7 @@ fn start_generation(
             router,
             outbox.clone(),
             intake,
+            crate::ingest::breaker::Breaker::open(&crate::ingest::breaker::Breaker::default_path(&config.storage.path)),
             mqtt.clone(),
             liveness.ingest(),
             stop.clone(),

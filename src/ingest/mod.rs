@@ -2,6 +2,7 @@
 //! route, which event, which subscriptions, or which quarantine reason); `mqtt` is the
 //! rumqttc loop around it.
 
+pub mod breaker;
 pub mod budget;
 pub mod mqtt;
 pub mod payload;
@@ -210,6 +211,21 @@ impl Router {
             dedupe_key: Some(dedupe_key),
             dedupe_check,
             retained_key: None,
+        })
+    }
+
+    /// `payload` on `topic` quarantined as it is, without decoding it (see
+    /// [`breaker`]); nothing for a topic no route takes.
+    pub fn quarantine_unread(&self, topic: &str, payload: &[u8], reason: String) -> Inbound {
+        if self.route(topic).is_none() && !self.is_type_topic(topic) {
+            return Inbound::Nothing;
+        }
+        let kept = if payload.len() <= self.max_payload { payload.len() } else { QUARANTINE_KEEP.min(payload.len()) };
+        Inbound::Quarantine(Quarantined {
+            topic: topic.to_string(),
+            reason,
+            size: payload.len(),
+            payload: payload[..kept].to_vec(),
         })
     }
 

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Router;
+use super::breaker::{self, Breaker};
 use super::session::{self, Client, Driver, Incoming, Message, Receipt, SessionError};
 use crate::config::MqttConfig;
 use crate::delivery::fast::{Intake, Resolution};
@@ -26,12 +27,16 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// Runs ingest until `shutdown`; then sends the acks of what has committed and
 /// disconnects.
 /// With `intake`, messages go to the dispatcher (the fast path), which sends them from
-/// memory or hands them to the outbox; without, straight to the outbox.
+/// memory or hands them to the outbox; without, straight to the outbox. `breaker`
+/// quarantines, undecoded, a message the agent died on at an earlier start.
+// Each argument is a separate wire from `app`; bundling them would only rename them.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     cfg: MqttConfig,
     router: Router,
     outbox: Outbox,
     intake: Option<mpsc::UnboundedSender<Intake>>,
+    breaker: Breaker,
     view: MqttView,
     beat: Beat,
     shutdown: CancellationToken,
@@ -57,7 +62,8 @@ pub async fn run(
     let acker = tokio::spawn(ack_in_order(client.clone(), outbox.committed(), ack_rx, generation.clone()));
     let filters = router.filters();
     let type_filters = router.type_filters();
-    let mut taker = Taker { seq: 0, intake, outbox, ack_tx, generation: generation.clone(), view: view.clone() };
+    let mut taker =
+        Taker { seq: 0, intake, outbox, ack_tx, generation: generation.clone(), view: view.clone(), breaker };
     let mut waiting = Waiting::default();
     let mut tick = tokio::time::interval(crate::health::BEAT);
     let wedge = crate::health::Wedge::from_env("ingest");
@@ -98,10 +104,11 @@ pub async fn run(
             }
             Ok(Incoming::Publish(publish)) => {
                 if router.is_type_topic(&publish.topic) {
-                    learn(&router, &publish);
-                    let ok = match publish.needs_ack {
-                        true => waiting.take_or_hold(&router, &mut taker, publish, Some(Inbound::Nothing)),
-                        false => true,
+                    let inbound = taker.learn(&router, &publish);
+                    let ok = match (publish.needs_ack, inbound) {
+                        (true, inbound) => waiting.take_or_hold(&router, &mut taker, publish, Some(inbound)),
+                        (false, q @ Inbound::Quarantine(_)) => taker.take(&router, publish, Some(q)),
+                        (false, _) => true,
                     };
                     if !ok || !waiting.release(&router, &mut taker, false) {
                         break;
@@ -129,25 +136,62 @@ struct Taker {
     ack_tx: mpsc::UnboundedSender<Pending>,
     generation: Arc<AtomicU64>,
     view: MqttView,
+    breaker: Breaker,
 }
 
 impl Taker {
+    /// Routes (decodes) one message, under the breaker's mark; a message the agent died
+    /// on before is quarantined without being decoded.
+    fn route(&mut self, router: &Router, publish: &Message) -> Inbound {
+        let key = breaker::key(&publish.topic, &publish.payload);
+        if let Some(reason) = self.breaker.take_suspect(&key) {
+            return router.quarantine_unread(&publish.topic, &publish.payload, reason);
+        }
+        self.breaker.begin(&key, &publish.topic);
+        breaker::abort_if_asked(&publish.payload);
+        let inbound = router.inbound_with(
+            &publish.topic,
+            &publish.payload,
+            publish.dup,
+            now_ms(),
+            crate::clock::sched_ms(),
+            &publish.props,
+        );
+        self.breaker.done();
+        if publish.retain { router.retained(&publish.topic, inbound) } else { inbound }
+    }
+
+    /// Reads a type announcement under the breaker's mark; says what was learnt, or why
+    /// it cannot be used. Returns the quarantine of an announcement the agent died on.
+    fn learn(&mut self, router: &Router, publish: &Message) -> Inbound {
+        let key = breaker::key(&publish.topic, &publish.payload);
+        if let Some(reason) = self.breaker.take_suspect(&key) {
+            return router.quarantine_unread(&publish.topic, &publish.payload, reason);
+        }
+        self.breaker.begin(&key, &publish.topic);
+        breaker::abort_if_asked(&publish.payload);
+        let learnt = router.learn_type(&publish.topic, &publish.payload);
+        self.breaker.done();
+        match learnt {
+            Ok(Some((topic, name))) => {
+                tracing::info!(topic = %printable(&topic), ros_type = %printable(&name), "Learnt a ROS message type.");
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(type_topic = %printable(&publish.topic), reason = %printable(&e),
+                "Cannot use a ROS type announcement; messages of its topic are quarantined after ros.type_wait."),
+        }
+        Inbound::Nothing
+    }
+
     /// Routes `publish` (or takes `inbound` for it as given) and queues its ack. False
     /// when the dispatcher or outbox has stopped: ingest stops too.
     fn take(&mut self, router: &Router, publish: Message, inbound: Option<Inbound>) -> bool {
         self.seq += 1;
         let seq = self.seq;
-        let mut inbound = inbound.unwrap_or_else(|| {
-            let inbound = router.inbound_with(
-                &publish.topic,
-                &publish.payload,
-                publish.dup,
-                now_ms(),
-                crate::clock::sched_ms(),
-                &publish.props,
-            );
-            if publish.retain { router.retained(&publish.topic, inbound) } else { inbound }
-        });
+        let mut inbound = match inbound {
+            Some(given) => given,
+            None => self.route(router, &publish),
+        };
         if let Inbound::Event(e) = &mut inbound {
             e.clock = crate::clock::taken_unless_synced();
         }
@@ -223,18 +267,6 @@ impl Waiting {
             }
         }
         true
-    }
-}
-
-/// Reads a type announcement; says what was learnt, or why it cannot be used.
-fn learn(router: &Router, publish: &Message) {
-    match router.learn_type(&publish.topic, &publish.payload) {
-        Ok(Some((topic, name))) => {
-            tracing::info!(topic = %printable(&topic), ros_type = %printable(&name), "Learnt a ROS message type.");
-        }
-        Ok(None) => {}
-        Err(e) => tracing::warn!(type_topic = %printable(&publish.topic), reason = %printable(&e),
-            "Cannot use a ROS type announcement; messages of its topic are quarantined after ros.type_wait."),
     }
 }
 
