@@ -490,6 +490,42 @@ max_in_flight = 32
     }
 }
 
+/// Memory under a flood: three publishers as fast as mosquitto takes them (its queue
+/// for the agent unbounded), once with the endpoint down and once with it up; each with
+/// a fresh agent, so each peak RSS is that flood's own.
+async fn flood(
+    broker: &Broker,
+    opts: &Opts,
+    endpoint: u16,
+    got: &Received,
+    record: &mut impl FnMut(&str, f64, &str, Option<f64>),
+) {
+    let n = opts.n(200_000, 1_000_000);
+    let third = n / 3;
+    let n = third * 3;
+    for up in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let target = if up { endpoint } else { free_port() };
+        let agent = Agent::start(dir.path(), broker.port, target, if up { "flood-up" } else { "flood-down" });
+        let before = got.count.load(Ordering::Relaxed);
+        let start = Instant::now();
+        let publishers: Vec<_> =
+            (0..3).map(|_| tokio::spawn(publish(broker.port, "fleet/bench-agv/mission", third, None))).collect();
+        let done =
+            |agent: &Agent| if up { got.count.load(Ordering::Relaxed) >= before + n } else { agent.queued() >= n };
+        while !done(&agent) && start.elapsed() < Duration::from_secs(1800) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for p in publishers {
+            let _ = p.await;
+        }
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        let what = if up { "endpoint up" } else { "endpoint down" };
+        record(&format!("flood of {n} by 3 publishers, {what}: events/s"), rate, "events/s", None);
+        record(&format!("flood of {n} by 3 publishers, {what}: peak RSS"), agent.peak_rss_mib(), "MiB", None);
+    }
+}
+
 async fn wait_count(got: &Received, n: u64, limit: Duration) -> Option<Duration> {
     let start = Instant::now();
     while got.count.load(Ordering::Relaxed) < n {
@@ -561,6 +597,11 @@ async fn main() {
     // FLEETHOOK_BENCH_FLASH_ONLY=1 (with AGENT_ONLY) runs only the flash rows: a fast A/B of
     // what a change writes.
     let flash_only = std::env::var_os("FLEETHOOK_BENCH_FLASH_ONLY").is_some();
+    // FLEETHOOK_BENCH_FLOOD_ONLY=1 runs only the memory rows of a flood (below).
+    if std::env::var_os("FLEETHOOK_BENCH_FLOOD_ONLY").is_some() {
+        flood(&broker, &opts, endpoint, &got, &mut record).await;
+        return;
+    }
     if !flash_only {
         let agent = Agent::start(dir.path(), broker.port, endpoint, "main");
 
@@ -720,6 +761,7 @@ async fn main() {
     drop(agent);
     record("agent: drain of the backlog, from its first delivery", drain_from_first, "events/s", Some(http));
     cellular::batched_drain(&broker, backlog, drain_from_first, &mut record).await;
+    flood(&broker, &opts, endpoint, &got, &mut record).await;
     stop.cancel();
 
     let machine = format!(

@@ -1,43 +1,56 @@
 //! The poison-message breaker: the defence against the decoder bug nobody has found yet.
 //!
 //! A message that makes the agent die while it decodes or routes it (a panic, an abort,
-//! the kernel's OOM killer) is not acked, so the broker sends it again at the next start,
-//! and the agent dies again: a crash loop that holds back everything behind it. SQS's
-//! `maxReceiveCount` and dead-letter queue is the pattern; here:
+//! an allocation that fails) is not acked, so the broker sends it again at the next
+//! start, and the agent dies again: a crash loop that holds back everything behind it.
+//! SQS's `maxReceiveCount` and dead-letter queue is the pattern; here:
 //!
 //! - Before a message is decoded, its key (SHA-256 of topic and payload) is written to a
-//!   small memory-mapped file, [`MARK_FILE`]; after, the mark is cleared. Both are stores
-//!   to shared memory, no system call: the kernel keeps the page when the process dies
-//!   however it dies.
-//! - At start, a mark still set names the message the agent died on. It moves to the
-//!   file's suspects (at most [`SUSPECTS`], oldest dropped).
-//! - A message whose key is a suspect is quarantined without being decoded, with the
-//!   reason "the agent stopped while decoding it", and leaves the suspects. It is kept
-//!   whole, so `quarantine release` can try it again after an upgrade.
+//!   small memory-mapped file, [`MARK_FILE`], and the mark set; after, the mark is
+//!   cleared. Both are stores to shared memory, no system call: the kernel keeps the page
+//!   however the process dies.
+//! - A crash sets the mark to *crashed*: panics abort in release builds, and a failed
+//!   allocation and a stack overflow abort too, so a `SIGABRT` handler (a single store,
+//!   async-signal-safe) records it on the way down.
+//! - At start, a *crashed* mark makes its message a suspect at once. A mark left merely
+//!   set means the agent was killed from outside mid-decode (kill -9, the OOM killer, a
+//!   watchdog): that is one strike, and a second death on the same message makes it a
+//!   suspect. So a kill -9 that happens to land in a decode never quarantines a good
+//!   message, and a message that gets the agent killed twice is stopped all the same.
+//! - A suspect is quarantined without being decoded, with the reason "the agent stopped
+//!   while decoding it", and forgotten. It is kept whole, so `quarantine release` can try
+//!   it again after an upgrade. A struck message that decodes fine loses its strike.
 //!
 //! The file lives in `$RUNTIME_DIRECTORY` under systemd (tmpfs: no flash is written;
 //! the unit keeps it across restarts with `RuntimeDirectoryPreserve=restart`), else
 //! beside the outbox. If it cannot be opened the agent runs without a breaker and says so.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use sha2::{Digest, Sha256};
 
 /// The file's name, in the runtime directory or beside the outbox (`outbox.db-decoding`).
 pub const MARK_FILE: &str = "decoding";
-/// Most suspects remembered.
+/// Most suspects and strikes remembered.
 pub const SUSPECTS: usize = 8;
 
-const MAGIC: &[u8; 8] = b"fhbrk\x00\x00\x01";
+const MAGIC: &[u8; 8] = b"fhbrk\x00\x00\x02";
 const LEN: usize = 4096;
-// Layout: magic, state (0 idle, 1 decoding), the mark's key, its topic (length, bytes),
-// then SUSPECTS × (used flag, key, topic length, topic).
+// Layout: magic, state, the mark's key and topic (length, bytes), then SUSPECTS ×
+// (kind, key, topic length, topic).
 const STATE_AT: usize = 8;
+const IDLE: u8 = 0;
+const DECODING: u8 = 1;
+const CRASHED: u8 = 2;
 const MARK_AT: usize = 9;
 const TOPIC_MAX: usize = 200;
 const ENTRY: usize = 32 + 2 + TOPIC_MAX;
 const SUSPECTS_AT: usize = MARK_AT + ENTRY;
 const SUSPECT_ENTRY: usize = 1 + ENTRY;
+
+/// The state byte of the breaker now in use, for the `SIGABRT` handler.
+static STATE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
 
 /// A message's key: what the breaker remembers of it.
 pub type Key = [u8; 32];
@@ -51,9 +64,19 @@ pub fn key(topic: &str, payload: &[u8]) -> Key {
     h.finalize().into()
 }
 
-/// One suspect: a message the agent died on.
+/// What the breaker holds against a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The agent crashed on it, or was killed on it twice: quarantine it undecoded.
+    Suspect = 1,
+    /// The agent was killed from outside once while decoding it.
+    Strike = 2,
+}
+
+/// One message the breaker remembers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Suspect {
+    pub kind: Kind,
     pub key: Key,
     /// Its topic (cut at 200 bytes), for the log.
     pub topic: String,
@@ -61,13 +84,22 @@ pub struct Suspect {
 
 pub struct Breaker {
     map: Option<memmap2::MmapMut>,
-    suspects: Vec<Suspect>,
+    remembered: Vec<Suspect>,
     path: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for Breaker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Breaker").field("path", &self.path).field("suspects", &self.suspects.len()).finish()
+        f.debug_struct("Breaker").field("path", &self.path).field("remembered", &self.remembered.len()).finish()
+    }
+}
+
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        if let Some(map) = self.map.as_mut() {
+            let state = map[STATE_AT..].as_mut_ptr();
+            let _ = STATE.compare_exchange(state, std::ptr::null_mut(), Ordering::SeqCst, Ordering::SeqCst);
+        }
     }
 }
 
@@ -87,10 +119,10 @@ impl Breaker {
 
     /// A breaker that remembers nothing (tests, or when the file cannot be opened).
     pub fn disabled() -> Breaker {
-        Breaker { map: None, suspects: Vec::new(), path: None }
+        Breaker { map: None, remembered: Vec::new(), path: None }
     }
 
-    /// Opens (or creates) the file at `path`; a mark left set becomes a suspect.
+    /// Opens (or creates) the file at `path` and reads what the last run left.
     pub fn open(path: &Path) -> Breaker {
         match Self::try_open(path) {
             Ok(b) => b,
@@ -116,35 +148,51 @@ impl Breaker {
             map.fill(0);
             map[..8].copy_from_slice(MAGIC);
         }
-        let mut b = Breaker { map: Some(map), suspects: Vec::new(), path: Some(path.to_path_buf()) };
-        b.suspects = b.read_suspects();
-        if b.map.as_ref().is_some_and(|m| m[STATE_AT] == 1) {
-            let died_on = b.read_entry(MARK_AT);
-            tracing::warn!(topic = %crate::text::printable(&died_on.topic),
-                "The agent stopped while decoding a message; it will be quarantined without decoding when the broker sends it again.");
-            b.suspects.retain(|s| s.key != died_on.key);
-            b.suspects.push(died_on);
-            if b.suspects.len() > SUSPECTS {
-                b.suspects.remove(0);
+        let mut b = Breaker { map: Some(map), remembered: Vec::new(), path: Some(path.to_path_buf()) };
+        b.remembered = b.read_remembered();
+        let state = b.map.as_ref().map_or(IDLE, |m| m[STATE_AT]);
+        if state != IDLE {
+            let mut died_on = b.read_entry(MARK_AT, Kind::Suspect);
+            let struck_before = b.remembered.iter().any(|r| r.key == died_on.key && r.kind == Kind::Strike);
+            died_on.kind = if state == CRASHED || struck_before { Kind::Suspect } else { Kind::Strike };
+            match died_on.kind {
+                Kind::Suspect => {
+                    tracing::warn!(topic = %crate::text::printable(&died_on.topic), crashed = state == CRASHED,
+                    "The agent stopped while decoding a message; it will be quarantined without decoding when the broker sends it again.")
+                }
+                Kind::Strike => tracing::info!(topic = %crate::text::printable(&died_on.topic),
+                    "The agent was stopped while decoding a message; if it stops on it once more, the message will be quarantined."),
             }
-            b.write_suspects();
+            b.remembered.retain(|r| r.key != died_on.key);
+            b.remembered.push(died_on);
+            if b.remembered.len() > SUSPECTS {
+                b.remembered.remove(0);
+            }
+            b.write_remembered();
             if let Some(m) = b.map.as_mut() {
-                m[STATE_AT] = 0;
+                m[STATE_AT] = IDLE;
             }
+        }
+        if let Some(m) = b.map.as_mut() {
+            STATE.store(m[STATE_AT..].as_mut_ptr(), Ordering::SeqCst);
+            install_crash_handler();
         }
         Ok(b)
     }
 
-    /// The messages the agent died on and has not met again.
-    pub fn suspects(&self) -> &[Suspect] {
-        &self.suspects
+    /// The messages the breaker holds something against.
+    pub fn remembered(&self) -> &[Suspect] {
+        &self.remembered
     }
 
     /// If `key` is a suspect, forgets it and returns the reason to quarantine it with.
     pub fn take_suspect(&mut self, key: &Key) -> Option<String> {
-        let i = self.suspects.iter().position(|s| &s.key == key)?;
-        self.suspects.remove(i);
-        self.write_suspects();
+        if self.remembered.is_empty() {
+            return None;
+        }
+        let i = self.remembered.iter().position(|s| &s.key == key && s.kind == Kind::Suspect)?;
+        self.remembered.remove(i);
+        self.write_remembered();
         Some("the agent stopped while decoding it (at an earlier start); quarantined without decoding".into())
     }
 
@@ -152,48 +200,83 @@ impl Breaker {
     pub fn begin(&mut self, key: &Key, topic: &str) {
         let Some(map) = self.map.as_mut() else { return };
         write_entry(&mut map[MARK_AT..MARK_AT + ENTRY], key, topic);
-        map[STATE_AT] = 1;
+        map[STATE_AT] = DECODING;
     }
 
-    /// The message marked by [`Breaker::begin`] was decoded (or refused) without dying.
-    pub fn done(&mut self) {
+    /// The message marked by [`Breaker::begin`] was decoded (or refused) without dying:
+    /// a strike against it is lifted.
+    pub fn done(&mut self, key: &Key) {
         if let Some(map) = self.map.as_mut() {
-            map[STATE_AT] = 0;
+            map[STATE_AT] = IDLE;
+        }
+        if !self.remembered.is_empty() && self.remembered.iter().any(|r| &r.key == key) {
+            self.remembered.retain(|r| &r.key != key);
+            self.write_remembered();
         }
     }
 
-    fn read_entry(&self, at: usize) -> Suspect {
+    fn read_entry(&self, at: usize, kind: Kind) -> Suspect {
         let map = self.map.as_ref().expect("read only with a map");
         let mut key = [0u8; 32];
         key.copy_from_slice(&map[at..at + 32]);
         let len = usize::from(u16::from_le_bytes([map[at + 32], map[at + 33]])).min(TOPIC_MAX);
         let topic = String::from_utf8_lossy(&map[at + 34..at + 34 + len]).into_owned();
-        Suspect { key, topic }
+        Suspect { kind, key, topic }
     }
 
-    fn read_suspects(&self) -> Vec<Suspect> {
+    fn read_remembered(&self) -> Vec<Suspect> {
         let Some(map) = self.map.as_ref() else { return Vec::new() };
         (0..SUSPECTS)
             .map(|i| SUSPECTS_AT + i * SUSPECT_ENTRY)
-            .filter(|at| map[*at] == 1)
-            .map(|at| self.read_entry(at + 1))
+            .filter_map(|at| match map[at] {
+                1 => Some(self.read_entry(at + 1, Kind::Suspect)),
+                2 => Some(self.read_entry(at + 1, Kind::Strike)),
+                _ => None,
+            })
             .collect()
     }
 
-    fn write_suspects(&mut self) {
-        let suspects = self.suspects.clone();
+    fn write_remembered(&mut self) {
+        let remembered = self.remembered.clone();
         let Some(map) = self.map.as_mut() else { return };
         for i in 0..SUSPECTS {
             let at = SUSPECTS_AT + i * SUSPECT_ENTRY;
-            match suspects.get(i) {
+            match remembered.get(i) {
                 Some(s) => {
                     write_entry(&mut map[at + 1..at + SUSPECT_ENTRY], &s.key, &s.topic);
-                    map[at] = 1;
+                    map[at] = s.kind as u8;
                 }
                 None => map[at] = 0,
             }
         }
     }
+}
+
+/// On `SIGABRT` (a panic in a release build, a failed allocation, a stack overflow), a
+/// mark that is set becomes *crashed*; then the abort goes on as it would have.
+fn install_crash_handler() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        extern "C" fn on_abort(_: libc::c_int) {
+            let state = STATE.load(Ordering::SeqCst);
+            // SAFETY: STATE is null or points into the live mapping (cleared before it is
+            // unmapped); a one-byte store is async-signal-safe.
+            unsafe {
+                if !state.is_null() && *state == DECODING {
+                    *state = CRASHED;
+                }
+            }
+            // Returning lets abort(3) restore the default action and raise it again.
+        }
+        // SAFETY: a sigaction with a handler that only does the store above.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as usize;
+            action.sa_flags = libc::SA_ONSTACK | libc::SA_RESETHAND;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
+        }
+    });
 }
 
 /// Test builds only: `FLEETHOOK_TEST_ABORT_ON=TEXT` makes the agent abort, as a release
@@ -230,46 +313,78 @@ fn write_entry(slot: &mut [u8], key: &Key, topic: &str) {
 mod tests {
     use super::*;
 
+    fn crash_while(b: &mut Breaker, key: &Key, topic: &str) {
+        b.begin(key, topic);
+        // What the SIGABRT handler does.
+        b.map.as_mut().unwrap()[STATE_AT] = CRASHED;
+    }
+
     #[test]
-    fn a_mark_left_set_is_a_suspect_at_the_next_start_and_only_once() {
+    fn a_crash_while_decoding_makes_a_suspect_at_the_next_start_and_only_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("decoding");
+        let fine = key("robot/t", b"fine");
         let poison = key("robot/t", b"boom");
         {
             let mut b = Breaker::open(&path);
-            assert!(b.suspects().is_empty());
-            b.begin(&key("robot/t", b"fine"), "robot/t");
-            b.done();
-            b.begin(&poison, "robot/t");
-            // Dies here: the mapping is dropped with the mark set.
+            assert!(b.remembered().is_empty());
+            b.begin(&fine, "robot/t");
+            b.done(&fine);
+            crash_while(&mut b, &poison, "robot/t");
         }
         let mut b = Breaker::open(&path);
-        assert_eq!(b.suspects(), [Suspect { key: poison, topic: "robot/t".into() }]);
-        assert!(b.take_suspect(&key("robot/t", b"fine")).is_none());
+        assert_eq!(b.remembered(), [Suspect { kind: Kind::Suspect, key: poison, topic: "robot/t".into() }]);
+        assert!(b.take_suspect(&fine).is_none());
         drop(b);
         // Still a suspect after another start before the message came back.
         let mut b = Breaker::open(&path);
         assert!(b.take_suspect(&poison).unwrap().contains("stopped while decoding"));
         drop(b);
-        assert!(Breaker::open(&path).suspects().is_empty(), "forgotten once quarantined");
+        assert!(Breaker::open(&path).remembered().is_empty(), "forgotten once quarantined");
+    }
+
+    /// kill -9 landing in a decode is a strike, not a quarantine; twice on the same
+    /// message is.
+    #[test]
+    fn a_kill_from_outside_is_a_strike_and_two_make_a_suspect() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("decoding");
+        let m = key("robot/t", b"slow");
+        Breaker::open(&path).begin(&m, "robot/t");
+        let mut b = Breaker::open(&path);
+        assert_eq!(b.remembered()[0].kind, Kind::Strike);
+        assert!(b.take_suspect(&m).is_none(), "decoded again, not quarantined");
+        b.begin(&m, "robot/t");
+        drop(b);
+        let mut b = Breaker::open(&path);
+        assert_eq!(b.remembered()[0].kind, Kind::Suspect);
+        assert!(b.take_suspect(&m).is_some());
+        // A strike is lifted by a decode that ends.
+        b.begin(&m, "robot/t");
+        drop(b);
+        let mut b = Breaker::open(&path);
+        b.begin(&m, "robot/t");
+        b.done(&m);
+        assert!(b.remembered().is_empty());
     }
 
     #[test]
-    fn suspects_are_bounded_and_topics_cut() {
+    fn remembered_messages_are_bounded_and_topics_cut() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("decoding");
         let long = "é".repeat(300);
         for i in 0..(SUSPECTS + 3) {
             let mut b = Breaker::open(&path);
-            b.begin(&key(&long, &[i as u8]), &long);
+            crash_while(&mut b, &key(&long, &[i as u8]), &long);
         }
         let b = Breaker::open(&path);
-        assert_eq!(b.suspects().len(), SUSPECTS);
-        assert_eq!(b.suspects()[SUSPECTS - 1].key, key(&long, &[(SUSPECTS + 2) as u8]));
-        assert!(b.suspects()[0].topic.len() <= TOPIC_MAX);
+        assert_eq!(b.remembered().len(), SUSPECTS);
+        assert_eq!(b.remembered()[SUSPECTS - 1].key, key(&long, &[(SUSPECTS + 2) as u8]));
+        assert!(b.remembered()[0].topic.len() <= TOPIC_MAX);
+        drop(b);
         // A file that is not ours is started afresh, not trusted.
         std::fs::write(&path, vec![0xffu8; LEN]).unwrap();
-        assert!(Breaker::open(&path).suspects().is_empty());
+        assert!(Breaker::open(&path).remembered().is_empty());
     }
 
     #[test]

@@ -24,6 +24,22 @@ use crate::text::printable;
 
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// What ingest holds taken but not yet acked (committed, or delivered from memory), in
+/// units of one message plus one per 4 KiB of its payload. At the bound the loop stops
+/// taking from the event loop, which stops reading the socket: TCP holds the broker
+/// back, and the acks of what has committed still go out. 4096 small messages, or 16 MiB
+/// of payloads; an MQTT 5 session also asks the broker for at most this many in flight
+/// (Receive Maximum). See docs/decisions.md, "Memory has a bound too".
+pub const HELD_MAX: u32 = 4096;
+
+/// A message's share of [`HELD_MAX`].
+fn weight(payload_len: usize) -> u32 {
+    u32::try_from(1 + payload_len / 4096).unwrap_or(HELD_MAX).min(HELD_MAX)
+}
+
+/// A taken message's share of [`HELD_MAX`], given back once its ack is queued.
+type Held = Option<tokio::sync::OwnedSemaphorePermit>;
+
 /// Runs ingest until `shutdown`; then sends the acks of what has committed and
 /// disconnects.
 /// With `intake`, messages go to the dispatcher (the fast path), which sends them from
@@ -64,6 +80,7 @@ pub async fn run(
     let type_filters = router.type_filters();
     let mut taker =
         Taker { seq: 0, intake, outbox, ack_tx, generation: generation.clone(), view: view.clone(), breaker };
+    let room = Arc::new(tokio::sync::Semaphore::new(HELD_MAX as usize));
     let mut waiting = Waiting::default();
     let mut tick = tokio::time::interval(crate::health::BEAT);
     let wedge = crate::health::Wedge::from_env("ingest");
@@ -103,11 +120,18 @@ pub async fn run(
                 update(&view, |v| v.subscribed = true);
             }
             Ok(Incoming::Publish(publish)) => {
+                let held = match publish.needs_ack {
+                    true => match wait_for_room(&room, weight(publish.payload.len()), &beat, &shutdown).await {
+                        Some(held) => Some(held),
+                        None => break,
+                    },
+                    false => None,
+                };
                 if router.is_type_topic(&publish.topic) {
                     let inbound = taker.learn(&router, &publish);
                     let ok = match (publish.needs_ack, inbound) {
-                        (true, inbound) => waiting.take_or_hold(&router, &mut taker, publish, Some(inbound)),
-                        (false, q @ Inbound::Quarantine(_)) => taker.take(&router, publish, Some(q)),
+                        (true, inbound) => waiting.take_or_hold(&router, &mut taker, publish, held, Some(inbound)),
+                        (false, q @ Inbound::Quarantine(_)) => taker.take(&router, publish, None, Some(q)),
                         (false, _) => true,
                     };
                     if !ok || !waiting.release(&router, &mut taker, false) {
@@ -115,7 +139,7 @@ pub async fn run(
                     }
                     continue;
                 }
-                if !waiting.take_or_hold(&router, &mut taker, publish, None) {
+                if !waiting.take_or_hold(&router, &mut taker, publish, held, None) {
                     break;
                 }
             }
@@ -157,7 +181,7 @@ impl Taker {
             crate::clock::sched_ms(),
             &publish.props,
         );
-        self.breaker.done();
+        self.breaker.done(&key);
         if publish.retain { router.retained(&publish.topic, inbound) } else { inbound }
     }
 
@@ -171,7 +195,7 @@ impl Taker {
         self.breaker.begin(&key, &publish.topic);
         breaker::abort_if_asked(&publish.payload);
         let learnt = router.learn_type(&publish.topic, &publish.payload);
-        self.breaker.done();
+        self.breaker.done(&key);
         match learnt {
             Ok(Some((topic, name))) => {
                 tracing::info!(topic = %printable(&topic), ros_type = %printable(&name), "Learnt a ROS message type.");
@@ -183,9 +207,10 @@ impl Taker {
         Inbound::Nothing
     }
 
-    /// Routes `publish` (or takes `inbound` for it as given) and queues its ack. False
-    /// when the dispatcher or outbox has stopped: ingest stops too.
-    fn take(&mut self, router: &Router, publish: Message, inbound: Option<Inbound>) -> bool {
+    /// Routes `publish` (or takes `inbound` for it as given) and queues its ack, which
+    /// keeps `held` until it is queued. False when the dispatcher or outbox has stopped:
+    /// ingest stops too.
+    fn take(&mut self, router: &Router, publish: Message, held: Held, inbound: Option<Inbound>) -> bool {
         self.seq += 1;
         let seq = self.seq;
         let mut inbound = match inbound {
@@ -220,7 +245,7 @@ impl Taker {
         if publish.needs_ack {
             let generation = self.generation.load(Ordering::SeqCst);
             let receipt = publish.into_receipt();
-            let _ = self.ack_tx.send(Pending { seq, generation, receipt, when });
+            let _ = self.ack_tx.send(Pending { seq, generation, receipt, when, _held: held });
         }
         true
     }
@@ -235,19 +260,26 @@ const WAITING_MAX: usize = 1000;
 /// "ros"`), each up to `ros.type_wait`. Everything that comes after the first of them
 /// waits behind it, so acks stay in receive order.
 #[derive(Default)]
-struct Waiting(std::collections::VecDeque<(Message, tokio::time::Instant, Option<Inbound>)>);
+struct Waiting(std::collections::VecDeque<(Message, Held, tokio::time::Instant, Option<Inbound>)>);
 
 impl Waiting {
-    fn take_or_hold(&mut self, router: &Router, taker: &mut Taker, publish: Message, inbound: Option<Inbound>) -> bool {
+    fn take_or_hold(
+        &mut self,
+        router: &Router,
+        taker: &mut Taker,
+        publish: Message,
+        held: Held,
+        inbound: Option<Inbound>,
+    ) -> bool {
         let holds = inbound.is_none() && router.awaits_type(&publish.topic) && !router.type_wait.is_zero();
         if self.0.is_empty() && !holds {
-            return taker.take(router, publish, inbound);
+            return taker.take(router, publish, held, inbound);
         }
         if self.0.is_empty() {
             tracing::info!(topic = %printable(&publish.topic), wait = ?router.type_wait,
                 "A ROS message came before its type; holding it, unacked, until the type is announced.");
         }
-        self.0.push_back((publish, tokio::time::Instant::now() + router.type_wait, inbound));
+        self.0.push_back((publish, held, tokio::time::Instant::now() + router.type_wait, inbound));
         self.release(router, taker, self.0.len() > WAITING_MAX)
     }
 
@@ -255,18 +287,38 @@ impl Waiting {
     /// or (`one_more`) room is needed.
     fn release(&mut self, router: &Router, taker: &mut Taker, mut one_more: bool) -> bool {
         let now = tokio::time::Instant::now();
-        while let Some((publish, until, inbound)) = self.0.pop_front() {
+        while let Some((publish, held, until, inbound)) = self.0.pop_front() {
             let due = inbound.is_some() || !router.awaits_type(&publish.topic) || until <= now || one_more;
             if !due {
-                self.0.push_front((publish, until, inbound));
+                self.0.push_front((publish, held, until, inbound));
                 break;
             }
             one_more = false;
-            if !taker.take(router, publish, inbound) {
+            if !taker.take(router, publish, held, inbound) {
                 return false;
             }
         }
         true
+    }
+}
+
+/// Waits for `weight` of [`HELD_MAX`] to be free, beating meanwhile (a full outbox or a
+/// slow disk holds ingest here, and that is not a hang). None at shutdown.
+async fn wait_for_room(
+    room: &Arc<tokio::sync::Semaphore>,
+    weight: u32,
+    beat: &Beat,
+    shutdown: &CancellationToken,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let acquire = room.clone().acquire_many_owned(weight);
+    tokio::pin!(acquire);
+    let mut tick = tokio::time::interval(crate::health::BEAT);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            permit = &mut acquire => return permit.ok(),
+            _ = tick.tick() => beat.beat(),
+        }
     }
 }
 
@@ -375,6 +427,8 @@ struct Pending {
     generation: u64,
     receipt: Receipt,
     when: AckWhen,
+    /// Its share of [`HELD_MAX`], given back when this is dropped (acked or not).
+    _held: Held,
 }
 
 /// Acks each message once it is safe (see [`AckWhen`]), in the order received. An ack
@@ -387,7 +441,7 @@ async fn ack_in_order(
     mut rx: mpsc::UnboundedReceiver<Pending>,
     generation: Arc<AtomicU64>,
 ) {
-    while let Some(Pending { seq, generation: conn_generation, receipt, when }) = rx.recv().await {
+    while let Some(Pending { seq, generation: conn_generation, receipt, when, _held }) = rx.recv().await {
         let after_commit = match when {
             AckWhen::Committed => true,
             AckWhen::Resolved(rx) => match rx.await {

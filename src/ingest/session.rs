@@ -20,7 +20,10 @@ const MAX_INCOMING_PACKET: usize = 268_435_455;
 /// 5: room for the topic, properties and header beyond `max_payload`.
 const PACKET_OVERHEAD: u64 = 64 * 1024 + 1024;
 const MAX_OUTGOING_PACKET: usize = 1024 * 1024;
-const REQUEST_CAPACITY: usize = 4096;
+/// Requests (acks, mostly) queued for the event loop. Larger than what ingest holds
+/// unacked (`mqtt::HELD_MAX`), so queuing the acks of everything held never waits on a
+/// driver that waits on ingest.
+const REQUEST_CAPACITY: usize = 16384;
 
 /// Sends acks, subscriptions and the goodbye.
 #[derive(Clone)]
@@ -102,6 +105,8 @@ pub fn open(cfg: &MqttConfig) -> std::io::Result<(Client, Driver)> {
             .set_max_packet_size(Some(max_packet))
             // The session outlives any stop: what arrives meanwhile waits at the broker.
             .set_session_expiry_interval(Some(u32::MAX))
+            // Flow control: the broker sends at most what ingest holds unacked.
+            .set_receive_maximum(Some(super::mqtt::HELD_MAX as u16))
             .set_request_channel_capacity(REQUEST_CAPACITY);
         if let Some((user, password)) = credentials {
             opts.set_credentials(user, password);
