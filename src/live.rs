@@ -18,6 +18,10 @@ pub struct MqttStatus {
     pub url: String,
     pub last_error: Option<String>,
     pub received: u64,
+    /// What the broker says it has dropped since it started (mosquitto's
+    /// `$SYS/broker/publish/messages/dropped`: a full queue for an offline or slow client,
+    /// ours or another's); None when the broker does not say.
+    pub broker_dropped: Option<u64>,
 }
 
 pub type MqttView = Arc<Mutex<MqttStatus>>;

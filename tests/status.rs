@@ -256,3 +256,102 @@ fn a_request_with_a_key_twice_is_refused() {
     assert_eq!(answers[1]["ok"], true);
     assert_ne!(f.sub("ok")["state"], "paused");
 }
+
+/// Socket requests are hostile input too: random lines, and well-formed commands with
+/// values of every size and kind, each get an answer, and the agent keeps delivering.
+#[test]
+fn random_requests_get_answers_and_never_stop_the_agent() {
+    let mut rng = ::fastrand::Rng::with_seed(seed());
+    let mut f = field();
+    let cmds = [
+        "status",
+        "queue",
+        "log",
+        "show",
+        "retry",
+        "replay",
+        "pause",
+        "resume",
+        "test",
+        "emit",
+        "metrics",
+        "link",
+        "quarantine",
+        "quarantine_show",
+        "quarantine_release",
+        "quarantine_purge",
+        "nope",
+    ];
+    let values = [
+        "null",
+        "0",
+        "-1",
+        "4294967296",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "1e999",
+        "\"\"",
+        "\"ops\"",
+        "\"500000000000years\"",
+        "\"9999-12-31T23:59:59Z\"",
+        "[]",
+        "{}",
+        "[\"x\"]",
+        "true",
+        "\"\\u0000\"",
+    ];
+    let keys =
+        ["subscription", "state", "limit", "id", "ids", "since", "until", "failed", "type", "data", "n", "profile"];
+    let mut lines: Vec<Vec<u8>> = Vec::new();
+    for _ in 0..300 {
+        let line = match rng.u8(0..4) {
+            0 => (0..rng.usize(0..200)).map(|_| rng.u8(1..=255)).filter(|b| *b != b'\n').collect(),
+            _ => {
+                let mut obj = format!("{{\"cmd\":\"{}\"", cmds[rng.usize(0..cmds.len())]);
+                for _ in 0..rng.usize(0..4) {
+                    obj += &format!(",\"{}\":{}", keys[rng.usize(0..keys.len())], values[rng.usize(0..values.len())]);
+                }
+                (obj + "}").into_bytes()
+            }
+        };
+        lines.push(line);
+    }
+    for chunk in lines.chunks(20) {
+        let refs: Vec<&[u8]> = chunk.iter().map(|l| l.as_slice()).filter(|l| !l.trim_ascii().is_empty()).collect();
+        for answer in raw(&f.socket(), &refs) {
+            assert!(answer["ok"] == true || answer["error"]["code"].is_string(), "{answer}");
+        }
+    }
+    assert!(f.agent.is_running(), "{}", f.agent.log());
+    f.json(&["resume", "ok"]);
+    publish(f.broker.port, &[mission("agv-1", 7, "completed")]);
+    assert!(wait_until(LONG, || f.ok.requests().iter().any(|r| r.json()["data"]["seq"] == 7)));
+}
+
+/// The broker's own drops (mosquitto's `$SYS/broker/publish/messages/dropped`): events
+/// lost before the agent saw them are at least said, in `status` and the log.
+#[test]
+fn the_brokers_drops_are_shown() {
+    let broker = Mosquitto::start_with("max_queued_messages 5\nsys_interval 1");
+    let ep = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(broker.port) + &subscription("ops", &ep.url(), "");
+    let mut agent = Agent::start(dir.path(), &config);
+    agent.wait_subscribed();
+    agent.terminate();
+    // The session waits at the broker, which keeps 5 of these and drops the rest.
+    let messages: Vec<_> = (0..20).map(|n| mission("agv-1", n, "completed")).collect();
+    publish(broker.port, &messages);
+    agent.spawn();
+    agent.wait_subscribed();
+    let mut status = Value::Null;
+    assert!(
+        wait_until(LONG, || {
+            status = agent.cli_json(&["status"]);
+            status["mqtt"]["broker_dropped"].as_u64() >= Some(15)
+        }),
+        "{status}"
+    );
+    let text = String::from_utf8(agent.cli(&["status"]).stdout).unwrap();
+    assert!(text.contains("broker dropped"), "{text}");
+}

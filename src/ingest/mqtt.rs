@@ -24,6 +24,10 @@ use crate::text::printable;
 
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
+/// Where mosquitto publishes how many messages it has dropped (retained, every
+/// `sys_interval`); a broker that does not publish it is simply silent.
+pub const BROKER_DROPPED_TOPIC: &str = "$SYS/broker/publish/messages/dropped";
+
 /// What ingest holds taken but not yet acked (committed, or delivered from memory), in
 /// units of one message plus one per 4 KiB of its payload. At the bound the loop stops
 /// taking from the event loop, which stops reading the socket: TCP holds the broker
@@ -82,6 +86,7 @@ pub async fn run(
         Taker { seq: 0, intake, outbox, ack_tx, generation: generation.clone(), view: view.clone(), breaker };
     let room = Arc::new(tokio::sync::Semaphore::new(HELD_MAX as usize));
     let mut waiting = Waiting::default();
+    let mut subacks = std::collections::VecDeque::new();
     let mut tick = tokio::time::interval(crate::health::BEAT);
     let wedge = crate::health::Wedge::from_env("ingest");
     loop {
@@ -105,19 +110,33 @@ pub async fn run(
         match event {
             Ok(Incoming::ConnAck { session_present }) => {
                 generation.fetch_add(1, Ordering::SeqCst);
-                connected(&cfg, &view, &client, &filters, session_present);
+                // SUBACKs come in the order of the SUBSCRIBEs: which one each answers.
+                subacks.clear();
+                if connected(&cfg, &view, &client, &filters, session_present) {
+                    subacks.push_back(Subscription::Routes);
+                }
                 // Subscribed again on every connect so the broker sends the retained
                 // announcements again; at QoS 0, so they never wait behind the in-flight
                 // window that held messages fill.
-                if !type_filters.is_empty()
-                    && let Err(e) = client.subscribe_at_most_once(&type_filters)
-                {
-                    tracing::warn!(error = %e, "Cannot queue the ROS type subscriptions.");
+                match client.subscribe_at_most_once(&at_most_once_filters(&type_filters)) {
+                    Ok(()) => subacks.push_back(Subscription::AtMostOnce),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Cannot queue the QoS 0 subscriptions (ROS types, the broker's drop count).")
+                    }
                 }
             }
-            Ok(Incoming::SubAck { granted }) => {
-                tracing::info!(filters = ?filters, %granted, "Subscribed to the route topics.");
-                update(&view, |v| v.subscribed = true);
+            Ok(Incoming::SubAck { granted }) => match subacks.pop_front() {
+                Some(Subscription::AtMostOnce) => {
+                    tracing::debug!(filters = ?at_most_once_filters(&type_filters), %granted,
+                        "Subscribed to the ROS type topics and the broker's drop count.");
+                }
+                Some(Subscription::Routes) | None => {
+                    tracing::info!(filters = ?filters, %granted, "Subscribed to the route topics.");
+                    update(&view, |v| v.subscribed = true);
+                }
+            },
+            Ok(Incoming::Publish(publish)) if publish.topic == BROKER_DROPPED_TOPIC => {
+                broker_dropped(&view, &publish.payload);
             }
             Ok(Incoming::Publish(publish)) => {
                 let held = match publish.needs_ack {
@@ -302,6 +321,21 @@ impl Waiting {
     }
 }
 
+/// The broker's count of dropped messages, into the view; said at WARN when it grows,
+/// since a drop for our session is an event lost before the agent ever saw it.
+fn broker_dropped(view: &MqttView, payload: &[u8]) {
+    let Some(n) = std::str::from_utf8(payload).ok().and_then(|t| t.trim().parse::<u64>().ok()) else { return };
+    let before = view.lock().ok().and_then(|v| v.broker_dropped);
+    update(view, |v| v.broker_dropped = Some(n));
+    if before.is_some_and(|b| n > b) {
+        tracing::warn!(
+            dropped = n,
+            new = n - before.unwrap_or(0),
+            "The MQTT broker has dropped messages (a client's queue was full); raise its max_queued_messages (docs/oem.md)."
+        );
+    }
+}
+
 /// Waits for `weight` of [`HELD_MAX`] to be free, beating meanwhile (a full outbox or a
 /// slow disk holds ingest here, and that is not a hang). None at shutdown.
 async fn wait_for_room(
@@ -322,9 +356,22 @@ async fn wait_for_room(
     }
 }
 
+/// What a SUBSCRIBE was for.
+enum Subscription {
+    Routes,
+    AtMostOnce,
+}
+
+/// What is subscribed at QoS 0: the ROS type topics and the broker's drop count.
+fn at_most_once_filters(type_filters: &[String]) -> Vec<String> {
+    let mut out = type_filters.to_vec();
+    out.push(BROKER_DROPPED_TOPIC.to_string());
+    out
+}
+
 /// A CONNACK: the view says connected, and a broker that lost our session gets our
-/// subscriptions again.
-fn connected(cfg: &MqttConfig, view: &MqttView, client: &Client, filters: &[String], kept: bool) {
+/// subscriptions again (true when they were queued).
+fn connected(cfg: &MqttConfig, view: &MqttView, client: &Client, filters: &[String], kept: bool) -> bool {
     tracing::info!(url = %cfg.url, client_id = %cfg.client_id, session_present = kept, "Connected to the MQTT broker.");
     update(view, |v| {
         v.connected = true;
@@ -337,8 +384,11 @@ fn connected(cfg: &MqttConfig, view: &MqttView, client: &Client, filters: &[Stri
             tracing::warn!("No [[route]] is configured; nothing is subscribed.");
         } else if let Err(e) = client.subscribe(filters) {
             tracing::warn!(error = %e, "Cannot queue the MQTT subscriptions.");
+        } else {
+            return true;
         }
     }
+    false
 }
 
 /// A connection error: the driver reconnects with backoff. Said once per loss, and once
@@ -435,13 +485,38 @@ struct Pending {
 /// for a message from an earlier connection is dropped: the broker resends that message
 /// and its packet id may already name another one. A message the dispatcher gave up on
 /// (it could not be stored) is not acked: the broker sends it again.
+///
+/// Acks are queued without waiting: one that finds the event loop's request channel full
+/// waits here, in order, with the ones behind it, while their messages' share of
+/// [`HELD_MAX`] is given back. Waiting on the channel instead would hold that share, and
+/// a full share stops ingest, which stops the driver, the only thing that empties the
+/// channel.
 async fn ack_in_order(
     client: Client,
     mut committed: watch::Receiver<u64>,
     mut rx: mpsc::UnboundedReceiver<Pending>,
     generation: Arc<AtomicU64>,
 ) {
-    while let Some(Pending { seq, generation: conn_generation, receipt, when, _held }) = rx.recv().await {
+    let mut unsent: std::collections::VecDeque<(u64, Receipt)> = std::collections::VecDeque::new();
+    loop {
+        send_unsent(&client, &mut unsent, &generation);
+        let next = if unsent.is_empty() {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                next = rx.recv() => next,
+                _ = tokio::time::sleep(Duration::from_millis(2)) => continue,
+            }
+        };
+        let Some(Pending { seq, generation: conn_generation, receipt, when, _held }) = next else {
+            // Ingest has stopped: what is committed still gets its ack while the driver
+            // runs (`say_goodbye` gives it a moment).
+            while !unsent.is_empty() {
+                send_unsent(&client, &mut unsent, &generation);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            return;
+        };
         let after_commit = match when {
             AckWhen::Committed => true,
             AckWhen::Resolved(rx) => match rx.await {
@@ -453,11 +528,16 @@ async fn ack_in_order(
         if after_commit && committed.wait_for(|c| *c >= seq).await.is_err() {
             return;
         }
-        if conn_generation != generation.load(Ordering::SeqCst) {
-            continue;
-        }
-        if client.ack(&receipt).await.is_err() {
+        unsent.push_back((conn_generation, receipt));
+    }
+}
+
+/// Queues what acks it can, in order; stops at the first that finds the channel full.
+fn send_unsent(client: &Client, unsent: &mut std::collections::VecDeque<(u64, Receipt)>, generation: &AtomicU64) {
+    while let Some((conn_generation, receipt)) = unsent.front() {
+        if *conn_generation == generation.load(Ordering::SeqCst) && client.try_ack(receipt).is_err() {
             return;
         }
+        unsent.pop_front();
     }
 }

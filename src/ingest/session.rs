@@ -193,6 +193,17 @@ impl Client {
         result.map_err(SessionError)
     }
 
+    /// Queues an ack without waiting; an error when the request channel is full (or the
+    /// event loop is gone): the caller keeps the receipt and tries again.
+    pub fn try_ack(&self, receipt: &Receipt) -> Result<(), SessionError> {
+        let result = match (self, &receipt.0) {
+            (Client::V4(c), Raw::V4(p)) => c.try_ack(p).map_err(|e| e.to_string()),
+            (Client::V5(c), Raw::V5(p)) => c.try_ack(p).map_err(|e| e.to_string()),
+            _ => Err("a message from the other protocol version".to_string()),
+        };
+        result.map_err(SessionError)
+    }
+
     /// Queues QoS 1 subscriptions to `filters`.
     pub fn subscribe(&self, filters: &[String]) -> Result<(), SessionError> {
         self.subscribe_at(filters, true)

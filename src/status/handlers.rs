@@ -315,7 +315,13 @@ impl Context {
             "device_id": live.config.device_id,
             "uptime_s": self.started.elapsed().as_secs(),
             "clock": crate::clock::quality(),
-            "mqtt": { "connected": mqtt.connected, "url": mqtt.url, "last_error": mqtt.last_error, "received": mqtt.received },
+            "mqtt": {
+                "connected": mqtt.connected,
+                "url": mqtt.url,
+                "last_error": mqtt.last_error,
+                "received": mqtt.received,
+                "broker_dropped": mqtt.broker_dropped,
+            },
             "storage": {
                 "path": live.config.storage.path,
                 "bytes": bytes,

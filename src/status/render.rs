@@ -81,7 +81,11 @@ pub fn status(v: &Value) -> String {
     } else {
         format!("DISCONNECTED ({})", s(&m["last_error"]))
     };
-    out.push_str(&format!("mqtt     {conn}  {}\n", s(&m["url"])));
+    let dropped = match m["broker_dropped"].as_u64() {
+        Some(n) if n > 0 => format!("  broker dropped {n} (its queue was full; see docs/oem.md)"),
+        _ => String::new(),
+    };
+    out.push_str(&format!("mqtt     {conn}  {}{dropped}\n", s(&m["url"])));
     out.push_str(&format!(
         "storage  {} of {}  events {}  quarantined {}  duplicates {}  {}\n",
         bytes(st["bytes"].as_u64().unwrap_or(0)),

@@ -55,12 +55,22 @@ pub struct Mosquitto {
     child: Option<Child>,
     /// Lines for the listener: TLS files and options.
     tls: String,
+    /// Settings that replace the defaults below (`max_queued_messages 5`).
+    extra: String,
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = Mosquitto { port: free_port(), dir, child: None, tls: String::new() };
+        let mut m = Mosquitto { port: free_port(), dir, child: None, tls: String::new(), extra: String::new() };
+        m.spawn();
+        m
+    }
+
+    /// A broker with `extra` settings, one per line, in place of the defaults.
+    pub fn start_with(extra: &str) -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = Mosquitto { port: free_port(), dir, child: None, tls: String::new(), extra: extra.to_string() };
         m.spawn();
         m
     }
@@ -76,23 +86,26 @@ impl Mosquitto {
             files.cert.display(),
             files.key.display()
         );
-        let mut m = Mosquitto { port: free_port(), dir, child: None, tls };
+        let mut m = Mosquitto { port: free_port(), dir, child: None, tls, extra: String::new() };
         m.spawn();
         m
     }
 
     fn spawn(&mut self) {
         let conf = self.dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "user root\nlistener {} 127.0.0.1\n{}allow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages 100\nmax_queued_messages 100000\n",
-                self.port,
-                self.tls,
-                self.dir.path().display()
-            ),
-        )
-        .unwrap();
+        let base = format!(
+            "user root\nlistener {} 127.0.0.1\n{}allow_anonymous true\npersistence true\npersistence_location {}/\nmax_inflight_messages 100\nmax_queued_messages 100000\n",
+            self.port,
+            self.tls,
+            self.dir.path().display()
+        );
+        let replaced: Vec<&str> = self.extra.lines().filter_map(|l| l.split_whitespace().next()).collect();
+        let kept: String = base
+            .lines()
+            .filter(|l| !replaced.contains(&l.split_whitespace().next().unwrap_or("")))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(&conf, format!("{kept}{}\n", self.extra)).unwrap();
         let bin = if Path::new("/usr/sbin/mosquitto").exists() { "/usr/sbin/mosquitto" } else { "mosquitto" };
         let child = Command::new(bin)
             .arg("-c")
