@@ -56,6 +56,11 @@ impl Budget {
     }
 }
 
+/// What an array or object costs before its items: more than its JSON text (`[]`), as
+/// each value also takes about 32 bytes of memory while it is decoded; an empty array
+/// read from one byte of MessagePack must not be nearly free.
+pub const CONTAINER: usize = 8;
+
 /// What a scalar costs as JSON text, at most (`-9223372036854775808`, a float's 24
 /// characters, and a separator).
 pub const SCALAR: usize = 26;

@@ -178,7 +178,7 @@ fn from_msgpack(v: rmpv::Value, budget: &mut Budget, depth: usize) -> Result<Val
         M::String(s) => budget::string_cost(s.as_bytes().len()),
         M::Binary(b) => budget::bytes_cost(b.len()),
         M::Ext(_, data) => budget::bytes_cost(data.len()).saturating_add(16),
-        M::Array(_) | M::Map(_) => 2,
+        M::Array(_) | M::Map(_) => budget::CONTAINER,
         _ => SCALAR,
     })?;
     Ok(match v {
@@ -227,7 +227,7 @@ fn from_cbor(v: ciborium::Value, budget: &mut Budget, depth: usize) -> Result<Va
     budget.spend(match &v {
         C::Text(s) => budget::string_cost(s.len()),
         C::Bytes(b) => budget::bytes_cost(b.len()),
-        C::Array(_) | C::Map(_) | C::Tag(..) => 2,
+        C::Array(_) | C::Map(_) | C::Tag(..) => budget::CONTAINER,
         _ => SCALAR,
     })?;
     Ok(match v {

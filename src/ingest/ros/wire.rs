@@ -163,7 +163,7 @@ impl<'a> Reader<'a> {
             return Err(format!("messages nest deeper than {MAX_DEPTH} at {name}"));
         }
         let fields = defs.msgs.get(name).ok_or_else(|| format!("{name} is not defined"))?;
-        self.budget.spend(2)?;
+        self.budget.spend(budget::CONTAINER)?;
         let mut out = Map::new();
         for f in fields {
             self.budget.spend(budget::string_cost(f.name.len()))?;
@@ -184,7 +184,7 @@ impl<'a> Reader<'a> {
             let raw = self.bytes(n)?;
             return Ok(Value::Object(Map::from_iter([(BYTES_KEY.to_string(), B64.encode(raw).into())])));
         }
-        self.budget.spend(2)?;
+        self.budget.spend(budget::CONTAINER)?;
         let mut items = Vec::with_capacity(n.min(self.buf.len() - self.pos));
         for _ in 0..n {
             items.push(self.elem(defs, &f.elem, depth)?);
