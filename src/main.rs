@@ -165,7 +165,8 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
-    /// Send a `fleethook.test` event to a subscription now and print the outcome.
+    /// Send a `fleethook.test` event to a subscription now and print the outcome; exits
+    /// non-zero unless it was delivered.
     Test {
         /// A subscription's name, as in the config.
         subscription: String,
@@ -227,9 +228,11 @@ enum QuarantineAction {
         talk: Talk,
     },
     /// Route messages again with the running config; those that now make an event are
-    /// queued and leave the quarantine, the others stay with their new reason.
+    /// queued and leave the quarantine, the others stay with their new reason. Exits
+    /// non-zero when a number names no message.
     Release(Chosen),
-    /// Delete quarantined messages: they are gone for good.
+    /// Delete quarantined messages: they are gone for good. Exits non-zero when a number
+    /// names no message (numbers are never reused).
     Purge(Chosen),
 }
 
@@ -287,6 +290,19 @@ fn socket_path(config: &std::path::Path, socket: Option<&PathBuf>) -> PathBuf {
 
 /// Sends one request and prints the result, as JSON or through `human`.
 fn ask(cli: &Cli, talk: &Talk, request: Request, human: fn(&serde_json::Value) -> String) -> anyhow::Result<ExitCode> {
+    ask_then(cli, talk, request, human, |_| true)
+}
+
+/// `ask`, exiting non-zero when the answer says the command did not do what it was
+/// asked (`succeeded` is false): a script must notice a failed test delivery or a stale
+/// quarantine number.
+fn ask_then(
+    cli: &Cli,
+    talk: &Talk,
+    request: Request,
+    human: fn(&serde_json::Value) -> String,
+    succeeded: fn(&serde_json::Value) -> bool,
+) -> anyhow::Result<ExitCode> {
     match client::call(&socket_path(&cli.config, talk.socket.as_ref()), &request) {
         Ok(v) => {
             if talk.json {
@@ -294,7 +310,7 @@ fn ask(cli: &Cli, talk: &Talk, request: Request, human: fn(&serde_json::Value) -
             } else {
                 print!("{}", human(&v));
             }
-            Ok(ExitCode::SUCCESS)
+            Ok(if succeeded(&v) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Err(e) => {
             eprintln!("fleethook: {e}");
@@ -317,9 +333,14 @@ fn top(socket: PathBuf, once: bool, interval: Duration) -> anyhow::Result<ExitCo
             print!("{frame}");
             return Ok(ExitCode::SUCCESS);
         }
-        // Clear the screen and home the cursor, then draw the frame.
-        print!("\x1b[2J\x1b[H{frame}");
-        use std::io::Write;
+        // Clear the screen and home the cursor, then draw the frame; piped, frames follow
+        // each other with a blank line, with no terminal codes in the way.
+        use std::io::{IsTerminal, Write};
+        if std::io::stdout().is_terminal() {
+            print!("\x1b[2J\x1b[H{frame}");
+        } else {
+            println!("{frame}");
+        }
         let _ = std::io::stdout().flush();
         previous = Some((v, now));
         std::thread::sleep(interval);
@@ -361,7 +382,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             format!("ok: the link is {state} {}\n", v["profile"].as_str().unwrap_or("?"))
         }),
         Command::Test { subscription, talk } => {
-            ask(&cli, talk, Request::Test { subscription: subscription.clone() }, tested)
+            ask_then(&cli, talk, Request::Test { subscription: subscription.clone() }, tested, |v| {
+                v["outcome"] == "delivered"
+            })
         }
         Command::Emit { event_type, data, talk } => {
             let data = data.as_deref().map(serde_json::from_str).transpose().context("--data is not JSON")?;
@@ -373,11 +396,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ask(&cli, talk, Request::QuarantineShow { seq: *seq }, render::quarantined)
             }
             Some(QuarantineAction::Release(Chosen { seqs, all, talk })) => {
-                ask(&cli, talk, Request::QuarantineRelease { seqs: seqs.clone(), all: *all }, render::released)
+                let r = Request::QuarantineRelease { seqs: seqs.clone(), all: *all };
+                ask_then(&cli, talk, r, render::released, |v| {
+                    v["results"].as_array().is_some_and(|all| all.iter().all(|r| r["missing"] != true))
+                })
             }
             Some(QuarantineAction::Purge(Chosen { seqs, all, talk })) => {
                 let r = Request::QuarantinePurge { seqs: seqs.clone(), all: *all };
-                ask(&cli, talk, r, |v| format!("{} quarantined message(s) deleted\n", v["purged"]))
+                ask_then(&cli, talk, r, render::purged, |v| v["missing"].as_array().is_none_or(|m| m.is_empty()))
             }
         },
         Command::Top { once, interval, socket } => top(socket_path(&cli.config, socket.as_ref()), *once, *interval),

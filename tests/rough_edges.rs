@@ -98,9 +98,19 @@ fn the_cli_refuses_what_cannot_work_and_says_what_it_did() {
     let refused = answer.expect_err("an unknown state is refused").to_string();
     assert!(refused.contains("pending, failed, delivered, expired, superseded"), "{refused}");
 
+    for args in [["queue", "--subscription", "nosuch"], ["log", "--subscription", "nosuch"]] {
+        let out = agent.cli(&args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(text(&out).contains("no subscription named `nosuch`"), "{args:?}: {}", text(&out));
+    }
+    let out = agent.cli(&["replay", "--subscription", "ops", "--since", "1h", "--until", "2h"]);
+    assert!(!out.status.success(), "an --until before --since was accepted");
+    assert!(text(&out).contains("before --since"), "{}", text(&out));
+
     let out = agent.cli(&["test", "ops"]);
     assert!(text(&out).contains("no answer"), "{}", text(&out));
     assert!(!text(&out).contains("null"), "{}", text(&out));
+    assert!(!out.status.success(), "a test delivery that failed exits non-zero");
 
     let out = agent.cli(&["pause", "ops"]);
     assert!(out.status.success());
@@ -312,14 +322,19 @@ fn the_quarantine_is_listed_shown_released_after_a_route_fix_and_purged() {
     let shown = agent.cli_json(&["quarantine", "show", &renamed_seq.to_string()]);
     assert_eq!(shown["payload"].as_str().unwrap().as_bytes(), &renamed[..], "{shown}");
 
-    // Released before the fix: it stays, with the reason it still has; nothing is sent.
+    // Released after a wrong fix: it stays, with the reason it fails for now; nothing is sent.
+    agent.rewrite_config(&(base_config(broker.port).replace("mission.{/status}", "mission.{/phase}") + &sub));
+    agent.signal("HUP");
+    assert!(wait_until(LONG, || agent.log().contains("Configuration reloaded")), "{}", agent.log());
     let early = agent.cli_json(&["quarantine", "release", &renamed_seq.to_string()]);
     assert_eq!(early["released"], 0, "{early}");
     assert!(early["results"][0]["reason"].as_str().unwrap().starts_with("still quarantined"), "{early}");
+    let shown = agent.cli_json(&["quarantine", "show", &renamed_seq.to_string()]);
+    assert!(shown["reason"].as_str().unwrap().contains("/phase"), "the new reason is stored: {shown}");
 
     agent.rewrite_config(&(base_config(broker.port).replace("mission.{/status}", "mission.{/state}") + &sub));
     agent.signal("HUP");
-    assert!(wait_until(LONG, || agent.log().contains("Configuration reloaded")), "{}", agent.log());
+    assert!(wait_until(LONG, || agent.log().matches("Configuration reloaded").count() == 2), "{}", agent.log());
     let out = agent.cli(&["quarantine", "release", "--all"]);
     let said = text(&out);
     assert!(out.status.success(), "{said}");
@@ -336,6 +351,17 @@ fn the_quarantine_is_listed_shown_released_after_a_route_fix_and_purged() {
     assert_eq!(agent.cli_json(&["quarantine"]).as_array().unwrap().len(), 0);
     let refused = agent.cli(&["quarantine", "purge"]);
     assert!(!refused.status.success(), "purge names messages or says --all");
+    // Numbers are never given again: a stale `purge N` cannot delete a newer message.
+    publish(broker.port, &[("fleet/agv-1/mission".into(), b"still not json".to_vec())]);
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM quarantine") == 1), "{}", agent.log());
+    let newest = agent.cli_json(&["quarantine"])[0]["seq"].as_i64().unwrap();
+    assert!(newest > renamed_seq.max(bad), "{newest} reuses a purged number");
+    for action in ["purge", "release"] {
+        let stale = agent.cli(&["quarantine", action, &bad.to_string()]);
+        assert!(!stale.status.success(), "{action} of a purged number exits non-zero");
+        assert!(text(&stale).contains(&bad.to_string()), "{}", text(&stale));
+    }
+    assert_eq!(agent.count("SELECT COUNT(*) FROM quarantine"), 1, "the newer message is still there");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(ep.count(), 1, "released once, sent once");
     agent.terminate();

@@ -378,11 +378,11 @@ fn build_mqtt(raw: &super::raw::RawMqtt, device_id: &str, issues: &mut Issues) -
             256 * 1024,
         ),
         version: match raw.version {
-            None | Some(3) | Some(4) => 4,
+            None | Some(3) | Some(4) => 3,
             Some(5) => 5,
             Some(v) => {
                 issues.push(p.key("version"), format!("{v} is not an MQTT version: 3 (3.1.1, the default) or 5"));
-                4
+                3
             }
         },
     }

@@ -31,6 +31,20 @@ pub fn warnings(config: &Config) -> Vec<(KeyPath, String)> {
             }
         }
     }
+    for (i, route) in config.routes.iter().enumerate() {
+        let Some(pointer) = route.dedupe.as_deref() else { continue };
+        let templates = [("event", Some(&route.event)), ("device_id", route.device_id.as_ref())];
+        for (key, template) in templates {
+            if template.is_some_and(|t| reads_pointer(t.as_str(), pointer)) {
+                out.push((
+                    KeyPath::root().key("route").index(i).key("dedupe"),
+                    format!(
+                        "`{pointer}` is read by this route's {key} template too: every message of one {key} shares it, so all but the first are dropped as duplicates; point dedupe at a per-message id"
+                    ),
+                ));
+            }
+        }
+    }
     let templates: Vec<&str> = config.routes.iter().map(|r| r.event.as_str()).collect();
     for (i, sub) in config.subscriptions.iter().enumerate() {
         for (j, pattern) in sub.events.iter().enumerate() {
@@ -51,6 +65,13 @@ pub fn warnings(config: &Config) -> Vec<(KeyPath, String)> {
     out
 }
 
+/// Whether `template` has a placeholder reading `pointer` or a value inside it.
+fn reads_pointer(template: &str, pointer: &str) -> bool {
+    template
+        .match_indices(&format!("{{{pointer}"))
+        .any(|(at, m)| matches!(template[at + m.len()..].chars().next(), Some('}') | Some('/')))
+}
+
 /// Whether some event type a route's `event` template renders could match `pattern`.
 /// A placeholder (`{/status}`) may render anything, so only the literal text before the
 /// first placeholder is compared with the pattern's before its first `*`.
@@ -65,6 +86,25 @@ fn may_match(pattern: &EventPattern, template: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dedupe_pointer_the_event_type_reads_is_a_warning() {
+        let said = |dedupe: &str| -> Vec<String> {
+            let src = format!("[[route]]\ntopic = \"a/#\"\nevent = \"mission.{{/status}}\"\ndedupe = \"{dedupe}\"\n");
+            let config = Config::parse(&src, std::path::Path::new("t.toml")).unwrap();
+            warnings(&config).into_iter().map(|(k, m)| format!("{k}: {m}")).collect()
+        };
+        let warned = said("/status");
+        assert!(
+            warned.iter().any(|w| w.starts_with("route[0].dedupe: `/status` is read by this route's event")),
+            "{warned:?}"
+        );
+        assert!(said("/event_id").iter().all(|w| !w.contains("dedupe")));
+        assert!(
+            said("/stat").iter().all(|w| !w.contains("dedupe")),
+            "a pointer that only shares a prefix is another field"
+        );
+    }
 
     #[test]
     fn user_properties_without_mqtt5_are_a_warning() {

@@ -79,7 +79,7 @@ pub struct MqttConfig {
     /// Larger payloads are quarantined, not queued.
     #[serde(serialize_with = "ser_size")]
     pub max_payload: u64,
-    /// The protocol: 4 (MQTT 3.1.1, written `version = 3` or `4`) or 5.
+    /// The protocol: 3 (MQTT 3.1.1, also written `version = 4`, its protocol level) or 5.
     pub version: u8,
 }
 

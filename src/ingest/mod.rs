@@ -183,7 +183,10 @@ impl Router {
             Some(own) => {
                 // The payload's own id fixes the event's and its deliveries' ids: sent
                 // again after a power cut, it carries the ids the receiver already saw.
-                let scope = format!("route:{}", route.topic.as_str());
+                // The id is scoped by route, device and event type, so only a real
+                // redelivery matches: a `dedupe` pointed at a mission id must not merge
+                // `mission.started` and `mission.completed`, or two robots' mission m-1.
+                let scope = dedupe_scope(route.topic.as_str(), &device_id, &event_type);
                 let id = derived_id(&[scope.as_bytes(), own.as_bytes()]);
                 for d in &mut deliveries {
                     d.id = derived_id(&[id.as_bytes(), d.subscription.as_bytes()]);
@@ -245,6 +248,12 @@ impl Router {
             (_, other) => other,
         }
     }
+}
+
+/// What a route's `dedupe` id is unique within: the route, the device and the event
+/// type. Each part is length-prefixed, so no two triples give the same scope.
+fn dedupe_scope(route: &str, device_id: &str, event_type: &str) -> String {
+    format!("route:{}:{route}|{}:{device_id}|{}:{event_type}", route.len(), device_id.len(), event_type.len())
 }
 
 #[cfg(test)]
@@ -310,6 +319,42 @@ max_age = "1h"
         assert_eq!(again.id, e.id, "the payload's own id fixes the event id");
         assert_eq!(again.deliveries[0].id, e.deliveries[0].id, "and the delivery ids");
         assert_ne!(e.deliveries[0].id, e.deliveries[1].id);
+    }
+
+    #[test]
+    fn a_dedupe_id_only_matches_the_same_route_device_and_event_type() {
+        let r = router();
+        let id = |topic: &str, payload: &[u8]| match r.inbound(topic, payload, false, 0, 0) {
+            Inbound::Event(e) => (e.id, e.dedupe_key),
+            other => panic!("expected an event, got {other:?}"),
+        };
+        let started = id("fleet/agv-3/mission", br#"{"status":"started","mission_id":"m-0001"}"#);
+        let completed = id("fleet/agv-3/mission", br#"{"status":"completed","mission_id":"m-0001"}"#);
+        let other_robot = id("fleet/agv-4/mission", br#"{"status":"started","mission_id":"m-0001"}"#);
+        let again = id("fleet/agv-3/mission", br#"{"status":"started","mission_id":"m-0001","extra":1}"#);
+        assert_ne!(started, completed, "another event type of the same mission is another event");
+        assert_ne!(started, other_robot, "another robot's mission of the same id is another event");
+        assert_eq!(started, again, "the same id, device and type is the same event");
+    }
+
+    #[test]
+    fn the_shipped_config_keeps_every_mission_event() {
+        let shipped = include_str!("../../config/fleethook.toml");
+        let r = Router::new(&Config::parse(shipped, Path::new("config/fleethook.toml")).unwrap());
+        let sent = [
+            ("fleet/agv-1/mission", r#"{"event_id":"e1","mission_id":"m-0001","status":"started"}"#),
+            ("fleet/agv-1/mission", r#"{"event_id":"e2","mission_id":"m-0001","status":"completed"}"#),
+            ("fleet/agv-2/mission", r#"{"event_id":"e3","mission_id":"m-0001","status":"started"}"#),
+            ("fleet/agv-2/mission", r#"{"mission_id":"m-0001","status":"completed"}"#),
+        ];
+        let keys: std::collections::HashSet<_> = sent
+            .iter()
+            .map(|(topic, payload)| match r.inbound(topic, payload.as_bytes(), false, 0, 0) {
+                Inbound::Event(e) => e.dedupe_key,
+                other => panic!("expected an event, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(keys.len(), 4, "four events, four keys: none is dropped as a duplicate");
     }
 
     #[test]

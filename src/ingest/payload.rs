@@ -295,6 +295,11 @@ mod tests {
             data(PayloadFormat::Msgpack, &payload),
             json!({"kind": "lidar", "level": 3, "raw": {"$base64": "AQI="}, "7": null})
         );
+        assert_eq!(
+            data(PayloadFormat::Msgpack, &payload).to_string(),
+            r#"{"kind":"lidar","level":3,"raw":{"$base64":"AQI="},"7":null}"#,
+            "keys keep the order they were sent in"
+        );
         assert_eq!(data(PayloadFormat::Msgpack, &[0x93, 1, 2, 3]), json!({"value": [1, 2, 3]}));
         assert!(decode(PayloadFormat::Msgpack, &[0x92, 1], None).unwrap_err().contains("not MessagePack"));
         assert!(decode(PayloadFormat::Msgpack, &[0x01, 0x02], None).unwrap_err().contains("bytes follow"));

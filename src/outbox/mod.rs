@@ -77,6 +77,10 @@ pub enum OutboxError {
     Io { path: String, source: std::io::Error },
     #[error("the outbox is corrupt: {0}")]
     Corrupt(String),
+    #[error(
+        "the outbox was written by a newer fleethook (schema version {found}; this build knows up to {known}): install that version again, or move the outbox aside to start empty"
+    )]
+    Newer { found: i64, known: i64 },
     #[error("the outbox writer has stopped")]
     Closed,
     #[error("the outbox could not commit this (the disk is full or failing); it is not recorded")]
@@ -368,6 +372,11 @@ pub enum Repair {
     /// Delete the named quarantined messages, or every one with `None`.
     Purge {
         seqs: Option<Vec<i64>>,
+    },
+    /// A quarantined message failed again when released: keep it with why it fails now.
+    Requarantine {
+        seq: i64,
+        reason: String,
     },
 }
 

@@ -100,6 +100,13 @@ impl Store {
         self.insert(&Inbound::Event(event.clone()), now_ms).map(Some)
     }
 
+    /// Gives a quarantined message the reason it fails for now (a release that failed
+    /// again, after a route change). Returns 1, or 0 if the row is gone.
+    pub fn requarantine(&self, seq: i64, reason: &str) -> rusqlite::Result<u64> {
+        let mut update = self.conn().prepare_cached("UPDATE quarantine SET reason = ?2 WHERE seq = ?1")?;
+        Ok(update.execute(rusqlite::params![seq, reason])? as u64)
+    }
+
     /// Deletes the named quarantined messages, or every one with `None`. Returns how many.
     pub fn purge_quarantine(&self, seqs: Option<&[i64]>) -> rusqlite::Result<u64> {
         let c = self.conn();

@@ -154,6 +154,22 @@ DROP INDEX deliveries_expiry;
 -- row names the batch it went in.
 ALTER TABLE attempts ADD COLUMN batch_id TEXT;
 "#,
+    r#"
+-- A quarantined message's number is what a field tech types into `purge N`: it must
+-- never be given to another message, or a stale `purge 3` deletes a newer one.
+CREATE TABLE quarantine_numbered (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_ms INTEGER NOT NULL,
+    topic       TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    payload     BLOB NOT NULL
+);
+INSERT INTO quarantine_numbered (seq, received_ms, topic, reason, size, payload)
+    SELECT seq, received_ms, topic, reason, size, payload FROM quarantine;
+DROP TABLE quarantine;
+ALTER TABLE quarantine_numbered RENAME TO quarantine;
+"#,
 ];
 
 /// Opens (creating if needed) the outbox read-write, with its pragmas and migrations.
@@ -182,6 +198,7 @@ pub fn open(cfg: &StorageConfig) -> Result<Connection, OutboxError> {
 enum Checked {
     Sqlite(rusqlite::Error),
     Corrupt(String),
+    Newer { found: i64, known: i64 },
 }
 
 impl std::fmt::Display for Checked {
@@ -189,6 +206,7 @@ impl std::fmt::Display for Checked {
         match self {
             Checked::Sqlite(e) => write!(f, "{e}"),
             Checked::Corrupt(m) => write!(f, "{m}"),
+            Checked::Newer { found, known } => write!(f, "schema version {found}, newer than this build's {known}"),
         }
     }
 }
@@ -198,6 +216,7 @@ impl From<Checked> for OutboxError {
         match c {
             Checked::Sqlite(e) => OutboxError::Sqlite(e),
             Checked::Corrupt(m) => OutboxError::Corrupt(m),
+            Checked::Newer { found, known } => OutboxError::Newer { found, known },
         }
     }
 }
@@ -257,8 +276,13 @@ fn configure(conn: &Connection, synchronous: Synchronous) -> rusqlite::Result<()
     conn.pragma_update(None, "foreign_keys", "OFF")
 }
 
-fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+fn migrate(conn: &Connection) -> Result<(), Checked> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    // An outbox a newer build migrated has tables this one does not know how to keep
+    // consistent: refuse it before writing anything (a downgrade must not damage it).
+    if version > MIGRATIONS.len() as i64 {
+        return Err(Checked::Newer { found: version, known: MIGRATIONS.len() as i64 });
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(version.max(0) as usize) {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(sql)?;
@@ -305,5 +329,40 @@ mod tests {
         assert_eq!(pragma("journal_mode"), "wal");
         assert_eq!(pragma("synchronous"), "2", "full");
         assert_eq!(pragma("user_version"), MIGRATIONS.len().to_string());
+    }
+
+    #[test]
+    fn an_outbox_from_a_newer_build_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = StorageConfig::for_tests(dir.path().join("outbox.db"));
+        drop(open(&cfg).unwrap());
+        let newer = MIGRATIONS.len() as i64 + 3;
+        let conn = Connection::open(&cfg.path).unwrap();
+        conn.pragma_update(None, "user_version", newer).unwrap();
+        conn.execute_batch("CREATE TABLE from_the_future (x INTEGER)").unwrap();
+        drop(conn);
+        let Err(err) = open(&cfg) else { panic!("a newer schema must not open") };
+        assert!(err.to_string().contains(&format!("schema version {newer}")), "{err}");
+        assert!(cfg.path.exists(), "the file stays where it was, not moved aside");
+        let conn = Connection::open(&cfg.path).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, newer);
+    }
+
+    #[test]
+    fn quarantine_numbers_are_never_given_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open(&StorageConfig::for_tests(dir.path().join("outbox.db"))).unwrap();
+        let add = || {
+            conn.execute(
+                "INSERT INTO quarantine (received_ms, topic, reason, size, payload) VALUES (0, 't', 'r', 0, x'')",
+                [],
+            )
+            .unwrap();
+            conn.last_insert_rowid()
+        };
+        let (_, newest) = (add(), add());
+        conn.execute("DELETE FROM quarantine WHERE seq = ?1", [newest]).unwrap();
+        assert!(add() > newest, "the purged number is not reused");
     }
 }

@@ -105,6 +105,9 @@ impl Context {
             Request::Queue { subscription, state, limit } => {
                 super::one_of("state", state.as_deref(), super::QUEUE_STATES)
                     .map_err(|e| ErrorBody::new("bad_request", e))?;
+                if let Some(s) = &subscription {
+                    self.known(s)?;
+                }
                 let rows = self
                     .read(move |r| r.queue(subscription.as_deref(), state.as_deref(), limit.unwrap_or(100)))
                     .await?;
@@ -113,6 +116,9 @@ impl Context {
             Request::Log { subscription, outcome, limit } => {
                 super::one_of("outcome", outcome.as_deref(), super::LOG_OUTCOMES)
                     .map_err(|e| ErrorBody::new("bad_request", e))?;
+                if let Some(s) = &subscription {
+                    self.known(s)?;
+                }
                 self.fast_path_written().await;
                 let rows =
                     self.read(move |r| r.log(subscription.as_deref(), outcome.as_deref(), limit.unwrap_or(50))).await?;
@@ -145,6 +151,12 @@ impl Context {
                 let now = now_ms();
                 let since_ms = parse_time(&since, now)?;
                 let until_ms = until.as_deref().map(|u| parse_time(u, now)).transpose()?.unwrap_or(i64::MAX);
+                if until_ms < since_ms {
+                    return Err(ErrorBody::new(
+                        "bad_request",
+                        format!("--until {} is before --since {since}: nothing could match", until.unwrap_or_default()),
+                    ));
+                }
                 let done =
                     self.outbox.repair(Repair::Replay { subscription, since_ms, until_ms }).await.map_err(internal)?;
                 Ok(json!({ "replayed": done.count }))

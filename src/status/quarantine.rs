@@ -64,7 +64,8 @@ impl Context {
         for seq in seqs {
             let result = match self.read(move |r| r.quarantined(seq)).await? {
                 Some(m) => self.release_one(&router, m).await?,
-                None => json!({ "seq": seq, "released": false, "reason": "no quarantined message with this number" }),
+                None => json!({ "seq": seq, "released": false, "missing": true,
+                                "reason": "no quarantined message with this number" }),
             };
             released += u64::from(result["released"] == true);
             results.push(result);
@@ -85,7 +86,12 @@ impl Context {
         let arrived = to_wall_ms(m.row.received_ms);
         let event = match router.inbound(&m.row.topic, &m.payload, false, arrived, sched_ms()) {
             Inbound::Event(e) => e,
-            Inbound::Quarantine(q) => return Ok(kept(format!("still quarantined: {}", q.reason))),
+            Inbound::Quarantine(q) => {
+                let reason = q.reason;
+                let repair = Repair::Requarantine { seq, reason: reason.clone() };
+                self.outbox.repair(repair).await.map_err(internal)?;
+                return Ok(kept(format!("still quarantined: {reason}")));
+            }
             Inbound::Nothing => return Ok(kept(format!("no route matches its topic `{}` now", m.row.topic))),
         };
         let (event_id, event_type) = (event.id.clone(), event.event_type.clone());
@@ -105,8 +111,15 @@ impl Context {
 
     pub(super) async fn quarantine_purge(&self, seqs: Vec<i64>, all: bool) -> Result<Value, ErrorBody> {
         seqs_or_all(&seqs, all)?;
+        // Numbers that name nothing are told apart, so a script notices a stale number.
+        let mut missing = Vec::new();
+        for &seq in &seqs {
+            if self.read(move |r| r.quarantined(seq)).await?.is_none() {
+                missing.push(seq);
+            }
+        }
         let seqs = (!all).then_some(seqs);
         let done = self.outbox.repair(Repair::Purge { seqs }).await.map_err(internal)?;
-        Ok(json!({ "purged": done.count }))
+        Ok(json!({ "purged": done.count, "missing": missing }))
     }
 }

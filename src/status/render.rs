@@ -301,6 +301,15 @@ pub fn released(v: &Value) -> String {
     out
 }
 
+/// `quarantine purge`: how many went, and which numbers named nothing.
+pub fn purged(v: &Value) -> String {
+    let mut out = format!("{} quarantined message(s) deleted\n", s(&v["purged"]));
+    for seq in items(&v["missing"]) {
+        out.push_str(&format!("{}: no quarantined message has this number\n", s(seq)));
+    }
+    out
+}
+
 /// One frame of `top`: the status plus delivery rates since the previous frame.
 pub fn top(v: &Value, previous: Option<&Value>, seconds: f64) -> String {
     let mut out = status(v);

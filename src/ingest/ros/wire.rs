@@ -239,6 +239,11 @@ mod tests {
             v,
             json!({"a": 7, "b": 1.5, "s": "hi", "t": {"sec": 10, "nanosec": 20}, "v": [-1, 3], "raw": {"$base64": "/wA="}})
         );
+        assert_eq!(
+            v.to_string(),
+            r#"{"a":7,"b":1.5,"s":"hi","t":{"sec":10,"nanosec":20},"v":[-1,3],"raw":{"$base64":"/wA="}}"#,
+            "fields keep the message's order (header first, sec before nanosec), not the alphabet's"
+        );
         let e = decode(&defs, &bytes[..bytes.len() - 1]).unwrap_err();
         assert!(e.contains("x/M.raw") && e.contains("ends early"), "{e}");
         let mut longer = bytes.clone();

@@ -58,6 +58,7 @@ impl Writer {
                     Some(stored) => Repaired { duplicate: stored == Stored::Duplicate, ..Repaired::moved(1) },
                 },
                 Repair::Purge { seqs } => Repaired::moved(self.store.purge_quarantine(seqs.as_deref())?),
+                Repair::Requarantine { seq, reason } => Repaired::moved(self.store.requarantine(*seq, reason)?),
             }),
             Write::Emit { event, .. } => match self.store.insert(&Inbound::Event((**event).clone()), now)? {
                 Stored::Event { delivery_ids } => Applied::Emitted(delivery_ids),
