@@ -13,7 +13,13 @@ BIN=$(realpath "${1:-target/release/fleethook}")
 COUNT=${2:-200}
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
-python3 -c "import standardwebhooks, stripe" 2>/dev/null || pip install -q standardwebhooks stripe
+if ! python3 -c "import standardwebhooks, stripe" 2>/dev/null; then
+    # A venv of our own: Debian's Python refuses a system-wide pip install.
+    VENV="$PWD/target/pyenv"
+    [ -x "$VENV/bin/python3" ] || python3 -m venv "$VENV"
+    "$VENV/bin/python3" -c "import standardwebhooks, stripe" 2>/dev/null || "$VENV/bin/python3" -m pip install -q standardwebhooks stripe
+    export PATH="$VENV/bin:$PATH"
+fi
 
 WORK=$(mktemp -d)
 PIDS=()

@@ -20,6 +20,10 @@ command -v fusermount3 >/dev/null 2>&1 || PKGS+=(fuse3)
 ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1 || PKGS+=(faketime)
 command -v promtool >/dev/null 2>&1 || PKGS+=(prometheus)
 command -v tinyproxy >/dev/null 2>&1 || PKGS+=(tinyproxy)
+# A C compiler: the bundled SQLite, ring and zstd are built from C.
+command -v cc >/dev/null 2>&1 || PKGS+=(gcc libc6-dev)
+command -v python3 >/dev/null 2>&1 || PKGS+=(python3)
+python3 -c "import ensurepip, venv" >/dev/null 2>&1 || PKGS+=(python3-venv)
 if [ ${#PKGS[@]} -gt 0 ]; then
     SUDO=""
     if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -32,7 +36,14 @@ fi
 # tests/payloads.rs and tests/ros.rs (rosbags serializes ROS 1 and ROS 2 messages without
 # ROS), zstandard, a stock zstd decoder for tests/compression.rs and tests/batch.rs, and
 # standardwebhooks, which verifies and parses batches in tests/batch.rs.
-python3 -c "import msgpack, cbor2, rosbags, zstandard, standardwebhooks" 2>/dev/null \
-    || python3 -m pip install -q msgpack cbor2 rosbags zstandard standardwebhooks
+# They go in a venv of our own under target/: Debian's Python refuses a system-wide pip
+# install (externally-managed-environment), and the tests run `python3` from PATH.
+if ! python3 -c "import msgpack, cbor2, rosbags, zstandard, standardwebhooks" 2>/dev/null; then
+    VENV="$PWD/target/pyenv"
+    [ -x "$VENV/bin/python3" ] || python3 -m venv "$VENV"
+    "$VENV/bin/python3" -c "import msgpack, cbor2, rosbags, zstandard, standardwebhooks" 2>/dev/null \
+        || "$VENV/bin/python3" -m pip install -q msgpack cbor2 rosbags zstandard standardwebhooks
+    export PATH="$VENV/bin:$PATH"
+fi
 
 exec cargo test "$@"

@@ -271,6 +271,7 @@ fn start_generation(
 /// Runs the agent until SIGTERM or SIGINT; SIGHUP reloads `config_path`.
 pub async fn run(config: Config, config_path: std::path::PathBuf) -> Result<(), AppError> {
     use tokio::signal::unix::{SignalKind, signal};
+    crate::outbox::disk::mark_agent_start();
     let shutdown = CancellationToken::new();
     // Handlers first, so a SIGTERM during start-up is a clean shutdown, not a kill.
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;

@@ -56,7 +56,7 @@ impl Vitals {
             "uptime_s": sysinfo::System::uptime().ok(),
             "agent_uptime_s": self.started.elapsed().as_secs(),
             "disk_written_bytes": written,
-            "disk_written_per_day": written.map(|w| per_day(w, self.started.elapsed())),
+            "disk_written_per_day": written.and_then(|w| per_day(w, self.started.elapsed())),
             "agent_version": env!("CARGO_PKG_VERSION"),
             "clock": crate::clock::quality(),
         })

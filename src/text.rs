@@ -21,11 +21,11 @@ pub fn printable(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// `s` as an HTTP header value: visible ASCII and spaces as they are, every other byte
-/// percent-encoded (`agv-ü` → `agv-%C3%BC`), and `%` itself too so that decoding is
-/// exact. The body keeps the original text.
+/// `s` as an HTTP header value: visible ASCII as it is, every other byte percent-encoded
+/// (`agv-ü` → `agv-%C3%BC`), spaces too (HTTP trims them at either end of a value) and
+/// `%` itself, so that decoding is exact. The body keeps the original text.
 pub fn header_value(s: &str) -> Cow<'_, str> {
-    let plain = |b: u8| (b == b' ' || b.is_ascii_graphic()) && b != b'%';
+    let plain = |b: u8| b.is_ascii_graphic() && b != b'%';
     if s.bytes().all(plain) {
         return Cow::Borrowed(s);
     }
@@ -56,7 +56,8 @@ mod tests {
     fn header_values_are_percent_encoded_beyond_visible_ascii() {
         assert_eq!(header_value("mission.completed"), "mission.completed");
         assert_eq!(header_value("agv-ü"), "agv-%C3%BC");
-        assert_eq!(header_value("50%\r\nX-Evil: 1"), "50%25%0D%0AX-Evil: 1");
+        assert_eq!(header_value("50%\r\nX-Evil: 1"), "50%25%0D%0AX-Evil:%201");
+        assert_eq!(header_value(" agv 7 "), "%20agv%207%20", "spaces at the ends would be trimmed");
         assert!(reqwest::header::HeaderValue::from_str(&header_value("\u{0}\u{7f}ü€")).is_ok());
     }
 }

@@ -65,15 +65,33 @@ impl Message {
     }
 }
 
-/// What acking a message needs: its packet id and QoS, as the protocol's own publish with
-/// topic and payload moved out. An ack may wait behind thousands of others (mosquitto
-/// 2.0.11 sends past its `max_inflight_messages` once the first ack comes), and a payload
-/// kept until then pins the whole read buffer it was cut from.
+/// What acking a message needs: its packet id and QoS, nothing else (4 bytes). An ack may
+/// wait behind hundreds of thousands of others: mosquitto 2.0.11 sends past its
+/// `max_inflight_messages` once the first ack comes, and rumqttc's event loop serves one
+/// request per poll while a read takes in up to ten messages. A payload kept until then
+/// would pin the read buffer it was cut from; a whole publish costs 20 times this.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Receipt(Raw);
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Raw {
-    V4(rumqttc::Publish),
-    V5(Box<p5::Publish>),
+    V4 { pkid: u16, qos: QoS },
+    V5 { pkid: u16, qos: rumqttc::v5::mqttbytes::QoS },
+}
+
+impl Raw {
+    /// The publish rumqttc's `ack` reads: only its packet id and QoS matter there.
+    fn v4(pkid: u16, qos: QoS) -> rumqttc::Publish {
+        let mut p = rumqttc::Publish::new("", qos, Bytes::new());
+        p.pkid = pkid;
+        p
+    }
+
+    fn v5(pkid: u16, qos: rumqttc::v5::mqttbytes::QoS) -> p5::Publish {
+        let mut p = p5::Publish::new("", qos, Bytes::new(), None);
+        p.pkid = pkid;
+        p
+    }
 }
 
 /// Opens a session as `cfg` says: options, TLS, and the client with its event loop.
@@ -154,7 +172,7 @@ impl Driver {
                     retain: p.retain,
                     needs_ack: p.qos != QoS::AtMostOnce,
                     props: super::Properties::default(),
-                    receipt: Receipt(Raw::V4(p)),
+                    receipt: Receipt(Raw::V4 { pkid: p.pkid, qos: p.qos }),
                 })),
                 Ok(_) => Ok(Incoming::Other),
                 Err(e) => Err(SessionError(e.to_string())),
@@ -173,7 +191,7 @@ impl Driver {
                     retain: p.retain,
                     needs_ack: p.qos != rumqttc::v5::mqttbytes::QoS::AtMostOnce,
                     props: properties(p.properties.take().as_ref()),
-                    receipt: Receipt(Raw::V5(Box::new(p))),
+                    receipt: Receipt(Raw::V5 { pkid: p.pkid, qos: p.qos }),
                 })),
                 Ok(_) => Ok(Incoming::Other),
                 Err(e) => Err(SessionError(e.to_string())),
@@ -186,8 +204,8 @@ impl Client {
     /// Acks one message (manual acks; the caller keeps them in receive order).
     pub async fn ack(&self, receipt: &Receipt) -> Result<(), SessionError> {
         let result = match (self, &receipt.0) {
-            (Client::V4(c), Raw::V4(p)) => c.ack(p).await.map_err(|e| e.to_string()),
-            (Client::V5(c), Raw::V5(p)) => c.ack(p).await.map_err(|e| e.to_string()),
+            (Client::V4(c), &Raw::V4 { pkid, qos }) => c.ack(&Raw::v4(pkid, qos)).await.map_err(|e| e.to_string()),
+            (Client::V5(c), &Raw::V5 { pkid, qos }) => c.ack(&Raw::v5(pkid, qos)).await.map_err(|e| e.to_string()),
             _ => Err("a message from the other protocol version".to_string()),
         };
         result.map_err(SessionError)
@@ -197,8 +215,8 @@ impl Client {
     /// event loop is gone): the caller keeps the receipt and tries again.
     pub fn try_ack(&self, receipt: &Receipt) -> Result<(), SessionError> {
         let result = match (self, &receipt.0) {
-            (Client::V4(c), Raw::V4(p)) => c.try_ack(p).map_err(|e| e.to_string()),
-            (Client::V5(c), Raw::V5(p)) => c.try_ack(p).map_err(|e| e.to_string()),
+            (Client::V4(c), &Raw::V4 { pkid, qos }) => c.try_ack(&Raw::v4(pkid, qos)).map_err(|e| e.to_string()),
+            (Client::V5(c), &Raw::V5 { pkid, qos }) => c.try_ack(&Raw::v5(pkid, qos)).map_err(|e| e.to_string()),
             _ => Err("a message from the other protocol version".to_string()),
         };
         result.map_err(SessionError)

@@ -51,16 +51,48 @@ pub fn bytes_on_disk(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) + wal_bytes(path)
 }
 
-/// Bytes this process has caused to be written to block devices since it started
-/// (`write_bytes` of `/proc/self/io`: WAL, checkpoints and the fast log included), the
-/// figure that wears a robot's flash.
-pub fn written_by_agent() -> Option<u64> {
+/// What the process had written when the agent started (see [`mark_agent_start`]).
+static BASELINE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// A daily rate is only extrapolated after this much uptime: start-up writes (opening
+/// the outbox, a checkpoint) over a second of uptime would read as gigabytes a day.
+pub const RATE_AFTER: std::time::Duration = std::time::Duration::from_secs(600);
+
+fn process_written() -> Option<u64> {
     let io = std::fs::read_to_string("/proc/self/io").ok()?;
     io.lines().find_map(|l| l.strip_prefix("write_bytes: ")).and_then(|v| v.trim().parse().ok())
 }
 
-/// `written` bytes over `uptime`, as a rate per day.
-pub fn per_day(written: u64, uptime: std::time::Duration) -> u64 {
-    let secs = uptime.as_secs_f64().max(1.0);
-    (written as f64 * 86_400.0 / secs) as u64
+/// Takes the baseline: what the process wrote before the agent started is not the
+/// agent's (under `cargo run -- demo`, it was the build). Called once, at start.
+pub fn mark_agent_start() {
+    let _ = BASELINE.set(process_written().unwrap_or(0));
+}
+
+/// Bytes the agent has caused to be written to block devices since it started
+/// (`write_bytes` of `/proc/self/io`: WAL, checkpoints and the fast log included), the
+/// figure that wears a robot's flash.
+pub fn written_by_agent() -> Option<u64> {
+    Some(process_written()?.saturating_sub(BASELINE.get().copied().unwrap_or(0)))
+}
+
+/// `written` bytes over `uptime`, as a rate per day; none before [`RATE_AFTER`].
+pub fn per_day(written: u64, uptime: std::time::Duration) -> Option<u64> {
+    if uptime < RATE_AFTER {
+        return None;
+    }
+    Some((written as f64 * 86_400.0 / uptime.as_secs_f64()) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_daily_rate_waits_for_enough_uptime() {
+        assert_eq!(per_day(8192, Duration::from_secs(1)), None, "start-up writes are not a rate");
+        assert_eq!(per_day(1 << 20, Duration::from_secs(599)), None);
+        assert_eq!(per_day(600, Duration::from_secs(600)), Some(86_400));
+    }
 }

@@ -342,7 +342,7 @@ impl Context {
                 "quarantined": stats.quarantined,
                 "duplicates": stats.duplicates,
                 "written_bytes": written,
-                "written_per_day": written.map(|w| per_day(w, self.started.elapsed())),
+                "written_per_day": written.and_then(|w| per_day(w, self.started.elapsed())),
             },
             "link": {
                 "profile": self.link.view().profile,

@@ -95,10 +95,13 @@ pub fn status(v: &Value) -> String {
         s(&st["duplicates"]),
         s(&st["path"]),
     ));
+    let rate = match st["written_per_day"].as_u64() {
+        Some(per_day) => format!("{} a day at this rate", bytes(per_day)),
+        None => "a daily rate after 10 min of uptime".to_string(),
+    };
     out.push_str(&format!(
-        "flash    {} written since start, {} a day at this rate\n\n",
-        bytes(st["written_bytes"].as_u64().unwrap_or(0)),
-        bytes(st["written_per_day"].as_u64().unwrap_or(0)),
+        "flash    {} written since start, {rate}\n\n",
+        bytes(st["written_bytes"].as_u64().unwrap_or(0))
     ));
     let rows: Vec<Vec<String>> = items(&v["subscriptions"])
         .iter()
