@@ -202,8 +202,15 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
 const WRITE_BEHIND: Duration = Duration::from_millis(100);
 
 fn build_storage(raw: &super::raw::RawStorage, sp: KeyPath, issues: &mut Issues) -> StorageConfig {
+    let path = PathBuf::from(raw.path.clone().unwrap_or_else(|| "/var/lib/fleethook/outbox.db".into()));
+    if path.is_dir() || path.as_os_str().to_string_lossy().ends_with('/') {
+        issues.push(
+            sp.key("path"),
+            format!("`{}` is a directory: name the outbox file in it (e.g. outbox.db)", path.display()),
+        );
+    }
     StorageConfig {
-        path: PathBuf::from(raw.path.clone().unwrap_or_else(|| "/var/lib/fleethook/outbox.db".into())),
+        path,
         max_bytes: opt(issues, sp.key("max_bytes"), raw.max_bytes.as_ref(), size_in(range::MAX_BYTES), 256 << 20),
         when_full: opt(
             issues,
@@ -244,9 +251,20 @@ fn build_storage(raw: &super::raw::RawStorage, sp: KeyPath, issues: &mut Issues)
     }
 }
 
+/// The longest path a Unix socket can bind (`sun_path` is 108 bytes with its NUL).
+const SOCKET_PATH_MAX: usize = 107;
+
 fn build_status(raw: &super::raw::RawStatus, p: KeyPath, issues: &mut Issues) -> StatusConfig {
+    let socket = PathBuf::from(raw.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into()));
+    let len = socket.as_os_str().len();
+    if len > SOCKET_PATH_MAX {
+        issues.push(
+            p.key("socket"),
+            format!("the path is {len} bytes; a Unix socket path has at most {SOCKET_PATH_MAX}: choose a shorter one"),
+        );
+    }
     StatusConfig {
-        socket: PathBuf::from(raw.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())),
+        socket,
         socket_mode: opt(
             issues,
             p.key("socket_mode"),

@@ -255,7 +255,8 @@ pub fn quarantine(v: &Value) -> String {
                 s(&q["received_at"]),
                 s(&q["topic"]),
                 bytes(q["size"].as_u64().unwrap_or(0)),
-                short(&q["reason"], 80),
+                // The last column: whole, so the type topic at its end is not cut off.
+                s(&q["reason"]).replace('\n', " "),
             ]
         })
         .collect();

@@ -198,3 +198,14 @@ fn batch_takes_defaults_and_is_refused_where_a_service_takes_one_event_per_reque
         assert!(e.iter().any(|x| x.key.ends_with(key)), "{key}: {e:?}");
     }
 }
+
+#[test]
+fn a_socket_path_too_long_to_bind_and_a_directory_as_the_outbox_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = format!("/run/{}/status.sock", "x".repeat(100));
+    let src = GOOD.replace("path = \"/tmp/x.db\"", &format!("path = \"{}\"", dir.path().display()))
+        + &format!("\n[status]\nsocket = \"{long}\"\n");
+    let e = errors(&src);
+    assert!(e.iter().any(|e| e.key == "status.socket" && e.message.contains("at most 107")), "{e:?}");
+    assert!(e.iter().any(|e| e.key == "storage.path" && e.message.contains("is a directory")), "{e:?}");
+}
