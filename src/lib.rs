@@ -33,6 +33,7 @@ pub mod delivery;
 pub mod demo;
 pub mod event;
 pub mod format;
+pub mod handoff;
 pub mod health;
 pub mod heartbeat;
 pub mod http_server;

@@ -158,7 +158,7 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
     let ros = RosConfig {
         msg_path: match &raw.ros.msg_path {
             Some(dirs) => dirs.iter().map(PathBuf::from).collect(),
-            None => crate::ingest::ros::default_msg_path(),
+            None => default_ros_msg_path(),
         },
         type_wait: opt(
             issues,
@@ -249,6 +249,16 @@ fn build_storage(raw: &super::raw::RawStorage, sp: KeyPath, issues: &mut Issues)
             WRITE_BEHIND,
         ),
     }
+}
+
+/// `ros.msg_path` by default: every `/opt/ros/<distro>/share` there is. It lives with the
+/// config, which stays below the parts it configures.
+fn default_ros_msg_path() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/opt/ros")
+        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("share")).filter(|p| p.is_dir()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    dirs
 }
 
 /// The longest path a Unix socket can bind (`sun_path` is 108 bytes with its NUL).

@@ -148,15 +148,6 @@ fn read_msg_file(path: &std::path::Path) -> std::io::Result<String> {
     Ok(text)
 }
 
-/// `ros.msg_path` by default: every `/opt/ros/<distro>/share` there is.
-pub fn default_msg_path() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/opt/ros")
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("share")).filter(|p| p.is_dir()).collect())
-        .unwrap_or_default();
-    dirs.sort();
-    dirs
-}
-
 /// A decoded `mqtt_client/RosMsgType`.
 struct Announcement {
     name: String,
