@@ -14,7 +14,9 @@
 //! A decoded value that is not a map becomes `{"value": …}`. Bytes inside a MessagePack
 //! or CBOR value become `{"$base64": "…"}` (JSON has no bytes); a map key that is not a
 //! string becomes its JSON text (`1` → `"1"`); a float JSON cannot hold (NaN, infinity)
-//! becomes `null`.
+//! becomes `null`. An integer beyond 64 bits (CBOR's −2⁶⁴, a bignum tag, a long number
+//! in text) stays exact as its decimal string (`"18446744073709551616"`): as a JSON
+//! number most receivers would read it as a float and lose digits.
 //!
 //! What a decoder makes is bounded by [`crate::ingest::budget`]: at most 16 × the
 //! payload's size plus 64 KiB of JSON, nested at most 64 deep; more is refused, and the
@@ -134,8 +136,41 @@ fn number(t: &str) -> Option<Value> {
     if let Ok(n) = t.parse::<u64>() {
         return Some(n.into());
     }
+    if is_integer_text(t) {
+        // Beyond 64 bits: the digits as they were, not a float that loses them.
+        return Some(Value::String(t.to_string()));
+    }
     let looks_numeric = t.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '.');
     t.parse::<f64>().ok().filter(|_| looks_numeric).and_then(Number::from_f64).map(Value::Number)
+}
+
+fn is_integer_text(t: &str) -> bool {
+    let digits = t.strip_prefix('-').unwrap_or(t);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// An integer JSON can hold exactly as a number, else its decimal string.
+fn integer(i: i128) -> Value {
+    i64::try_from(i).map(Value::from).or_else(|_| u64::try_from(i).map(Value::from)).unwrap_or_else(|_| Value::String(i.to_string()))
+}
+
+/// CBOR's bignums (tag 2, positive; tag 3, −1 − n) up to 128 bits as exact integers;
+/// longer ones stay bytes.
+fn bignum(tag: u64, magnitude: &[u8]) -> Option<Value> {
+    let significant = magnitude.iter().position(|&b| b != 0).map_or(&[][..], |i| &magnitude[i..]);
+    if significant.len() > 16 {
+        return None;
+    }
+    let n = significant.iter().fold(0u128, |n, &b| (n << 8) | u128::from(b));
+    Some(match (tag, i128::try_from(n)) {
+        (2, Ok(n)) => integer(n),
+        (2, Err(_)) => Value::String(n.to_string()),
+        (_, Ok(n)) => integer(-1 - n),
+        (_, Err(_)) => Value::String(match n.checked_add(1) {
+            Some(m) => format!("-{m}"),
+            None => "-340282366920938463463374607431768211456".to_string(), // −2¹²⁸
+        }),
+    })
 }
 
 fn binary(payload: &[u8]) -> Decoded {
@@ -233,19 +268,19 @@ fn from_cbor(v: ciborium::Value, budget: &mut Budget, depth: usize) -> Result<Va
     Ok(match v {
         C::Null => Value::Null,
         C::Bool(b) => Value::Bool(b),
-        C::Integer(i) => {
-            let i = i128::from(i);
-            i64::try_from(i)
-                .map(Value::from)
-                .or_else(|_| u64::try_from(i).map(Value::from))
-                .unwrap_or_else(|_| float(i as f64))
-        }
+        C::Integer(i) => integer(i128::from(i)),
         C::Float(f) => float(f),
         C::Text(s) => Value::String(s),
         C::Bytes(b) => bytes(&b),
         // A tag (a date, a big number, self-description) says how to read its value;
         // the value is what a route can use.
-        C::Tag(_, inner) => from_cbor(*inner, budget, depth + 1)?,
+        C::Tag(tag, inner) => match *inner {
+            C::Bytes(b) if matches!(tag, 2 | 3) => match bignum(tag, &b) {
+                Some(n) => n,
+                None => from_cbor(C::Bytes(b), budget, depth + 1)?,
+            },
+            inner => from_cbor(inner, budget, depth + 1)?,
+        },
         C::Array(a) => Value::Array(a.into_iter().map(|v| from_cbor(v, budget, depth + 1)).collect::<Result<_, _>>()?),
         C::Map(m) => Value::Object(
             m.into_iter()
@@ -317,6 +352,30 @@ mod tests {
             json!({"a": 1700000000, "b": {"$base64": "AQI="}, "c": 18446744073709551615u64})
         );
         assert!(decode(PayloadFormat::Cbor, &[0xa1, 0x61], None).unwrap_err().contains("not CBOR"));
+    }
+
+    #[test]
+    fn integers_beyond_64_bits_stay_exact() {
+        // CBOR −2⁶⁴ (major type 1, argument 2⁶⁴ − 1), as cbor2.dumps(-2**64) writes it.
+        let minus_2_64 = [0x3b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(data(PayloadFormat::Cbor, &minus_2_64), json!({"value": "-18446744073709551616"}));
+        // Bignums: tag 2 over 2⁶⁴ (cbor2.dumps(2**64)), tag 3 over 2⁶⁴ (−2⁶⁴ − 1), and a small one.
+        let two_64 = [0xc2, 0x49, 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(data(PayloadFormat::Cbor, &two_64), json!({"value": "18446744073709551616"}));
+        let below = [0xc3, 0x49, 0x01, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert_eq!(data(PayloadFormat::Cbor, &below), json!({"value": "-18446744073709551617"}));
+        assert_eq!(data(PayloadFormat::Cbor, &[0xc2, 0x41, 0x07]), json!({"value": 7}));
+        let big_negative = [vec![0xc3, 0x50, 0x7f], vec![0xff; 15]].concat();
+        assert_eq!(data(PayloadFormat::Cbor, &big_negative), json!({"value": "-170141183460469231731687303715884105728"}));
+        // ciborium itself refuses a negative bignum past −2¹²⁷: quarantined with its reason.
+        let past = [vec![0xc3, 0x50], vec![0xff; 16]].concat();
+        assert!(decode(PayloadFormat::Cbor, &past, None).unwrap_err().contains("integer too large"));
+        let huge = [vec![0xc2, 0x51], vec![0xff; 17]].concat();
+        assert!(data(PayloadFormat::Cbor, &huge)["$base64"].is_string(), "over 128 bits stays bytes");
+        // Text: digits past u64 stay digits; a float is still a number.
+        assert_eq!(data(PayloadFormat::Text, b"18446744073709551616"), json!({"value": "18446744073709551616"}));
+        assert_eq!(data(PayloadFormat::Text, b"-99999999999999999999"), json!({"value": "-99999999999999999999"}));
+        assert_eq!(data(PayloadFormat::Text, b"1e3"), json!({"value": 1000.0}));
     }
 
     #[test]
