@@ -101,8 +101,9 @@ impl Default for AttemptMetrics {
             Opts::new(
                 "attempts_total",
                 "Attempts since start, by subscription and result: delivered, retry (an answer that spends one \
-                 retry), offline (no answer; no retry spent), failed, or split (a batch refused with 413, sent \
-                 again in halves)",
+                 retry), offline (no answer; no retry spent), failed, split (a batch refused with 413, sent \
+                 again in halves), or resent (refused with 415 to a compressed body or 401 to an OAuth2 token, \
+                 sent again at once)",
             )
             .namespace("fleethook"),
             &["subscription", "result"],

@@ -108,7 +108,7 @@ enum Command {
         #[command(flatten)]
         talk: Talk,
     },
-    /// One event (by event or delivery id) with its deliveries and attempts.
+    /// One event (by event or delivery id) with its deliveries and attempts, or a batch by its id.
     Show {
         /// An event id or a delivery id (as `queue`, `log` and the receiver's headers show).
         #[arg(value_name = "ID")]

@@ -134,6 +134,19 @@ fn batches_carry_every_event_once_verified_and_decoded_by_stock_libraries() {
             "SELECT COUNT(DISTINCT batch_id) FROM attempts WHERE subscription = '{name}' AND outcome = 'delivered'"
         ));
         assert_eq!(audited as usize, batches.len(), "{name}: audit rows name the batches");
+        // `show` finds a batch by the webhook-id its receiver saw.
+        let first = &batches[0];
+        let shown = agent.cli_json(&["show", first["id"].as_str().unwrap()]);
+        let in_it: std::collections::HashSet<&str> =
+            first["envelopes"].as_array().unwrap().iter().map(|e| e["delivery_id"].as_str().unwrap()).collect();
+        let listed: std::collections::HashSet<&str> =
+            shown["attempts"].as_array().unwrap().iter().map(|a| a["delivery_id"].as_str().unwrap()).collect();
+        assert_eq!(listed, in_it, "{name}: show <batch id> lists the batch's deliveries");
+        let text = String::from_utf8(agent.cli(&["show", first["id"].as_str().unwrap()]).stdout).unwrap();
+        assert!(
+            text.starts_with(&format!("batch {}: {} deliveries", first["id"].as_str().unwrap(), in_it.len())),
+            "{text}"
+        );
     }
     assert_eq!(eps[1].requests()[0].header("content-type"), Some("application/x-ndjson"));
     assert_eq!(eps[2].requests()[0].header("content-encoding"), Some("zstd"));

@@ -84,4 +84,18 @@ fn an_endpoint_that_answers_415_gets_the_same_delivery_uncompressed_and_no_more_
     assert_ne!(state, "failed", "a 415 to a compressed body is not the delivery's failure");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(ep.count(), 3);
+    // Every request is an attempt in the metrics: the refused one under `resent`.
+    let metrics = String::from_utf8(agent.cli(&["metrics"]).stdout).unwrap();
+    let value = |name: &str| -> f64 {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse().ok()).unwrap_or(-1.0)
+    };
+    assert_eq!(value(r#"fleethook_attempts_total{result="resent",subscription="picky"}"#), 1.0, "{metrics}");
+    assert_eq!(value(r#"fleethook_attempts_total{result="delivered",subscription="picky"}"#), 2.0, "{metrics}");
+    assert!(value(r#"fleethook_sent_bytes_total{subscription="picky"}"#) > 0.0, "{metrics}");
+    assert_eq!(agent.log().matches("refused a compressed body").count(), 1, "said once");
+    assert!(
+        agent.log().contains("compression=gzip") || agent.log().contains("compression=\"gzip\""),
+        "{}",
+        agent.log()
+    );
 }

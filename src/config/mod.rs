@@ -228,6 +228,16 @@ pub enum Compression {
     Zstd,
 }
 
+impl Compression {
+    /// The config's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
 /// A route's `payload`: how its messages are encoded (decoded by `ingest::payload`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

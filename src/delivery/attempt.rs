@@ -8,7 +8,7 @@ use super::fast::FastRef;
 use super::http;
 use super::outcome::{self, Verdict, classify_error, classify_status, needs_operator};
 use super::schedule;
-use crate::config::Subscription;
+use crate::config::{Compression, Subscription};
 use crate::event::now_ms;
 use crate::outbox::{AttemptRecord, AuditRow, Due, NextState, Terminal};
 use crate::text::printable;
@@ -55,7 +55,7 @@ impl Attempt {
         let started_ms = now_ms();
         let sent = self.send(Request::One(&self.due)).await;
         let verdict = self.verdict(&sent);
-        self.metrics.observe(&self.sub.name, result_word(&verdict), sent.duration, sent.sent_bytes);
+        self.metrics.observe(&self.sub.name, result_word(&verdict), sent.duration, sent.last_request_bytes());
         // Retry times are on the schedule clock, which wall-clock steps do not move.
         let next = next_state(&self.sub, &self.due, &verdict, crate::clock::sched_ms());
         let attempt = self.due.attempts + 1;
@@ -99,7 +99,7 @@ impl Attempt {
             let sent = self.send(Request::Batch(members, &id)).await;
             sent_bytes += sent.sent_bytes;
             if sent.status == Some(413) && members.len() > 1 {
-                self.metrics.observe(&self.sub.name, "split", sent.duration, sent.sent_bytes);
+                self.metrics.observe(&self.sub.name, "split", sent.duration, sent.last_request_bytes());
                 tracing::info!(subscription = %self.sub.name, batch_id = %id, events = members.len(),
                     "The endpoint refused the batch as too large (413); sending it in halves.");
                 let (a, b) = members.split_at(members.len() / 2);
@@ -108,7 +108,7 @@ impl Attempt {
                 continue;
             }
             let verdict = self.verdict(&sent);
-            self.metrics.observe(&self.sub.name, result_word(&verdict), sent.duration, sent.sent_bytes);
+            self.metrics.observe(&self.sub.name, result_word(&verdict), sent.duration, sent.last_request_bytes());
             // The member that has spent the most retries decides for all.
             let most = members.iter().max_by_key(|d| d.budget_used).unwrap_or(&members[0]);
             let next = next_state(&self.sub, most, &verdict, crate::clock::sched_ms());
@@ -233,13 +233,17 @@ impl Attempt {
         }
         let (mut sent, compressed) = self.send_once(what, token.as_deref()).await;
         if sent.status == Some(415) && compressed {
-            self.client.compress.store(false, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(subscription = %self.sub.name, compression = ?self.sub.compression,
-                "The endpoint refused a compressed body (415); this subscription sends uncompressed until a restart or reload.");
+            // Concurrent requests may all get the 415; one of them says so.
+            if self.client.compress.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(subscription = %self.sub.name, compression = self.sub.compression.map_or("", Compression::as_str),
+                    "The endpoint refused a compressed body (415); this subscription sends uncompressed until a restart or reload.");
+            }
+            self.metrics.observe(&self.sub.name, "resent", sent.duration, sent.sent_bytes);
             sent = sent.then(self.send_once(what, token.as_deref()).await.0);
         }
         if let (Some(401), Some(tokens), Some(stale)) = (sent.status, &self.client.token, &token) {
             tracing::info!(subscription = %self.sub.name, "The endpoint refused the OAuth2 token (401); fetching a new one.");
+            self.metrics.observe(&self.sub.name, "resent", sent.duration, sent.last_request_bytes());
             match tokens.refresh(stale).await {
                 Ok(fresh) => sent = sent.then(self.send_once(what, Some(&fresh)).await.0),
                 Err(e) => return token_failed(&self.sub, e),

@@ -258,15 +258,29 @@ pub struct Sent {
     pub error: Option<(TransportError, String)>,
     pub snippet: Option<String>,
     pub duration: Duration,
-    /// The request's size on the wire before TLS: request line, headers, body.
+    /// The request's size on the wire before TLS: request line, headers, body; with
+    /// `then`, of every request of the attempt.
     pub sent_bytes: u64,
+    /// Of `sent_bytes`, what earlier requests of the attempt took: they were counted in
+    /// the metrics under `resent` when they were answered.
+    pub resent_bytes: u64,
 }
 
 impl Sent {
     /// `next`, sent after this one within the same attempt: its answer, and the time
     /// and bytes of both.
     pub fn then(self, next: Sent) -> Sent {
-        Sent { duration: self.duration + next.duration, sent_bytes: self.sent_bytes + next.sent_bytes, ..next }
+        Sent {
+            duration: self.duration + next.duration,
+            sent_bytes: self.sent_bytes + next.sent_bytes,
+            resent_bytes: self.sent_bytes,
+            ..next
+        }
+    }
+
+    /// The bytes of the attempt's last request, which its result is counted under.
+    pub fn last_request_bytes(&self) -> u64 {
+        self.sent_bytes - self.resent_bytes
     }
 }
 

@@ -151,7 +151,10 @@ fn is_integer_text(t: &str) -> bool {
 
 /// An integer JSON can hold exactly as a number, else its decimal string.
 fn integer(i: i128) -> Value {
-    i64::try_from(i).map(Value::from).or_else(|_| u64::try_from(i).map(Value::from)).unwrap_or_else(|_| Value::String(i.to_string()))
+    i64::try_from(i)
+        .map(Value::from)
+        .or_else(|_| u64::try_from(i).map(Value::from))
+        .unwrap_or_else(|_| Value::String(i.to_string()))
 }
 
 /// CBOR's bignums (tag 2, positive; tag 3, −1 − n) up to 128 bits as exact integers;
@@ -366,7 +369,10 @@ mod tests {
         assert_eq!(data(PayloadFormat::Cbor, &below), json!({"value": "-18446744073709551617"}));
         assert_eq!(data(PayloadFormat::Cbor, &[0xc2, 0x41, 0x07]), json!({"value": 7}));
         let big_negative = [vec![0xc3, 0x50, 0x7f], vec![0xff; 15]].concat();
-        assert_eq!(data(PayloadFormat::Cbor, &big_negative), json!({"value": "-170141183460469231731687303715884105728"}));
+        assert_eq!(
+            data(PayloadFormat::Cbor, &big_negative),
+            json!({"value": "-170141183460469231731687303715884105728"})
+        );
         // ciborium itself refuses a negative bignum past −2¹²⁷: quarantined with its reason.
         let past = [vec![0xc3, 0x50], vec![0xff; 16]].concat();
         assert!(decode(PayloadFormat::Cbor, &past, None).unwrap_err().contains("integer too large"));

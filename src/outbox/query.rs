@@ -96,6 +96,14 @@ pub struct Shown {
     pub attempts: Vec<AuditRow>,
 }
 
+/// A batch, found by its id (the `webhook-id` a receiver saw): the attempts that carried
+/// it, one row per delivery in it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ShownBatch {
+    pub batch_id: String,
+    pub attempts: Vec<AuditRow>,
+}
+
 pub struct Reader {
     conn: Connection,
 }
@@ -233,6 +241,15 @@ impl Reader {
             deliveries,
             attempts,
         }))
+    }
+
+    /// A batch by its id, if the audit log still has an attempt of it. The log is bounded
+    /// (`storage.audit_per_subscription`), so the scan is too; no index is kept for it.
+    pub fn show_batch(&self, batch_id: &str) -> rusqlite::Result<Option<ShownBatch>> {
+        let mut stmt =
+            self.conn.prepare(&format!("SELECT {AUDIT_COLUMNS} FROM attempts WHERE batch_id = ?1 ORDER BY seq"))?;
+        let attempts: Vec<AuditRow> = stmt.query_map([batch_id], audit_row)?.collect::<Result<_, _>>()?;
+        Ok((!attempts.is_empty()).then(|| ShownBatch { batch_id: batch_id.to_string(), attempts }))
     }
 
     /// The newest attempt of a delivery, if any.

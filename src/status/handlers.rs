@@ -127,10 +127,17 @@ impl Context {
             Request::Show { id } => {
                 self.fast_path_written().await;
                 let shown_id = id.clone();
-                match self.read(move |r| r.show(&id)).await? {
-                    Some(s) => Ok(json!(s)),
-                    None => Err(ErrorBody::new("not_found", format!("no event or delivery with id {shown_id}"))),
-                }
+                let found = self
+                    .read(move |r| {
+                        Ok(match r.show(&id)? {
+                            Some(event) => Some(json!(event)),
+                            None => r.show_batch(&id)?.map(|batch| json!(batch)),
+                        })
+                    })
+                    .await?;
+                found.ok_or_else(|| {
+                    ErrorBody::new("not_found", format!("no event, delivery or batch with id {shown_id}"))
+                })
             }
             Request::Retry { ids, failed, subscription } => {
                 if let Some(s) = &subscription {

@@ -209,6 +209,13 @@ pub fn log(v: &Value) -> String {
 }
 
 pub fn show(v: &Value) -> String {
+    if let Some(batch) = v["batch_id"].as_str() {
+        return format!(
+            "batch {batch}: {} deliveries in its attempts (`fleethook show DELIVERY` for one)\n\n{}",
+            items(&v["attempts"]).iter().map(|a| s(&a["delivery_id"])).collect::<std::collections::BTreeSet<_>>().len(),
+            log(&v["attempts"])
+        );
+    }
     let mut out = format!(
         "event {}  {}  device {}  at {}  topic {}\ndata {}\n\n",
         s(&v["event_id"]),
