@@ -46,6 +46,9 @@ pub enum EndpointState {
     Degraded,
     Paused,
     Gone,
+    /// Its certificate does not verify: a configuration fault an operator must fix.
+    /// Probed like offline, with no retry budget spent.
+    Tls,
     /// Its signatures carry a timestamp and the wall clock is not known good: waiting
     /// (`clock_policy = "wait"`).
     Clock,
@@ -101,8 +104,8 @@ impl Default for AttemptMetrics {
             Opts::new(
                 "attempts_total",
                 "Attempts since start, by subscription and result: delivered, retry (an answer that spends one \
-                 retry), offline (no answer; no retry spent), failed, split (a batch refused with 413, sent \
-                 again in halves), or resent (refused with 415 to a compressed body or 401 to an OAuth2 token, \
+                 retry), offline (no answer; no retry spent), tls (the certificate did not verify; no \
+                 retry spent), failed, split (a batch refused with 413, sent again in halves), or resent (refused with 415 to a compressed body or 401 to an OAuth2 token, \
                  sent again at once)",
             )
             .namespace("fleethook"),
@@ -138,7 +141,7 @@ impl AttemptMetrics {
         self.sent_bytes.with_label_values(&[subscription]).inc_by(sent_bytes);
     }
 
-    pub const RESULTS: [&str; 5] = ["delivered", "retry", "offline", "failed", "split"];
+    pub const RESULTS: [&str; 7] = ["delivered", "retry", "offline", "tls", "failed", "split", "resent"];
 
     /// Shows every subscription (with zeros) before its first attempt.
     pub fn declare(&self, subscription: &str) {

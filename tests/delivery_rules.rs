@@ -188,8 +188,10 @@ fn an_event_past_its_max_age_expires() {
     assert_eq!(errors, 1, "expiry is data loss, logged at ERROR once for the episode:\n{log}");
 }
 
+/// A certificate that does not verify is a configuration fault, not a struggling endpoint:
+/// state `tls`, probed like offline without spending retry budget, one ERROR per episode.
 #[test]
-fn certificate_errors_retry_and_ca_file_trusts_a_private_ca() {
+fn a_certificate_that_does_not_verify_is_state_tls_probed_without_budget_and_said_once() {
     let (ep, ca_pem) = Endpoint::start_tls(Reply::Status(200));
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
@@ -199,11 +201,44 @@ fn certificate_errors_retry_and_ca_file_trusts_a_private_ca() {
     let rig = rig(&subs);
     rig.publish(1);
     assert!(wait_until(LONG, || rig.counter("trusted", "delivered") == 1));
-    assert!(wait_until(LONG, || rig.errors("untrusted").len() >= 2), "certificate errors are retried");
+    // Probes at about 1 s, 2 s, 4 s: three attempts within LONG.
+    assert!(wait_until(LONG, || rig.errors("untrusted").len() >= 3), "probed again: {:?}", rig.errors("untrusted"));
     let (kind, error) = rig.errors("untrusted").remove(0);
     assert_eq!(kind, "tls", "{error}");
     assert_eq!(ep.count(), 1, "only the trusted subscription got through");
-    assert!(rig.agent.log().contains("ERROR"), "a certificate error is logged at ERROR");
+    let status = rig.agent.cli_json(&["status"]);
+    let untrusted = status["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == "untrusted").unwrap();
+    assert_eq!(untrusted["state"], "tls", "{untrusted}");
+    let spent =
+        rig.agent.count("SELECT COALESCE(SUM(budget_used), 0) FROM deliveries WHERE subscription = 'untrusted'");
+    assert_eq!(spent, 0, "probes spend no retry budget");
+    let log = rig.agent.log();
+    let errors = log.lines().filter(|l| l.contains("ERROR")).count();
+    assert_eq!(errors, 1, "one ERROR for the episode, not one per attempt:\n{log}");
+    assert!(log.contains("certificate does not verify"), "{log}");
+}
+
+/// A self-signed leaf is pinned by naming it as `ca_file`; a certificate for another name
+/// is explained in the README's words.
+#[test]
+fn a_self_signed_leaf_is_pinned_through_ca_file_and_a_wrong_name_is_explained() {
+    let (acceptor, leaf_pem) = common::pki::self_signed_acceptor();
+    let ep = Endpoint::start_with_tls(Reply::Status(200), acceptor);
+    let dir = tempfile::tempdir().unwrap();
+    let leaf = dir.path().join("leaf.pem");
+    std::fs::write(&leaf, leaf_pem).unwrap();
+    let pinned = format!("ca_file = \"{}\"", leaf.display());
+    // The certificate is for localhost; 127.0.0.1 is another name.
+    let by_address = ep.https_url().replace("localhost", "127.0.0.1");
+    let subs = subscription("pinned", &ep.https_url(), &pinned) + &subscription("by_address", &by_address, &pinned);
+    let rig = rig(&subs);
+    rig.publish(1);
+    assert!(wait_until(LONG, || rig.counter("pinned", "delivered") == 1), "{:?}", rig.errors("pinned"));
+    assert!(wait_until(LONG, || !rig.errors("by_address").is_empty()));
+    let (kind, error) = rig.errors("by_address").remove(0);
+    assert_eq!(kind, "tls", "{error}");
+    assert!(error.starts_with("TLS: the endpoint's certificate is not valid for the URL's host name"), "{error}");
+    assert_eq!(ep.count(), 1);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use super::fast::FastRef;
 use super::http;
-use super::outcome::{self, Verdict, classify_error, classify_status, needs_operator};
+use super::outcome::{self, Verdict, classify_error, classify_status};
 use super::schedule;
 use crate::config::{Compression, Subscription};
 use crate::event::now_ms;
@@ -156,13 +156,8 @@ impl Attempt {
                     classify_status(*status, sent.retry_after.as_deref(), sent.location.as_deref(), SystemTime::now());
                 refused_for_our_clock(verdict, *status, sent.snippet.as_deref(), crate::clock::quality())
             }
-            (None, Some((kind, text))) => {
-                if needs_operator(*kind) {
-                    tracing::error!(subscription = %self.sub.name, url = %self.sub.url, error = %text,
-                        "TLS failure talking to the endpoint; retrying, but an operator must fix the certificate or ca_file.");
-                }
-                classify_error(*kind, text)
-            }
+            // A TLS failure is said at ERROR once per episode, by the lane (state `tls`).
+            (None, Some((kind, text))) => classify_error(*kind, text),
             (None, None) => classify_error(outcome::TransportError::Other, "no response"),
         }
     }
@@ -198,7 +193,8 @@ fn result_word(verdict: &Verdict) -> &'static str {
     match verdict {
         Verdict::Delivered => "delivered",
         Verdict::Retry { .. } => "retry",
-        Verdict::Offline { .. } => "offline",
+        Verdict::Offline { tls: false, .. } => "offline",
+        Verdict::Offline { tls: true, .. } => "tls",
         Verdict::Failed { .. } => "failed",
     }
 }

@@ -39,7 +39,7 @@ impl Endpoint {
     pub fn capacity(&mut self, now: Instant, in_flight: usize, limit: usize) -> (usize, Option<Instant>) {
         let by_state = match self.state {
             State::Paused | State::Gone | State::Clock => return (0, None),
-            State::Offline => match self.probe_at {
+            State::Offline | State::Tls => match self.probe_at {
                 // One probe at a time, when its backoff has passed.
                 Some(at) if at > now => return (0, Some(at)),
                 _ if in_flight > 0 => return (0, None),
@@ -71,14 +71,14 @@ impl Endpoint {
             return;
         }
         match verdict {
-            Verdict::Offline { .. } => {
+            Verdict::Offline { tls, .. } => {
                 if probe {
                     self.failed_probes = self.failed_probes.saturating_add(1);
-                } else if self.state == State::Offline {
+                } else if matches!(self.state, State::Offline | State::Tls) {
                     // A request started before the endpoint went offline: old news.
                     return;
                 }
-                self.state = State::Offline;
+                self.state = if *tls { State::Tls } else { State::Offline };
                 self.probe_at = Some(now + probe_delay(self.failed_probes, self.probe_max, jitter_unit));
             }
             Verdict::Failed { gone: true, .. } => self.state = State::Gone,
@@ -161,7 +161,7 @@ mod tests {
     use super::*;
 
     fn offline() -> Verdict {
-        Verdict::Offline { reason: "connect".into() }
+        Verdict::Offline { reason: "connect".into(), tls: false }
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! One HTTP attempt: prepare the request (body, headers, fresh signature), send it with
 //! the subscription's client, and describe what came back.
 
-use std::error::Error as _;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -52,7 +51,9 @@ pub struct Client {
 pub fn client(sub: &Subscription) -> Result<Client, ClientError> {
     let http = http_client(sub)?;
     let token = match &sub.auth {
-        Some(crate::config::Auth::OAuth2(o)) => Some(super::token::TokenSource::new(o.clone(), http.clone())),
+        Some(crate::config::Auth::OAuth2(o)) => {
+            Some(super::token::TokenSource::new(o.clone(), http.clone(), sub.ca_file.is_some()))
+        }
         _ => None,
     };
     let compress = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(sub.compression.is_some()));
@@ -327,7 +328,7 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, prepared: Prepar
             }
         }
         Err(e) => {
-            let kind = transport_error(&e);
+            let kind = super::explain::transport_error(&e);
             // Nothing reached the wire if no connection (or no TLS session) was made:
             // an offline endpoint's probes spend no bandwidth budget.
             if matches!(
@@ -336,132 +337,9 @@ pub async fn send(client: &reqwest::Client, sub: &Subscription, prepared: Prepar
             ) {
                 sent.sent_bytes = 0;
             }
-            sent.error = Some((kind, describe(&e)));
+            sent.error = Some((kind, super::explain::explain(&e, sub.ca_file.is_some())));
         }
     }
     sent.duration = started.elapsed();
     sent
-}
-
-/// Sorts a reqwest error into the rule table's kinds by walking its sources.
-fn transport_error(e: &reqwest::Error) -> TransportError {
-    let text = describe(e).to_ascii_lowercase();
-    let mut source = e.source();
-    while let Some(s) = source {
-        if s.downcast_ref::<rustls::Error>().is_some() {
-            return TransportError::Tls;
-        }
-        source = s.source();
-    }
-    if text.contains("certificate") || text.contains("tls") {
-        return TransportError::Tls;
-    }
-    if e.is_connect() {
-        if e.is_timeout() || text.contains("timed out") {
-            return TransportError::ConnectTimeout;
-        }
-        if text.contains("dns error") || text.contains("failed to lookup") {
-            return TransportError::Dns;
-        }
-        return TransportError::Connect;
-    }
-    if e.is_timeout() {
-        return TransportError::Timeout;
-    }
-    TransportError::Other
-}
-
-/// The error in one line, its root cause first (`operation timed out`, `Connection
-/// refused`), then the layers around it, without the URL (the subscription names it): a
-/// table cut at its width still shows why.
-pub fn describe(e: &reqwest::Error) -> String {
-    let mut layers = vec![without_url(&e.to_string())];
-    let mut source = e.source();
-    while let Some(s) = source {
-        layers.push(s.to_string());
-        source = s.source();
-    }
-    layers.dedup();
-    let root = layers.pop().unwrap_or_default();
-    let text = if layers.is_empty() {
-        root
-    } else {
-        layers.reverse();
-        format!("{root} ({})", layers.join(": "))
-    };
-    match tls_advice(&text) {
-        Some(advice) => format!("{advice} [{text}]"),
-        None => text,
-    }
-}
-
-/// rustls names certificate problems in its own terms (`UnknownIssuer`,
-/// `CaUsedAsEndEntity`); an operator needs what is wrong and what to do.
-fn tls_advice(text: &str) -> Option<&'static str> {
-    const ADVICE: [(&str, &str); 7] = [
-        (
-            "CertificateRequired",
-            "TLS: the endpoint requires a client certificate; set the subscription's client_cert and client_key",
-        ),
-        (
-            "CaUsedAsEndEntity",
-            "TLS: the endpoint presents a CA certificate as its own (what `openssl req -x509` makes by default); \
-             give the endpoint a certificate signed by that CA, and put the CA in the subscription's ca_file",
-        ),
-        (
-            "UnknownIssuer",
-            "TLS: the endpoint's certificate is not signed by a CA this agent trusts; put that CA's PEM in the \
-             subscription's ca_file",
-        ),
-        (
-            "BadSignature",
-            "TLS: the endpoint's certificate does not verify against the subscription's ca_file; ca_file must \
-             hold the CA that signed it",
-        ),
-        (
-            "NotValidForName",
-            "TLS: the endpoint's certificate is not valid for the URL's host name; use the name it was issued \
-             for, or reissue it",
-        ),
-        (
-            "Expired",
-            "TLS: the endpoint's certificate has expired, or the robot's clock is wrong (see `fleethook status`)",
-        ),
-        (
-            "NotValidYet",
-            "TLS: the endpoint's certificate is not valid yet, or the robot's clock is wrong (see `fleethook status`)",
-        ),
-    ];
-    ADVICE.iter().find(|(marker, _)| text.contains(marker)).map(|(_, advice)| *advice)
-}
-
-/// reqwest's "error sending request for url (…)" without the URL.
-fn without_url(text: &str) -> String {
-    match text.find(" for url (") {
-        Some(i) => {
-            let rest = &text[i..];
-            let end = rest.rfind(')').map_or(text.len(), |j| i + j + 1);
-            format!("{}{}", &text[..i], &text[end..])
-        }
-        None => text.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_url_leaves_the_error_text() {
-        assert_eq!(super::without_url("error sending request for url (http://x/a?b=(c))"), "error sending request");
-        assert_eq!(super::without_url("error sending request for url (http://x/a)"), "error sending request");
-        assert_eq!(super::without_url("builder error"), "builder error");
-    }
-
-    #[test]
-    fn certificate_problems_say_what_to_do() {
-        let said = |t: &str| super::tls_advice(t).unwrap_or_default();
-        assert!(said("invalid peer certificate: UnknownIssuer").contains("ca_file"));
-        assert!(said("invalid peer certificate: CaUsedAsEndEntity").contains("openssl req -x509"));
-        assert!(said("invalid peer certificate: Expired").contains("clock"));
-        assert_eq!(super::tls_advice("Connection refused (os error 111)"), None);
-    }
 }

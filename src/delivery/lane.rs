@@ -181,7 +181,7 @@ impl Lane {
     pub fn unused_share(&self, share: usize) -> usize {
         let usable = match self.endpoint.state {
             State::Paused | State::Gone | State::Clock => 0,
-            State::Offline | State::Degraded => 1,
+            State::Offline | State::Tls | State::Degraded => 1,
             State::Online if self.is_fifo() => 1,
             State::Online => self.sub.max_in_flight,
         };
@@ -287,7 +287,7 @@ impl Lane {
             self.dirty = !self.fast_queue.is_empty();
             return Some(Starts { fast, ..Default::default() });
         }
-        let probe = self.endpoint.state == State::Offline;
+        let probe = matches!(self.endpoint.state, State::Offline | State::Tls);
         // A FIFO lane or a probe sends exactly what it fetched for this start.
         let exact = fifo || probe;
         let mut due: Vec<Due> = Vec::with_capacity(room.min(self.prefetched.len()));
@@ -379,7 +379,7 @@ impl Lane {
         self.last_status = status.or(self.last_status);
         self.last_error = match verdict {
             Verdict::Delivered => None,
-            Verdict::Retry { reason, .. } | Verdict::Offline { reason } | Verdict::Failed { reason, .. } => {
+            Verdict::Retry { reason, .. } | Verdict::Offline { reason, .. } | Verdict::Failed { reason, .. } => {
                 Some(reason.clone())
             }
         };
@@ -394,14 +394,16 @@ impl Lane {
         }
         let reason = match verdict {
             Verdict::Delivered => "",
-            Verdict::Retry { reason, .. } | Verdict::Offline { reason } | Verdict::Failed { reason, .. } => reason,
+            Verdict::Retry { reason, .. } | Verdict::Offline { reason, .. } | Verdict::Failed { reason, .. } => reason,
         };
         match after {
             State::Offline => tracing::warn!(subscription = %name, %url, error = %reason,
                 "The endpoint cannot be reached; probing it with backoff. Deliveries wait with their retry budget kept."),
             State::Degraded => tracing::warn!(subscription = %name, %url, error = %reason,
                 "The endpoint keeps failing (5xx or timeouts); fewer requests go to it until it recovers."),
-            State::Online if matches!(before, State::Offline | State::Degraded) => {
+            State::Tls => tracing::error!(subscription = %name, %url, error = %reason,
+                "The endpoint's certificate does not verify; an operator must fix the certificate or the subscription's ca_file. Probing it with backoff; deliveries wait with their retry budget kept."),
+            State::Online if matches!(before, State::Offline | State::Tls | State::Degraded) => {
                 tracing::info!(subscription = %name, %url, was = ?before, "The endpoint answers again; its backlog drains.")
             }
             _ => {}

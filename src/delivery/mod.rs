@@ -9,6 +9,7 @@ mod batch;
 pub mod budget;
 pub mod compress;
 pub mod endpoint;
+mod explain;
 pub mod fast;
 mod fast_path;
 pub mod http;

@@ -46,20 +46,18 @@ pub enum Verdict {
         after: Option<Duration>,
         reason: String,
     },
-    /// The endpoint could not be reached at all: mark it offline, keep the budget.
+    /// The endpoint could not be reached at all: mark it offline, keep the budget. With
+    /// `tls`, it was reached but its certificate did not verify: a configuration fault,
+    /// probed the same way (state `tls`) until an operator fixes it.
     Offline {
         reason: String,
+        tls: bool,
     },
     /// Will never succeed as sent. `gone` pauses the subscription (410).
     Failed {
         reason: String,
         gone: bool,
     },
-}
-
-/// Whether an error should also reach an operator (logged at ERROR).
-pub fn needs_operator(error: TransportError) -> bool {
-    error == TransportError::Tls
 }
 
 /// The rule table for an HTTP answer.
@@ -87,9 +85,10 @@ pub fn classify_error(error: TransportError, detail: &str) -> Verdict {
     let reason = format!("{}: {detail}", error.as_str());
     match error {
         TransportError::Connect | TransportError::Dns | TransportError::ConnectTimeout | TransportError::Token => {
-            Verdict::Offline { reason }
+            Verdict::Offline { reason, tls: false }
         }
-        TransportError::Timeout | TransportError::Tls | TransportError::Other => Verdict::Retry { after: None, reason },
+        TransportError::Tls => Verdict::Offline { reason, tls: true },
+        TransportError::Timeout | TransportError::Other => Verdict::Retry { after: None, reason },
     }
 }
 
@@ -154,14 +153,12 @@ mod tests {
     }
 
     #[test]
-    fn unreachable_is_offline_and_tls_retries_loudly() {
+    fn unreachable_is_offline_and_a_certificate_that_does_not_verify_is_tls() {
         for e in [TransportError::Connect, TransportError::Dns, TransportError::ConnectTimeout, TransportError::Token] {
-            assert!(matches!(classify_error(e, "x"), Verdict::Offline { .. }), "{e:?}");
+            assert!(matches!(classify_error(e, "x"), Verdict::Offline { tls: false, .. }), "{e:?}");
         }
         assert!(matches!(classify_error(TransportError::Timeout, "x"), Verdict::Retry { .. }));
-        assert!(matches!(classify_error(TransportError::Tls, "x"), Verdict::Retry { .. }));
-        assert!(needs_operator(TransportError::Tls));
-        assert!(!needs_operator(TransportError::Timeout));
+        assert!(matches!(classify_error(TransportError::Tls, "x"), Verdict::Offline { tls: true, .. }));
     }
 
     proptest::proptest! {

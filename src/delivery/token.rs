@@ -34,6 +34,8 @@ const BODY_MAX: usize = 64 * 1024;
 pub struct TokenSource {
     config: Arc<OAuth2>,
     client: reqwest::Client,
+    /// Whether the client trusts a subscription's `ca_file` (for what a TLS error says).
+    ca_file: bool,
     cached: Arc<Mutex<Option<Cached>>>,
 }
 
@@ -78,8 +80,8 @@ fn refresh_at(started: Instant, life: Duration) -> Instant {
 }
 
 impl TokenSource {
-    pub fn new(config: OAuth2, client: reqwest::Client) -> Self {
-        TokenSource { config: Arc::new(config), client, cached: Arc::default() }
+    pub fn new(config: OAuth2, client: reqwest::Client, ca_file: bool) -> Self {
+        TokenSource { config: Arc::new(config), client, ca_file, cached: Arc::default() }
     }
 
     /// A token good for now: the cached one, or a new one.
@@ -123,7 +125,7 @@ impl TokenSource {
             .form(&form)
             .send()
             .await
-            .map_err(|e| failed(super::http::describe(&e)))?;
+            .map_err(|e| failed(super::explain::explain(&e, self.ca_file)))?;
         let status = resp.status();
         let body = read_capped(resp).await;
         if !status.is_success() {

@@ -23,7 +23,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The outcomes a delivery ends with, as `status` counts them.
 const OUTCOMES: [&str; 5] = ["delivered", "failed", "expired", "evicted", "superseded"];
 /// The states an endpoint can be in.
-const STATES: [&str; 6] = ["online", "offline", "degraded", "paused", "gone", "clock"];
+const STATES: [&str; 7] = ["online", "offline", "degraded", "paused", "gone", "clock", "tls"];
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)

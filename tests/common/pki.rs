@@ -82,3 +82,18 @@ impl Pki {
         tokio_rustls::TlsAcceptor::from(Arc::new(config))
     }
 }
+
+/// A TLS server for `localhost` with a self-signed leaf (not a CA certificate), and that
+/// certificate's PEM: what a subscription pins by naming it as its `ca_file`.
+pub fn self_signed_acceptor() -> (tokio_rustls::TlsAcceptor, String) {
+    fleethook::init_crypto();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::ExplicitNoCa;
+    params.distinguished_name.push(rcgen::DnType::CommonName, "localhost");
+    let cert = params.self_signed(&key).unwrap();
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let config =
+        rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert.der().clone()], der).unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), cert.pem())
+}

@@ -21,7 +21,7 @@ impl Lane {
         let (room, wake) = self.budget_room(now, room, wake, link);
         self.wake_at = wake;
         let mut room = room.min(global_room);
-        let probe = self.endpoint.state == State::Offline;
+        let probe = matches!(self.endpoint.state, State::Offline | State::Tls);
         let mut starts = Starts { probe, ..Default::default() };
         while room > 0 && self.may_start(now, link) {
             let more_coming = self.fetching || !self.exhausted;

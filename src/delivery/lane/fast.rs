@@ -36,7 +36,7 @@ impl Lane {
 
     /// Nothing sent to this lane now would be answered: offline, paused or gone.
     pub fn unreachable(&self) -> bool {
-        matches!(self.endpoint.state, State::Offline | State::Paused | State::Gone)
+        matches!(self.endpoint.state, State::Offline | State::Tls | State::Paused | State::Gone)
     }
 
     /// Takes a fast-path delivery; it starts when a slot is free.
