@@ -74,6 +74,10 @@ pub struct EndpointView {
     pub max_rate: Option<u64>,
     /// Which priorities wait, and why (daily budget, metered link).
     pub held: Option<String>,
+    /// The lowest priority (`Priority as i64`: 0 high, 2 low) that may go now; those
+    /// below it wait for the reason in `held`.
+    #[serde(skip)]
+    pub sends_up_to: i64,
 }
 
 pub type EndpointViews = Arc<Mutex<Vec<EndpointView>>>;

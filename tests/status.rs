@@ -119,6 +119,11 @@ fn a_field_tech_sees_what_is_stuck_and_fixes_it() {
     // What is stuck, and why.
     let queue = f.json(&["queue"]);
     assert_eq!(queue.as_array().unwrap().len(), 10, "5 failed for gone + 5 pending for down: {queue}");
+    let waiting: Vec<&Value> = queue.as_array().unwrap().iter().filter(|d| d["subscription"] == "down").collect();
+    assert!(waiting.iter().all(|d| d["waits"].as_str().is_some_and(|w| w.contains("cannot be reached"))), "{queue}");
+    // Next attempts are wall-clock times, within the probe backoff of now.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    assert!(waiting.iter().all(|d| (d["next_attempt_ms"].as_i64().unwrap() - now).abs() < 120_000), "{queue}");
     let log = f.json(&["log", "--subscription", "gone"]);
     assert_eq!(log.as_array().unwrap().len(), 5);
     assert!(log.as_array().unwrap().iter().all(|a| a["status"] == 404 && a["outcome"] == "failed"));
@@ -201,6 +206,10 @@ fn pause_survives_a_restart_and_strangers_may_only_look() {
     assert!(wait_until(LONG, || f.sub("ok")["pending"] == 1));
     assert_eq!(f.sub("ok")["state"], "paused");
     assert_eq!(f.ok.count(), 0);
+    let queue = f.json(&["queue", "--subscription", "ok"]);
+    assert!(queue[0]["waits"].as_str().unwrap_or_default().contains("paused"), "queue says why: {queue}");
+    let (_, table, _) = f.cli(&["queue"]);
+    assert!(table.contains("WAITS FOR") && table.contains("the subscription is paused"), "{table}");
 
     // Another uid that is not in the agent's group: status yes, changes no.
     let as_nobody = |args: &[&str]| as_nobody(&f.socket(), args);

@@ -486,6 +486,7 @@ impl Lane {
             daily_budget: self.budget.daily(),
             max_rate: self.budget.max_rate(),
             held: self.held_words(),
+            sends_up_to: self.lowest,
             next_attempt_at_ms: self
                 .endpoint
                 .next_probe()

@@ -82,6 +82,13 @@ pub struct QueueRow {
     pub next_attempt_ms: i64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
+    /// The route's priority as stored (0 high, 1 normal, 2 low).
+    #[serde(skip)]
+    pub priority: i64,
+    /// Why a pending delivery whose time has come does not go (the dispatcher's view,
+    /// filled in by the status socket): paused, offline, a budget, a metered link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waits: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -109,7 +116,7 @@ pub struct Reader {
 }
 
 const QUEUE_COLUMNS: &str = "d.id, e.id, d.subscription, e.type, e.device_id, d.state, d.attempts, e.created_ms,
-     d.next_attempt_ms, d.last_status, d.last_error";
+     d.next_attempt_ms, d.last_status, d.last_error, d.priority";
 
 fn queue_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
     Ok(QueueRow {
@@ -124,6 +131,8 @@ fn queue_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
         next_attempt_ms: r.get(8)?,
         last_status: r.get(9)?,
         last_error: r.get(10)?,
+        priority: r.get(11)?,
+        waits: None,
     })
 }
 

@@ -60,6 +60,12 @@ impl Context {
         self.live().map(|l| l.config.storage.path.clone()).unwrap_or_default()
     }
 
+    /// Says why each pending delivery waits, by the dispatcher's view of its endpoint.
+    fn explain_waits(&self, rows: &mut [crate::outbox::query::QueueRow]) {
+        let views = self.live.read().ok().and_then(|l| l.endpoints.lock().ok().map(|v| v.clone())).unwrap_or_default();
+        super::waits::explain(rows, &views, crate::clock::sched_ms(), crate::clock::to_wall_ms);
+    }
+
     pub(super) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Reader) -> rusqlite::Result<T> + Send + 'static,
@@ -108,9 +114,10 @@ impl Context {
                 if let Some(s) = &subscription {
                     self.known(s)?;
                 }
-                let rows = self
+                let mut rows = self
                     .read(move |r| r.queue(subscription.as_deref(), state.as_deref(), limit.unwrap_or(100)))
                     .await?;
+                self.explain_waits(&mut rows);
                 Ok(json!(rows))
             }
             Request::Log { subscription, outcome, limit } => {
@@ -127,14 +134,19 @@ impl Context {
             Request::Show { id } => {
                 self.fast_path_written().await;
                 let shown_id = id.clone();
-                let found = self
-                    .read(move |r| {
-                        Ok(match r.show(&id)? {
-                            Some(event) => Some(json!(event)),
-                            None => r.show_batch(&id)?.map(|batch| json!(batch)),
-                        })
+                let (event, batch) = self
+                    .read(move |r| match r.show(&id)? {
+                        Some(event) => Ok((Some(event), None)),
+                        None => Ok((None, r.show_batch(&id)?)),
                     })
                     .await?;
+                let found = match (event, batch) {
+                    (Some(mut event), _) => {
+                        self.explain_waits(&mut event.deliveries);
+                        Some(json!(event))
+                    }
+                    (None, batch) => batch.map(|b| json!(b)),
+                };
                 found.ok_or_else(|| {
                     ErrorBody::new("not_found", format!("no event, delivery or batch with id {shown_id}"))
                 })

@@ -21,6 +21,7 @@ pub mod metrics;
 mod quarantine;
 pub mod render;
 mod server;
+mod waits;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

@@ -181,11 +181,25 @@ pub fn queue(v: &Value) -> String {
                 s(&d["attempts"]),
                 time(&d["created_ms"]),
                 time(&d["next_attempt_ms"]),
+                s(&d["waits"]),
                 short(&d["last_error"], 80),
             ]
         })
         .collect();
-    table(&["DELIVERY", "SUBSCRIPTION", "TYPE", "STATE", "ATTEMPTS", "CREATED", "NEXT ATTEMPT", "LAST ERROR"], &rows)
+    table(
+        &[
+            "DELIVERY",
+            "SUBSCRIPTION",
+            "TYPE",
+            "STATE",
+            "ATTEMPTS",
+            "CREATED",
+            "NEXT ATTEMPT",
+            "WAITS FOR",
+            "LAST ERROR",
+        ],
+        &rows,
+    )
 }
 
 pub fn log(v: &Value) -> String {
