@@ -112,13 +112,21 @@ pub fn taken_unless_synced() -> Option<Taken> {
     (quality() != Quality::Synced).then(|| Taken { boot_id: boot_id(), boottime_ms: boottime_ms() })
 }
 
-/// An event's timestamp as it should be sent, and whether it is still unsure: an event
-/// taken while the clock was not good is re-dated from the wall clock once that is good,
-/// by the boottime since (same boot only); otherwise its timestamp is sent as it was,
-/// marked `unsynced`.
-pub fn dated(created_ms: i64, taken: Option<Taken>) -> (i64, bool) {
-    let Some(t) = taken else { return (created_ms, false) };
-    redate(created_ms, t, quality(), boot_id(), boottime_ms(), crate::event::now_ms())
+/// An event's timestamp as it should be sent, and if it is still unsure, what the clock
+/// was when it was taken: an event taken while the clock was not good is re-dated from
+/// the wall clock once that is good, by the boottime since (same boot only); otherwise
+/// its timestamp is sent as it was, labelled as it was taken (see [`taken_quality`]).
+pub fn dated(created_ms: i64, taken: Option<Taken>) -> (i64, Option<Quality>) {
+    let Some(t) = taken else { return (created_ms, None) };
+    let (ms, unsure) = redate(created_ms, t, quality(), boot_id(), boottime_ms(), crate::event::now_ms());
+    (ms, unsure.then(|| taken_quality(created_ms, built_s())))
+}
+
+/// Pure: the label of a timestamp that could not be made true. A time before this
+/// binary was built was taken under a clock classified `wrong` (that is the rule of
+/// [`classify`]); any other was merely `unsynced`, whatever the clock is now.
+pub fn taken_quality(created_ms: i64, built_s: i64) -> Quality {
+    if created_ms.div_euclid(1000) < built_s { Quality::Wrong } else { Quality::Unsynced }
 }
 
 /// Pure: see [`dated`].
@@ -360,6 +368,16 @@ mod tests {
             (978_307_200_000, true),
             "rebooted since"
         );
+    }
+
+    #[test]
+    fn an_unsure_timestamp_is_labelled_as_the_clock_was_when_it_was_taken() {
+        let built = 1_764_547_200;
+        // Taken in 2001: before the build, so the clock was `wrong` then, whatever it is now.
+        assert_eq!(taken_quality(978_307_200_000, built), Quality::Wrong);
+        assert_eq!(taken_quality(-5, built), Quality::Wrong);
+        // Taken after the build with the clock not synced: `unsynced`.
+        assert_eq!(taken_quality(built * 1000 + 1, built), Quality::Unsynced);
     }
 
     #[test]

@@ -145,8 +145,8 @@ pub struct EnvelopeParts<'a> {
     /// The bridge's JSON object, embedded verbatim (it was validated at ingest).
     pub data: &'a str,
     /// `created_ms` came from a clock not known good and could not be corrected: the
-    /// envelope says `"timestamp_quality": "unsynced"`.
-    pub timestamp_unsynced: bool,
+    /// envelope says what that clock was (`"timestamp_quality": "unsynced"` or `"wrong"`).
+    pub timestamp_quality: Option<crate::clock::Quality>,
 }
 
 /// The default body: `{"id","type","timestamp","device_id","delivery_id","data"}`.
@@ -159,8 +159,9 @@ pub fn envelope_body(p: &EnvelopeParts<'_>) -> String {
     push_json_str(&mut out, p.event_type);
     out.push_str(",\"timestamp\":");
     push_json_str(&mut out, &rfc3339_ms(p.created_ms));
-    if p.timestamp_unsynced {
-        out.push_str(",\"timestamp_quality\":\"unsynced\"");
+    if let Some(quality) = p.timestamp_quality {
+        out.push_str(",\"timestamp_quality\":");
+        push_json_str(&mut out, quality.as_str());
     }
     out.push_str(",\"device_id\":");
     push_json_str(&mut out, p.device_id);
@@ -210,7 +211,7 @@ mod tests {
             device_id: "agv \"7\"",
             delivery_id: "d1",
             data: r#"{"status":"completed","n":1.50}"#,
-            timestamp_unsynced: false,
+            timestamp_quality: None,
         });
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(v["type"], "mission.completed");

@@ -78,6 +78,35 @@ fn events_queued_in_2001_do_not_expire_when_the_clock_is_stepped_to_now() {
     }
 }
 
+/// Taken while the clock said 2001 (`wrong`), sent after a restart on a true but
+/// unsynced clock: the timestamp cannot be corrected, and it is labelled as what it was
+/// when taken, `wrong`, not as the clock is now.
+#[test]
+fn a_timestamp_taken_under_a_wrong_clock_keeps_that_label_after_a_restart() {
+    let broker = Mosquitto::start();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let clock = dir.path().join("clock");
+    // sha256 carries no timestamp, so nothing waits for the clock.
+    let config = base_config(broker.port)
+        + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "signature = \"sha256\"");
+    let mut agent = agent_with_clock(dir.path(), &config, &clock, "@2001-01-01 00:00:00");
+    agent.wait_subscribed();
+    publish(broker.port, &[mission("agv-1", 0, "completed"), mission("agv-1", 1, "completed")]);
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 2));
+    assert!(agent.terminate().success());
+    agent.env = vec![("FLEETHOOK_CLOCK".into(), "unsynced".into())];
+    agent.spawn();
+    agent.wait_subscribed();
+    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    let got = ep.wait_for(2, LONG);
+    for r in &got {
+        let body = r.json();
+        assert!(body["timestamp"].as_str().unwrap().starts_with("2001-"), "{body}");
+        assert_eq!(body["timestamp_quality"], "wrong", "{body}");
+    }
+}
+
 /// Retries scheduled while the clock ran three years ahead are not put off for three
 /// years once it is stepped back.
 #[test]

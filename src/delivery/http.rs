@@ -190,7 +190,7 @@ pub fn prepare_batch(
 /// now allows.
 fn render(sub: &Subscription, due: &Due, now: SystemTime) -> format::Rendered {
     // Taken while the clock was not good: made true now if it can be, else marked.
-    let (created_ms, timestamp_unsynced) = crate::clock::dated(due.created_ms, due.clock);
+    let (created_ms, timestamp_quality) = crate::clock::dated(due.created_ms, due.clock);
     let parts = EnvelopeParts {
         id: &due.event_id,
         event_type: &due.event_type,
@@ -198,7 +198,7 @@ fn render(sub: &Subscription, due: &Due, now: SystemTime) -> format::Rendered {
         device_id: &due.device_id,
         delivery_id: &due.delivery_id,
         data: &due.data,
-        timestamp_unsynced,
+        timestamp_quality,
     };
     let opts = FormatOptions {
         summary: sub.summary.as_deref(),

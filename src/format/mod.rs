@@ -111,7 +111,7 @@ mod tests {
             device_id: "agv-7",
             delivery_id: "0193b2c4-0000-7000-8000-000000000002",
             data,
-            timestamp_unsynced: false,
+            timestamp_quality: None,
         }
     }
 
