@@ -197,3 +197,26 @@ fn a_ros_message_without_a_type_or_that_does_not_fit_it_is_quarantined_and_relea
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(ep.count(), 1, "the cut-short message stays quarantined");
 }
+
+/// A ROS 2 type announced whose `.msg` file is missing: its messages are quarantined at
+/// once with that reason (naming the file), not held for `ros.type_wait` and not blamed
+/// on an announcement that never came.
+#[test]
+fn a_type_announced_without_its_msg_file_quarantines_its_messages_at_once_saying_so() {
+    let Rig { _dir, broker, ep, messages, agent } = Rig::start("60s");
+    let find = |topic: &str| messages.iter().find(|(t, _)| t == topic).cloned().unwrap();
+    let pose_msg = _dir.path().join("share/geometry_msgs/msg/PoseStamped.msg");
+    std::fs::remove_file(&pose_msg).unwrap();
+    publish_retained(broker.port, &[find("mqtt_client/ros_msg_type/ros/agv-2/pose")]);
+    assert!(wait_until(LONG, || agent.log().contains("Cannot use a ROS type announcement")), "{}", agent.log());
+    publish(broker.port, &[find("ros/agv-2/pose"), find("mqtt_client/ros_msg_type/ros/agv-1/say")]);
+    publish(broker.port, &[find("ros/agv-1/say")]);
+    // Well within the 60 s type_wait: nothing waits for a type that has come.
+    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM quarantine") == 1));
+    let reason: String = agent.db().query_row("SELECT reason FROM quarantine", [], |r| r.get(0)).unwrap();
+    assert!(reason.contains("PoseStamped.msg under ros.msg_path"), "{reason}");
+    assert!(!reason.contains("nothing came"), "{reason}");
+    assert!(!agent.log().contains("came before its type"), "{}", agent.log());
+    // The message behind it is not held up.
+    assert_eq!(ep.wait_for(1, LONG)[0].json()["type"], "robot.say");
+}

@@ -87,9 +87,10 @@ impl Router {
         self.ros.learn(type_topic, payload)
     }
 
-    /// A message of a `payload = "ros"` route whose type has not been announced yet.
+    /// A message of a `payload = "ros"` route whose type has not been announced yet (an
+    /// announcement that could not be used counts: its messages are quarantined at once).
     pub fn awaits_type(&self, topic: &str) -> bool {
-        self.route(topic).is_some_and(|r| r.payload == PayloadFormat::Ros) && !self.ros.knows(topic)
+        self.route(topic).is_some_and(|r| r.payload == PayloadFormat::Ros) && !self.ros.announced(topic)
     }
 
     /// The distinct topic filters to subscribe to.

@@ -221,7 +221,7 @@ impl Taker {
             }
             Ok(None) => {}
             Err(e) => tracing::warn!(type_topic = %printable(&publish.topic), reason = %printable(&e),
-                "Cannot use a ROS type announcement; messages of its topic are quarantined after ros.type_wait."),
+                "Cannot use a ROS type announcement; messages of its topic are quarantined with this reason."),
         }
         Inbound::Nothing
     }

@@ -33,20 +33,31 @@ pub struct TopicType {
     pub defs: Definitions,
 }
 
-/// The types learnt so far, by data topic.
+/// The most refused announcements remembered (their topics come off the wire).
+const REFUSED_MAX: usize = 1024;
+
+/// The types learnt so far, by data topic, and the announcements that could not be used.
 #[derive(Clone, Debug, Default)]
 pub struct RosTypes {
     known: Arc<RwLock<HashMap<String, Arc<TopicType>>>>,
+    /// Why a topic's announcement could not be used: its messages are quarantined with
+    /// that reason at once, instead of waiting for a type that has already come.
+    refused: Arc<RwLock<HashMap<String, String>>>,
     msg_path: Arc<Vec<PathBuf>>,
 }
 
 impl RosTypes {
     pub fn new(msg_path: Vec<PathBuf>) -> Self {
-        RosTypes { known: Arc::default(), msg_path: Arc::new(msg_path) }
+        RosTypes { known: Arc::default(), refused: Arc::default(), msg_path: Arc::new(msg_path) }
     }
 
     pub fn knows(&self, topic: &str) -> bool {
         self.known.read().map(|k| k.contains_key(topic)).unwrap_or(false)
+    }
+
+    /// Whether the topic's type was announced, usable or not: nothing more to wait for.
+    pub fn announced(&self, topic: &str) -> bool {
+        self.knows(topic) || self.refused.read().map(|r| r.contains_key(topic)).unwrap_or(false)
     }
 
     /// Reads a message from `mqtt_client/ros_msg_type/<topic>`. Returns the data topic
@@ -54,6 +65,25 @@ impl RosTypes {
     /// already known, or why it cannot be used.
     pub fn learn(&self, type_topic: &str, payload: &[u8]) -> Result<Option<(String, String)>, String> {
         let topic = type_topic.strip_prefix(TYPE_TOPIC_PREFIX).ok_or("not a type topic")?.to_string();
+        let learnt = self.read_announcement(&topic, payload);
+        if let Ok(mut refused) = self.refused.write() {
+            match &learnt {
+                Ok(_) => {
+                    refused.remove(&topic);
+                }
+                Err(reason) => {
+                    if refused.len() >= REFUSED_MAX {
+                        refused.clear();
+                    }
+                    refused.insert(topic, reason.clone());
+                }
+            }
+        }
+        learnt
+    }
+
+    fn read_announcement(&self, topic: &str, payload: &[u8]) -> Result<Option<(String, String)>, String> {
+        let topic = topic.to_string();
         let announced = announcement(payload)?;
         msgdef::check_type_name(&msgdef::short_name(&announced.name))?;
         if let Some(known) = self.known.read().ok().and_then(|k| k.get(&topic).cloned())
@@ -64,9 +94,10 @@ impl RosTypes {
             return Ok(None);
         }
         let defs = match announced.dialect {
-            Dialect::Ros1 => msgdef::parse_full(&announced.name, &announced.definition, Dialect::Ros1)?,
-            Dialect::Ros2 => self.load_ros2(&announced.name)?,
-        };
+            Dialect::Ros1 => msgdef::parse_full(&announced.name, &announced.definition, Dialect::Ros1),
+            Dialect::Ros2 => self.load_ros2(&announced.name),
+        }
+        .map_err(|e| format!("{} cannot be used: {e}", printable_name(&announced.name)))?;
         let name = announced.name.clone();
         let ty = TopicType { name: announced.name, stamped: announced.stamped, defs };
         if let Ok(mut k) = self.known.write() {
@@ -78,7 +109,10 @@ impl RosTypes {
     /// Decodes a message published on `topic` with the type learnt for it.
     pub fn decode(&self, topic: &str, payload: &[u8]) -> Result<Value, String> {
         let ty = self.known.read().ok().and_then(|k| k.get(topic).cloned()).ok_or_else(|| {
-            format!("no ROS type is known for this topic: nothing came on {TYPE_TOPIC_PREFIX}{topic}")
+            match self.refused.read().ok().and_then(|r| r.get(topic).cloned()) {
+                Some(reason) => format!("the type announced on {TYPE_TOPIC_PREFIX}{topic} is refused: {reason}"),
+                None => format!("no ROS type is known for this topic: nothing came on {TYPE_TOPIC_PREFIX}{topic}"),
+            }
         })?;
         let body = if ty.stamped {
             let skip = wire::stamp_len(ty.defs.dialect);
@@ -136,6 +170,11 @@ impl RosTypes {
             )),
         }
     }
+}
+
+/// A type name off the wire, as it may be shown (it was not checked yet when refused).
+fn printable_name(name: &str) -> String {
+    crate::text::printable(&name.chars().take(200).collect::<String>()).into_owned()
 }
 
 /// Largest `.msg` file read (the largest in a ROS 2 install is a few KiB).
