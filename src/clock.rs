@@ -1,4 +1,4 @@
-//! Clocks (DESIGN guarantee 7). Robots boot in 1970 or at the last saved time, and NTP
+//! Clocks (docs/decisions.md, "Clocks"). Robots boot in 1970 or at the last saved time, and NTP
 //! steps the wall clock later, by years, in either direction. So:
 //!
 //! - **The schedule clock** ([`sched_ms`]) decides everything that waits: retry times,

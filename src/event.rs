@@ -146,7 +146,7 @@ pub struct EnvelopeParts<'a> {
     pub data: &'a str,
     /// `created_ms` came from a clock not known good and could not be corrected: the
     /// envelope says what that clock was (`"timestamp_quality": "unsynced"` or `"wrong"`).
-    pub timestamp_quality: Option<crate::clock::Quality>,
+    pub timestamp_quality: Option<&'static str>,
 }
 
 /// The default body: `{"id","type","timestamp","device_id","delivery_id","data"}`.
@@ -161,7 +161,7 @@ pub fn envelope_body(p: &EnvelopeParts<'_>) -> String {
     push_json_str(&mut out, &rfc3339_ms(p.created_ms));
     if let Some(quality) = p.timestamp_quality {
         out.push_str(",\"timestamp_quality\":");
-        push_json_str(&mut out, quality.as_str());
+        push_json_str(&mut out, quality);
     }
     out.push_str(",\"device_id\":");
     push_json_str(&mut out, p.device_id);

@@ -106,7 +106,7 @@ pub struct StorageConfig {
     pub synchronous: Synchronous,
     pub audit_per_subscription: u64,
     /// How long an event may be attempted from memory before it must be stored (the
-    /// fast path, DESIGN guarantee 1); zero stores every event before its ack.
+    /// fast path: docs/decisions.md, "The fast path"); zero stores every event before its ack.
     #[serde(serialize_with = "ser_duration")]
     pub write_behind: Duration,
 }

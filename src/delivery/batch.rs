@@ -6,7 +6,7 @@
 //! make the same id: a retried batch keeps its id as long as it keeps its members, and a
 //! receiver that deduplicates by `webhook-id` never drops an event it has not seen.
 //! Members stay together across retries because a batch's result is recorded with one
-//! next-attempt time for all of them ([`super::attempt`]): deliveries that have been
+//! next-attempt time for all of them (the attempt decides it): deliveries that have been
 //! answered before (retry budget spent) only join others due at the same moment with
 //! the same priority, which are the rest of their batch. New deliveries fill batches
 //! freely, one priority per batch, in the order the lane fetched them.

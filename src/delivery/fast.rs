@@ -1,5 +1,5 @@
 //! The fast path's book: events taken from ingest to be delivered from memory, before
-//! anything is written (DESIGN §1, guarantees 1 and 6). No I/O: the dispatcher asks it
+//! anything is written (docs/decisions.md, "The fast path"). No I/O: the dispatcher asks it
 //! what to do and does it.
 //!
 //! # An event's life on the fast path

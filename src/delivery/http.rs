@@ -198,7 +198,7 @@ fn render(sub: &Subscription, due: &Due, now: SystemTime) -> format::Rendered {
         device_id: &due.device_id,
         delivery_id: &due.delivery_id,
         data: &due.data,
-        timestamp_quality,
+        timestamp_quality: timestamp_quality.map(crate::clock::Quality::as_str),
     };
     let opts = FormatOptions {
         summary: sub.summary.as_deref(),

@@ -28,13 +28,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// `sys_interval`); a broker that does not publish it is simply silent.
 pub const BROKER_DROPPED_TOPIC: &str = "$SYS/broker/publish/messages/dropped";
 
-/// What ingest holds taken but not yet acked (committed, or delivered from memory), in
-/// units of one message plus one per 4 KiB of its payload. At the bound the loop stops
-/// taking from the event loop, which stops reading the socket: TCP holds the broker
-/// back, and the acks of what has committed still go out. 4096 small messages, or 16 MiB
-/// of payloads; an MQTT 5 session also asks the broker for at most this many in flight
-/// (Receive Maximum). See docs/decisions.md, "Memory has a bound too".
-pub const HELD_MAX: u32 = 4096;
+pub use super::session::HELD_MAX;
 
 /// A message's share of [`HELD_MAX`].
 fn weight(payload_len: usize) -> u32 {

@@ -13,6 +13,14 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, Subscribe
 
 use crate::config::MqttConfig;
 
+/// What ingest holds taken but not yet acked (committed, or delivered from memory), in
+/// units of one message plus one per 4 KiB of its payload. At the bound the loop stops
+/// taking from the event loop, which stops reading the socket: TCP holds the broker
+/// back, and the acks of what has committed still go out. 4096 small messages, or 16 MiB
+/// of payloads; an MQTT 5 session also asks the broker for at most this many in flight
+/// (Receive Maximum). See docs/decisions.md, "Memory has a bound too".
+pub const HELD_MAX: u32 = 4096;
+
 /// 3.1.1: accept any message the protocol allows (256 MiB); a packet over the client's
 /// limit would break the connection and come back forever. Oversize payloads are
 /// quarantined.
@@ -21,7 +29,7 @@ const MAX_INCOMING_PACKET: usize = 268_435_455;
 const PACKET_OVERHEAD: u64 = 64 * 1024 + 1024;
 const MAX_OUTGOING_PACKET: usize = 1024 * 1024;
 /// Requests (acks, mostly) queued for the event loop. Larger than what ingest holds
-/// unacked (`mqtt::HELD_MAX`), so queuing the acks of everything held never waits on a
+/// unacked ([`HELD_MAX`]), so queuing the acks of everything held never waits on a
 /// driver that waits on ingest.
 const REQUEST_CAPACITY: usize = 16384;
 
@@ -124,7 +132,7 @@ pub fn open(cfg: &MqttConfig) -> std::io::Result<(Client, Driver)> {
             // The session outlives any stop: what arrives meanwhile waits at the broker.
             .set_session_expiry_interval(Some(u32::MAX))
             // Flow control: the broker sends at most what ingest holds unacked.
-            .set_receive_maximum(Some(super::mqtt::HELD_MAX as u16))
+            .set_receive_maximum(Some(HELD_MAX as u16))
             .set_request_channel_capacity(REQUEST_CAPACITY);
         if let Some((user, password)) = credentials {
             opts.set_credentials(user, password);

@@ -1,38 +1,20 @@
 //! What each status command does. Reads go to a fresh read-only connection on a blocking
 //! thread; changes go to the outbox writer or the dispatcher as messages.
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::context::{Context, internal};
 use super::{ErrorBody, Request};
 use crate::event::{NewDelivery, now_ms, rfc3339_ms, validate_event_type};
-use crate::live::{EndpointState, Live, MqttView, SharedLive};
+use crate::live::EndpointState;
 use crate::outbox::disk::{per_day, written_by_agent};
-use crate::outbox::query::{Reader, bytes_on_disk};
-use crate::outbox::{HoldState, NewEvent, Outbox, Repair};
+use crate::outbox::query::bytes_on_disk;
+use crate::outbox::{HoldState, NewEvent, Repair};
 
 /// How long `test` waits for the attempt's outcome.
 const TEST_WAIT: Duration = Duration::from_secs(30);
-
-/// Everything the handlers need of the running agent.
-pub struct Context {
-    pub outbox: Outbox,
-    pub mqtt: MqttView,
-    pub live: SharedLive,
-    pub started: Instant,
-    /// What ingest learnt of ROS types, for `quarantine release`.
-    pub ros_types: crate::ingest::ros::RosTypes,
-    /// Attempt durations, results and bytes, for `/metrics`.
-    pub metrics: crate::live::AttemptMetrics,
-    /// The link profile (`link metered`) and bytes sent per subscription.
-    pub link: crate::link::Link,
-}
-
-pub(super) fn internal(e: impl std::fmt::Display) -> ErrorBody {
-    ErrorBody::new("internal", e.to_string())
-}
 
 /// A duration from a request in milliseconds, saturating (`999999999years` is a valid
 /// humantime duration).
@@ -51,37 +33,6 @@ fn parse_time(s: &str, now_ms: i64) -> Result<i64, ErrorBody> {
 }
 
 impl Context {
-    /// The configuration-dependent parts as of now.
-    pub(super) fn live(&self) -> Result<Live, ErrorBody> {
-        self.live.read().map(|l| l.clone()).map_err(|_| internal("state lock poisoned"))
-    }
-
-    fn db_path(&self) -> PathBuf {
-        self.live().map(|l| l.config.storage.path.clone()).unwrap_or_default()
-    }
-
-    /// Says why each pending delivery waits, by the dispatcher's view of its endpoint.
-    fn explain_waits(&self, rows: &mut [crate::outbox::query::QueueRow]) {
-        let views = self.live.read().ok().and_then(|l| l.endpoints.lock().ok().map(|v| v.clone())).unwrap_or_default();
-        super::waits::explain(rows, &views, crate::clock::sched_ms(), crate::clock::to_wall_ms);
-    }
-
-    pub(super) async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Reader) -> rusqlite::Result<T> + Send + 'static,
-    ) -> Result<T, ErrorBody> {
-        let path = self.db_path();
-        tokio::task::spawn_blocking(move || {
-            let result = Reader::open(&path).and_then(|r| f(&r));
-            // A big listing can leave megabytes free but held by the allocator.
-            crate::memory::release_free_heap();
-            result
-        })
-        .await
-        .map_err(internal)?
-        .map_err(internal)
-    }
-
     fn known(&self, subscription: &str) -> Result<(), ErrorBody> {
         match self.live()?.config.subscription(subscription) {
             Some(_) => Ok(()),

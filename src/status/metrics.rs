@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::Request as StatusRequest;
-use super::handlers::Context;
+use super::context::Context;
 
 /// The content type of [`render`]'s text: Prometheus's text format, which Prometheus,
 /// `promtool` and node_exporter's textfile collector all read.

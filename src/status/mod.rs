@@ -16,6 +16,7 @@
 //! own user and members of its group (checked with SO_PEERCRED).
 
 pub mod client;
+mod context;
 mod handlers;
 pub mod metrics;
 mod quarantine;
@@ -26,7 +27,7 @@ mod waits;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use handlers::Context;
+pub use context::Context;
 pub use server::{bind, serve};
 
 /// Longest request line accepted.

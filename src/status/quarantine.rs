@@ -5,7 +5,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
 use super::ErrorBody;
-use super::handlers::{Context, internal};
+use super::context::{Context, internal};
 use crate::clock::{sched_ms, to_wall_ms};
 use crate::event::rfc3339_ms;
 use crate::ingest::Router;

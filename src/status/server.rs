@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::handlers::Context;
+use super::context::Context;
 use super::{ErrorBody, MAX_LINE, Request, error_line, ok_line, parse_unique};
 
 /// Clients served at once; more get a `busy` error.
