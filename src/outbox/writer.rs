@@ -13,7 +13,6 @@
 //! The watchdog beat means progress: the loop beats after a commit, when idle, and while
 //! waiting on a full filesystem (reported at ERROR), never while its commits keep failing.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -26,13 +25,15 @@ use super::disk::{Disk, RealDisk};
 use super::fastlog::FastLog;
 use super::space::{Budget, HIGH, RETENTION_MS};
 use super::store::Store;
-use super::{Command, Inbound, Outbox, OutboxError, Read, Repaired, Write};
+use super::{Command, Inbound, Outbox, OutboxError, Read, Write};
 use crate::clock::sched_ms;
 use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::health::{Beat, Wedge};
+use batching::{Applied, Pending, Turn, Upkeep};
 
 mod admission;
 mod apply;
+mod batching;
 mod fast;
 mod losses;
 mod room;
@@ -92,108 +93,6 @@ impl WriterThread {
     pub fn join(mut self) {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
-        }
-    }
-}
-
-/// Writes waiting for the next transaction, and until when they may wait for company.
-#[derive(Default)]
-struct Pending {
-    writes: Vec<Write>,
-    /// When the first of `writes` came.
-    since: Option<Instant>,
-}
-
-impl Pending {
-    /// Until when the held writes may wait for a commit to share: results nobody waits
-    /// on a few milliseconds, offline probes' as long as unhurried ingest.
-    fn until(&self) -> Option<Instant> {
-        let linger = if self.writes.iter().all(Write::unhurried) { UNHURRIED_LINGER } else { RECORD_LINGER };
-        self.since.map(|since| since + linger)
-    }
-}
-
-/// Work that rides along with commits: expiry sweeps, audit trimming, housekeeping.
-struct Upkeep {
-    audit_per_subscription: u64,
-    audit_added: HashMap<String, u64>,
-    housekeeping_at: Instant,
-    /// Subscriptions whose due deliveries were read since the last commit: their expiry
-    /// sweep runs in the next transaction.
-    to_sweep: Vec<String>,
-    /// Messages committed, or delivered from memory and handed over, since the heap was
-    /// last handed back (see `release_heap_after_burst`).
-    ingested_since_release: usize,
-}
-
-impl Upkeep {
-    fn new(audit_per_subscription: u64) -> Upkeep {
-        Upkeep {
-            audit_per_subscription,
-            audit_added: HashMap::new(),
-            housekeeping_at: Instant::now() + HOUSEKEEPING,
-            to_sweep: Vec::new(),
-            ingested_since_release: 0,
-        }
-    }
-
-    fn sweep_later(&mut self, subscription: String) {
-        if !self.to_sweep.contains(&subscription) {
-            self.to_sweep.push(subscription);
-        }
-    }
-}
-
-/// What a write did, answered once its transaction commits.
-enum Applied {
-    Recorded,
-    Repaired(Repaired),
-    Emitted(Vec<String>),
-    Held,
-}
-
-/// How a turn of the loop went, for the watchdog.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Turn {
-    /// Committed, or had nothing to commit.
-    Progress,
-    /// Waiting on the environment (a full filesystem), reported.
-    Waiting,
-    /// Commits keep failing.
-    Failing,
-}
-
-impl Write {
-    /// Results nobody waits on may be held for a shared commit; everything else goes now.
-    fn may_wait(&self) -> bool {
-        matches!(self, Write::Record { urgent: false, .. })
-    }
-
-    /// Offline probes' results: nobody waits on them, and while the endpoint is away
-    /// they may wait as long as unhurried ingest for a commit to share.
-    fn unhurried(&self) -> bool {
-        match self {
-            Write::Record { urgent: false, records, .. } => {
-                records.iter().all(|r| matches!(r.next, super::NextState::Retry { charge: false, .. }))
-            }
-            _ => false,
-        }
-    }
-
-    fn weight(&self) -> usize {
-        match self {
-            Write::Record { records, .. } => records.len(),
-            _ => 1,
-        }
-    }
-
-    fn settle(self, applied: Applied) {
-        match (self, applied) {
-            (Write::Record { reply, .. }, Applied::Recorded) => drop(reply.send(())),
-            (Write::Repair { reply, .. }, Applied::Repaired(r)) => drop(reply.send(r)),
-            (Write::Emit { reply, .. }, Applied::Emitted(ids)) => drop(reply.send(ids)),
-            (Write::Hold { reply, .. }, Applied::Held) => drop(reply.send(())),
-            _ => {}
         }
     }
 }

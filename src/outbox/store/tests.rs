@@ -1,7 +1,7 @@
 use super::*;
 use crate::config::StorageConfig;
 use crate::event::Priority;
-use crate::outbox::{AuditRow, NewDelivery, Terminal, content_key};
+use crate::outbox::{AttemptRecord, AuditRow, FastDone, NewDelivery, NextState, Terminal, content_key};
 
 fn store(dir: &tempfile::TempDir) -> Store {
     let cfg = StorageConfig::for_tests(dir.path().join("outbox.db"));
