@@ -2,6 +2,7 @@
 # A release build of fleethook for a robot, on a Debian machine: installs the rustup
 # target and Debian's cross compiler when they are missing, then builds.
 #
+#   cross/build.sh x86_64-unknown-linux-gnu        # x86_64, glibc >= 2.34 (the amd64 package)
 #   cross/build.sh aarch64-unknown-linux-gnu       # 64-bit ARM, glibc >= 2.34 on the robot
 #   cross/build.sh armv7-unknown-linux-gnueabihf   # 32-bit ARM (hard float)
 #   cross/build.sh aarch64-unknown-linux-musl      # 64-bit ARM, static: runs on any Linux
@@ -22,6 +23,11 @@ WRAPDIR=$(mktemp -d)
 trap 'rm -rf "$WRAPDIR"' EXIT
 
 case "$TARGET" in
+x86_64-unknown-linux-gnu)
+    # The build machine's own architecture, built like the cross targets (no demo
+    # broker, its own target directory) for the amd64 package.
+    need gcc
+    CC=cc; LINKER=cc ;;
 aarch64-unknown-linux-gnu)
     need gcc-aarch64-linux-gnu; need libc6-dev-arm64-cross
     CC=aarch64-linux-gnu-gcc; LINKER=aarch64-linux-gnu-gcc ;;

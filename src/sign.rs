@@ -1,4 +1,4 @@
-//! Signing and verifying webhooks, every scheme the README lists. Pure functions, tested
+//! Signing and verifying webhooks, every scheme docs/receivers.md lists. Pure functions, tested
 //! against fixed vectors (including the Standard Webhooks spec's published example).
 //!
 //! Receivers in Rust can call [`verify`] directly:

@@ -1,7 +1,9 @@
-//! The typed configuration (README "Configuration"): defaults, validation, and errors that name the
+//! The typed configuration (docs/configuration.md): defaults, validation, and errors that name the
 //! file, the line and the key. Loaded once in `main` and passed down; never a global.
 
 mod build;
+#[cfg(test)]
+mod docs_tests;
 pub use build::auth::{Auth, OAuth2};
 pub use build::batch::{Batch, BatchFormat};
 pub use build::link::{Hold, LinkConfig, MeteredProfile, MeteredSubscription};

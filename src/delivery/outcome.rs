@@ -1,4 +1,4 @@
-//! What an attempt's result means (the README's delivery rules). Pure: the rule table as a function.
+//! What an attempt's result means (docs/receivers.md, "What the agent does with your answers"). Pure: the rule table as a function.
 
 use std::time::{Duration, SystemTime};
 
