@@ -301,7 +301,9 @@ fn build_delivery(raw: &super::raw::RawDelivery, dp: KeyPath, issues: &mut Issue
             dp.key("offline_probe_max"),
             raw.offline_probe_max.as_ref(),
             duration_in(range::PROBE_MAX),
-            Duration::from_secs(60),
+            // 1000 robots probing one endpoint every 5 s: about 200 connections a second
+            // (docs/decisions.md, "A fleet comes back").
+            Duration::from_secs(5),
         ),
         shutdown_grace: opt(
             issues,

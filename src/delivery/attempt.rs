@@ -34,6 +34,13 @@ pub struct Done {
     pub skew: Option<Option<String>>,
 }
 
+impl Done {
+    /// How long the attempt took, as its audit row says.
+    pub fn took(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::try_from(self.record.audit.duration_ms).unwrap_or(0))
+    }
+}
+
 /// One attempt of one delivery, run as its own task.
 pub struct Attempt {
     pub lane: usize,
@@ -220,6 +227,16 @@ impl Attempt {
     /// the endpoint refuses the first with a 401; compressed, and once more uncompressed
     /// (from then on) if the endpoint refuses that with a 415.
     async fn send(&self, what: Request<'_>) -> http::Sent {
+        // Offline: knock first. A refused connection costs the endpoint nothing more,
+        // and no request is made until it answers.
+        if self.probe
+            && let Some((host, port)) = &self.client.probe_at
+        {
+            let started = std::time::Instant::now();
+            if let Err(error) = http::connect_probe(host, *port, self.sub.connect_timeout).await {
+                return http::Sent { error: Some(error), duration: started.elapsed(), ..Default::default() };
+            }
+        }
         let mut token = None;
         if let Some(tokens) = &self.client.token {
             match tokens.token().await {

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::outcome::Verdict;
 use super::schedule::probe_delay;
+use super::window::{Signal, Window};
 use crate::config::RateLimit;
 
 /// After this many 5xx or timeouts in a row an endpoint gets one request at a time.
@@ -20,6 +21,10 @@ pub struct Endpoint {
     consecutive_errors: u32,
     probe_max: Duration,
     bucket: Option<TokenBucket>,
+    /// How many may be in flight while it answers (see `window`).
+    window: Window,
+    /// A 429 or 503 with `Retry-After` holds the whole subscription until then.
+    held_until: Option<Instant>,
 }
 
 impl Endpoint {
@@ -31,12 +36,20 @@ impl Endpoint {
             consecutive_errors: 0,
             probe_max,
             bucket: rate.map(TokenBucket::new),
+            window: Window::default(),
+            held_until: None,
         }
     }
 
     /// How many more requests may start now, given `in_flight` and the per-subscription
     /// `limit`; and if none, when to look again (None: on the next completion or wake).
     pub fn capacity(&mut self, now: Instant, in_flight: usize, limit: usize) -> (usize, Option<Instant>) {
+        if let State::Paused | State::Gone | State::Clock = self.state {
+            return (0, None);
+        }
+        if let Some(until) = self.held_until.filter(|&u| u > now) {
+            return (0, Some(until));
+        }
         let by_state = match self.state {
             State::Paused | State::Gone | State::Clock => return (0, None),
             State::Offline | State::Tls => match self.probe_at {
@@ -46,7 +59,7 @@ impl Endpoint {
                 _ => 1,
             },
             State::Degraded => 1usize.saturating_sub(in_flight),
-            State::Online => limit.saturating_sub(in_flight),
+            State::Online => self.window.allows(limit).saturating_sub(in_flight),
         };
         match &mut self.bucket {
             Some(b) if by_state > 0 => {
@@ -65,10 +78,29 @@ impl Endpoint {
     }
 
     /// Learns from one attempt's verdict; `status` is the HTTP status if there was one,
-    /// `probe` whether the attempt was sent as an offline probe.
-    pub fn observe(&mut self, verdict: &Verdict, status: Option<u16>, probe: bool, now: Instant, jitter_unit: f64) {
+    /// `probe` whether the attempt was sent as an offline probe, `took` how long it took,
+    /// `limit` the subscription's `max_in_flight`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn observe(
+        &mut self,
+        verdict: &Verdict,
+        status: Option<u16>,
+        probe: bool,
+        took: Duration,
+        limit: usize,
+        now: Instant,
+        jitter_unit: f64,
+    ) {
         if matches!(self.state, State::Paused | State::Gone) {
             return;
+        }
+        let was_away = matches!(self.state, State::Offline | State::Tls);
+        self.window.learn(signal(verdict, status, took), limit);
+        if let (Verdict::Retry { after: Some(after), .. }, Some(429 | 503)) = (verdict, status) {
+            // Jitter on top, so that a fleet told the same `Retry-After` does not come
+            // back in the same second.
+            let until = now + *after + after.mul_f64(0.2 * jitter_unit.clamp(0.0, 1.0));
+            self.held_until = Some(self.held_until.map_or(until, |h| h.max(until)));
         }
         match verdict {
             Verdict::Offline { tls, .. } => {
@@ -84,6 +116,9 @@ impl Endpoint {
             Verdict::Failed { gone: true, .. } => self.state = State::Gone,
             _ => {
                 // Any HTTP answer means the endpoint is reachable again.
+                if was_away {
+                    self.window.restart();
+                }
                 self.failed_probes = 0;
                 self.probe_at = None;
                 // A 5xx, or a timeout after connect (a retry without an answer): both
@@ -118,6 +153,21 @@ impl Endpoint {
 
     pub fn next_probe(&self) -> Option<Instant> {
         self.probe_at
+    }
+
+    /// Until when a `Retry-After` holds the subscription, if it still does.
+    pub fn held_until(&self, now: Instant) -> Option<Instant> {
+        self.held_until.filter(|&u| u > now)
+    }
+}
+
+/// What an attempt's outcome says about the endpoint's load.
+fn signal(verdict: &Verdict, status: Option<u16>, took: Duration) -> Signal {
+    match (verdict, status) {
+        (Verdict::Delivered, _) => Signal::Answered(took),
+        (_, Some(429 | 503)) => Signal::Overloaded,
+        (Verdict::Retry { .. }, None) => Signal::TimedOut,
+        _ => Signal::Neutral,
     }
 }
 
@@ -160,6 +210,8 @@ impl TokenBucket {
 mod tests {
     use super::*;
 
+    const MS: Duration = Duration::from_millis(1);
+
     fn offline() -> Verdict {
         Verdict::Offline { reason: "connect".into(), tls: false }
     }
@@ -169,18 +221,18 @@ mod tests {
         let t0 = Instant::now();
         let mut e = Endpoint::new(Duration::from_secs(60), None, true);
         assert_eq!(e.capacity(t0, 0, 8).0, 8);
-        e.observe(&offline(), None, false, t0, 0.5);
-        e.observe(&offline(), None, false, t0, 0.5);
+        e.observe(&offline(), None, false, MS, 8, t0, 0.5);
+        e.observe(&offline(), None, false, MS, 8, t0, 0.5);
         assert_eq!(e.state, State::Offline);
         let (n, wake) = e.capacity(t0, 0, 8);
         assert_eq!((n, wake), (0, Some(t0 + Duration::from_secs(1))));
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(e.capacity(t1, 0, 8).0, 1);
         assert_eq!(e.capacity(t1, 1, 8).0, 0, "only one probe in flight");
-        e.observe(&offline(), None, true, t1, 0.5);
+        e.observe(&offline(), None, true, MS, 8, t1, 0.5);
         assert_eq!(e.next_probe(), Some(t1 + Duration::from_secs(2)));
-        e.observe(&Verdict::Delivered, Some(200), true, t1, 0.5);
-        assert_eq!((e.state, e.capacity(t1, 0, 8).0), (State::Online, 8));
+        e.observe(&Verdict::Delivered, Some(200), true, MS, 8, t1, 0.5);
+        assert_eq!((e.state, e.capacity(t1, 0, 8).0), (State::Online, 2), "back with a small window");
     }
 
     #[test]
@@ -189,15 +241,15 @@ mod tests {
         let mut e = Endpoint::new(Duration::from_secs(60), None, true);
         let retry = Verdict::Retry { after: None, reason: "HTTP 503".into() };
         for _ in 0..DEGRADED_AFTER {
-            e.observe(&retry, Some(503), false, t, 0.5);
+            e.observe(&retry, Some(503), false, MS, 8, t, 0.5);
         }
         assert_eq!((e.state, e.capacity(t, 0, 8).0), (State::Degraded, 1));
-        e.observe(&Verdict::Delivered, Some(200), false, t, 0.5);
+        e.observe(&Verdict::Delivered, Some(200), false, MS, 8, t, 0.5);
         assert_eq!(e.state, State::Online);
         // Timeouts after connect count the same: a hanging endpoint gets one at a time.
         let timeout = Verdict::Retry { after: None, reason: "operation timed out".into() };
         for _ in 0..DEGRADED_AFTER {
-            e.observe(&timeout, None, false, t, 0.5);
+            e.observe(&timeout, None, false, MS, 8, t, 0.5);
         }
         assert_eq!(e.state, State::Degraded);
     }
@@ -206,7 +258,7 @@ mod tests {
     fn gone_and_paused_send_nothing() {
         let t = Instant::now();
         let mut e = Endpoint::new(Duration::from_secs(60), None, true);
-        e.observe(&Verdict::Failed { reason: "410".into(), gone: true }, Some(410), false, t, 0.5);
+        e.observe(&Verdict::Failed { reason: "410".into(), gone: true }, Some(410), false, MS, 8, t, 0.5);
         assert_eq!((e.state, e.capacity(t, 0, 8).0), (State::Gone, 0));
         e.resume();
         assert_eq!(e.state, State::Online);
@@ -223,5 +275,21 @@ mod tests {
         let (n, wake) = e.capacity(t, 0, 8);
         assert_eq!(n, 0);
         assert!(wake.unwrap() > t);
+    }
+
+    #[test]
+    fn retry_after_holds_the_whole_subscription_with_jitter_on_top() {
+        let t = Instant::now();
+        let mut e = Endpoint::new(Duration::from_secs(5), None, true);
+        let busy = Verdict::Retry { after: Some(Duration::from_secs(5)), reason: "HTTP 503".into() };
+        e.observe(&busy, Some(503), false, MS, 8, t, 1.0);
+        let until = t + Duration::from_secs(6);
+        assert_eq!(e.capacity(t, 0, 8), (0, Some(until)), "5 s and 20 % of it");
+        assert_eq!(e.capacity(t + Duration::from_secs(5), 0, 8).0, 0, "nothing inside the Retry-After");
+        assert_eq!(e.capacity(until, 0, 8).0, 1, "then one at a time: the window dropped to one");
+        // A 429 without Retry-After holds nothing, but shrinks the window.
+        let mut e = Endpoint::new(Duration::from_secs(5), None, true);
+        e.observe(&Verdict::Retry { after: None, reason: "HTTP 429".into() }, Some(429), false, MS, 8, t, 0.5);
+        assert_eq!(e.capacity(t, 0, 8), (1, None));
     }
 }

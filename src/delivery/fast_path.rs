@@ -82,9 +82,10 @@ impl Dispatcher {
     /// A fast attempt finished. Returns the record to commit with the wave when its job
     /// was stored meanwhile; otherwise the book takes the result.
     pub(super) fn finish_fast(&mut self, done: Done, persists: &mut JoinSet<(u64, bool)>) -> Option<AttemptRecord> {
+        let took = done.took();
         let r = done.fast?;
         if let Some(lane) = self.lanes.get_mut(done.lane) {
-            lane.fast_finished(&done.verdict, done.status, Instant::now());
+            lane.fast_finished(&done.verdict, done.status, took, Instant::now());
             // Nothing was paid at start: the fast path runs only where nothing limits it.
             lane.paid(done.sent_bytes, 0, &mut self.link);
         }

@@ -44,6 +44,9 @@ pub struct Client {
     /// The subscription's `compression` still applies: an endpoint that answers 415 to a
     /// compressed body turns it off until the client is built again (restart, reload).
     pub compress: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Where an offline probe connects before it sends anything: the endpoint's host and
+    /// port, when no proxy stands between (a proxy accepts whether the endpoint is up).
+    pub probe_at: Option<(String, u16)>,
 }
 
 /// The client of one subscription; an OAuth2 token endpoint is reached with the same
@@ -57,7 +60,38 @@ pub fn client(sub: &Subscription) -> Result<Client, ClientError> {
         _ => None,
     };
     let compress = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(sub.compression.is_some()));
-    Ok(Client { http, token, compress })
+    Ok(Client { http, token, compress, probe_at: probe_address(sub) })
+}
+
+/// See [`Client::probe_at`]: none through a proxy, set in the config or the environment.
+fn probe_address(sub: &Subscription) -> Option<(String, u16)> {
+    let direct = match &sub.proxy {
+        Some(crate::config::Proxy::Direct) => true,
+        Some(crate::config::Proxy::Via(_)) => false,
+        None => ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]
+            .iter()
+            .all(|v| std::env::var_os(v).is_none_or(|s| s.is_empty())),
+    };
+    let url = &sub.url_full.0;
+    let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_string();
+    direct.then(|| (host, url.port_or_known_default().unwrap_or(443)))
+}
+
+/// An offline probe that costs the endpoint a TCP connection and nothing more: connect,
+/// then hang up. Only when it connects does the real request follow.
+pub async fn connect_probe(host: &str, port: u16, timeout: Duration) -> Result<(), (TransportError, String)> {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await {
+        Ok(Ok(_stream)) => Ok(()),
+        Ok(Err(e)) => {
+            let kind = match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput => TransportError::Dns,
+                _ if e.to_string().contains("lookup") || e.to_string().contains("resolve") => TransportError::Dns,
+                _ => TransportError::Connect,
+            };
+            Err((kind, format!("connect probe: {e}")))
+        }
+        Err(_) => Err((TransportError::ConnectTimeout, format!("connect probe: no connection within {timeout:?}"))),
+    }
 }
 
 /// The HTTP client of one subscription: its timeouts, its extra CA, no redirects.

@@ -360,7 +360,15 @@ impl Lane {
 
     /// An attempt finished: its slot is free, it is recording until its result is on
     /// disk, and the endpoint learns from its verdict.
-    pub fn finished(&mut self, seqs: &[i64], verdict: &Verdict, status: Option<u16>, probe: bool, now: Instant) {
+    pub fn finished(
+        &mut self,
+        seqs: &[i64],
+        verdict: &Verdict,
+        status: Option<u16>,
+        probe: bool,
+        took: Duration,
+        now: Instant,
+    ) {
         for seq in seqs {
             self.in_flight.remove(seq);
             self.recording.insert(*seq);
@@ -369,12 +377,20 @@ impl Lane {
             self.batches = self.batches.saturating_sub(1);
         }
         self.dirty = true;
-        self.observe(verdict, status, probe, now);
+        self.observe(verdict, status, probe, took, now);
     }
 
-    fn observe(&mut self, verdict: &Verdict, status: Option<u16>, probe: bool, now: Instant) {
+    pub(super) fn observe(
+        &mut self,
+        verdict: &Verdict,
+        status: Option<u16>,
+        probe: bool,
+        took: Duration,
+        now: Instant,
+    ) {
         let before = self.endpoint.state;
-        self.endpoint.observe(verdict, status, probe, now, fastrand::f64());
+        let limit = if self.is_fifo() { 1 } else { self.sub.max_in_flight };
+        self.endpoint.observe(verdict, status, probe, took, limit, now, fastrand::f64());
         self.say_state_change(before, verdict);
         self.last_status = status.or(self.last_status);
         self.last_error = match verdict {

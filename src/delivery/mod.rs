@@ -18,6 +18,7 @@ pub mod outcome;
 pub mod schedule;
 mod share;
 mod token;
+mod window;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -405,7 +406,7 @@ impl Dispatcher {
         let Some(lane) = self.lanes.get_mut(done.lane) else { return };
         lane.paid(done.sent_bytes, done.estimate, &mut self.link);
         let seqs: Vec<i64> = std::iter::once(done.seq).chain(done.rest.iter().map(|(seq, _)| *seq)).collect();
-        lane.finished(&seqs, &done.verdict, done.status, done.probe, Instant::now());
+        lane.finished(&seqs, &done.verdict, done.status, done.probe, done.took(), Instant::now());
         self.after_attempt(done.lane, &done.verdict, done.skew.clone());
     }
 

@@ -37,6 +37,7 @@ impl Lane {
     /// Nothing sent to this lane now would be answered: offline, paused or gone.
     pub fn unreachable(&self) -> bool {
         matches!(self.endpoint.state, State::Offline | State::Tls | State::Paused | State::Gone)
+            || self.endpoint.held_until(Instant::now()).is_some()
     }
 
     /// Takes a fast-path delivery; it starts when a slot is free.
@@ -70,10 +71,10 @@ impl Lane {
 
     /// A fast attempt finished: its slot is free, and the endpoint learns from it. Its
     /// id stays known until [`Lane::fast_settled`].
-    pub fn fast_finished(&mut self, verdict: &Verdict, status: Option<u16>, now: Instant) {
+    pub fn fast_finished(&mut self, verdict: &Verdict, status: Option<u16>, took: std::time::Duration, now: Instant) {
         self.fast_in_flight = self.fast_in_flight.saturating_sub(1);
         self.dirty = true;
-        self.observe(verdict, status, false, now);
+        self.observe(verdict, status, false, took, now);
     }
 
     /// A fast delivery is settled (delivered from memory, or its result committed): its

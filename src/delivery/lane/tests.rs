@@ -19,7 +19,12 @@ fn lane(extra: &str) -> Lane {
     let sub = config.subscriptions[0].clone();
     Lane::new(
         sub,
-        super::super::http::Client { http: reqwest::Client::new(), token: None, compress: Default::default() },
+        super::super::http::Client {
+            http: reqwest::Client::new(),
+            token: None,
+            compress: Default::default(),
+            probe_at: None,
+        },
         Endpoint::new(Duration::from_secs(60), None, true),
     )
 }
@@ -107,7 +112,7 @@ fn what_was_released_during_a_fetch_is_skipped_from_its_answer() {
     l.poke();
     let fetch = l.next_starts(now, 32).unwrap().fetch.expect("poked: fetch again");
     assert_eq!(fetch.skip, [1], "in flight: the outbox leaves it out");
-    l.finished(&[1], &Verdict::Delivered, Some(200), false, now);
+    l.finished(&[1], &Verdict::Delivered, Some(200), false, Duration::from_millis(1), now);
     l.release(1, false);
     // The answer was read before the commit and still shows 1 as due.
     l.fetched(batch(&[1, 2]), fetch.asked);
@@ -125,7 +130,7 @@ fn a_fast_delivery_settled_during_a_fetch_is_skipped_from_its_answer() {
     l.poke();
     let fetch = l.next_starts(now, 32).unwrap().fetch.expect("poked: fetch again");
     // It lands and its result commits while the fetch is out…
-    l.fast_finished(&Verdict::Delivered, Some(200), now);
+    l.fast_finished(&Verdict::Delivered, Some(200), Duration::from_millis(1), now);
     l.fast_settled("d7", false);
     // …whose answer was read before that commit and still shows row 7 due.
     l.fetched(batch(&[7, 8]), fetch.asked);
@@ -153,7 +158,14 @@ fn a_fifo_lane_waits_for_its_head_to_be_recorded() {
     assert_eq!((fetch.asked, fetch.fifo), (1, true));
     l.fetched(batch(&[1]), fetch.asked);
     assert_eq!(started(&l.next_starts(now, 32).unwrap()), [1]);
-    l.finished(&[1], &Verdict::Retry { after: None, reason: "503".into() }, Some(503), false, now);
+    l.finished(
+        &[1],
+        &Verdict::Retry { after: None, reason: "503".into() },
+        Some(503),
+        false,
+        Duration::from_millis(1),
+        now,
+    );
     let s = l.next_starts(now, 32).unwrap();
     assert!(s.due.is_empty() && s.fetch.is_none(), "the head is recording: nothing behind it may go");
     l.release(1, true);
