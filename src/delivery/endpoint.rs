@@ -94,7 +94,11 @@ impl Endpoint {
         if matches!(self.state, State::Paused | State::Gone) {
             return;
         }
-        let was_away = matches!(self.state, State::Offline | State::Tls);
+        // An answer after being unreachable: the window starts small, then learns from it.
+        let answered = !matches!(verdict, Verdict::Offline { .. } | Verdict::Failed { gone: true, .. });
+        if answered && matches!(self.state, State::Offline | State::Tls) {
+            self.window.restart();
+        }
         self.window.learn(signal(verdict, status, took), limit);
         if let (Verdict::Retry { after: Some(after), .. }, Some(429 | 503)) = (verdict, status) {
             // Jitter on top, so that a fleet told the same `Retry-After` does not come
@@ -116,9 +120,6 @@ impl Endpoint {
             Verdict::Failed { gone: true, .. } => self.state = State::Gone,
             _ => {
                 // Any HTTP answer means the endpoint is reachable again.
-                if was_away {
-                    self.window.restart();
-                }
                 self.failed_probes = 0;
                 self.probe_at = None;
                 // A 5xx, or a timeout after connect (a retry without an answer): both
@@ -232,7 +233,11 @@ mod tests {
         e.observe(&offline(), None, true, MS, 8, t1, 0.5);
         assert_eq!(e.next_probe(), Some(t1 + Duration::from_secs(2)));
         e.observe(&Verdict::Delivered, Some(200), true, MS, 8, t1, 0.5);
-        assert_eq!((e.state, e.capacity(t1, 0, 8).0), (State::Online, 2), "back with a small window");
+        assert_eq!(
+            (e.state, e.capacity(t1, 0, 8).0),
+            (State::Online, 3),
+            "back with a small window: 2, +1 for this answer"
+        );
     }
 
     #[test]
@@ -291,5 +296,15 @@ mod tests {
         let mut e = Endpoint::new(Duration::from_secs(5), None, true);
         e.observe(&Verdict::Retry { after: None, reason: "HTTP 429".into() }, Some(429), false, MS, 8, t, 0.5);
         assert_eq!(e.capacity(t, 0, 8), (1, None));
+    }
+
+    #[test]
+    fn a_503_to_the_probe_that_finds_the_endpoint_back_leaves_one_at_a_time() {
+        let t = Instant::now();
+        let mut e = Endpoint::new(Duration::from_secs(5), None, true);
+        e.observe(&offline(), None, false, MS, 8, t, 0.5);
+        let busy = Verdict::Retry { after: None, reason: "HTTP 503".into() };
+        e.observe(&busy, Some(503), true, MS, 8, t, 0.5);
+        assert_eq!((e.state, e.capacity(t, 0, 8).0), (State::Online, 1));
     }
 }
