@@ -78,6 +78,9 @@ pub struct EndpointView {
     /// below it wait for the reason in `held`.
     #[serde(skip)]
     pub sends_up_to: i64,
+    /// A `Retry-After` from the endpoint holds the whole subscription for now.
+    #[serde(skip)]
+    pub retry_after_hold: bool,
 }
 
 pub type EndpointViews = Arc<Mutex<Vec<EndpointView>>>;

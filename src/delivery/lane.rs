@@ -503,6 +503,7 @@ impl Lane {
             max_rate: self.budget.max_rate(),
             held: self.held_words(),
             sends_up_to: self.lowest,
+            retry_after_hold: self.endpoint.held_until(Instant::now()).is_some(),
             next_attempt_at_ms: self
                 .endpoint
                 .next_probe()

@@ -28,6 +28,9 @@ fn why(row: &QueueRow, view: &EndpointView, due: bool) -> Option<String> {
         EndpointState::Offline => "the endpoint cannot be reached; it is probed with backoff, no retry spent",
         EndpointState::Tls => "the endpoint's certificate does not verify; probed with backoff, no retry spent",
         EndpointState::Clock => "the wall clock is not synced and the signature carries a timestamp (clock_policy)",
+        EndpointState::Online | EndpointState::Degraded if view.retry_after_hold => {
+            "the endpoint answered 429/503 with Retry-After: the whole subscription waits until then"
+        }
         EndpointState::Online | EndpointState::Degraded if row.priority > view.sends_up_to => {
             return view.held.clone().or_else(|| Some("its priority waits".into()));
         }
@@ -75,6 +78,7 @@ mod tests {
             max_rate: None,
             held: held.map(str::to_string),
             sends_up_to,
+            retry_after_hold: false,
         }
     }
 
@@ -101,5 +105,8 @@ mod tests {
         assert!(said(row(0, 5), view(EndpointState::Paused, 2, None), 10).0.unwrap().contains("paused"));
         assert!(said(row(0, 5), view(EndpointState::Tls, 2, None), 10).0.unwrap().contains("certificate"));
         assert_eq!(said(row(0, 50), view(EndpointState::Online, 2, None), 10).0, None, "its own retry time");
+        let mut held = view(EndpointState::Online, 2, None);
+        held.retry_after_hold = true;
+        assert!(said(row(0, 5), held, 10).0.unwrap().contains("Retry-After"));
     }
 }
