@@ -203,13 +203,18 @@ def report(endpoint, back, total, args):
     for t, *_ in reqs:
         per_second[int(t - back)] = per_second.get(int(t - back), 0) + 1
     busy = [r for r in reqs if r[3] == 503]
-    inside = 0
+    # A request that arrives within a second of the 503 was already on its way (the agent
+    # keeps up to its window in flight); one later and inside the 5 s was sent inside it.
+    inside = in_flight = 0
     held = {}
     for t, device, _, status in reqs:
-        if device in held and t < held[device]:
-            inside += 1
-        if status == 503:
-            held[device] = max(held.get(device, 0), t + 5.0)
+        if device in held and held[device][0] < t < held[device][1]:
+            if t - held[device][0] <= 1.0:
+                in_flight += 1
+            else:
+                inside += 1
+        if status == 503 and (device not in held or t >= held[device][1]):
+            held[device] = (t, t + 5.0)
     drained = (ok[-1][0] - back) if ok else float("nan")
     print(f"fleet: {args.agents} agents x {args.events} events, outage {args.outage:.0f} s, "
           f"capacity {args.capacity or 'unlimited'} req/s, {os.path.basename(args.binary)}")
@@ -219,7 +224,8 @@ def report(endpoint, back, total, args):
     print(f"fleet: delivered {delivered} of {total}, duplicates {len(ok) - delivered}, drained {drained:.1f} s after the return")
     print(f"fleet: peak {max(per_second.values(), default=0)} requests/s, peak {endpoint.peak_open} connections open")
     share = 100.0 * len(busy) / len(reqs) if reqs else 0.0
-    print(f"fleet: 503 answers {len(busy)} ({share:.1f} % of {len(reqs)} requests), requests inside a Retry-After {inside}")
+    print(f"fleet: 503 answers {len(busy)} ({share:.1f} % of {len(reqs)} requests), requests sent inside a Retry-After {inside} "
+          f"(and {in_flight} already in flight when it was given)")
 
 
 if __name__ == "__main__":
