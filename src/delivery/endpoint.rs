@@ -44,10 +44,8 @@ impl Endpoint {
     /// How many more requests may start now, given `in_flight` and the per-subscription
     /// `limit`; and if none, when to look again (None: on the next completion or wake).
     pub fn capacity(&mut self, now: Instant, in_flight: usize, limit: usize) -> (usize, Option<Instant>) {
-        if let State::Paused | State::Gone | State::Clock = self.state {
-            return (0, None);
-        }
-        if let Some(until) = self.held_until.filter(|&u| u > now) {
+        let stopped = matches!(self.state, State::Paused | State::Gone | State::Clock);
+        if let Some(until) = self.held_until(now).filter(|_| !stopped) {
             return (0, Some(until));
         }
         let by_state = match self.state {

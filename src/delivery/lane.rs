@@ -197,6 +197,11 @@ impl Lane {
         self.sub.ordering == Ordering::Fifo
     }
 
+    /// Requests this subscription may have in flight: one for FIFO, else `max_in_flight`.
+    fn limit(&self) -> usize {
+        if self.is_fifo() { 1 } else { self.sub.max_in_flight }
+    }
+
     pub fn pause(&mut self) {
         self.endpoint.pause();
     }
@@ -260,7 +265,7 @@ impl Lane {
             return Some(self.next_batches(now, global_room, link));
         }
         let fifo = self.is_fifo();
-        let limit = if fifo { 1 } else { self.sub.max_in_flight };
+        let limit = self.limit();
         // FIFO: the next event waits until the head's result is on disk, so that a head
         // to be retried is fetched again before anything behind it.
         let busy = self.in_flight.len()
@@ -389,8 +394,7 @@ impl Lane {
         now: Instant,
     ) {
         let before = self.endpoint.state;
-        let limit = if self.is_fifo() { 1 } else { self.sub.max_in_flight };
-        self.endpoint.observe(verdict, status, probe, took, limit, now, fastrand::f64());
+        self.endpoint.observe(verdict, status, probe, took, self.limit(), now, fastrand::f64());
         self.say_state_change(before, verdict);
         self.last_status = status.or(self.last_status);
         self.last_error = match verdict {

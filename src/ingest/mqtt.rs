@@ -28,7 +28,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// `sys_interval`); a broker that does not publish it is simply silent.
 pub const BROKER_DROPPED_TOPIC: &str = "$SYS/broker/publish/messages/dropped";
 
-pub use super::session::HELD_MAX;
+use super::session::HELD_MAX;
 
 /// A message's share of [`HELD_MAX`].
 fn weight(payload_len: usize) -> u32 {

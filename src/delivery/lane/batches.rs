@@ -15,7 +15,7 @@ impl Lane {
         let metered_batch = self.sub.metered.as_ref().and_then(|m| m.batch.clone()).filter(|_| self.metered);
         let Some(cfg) = metered_batch.or_else(|| self.sub.batch.clone()) else { return Starts::default() };
         let fifo = self.is_fifo();
-        let limit = if fifo { 1 } else { self.sub.max_in_flight };
+        let limit = self.limit();
         let busy = self.batches + usize::from(fifo && !self.recording.is_empty());
         let (room, wake) = self.endpoint.capacity(now, busy, limit);
         let (room, wake) = self.budget_room(now, room, wake, link);
