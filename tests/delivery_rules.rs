@@ -9,48 +9,22 @@ use common::*;
 
 const LONG: Duration = Duration::from_secs(20);
 
-struct Rig {
-    broker: Mosquitto,
-    agent: Agent,
-    _dir: tempfile::TempDir,
-}
-
 /// A broker and an agent with the given subscriptions, subscribed and ready.
-fn rig(subscriptions: &str) -> Rig {
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let agent = Agent::start(dir.path(), &(base_config(broker.port) + subscriptions));
-    agent.wait_subscribed();
-    Rig { broker, agent, _dir: dir }
+fn rig(subscriptions: &str) -> Bed {
+    Bed::new().toml(subscriptions).start()
 }
 
-impl Rig {
-    fn publish(&self, n: usize) {
-        let messages: Vec<_> = (0..n).map(|i| mission("agv-1", i, "completed")).collect();
-        publish(self.broker.port, &messages);
-    }
-
-    fn counter(&self, sub: &str, outcome: &str) -> i64 {
-        self.agent
-            .db()
-            .query_row(
-                "SELECT COALESCE(SUM(n), 0) FROM counters WHERE subscription = ?1 AND outcome = ?2",
-                [sub, outcome],
-                |r| r.get(0),
-            )
-            .unwrap()
-    }
-
-    fn errors(&self, sub: &str) -> Vec<(String, String)> {
-        self.agent
-            .db()
-            .prepare("SELECT COALESCE(error_kind, ''), COALESCE(error, '') FROM attempts WHERE subscription = ?1 ORDER BY seq")
-            .unwrap()
-            .query_map([sub], |r| Ok((r.get(0)?, r.get(1)?)))
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
-    }
+/// Each attempt's error kind and text, oldest first.
+fn errors(bed: &Bed, sub: &str) -> Vec<(String, String)> {
+    bed.db()
+        .prepare(
+            "SELECT COALESCE(error_kind, ''), COALESCE(error, '') FROM attempts WHERE subscription = ?1 ORDER BY seq",
+        )
+        .unwrap()
+        .query_map([sub], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
 }
 
 fn seq_of(r: &Request) -> u64 {
@@ -61,7 +35,7 @@ fn seq_of(r: &Request) -> u64 {
 fn retry_after_is_honoured() {
     let ep = Endpoint::scripted(vec![Reply::WithHeaders(429, vec![("retry-after", "2".into())])], Reply::Status(200));
     let rig = rig(&subscription("ops", &ep.url(), ""));
-    rig.publish(1);
+    rig.missions(1);
     let got = ep.wait_for(2, LONG);
     assert_eq!(got.len(), 2);
     let waited = got[1].at.duration_since(got[0].at);
@@ -74,17 +48,17 @@ fn retry_after_is_honoured() {
 fn a_timeout_after_connect_is_retried() {
     let ep = Endpoint::scripted(vec![Reply::Hang], Reply::Status(200));
     let rig = rig(&subscription("ops", &ep.url(), "timeout = \"300ms\""));
-    rig.publish(1);
+    rig.missions(1);
     ep.wait_for(2, LONG);
     assert!(wait_until(LONG, || rig.counter("ops", "delivered") == 1));
-    assert_eq!(rig.errors("ops")[0].0, "timeout");
+    assert_eq!(errors(&rig, "ops")[0].0, "timeout");
 }
 
 #[test]
 fn a_closed_connection_is_retried() {
     let ep = Endpoint::scripted(vec![Reply::Close], Reply::Status(200));
     let rig = rig(&subscription("ops", &ep.url(), ""));
-    rig.publish(1);
+    rig.missions(1);
     let got = ep.wait_for(2, LONG);
     assert_eq!(seq_of(&got[0]), seq_of(&got[1]));
     assert!(wait_until(LONG, || rig.counter("ops", "delivered") == 1));
@@ -95,10 +69,10 @@ fn redirects_are_not_followed_and_fail_naming_the_location() {
     let elsewhere = Endpoint::start(Reply::Status(200));
     let ep = Endpoint::start(Reply::WithHeaders(301, vec![("location", elsewhere.url())]));
     let rig = rig(&subscription("ops", &ep.url(), ""));
-    rig.publish(1);
+    rig.missions(1);
     ep.wait_for(1, LONG);
     assert!(wait_until(LONG, || rig.counter("ops", "failed") == 1));
-    let (_, error) = rig.errors("ops").remove(0);
+    let (_, error) = errors(&rig, "ops").remove(0);
     assert!(error.contains(&elsewhere.url()), "{error}");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!((ep.count(), elsewhere.count()), (1, 0));
@@ -108,19 +82,19 @@ fn redirects_are_not_followed_and_fail_naming_the_location() {
 fn gone_fails_and_pauses_the_subscription() {
     let ep = Endpoint::start(Reply::Status(410));
     let rig = rig(&subscription("ops", &ep.url(), "ordering = \"fifo\""));
-    rig.publish(3);
+    rig.missions(3);
     ep.wait_for(1, LONG);
     assert!(wait_until(LONG, || rig.counter("ops", "failed") == 1));
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(ep.count(), 1, "nothing more is sent to a gone endpoint");
-    assert_eq!(rig.agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"), 2);
+    assert_eq!(rig.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"), 2);
 }
 
 #[test]
 fn other_client_errors_fail_at_once() {
     let ep = Endpoint::start(Reply::Status(422));
     let rig = rig(&subscription("ops", &ep.url(), ""));
-    rig.publish(3);
+    rig.missions(3);
     ep.wait_for(3, LONG);
     assert!(wait_until(LONG, || rig.counter("ops", "failed") == 3));
     std::thread::sleep(Duration::from_millis(500));
@@ -129,19 +103,15 @@ fn other_client_errors_fail_at_once() {
 
 #[test]
 fn an_endpoint_unreachable_past_its_whole_schedule_still_gets_everything() {
-    let port = free_port();
-    let rig = rig(&subscription(
-        "ops",
-        &format!("http://127.0.0.1:{port}/hook"),
-        "retry = [\"300ms\", \"300ms\", \"300ms\", \"300ms\"]",
-    ));
-    rig.publish(20);
-    assert!(wait_until(LONG, || rig.agent.count("SELECT COUNT(*) FROM deliveries") == 20));
+    let down = Down::new();
+    let rig = rig(&subscription("ops", &down.url(), "retry = [\"300ms\", \"300ms\", \"300ms\", \"300ms\"]"));
+    rig.missions(20);
+    assert!(wait_until(LONG, || rig.count("SELECT COUNT(*) FROM deliveries") == 20));
     std::thread::sleep(Duration::from_secs(8));
-    let offline = rig.agent.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'offline'");
+    let offline = rig.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'offline'");
     assert!(offline >= 3, "it kept probing while closed ({offline} probes)");
-    assert_eq!(rig.agent.count("SELECT MAX(budget_used) FROM deliveries"), 0, "probes spend no budget");
-    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    assert_eq!(rig.count("SELECT MAX(budget_used) FROM deliveries"), 0, "probes spend no budget");
+    let ep = down.up(Reply::Status(200));
     let got = ep.wait_for(20, LONG);
     let seqs: HashSet<_> = got.iter().map(seq_of).collect();
     assert_eq!(seqs.len(), 20, "all 20 arrive once the endpoint opens");
@@ -153,7 +123,7 @@ fn an_endpoint_unreachable_past_its_whole_schedule_still_gets_everything() {
 fn fifo_delivers_in_event_order_under_retries() {
     let ep = Endpoint::scripted(vec![Reply::Status(500), Reply::Status(503)], Reply::Status(200));
     let rig = rig(&subscription("ops", &ep.url(), "ordering = \"fifo\""));
-    rig.publish(6);
+    rig.missions(6);
     let got = ep.wait_for(8, LONG);
     let order: Vec<u64> = got.iter().map(seq_of).collect();
     assert_eq!(order, [0, 0, 0, 1, 2, 3, 4, 5], "head-of-line: nothing overtakes a retrying event");
@@ -163,7 +133,7 @@ fn fifo_delivers_in_event_order_under_retries() {
 fn the_rate_limit_is_respected() {
     let ep = Endpoint::start(Reply::Status(200));
     let rig = rig(&subscription("ops", &ep.url(), "rate_limit = \"5/s\""));
-    rig.publish(15);
+    rig.missions(15);
     let got = ep.wait_for(15, LONG);
     assert_eq!(got.len(), 15);
     // A bucket of 5 refilled at 5/s: never more than 5 + 5 starts in any second.
@@ -176,14 +146,13 @@ fn the_rate_limit_is_respected() {
 
 #[test]
 fn an_event_past_its_max_age_expires() {
-    let port = free_port();
-    let rig = rig(&subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "max_age = \"1s\""));
-    rig.publish(3);
+    let rig = rig(&subscription("ops", &Down::new().url(), "max_age = \"1s\""));
+    rig.missions(3);
     assert!(wait_until(LONG, || rig.counter("ops", "expired") == 3), "expired: {}", rig.counter("ops", "expired"));
-    assert_eq!(rig.agent.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'expired'"), 3);
-    rig.publish(3);
+    assert_eq!(rig.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'expired'"), 3);
+    rig.missions(3);
     assert!(wait_until(LONG, || rig.counter("ops", "expired") == 6));
-    let log = rig.agent.log();
+    let log = rig.log();
     let errors = log.lines().filter(|l| l.contains("ERROR") && l.contains("expired")).count();
     assert_eq!(errors, 1, "expiry is data loss, logged at ERROR once for the episode:\n{log}");
 }
@@ -199,20 +168,19 @@ fn a_certificate_that_does_not_verify_is_state_tls_probed_without_budget_and_sai
     let subs = subscription("untrusted", &ep.https_url(), "")
         + &subscription("trusted", &ep.https_url(), &format!("ca_file = \"{}\"", ca.display()));
     let rig = rig(&subs);
-    rig.publish(1);
+    rig.missions(1);
     assert!(wait_until(LONG, || rig.counter("trusted", "delivered") == 1));
     // Probes at about 1 s, 2 s, 4 s: three attempts within LONG.
-    assert!(wait_until(LONG, || rig.errors("untrusted").len() >= 3), "probed again: {:?}", rig.errors("untrusted"));
-    let (kind, error) = rig.errors("untrusted").remove(0);
+    assert!(wait_until(LONG, || errors(&rig, "untrusted").len() >= 3), "probed again: {:?}", errors(&rig, "untrusted"));
+    let (kind, error) = errors(&rig, "untrusted").remove(0);
     assert_eq!(kind, "tls", "{error}");
     assert_eq!(ep.count(), 1, "only the trusted subscription got through");
-    let status = rig.agent.cli_json(&["status"]);
+    let status = rig.cli_json(&["status"]);
     let untrusted = status["subscriptions"].as_array().unwrap().iter().find(|s| s["name"] == "untrusted").unwrap();
     assert_eq!(untrusted["state"], "tls", "{untrusted}");
-    let spent =
-        rig.agent.count("SELECT COALESCE(SUM(budget_used), 0) FROM deliveries WHERE subscription = 'untrusted'");
+    let spent = rig.count("SELECT COALESCE(SUM(budget_used), 0) FROM deliveries WHERE subscription = 'untrusted'");
     assert_eq!(spent, 0, "probes spend no retry budget");
-    let log = rig.agent.log();
+    let log = rig.log();
     let errors = log.lines().filter(|l| l.contains("ERROR")).count();
     assert_eq!(errors, 1, "one ERROR for the episode, not one per attempt:\n{log}");
     assert!(log.contains("certificate does not verify"), "{log}");
@@ -232,10 +200,10 @@ fn a_self_signed_leaf_is_pinned_through_ca_file_and_a_wrong_name_is_explained() 
     let by_address = ep.https_url().replace("localhost", "127.0.0.1");
     let subs = subscription("pinned", &ep.https_url(), &pinned) + &subscription("by_address", &by_address, &pinned);
     let rig = rig(&subs);
-    rig.publish(1);
-    assert!(wait_until(LONG, || rig.counter("pinned", "delivered") == 1), "{:?}", rig.errors("pinned"));
-    assert!(wait_until(LONG, || !rig.errors("by_address").is_empty()));
-    let (kind, error) = rig.errors("by_address").remove(0);
+    rig.missions(1);
+    assert!(wait_until(LONG, || rig.counter("pinned", "delivered") == 1), "{:?}", errors(&rig, "pinned"));
+    assert!(wait_until(LONG, || !errors(&rig, "by_address").is_empty()));
+    let (kind, error) = errors(&rig, "by_address").remove(0);
     assert_eq!(kind, "tls", "{error}");
     assert!(error.starts_with("TLS: the endpoint's certificate is not valid for the URL's host name"), "{error}");
     assert_eq!(ep.count(), 1);
@@ -281,7 +249,7 @@ headers = {{ X-Team = "robots" }}
         rotated.url()
     );
     let rig = rig(&subs);
-    rig.publish(1);
+    rig.missions(1);
     let s = slack.wait_for(1, LONG)[0].json();
     assert_eq!(s, serde_json::json!({"text": "mission.completed on agv-1: m-0"}));
     let p = pd.wait_for(1, LONG)[0].json();
@@ -312,17 +280,13 @@ headers = {{ X-Team = "robots" }}
 /// wrong and what to do, in words, not only rustls's `UnknownIssuer`.
 #[test]
 fn an_untrusted_certificate_is_explained() {
-    let broker = Mosquitto::start();
     let (tls, _ca) = Endpoint::start_tls(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", &tls.https_url(), "");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    publish(broker.port, &[mission("agv-1", 0, "completed")]);
+    let rig = rig(&subscription("ops", &tls.https_url(), ""));
+    rig.missions(1);
     let mut error = String::new();
     assert!(
         wait_until(Duration::from_secs(20), || {
-            let log = agent.cli_json(&["log"]);
+            let log = rig.cli_json(&["log"]);
             error = log[0]["error"].as_str().unwrap_or_default().to_string();
             !error.is_empty()
         }),
@@ -337,22 +301,19 @@ fn an_untrusted_certificate_is_explained() {
 /// request, and `check` prints the file, never the token.
 #[test]
 fn a_bearer_token_from_a_file_is_sent_and_never_printed() {
-    let broker = Mosquitto::start();
     let ep = Endpoint::start(Reply::Status(200));
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("ops.token");
     std::fs::write(&token, "tok-8e1f2a\n").unwrap();
     let auth = format!("auth = {{ bearer_file = \"{}\" }}", token.display());
-    let config = base_config(broker.port) + &subscription("ops", &ep.url(), &auth);
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    publish(broker.port, &[mission("agv-1", 0, "completed"), mission("agv-1", 1, "completed")]);
+    let rig = rig(&subscription("ops", &ep.url(), &auth));
+    rig.missions(2);
     for r in ep.wait_for(2, LONG) {
         assert_eq!(r.header("authorization"), Some("Bearer tok-8e1f2a"));
         verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
     }
-    let printed = agent.cli(&["check"]);
+    let printed = rig.cli(&["check"]);
     let text = String::from_utf8_lossy(&printed.stdout);
-    assert!(!text.contains("tok-8e1f2a") && !agent.log().contains("tok-8e1f2a"), "the token leaked:\n{text}");
+    assert!(!text.contains("tok-8e1f2a") && !rig.log().contains("tok-8e1f2a"), "the token leaked:\n{text}");
     assert!(text.contains(&format!("bearer_file = \"{}\"", token.display())), "{text}");
 }

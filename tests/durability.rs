@@ -20,16 +20,11 @@ fn padded(topic: &str, seqs: std::ops::Range<u64>, extra: &str) -> Vec<(String, 
 #[test]
 fn kill9_while_streaming_loses_nothing() {
     let mut rng = ::fastrand::Rng::with_seed(seed());
-    let broker = Mosquitto::start();
     let ep = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port).replace("synchronous = \"normal\"", "synchronous = \"full\"")
-        + &subscription("ops", &ep.url(), "");
-    let mut agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let mut bed = Bed::new().full_sync().subscription("ops", &ep.url(), "").start();
 
     const N: u64 = 1500;
-    let port = broker.port;
+    let port = bed.broker.port;
     let done = Arc::new(AtomicBool::new(false));
     let flag = done.clone();
     let publisher = std::thread::spawn(move || {
@@ -44,9 +39,9 @@ fn kill9_while_streaming_loses_nothing() {
     let mut kills = 0;
     while kills < 6 || !done.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(rng.u64(150..700)));
-        agent.kill9();
+        bed.kill9();
         kills += 1;
-        agent.spawn();
+        bed.spawn();
     }
     publisher.join().unwrap();
     assert!(wait_until(LONG, || all_arrived(&ep, N)), "not everything arrived after {kills} kills");
@@ -57,84 +52,48 @@ fn kill9_while_streaming_loses_nothing() {
 #[test]
 fn kill9_while_draining_a_backlog_loses_nothing() {
     let mut rng = ::fastrand::Rng::with_seed(seed());
-    let broker = Mosquitto::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
-    let mut agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let down = Down::new();
+    let mut bed = Bed::new().subscription("ops", &down.url(), "").start();
     const N: u64 = 600;
-    let messages: Vec<_> = (0..N as usize).map(|n| mission("agv-1", n, "completed")).collect();
-    publish(broker.port, &messages);
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries") == N as i64));
-    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    bed.publish(&(0..N as usize).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+    assert!(wait_until(LONG, || bed.count("SELECT COUNT(*) FROM deliveries") == N as i64));
+    let ep = down.up(Reply::Status(200));
     let mut kills = 0;
     while kills < 15 {
         std::thread::sleep(Duration::from_millis(rng.u64(20..200)));
-        agent.kill9();
+        bed.kill9();
         kills += 1;
-        agent.spawn();
+        bed.spawn();
     }
     assert!(wait_until(LONG, || all_arrived(&ep, N)));
     report("kill9_while_draining", &ep, N, &format!("{kills} kills"));
     // The outbox agrees: every delivery ended delivered, none lost or double counted.
-    assert!(wait_until(LONG, || agent.count("SELECT n FROM counters WHERE outcome = 'delivered'") == N as i64));
-    assert_eq!(agent.count("SELECT n FROM counters WHERE outcome = 'created'"), N as i64);
+    assert!(wait_until(LONG, || bed.count("SELECT n FROM counters WHERE outcome = 'delivered'") == N as i64));
+    assert_eq!(bed.count("SELECT n FROM counters WHERE outcome = 'created'"), N as i64);
 }
 
 #[test]
 fn a_broker_restart_mid_stream_loses_nothing() {
-    let mut broker = Mosquitto::start();
     let ep = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", &ep.url(), "");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    let first: Vec<_> = (0..100).map(|n| mission("agv-1", n, "completed")).collect();
-    publish(broker.port, &first);
-    broker.restart();
-    let second: Vec<_> = (100..200).map(|n| mission("agv-1", n, "completed")).collect();
-    publish(broker.port, &second);
+    let mut bed = Bed::new().subscription("ops", &ep.url(), "").start();
+    bed.publish(&(0..100).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+    bed.broker.restart();
+    bed.publish(&(100..200).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
     assert!(wait_until(LONG, || all_arrived(&ep, 200)));
     report("broker_restart", &ep, 200, "0 kills");
 }
 
 #[test]
 fn the_disk_cap_holds_and_high_priority_survives() {
-    let broker = Mosquitto::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"
-device_id = "capped"
-[mqtt]
-url = "mqtt://127.0.0.1:{}"
-client_id = "fleethook-cap-{}"
-[storage]
-path = "{{dir}}/outbox.db"
-max_bytes = "1MiB"
-synchronous = "normal"
-[status]
-socket = "{{dir}}/status.sock"
-[heartbeat]
-interval = "0s"
-[delivery]
-offline_probe_max = "500ms"
-[[route]]
-topic = "fleet/+/telemetry"
-event = "telemetry.sample"
-priority = "low"
-[[route]]
-topic = "fleet/+/alert"
-event = "alert.raised"
-priority = "high"
-"#,
-        broker.port, broker.port
-    ) + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let down = Down::new();
+    let bed = Bed::new()
+        .storage("max_bytes = \"1MiB\"")
+        .edit("event = \"alert.{/kind}\"", "event = \"alert.raised\"\npriority = \"high\"")
+        .route("topic = \"fleet/+/telemetry\"\nevent = \"telemetry.sample\"\npriority = \"low\"")
+        .subscription("ops", &down.url(), "")
+        .start();
 
-    let db = dir.path().join("outbox.db");
+    let db = bed.dir.join("outbox.db");
     let peak = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -150,40 +109,40 @@ priority = "high"
     };
     let low = padded("fleet/agv-1/telemetry", 0..4000, "");
     for chunk in low.chunks(500) {
-        publish(broker.port, chunk);
+        bed.publish(chunk);
     }
     let high = padded("fleet/agv-1/alert", 10_000..10_200, "");
-    publish(broker.port, &high);
+    bed.publish(&high);
     assert!(
-        wait_until(LONG, || agent.count("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = 'created'") == 4200),
+        wait_until(LONG, || bed.count("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = 'created'") == 4200),
         "{}",
-        agent.log()
+        bed.log()
     );
     // Evictions leave audit rows. Look now: under the cap the audit log keeps only its
     // newest rows, and the deliveries to come push these out.
-    assert!(agent.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'evicted'") > 0, "evictions are audited");
+    assert!(bed.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'evicted'") > 0, "evictions are audited");
 
-    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    let ep = down.up(Reply::Status(200));
     let high_arrived = || {
         let seen = arrivals(&ep);
         (10_000..10_200).all(|s| seen.contains_key(&s))
     };
     assert!(wait_until(LONG, high_arrived), "every high-priority event is delivered");
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 0));
+    assert!(wait_until(LONG, || bed.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 0));
     stop.store(true, Ordering::SeqCst);
     sampler.join().unwrap();
 
-    let counter = |o: &str| agent.count(&format!("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = '{o}'"));
+    let counter = |o: &str| bed.count(&format!("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = '{o}'"));
     let (delivered, evicted, pending) = (
         counter("delivered"),
         counter("evicted"),
-        agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"),
+        bed.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"),
     );
     let peak = peak.load(Ordering::SeqCst);
     println!("disk cap: peak {peak} bytes of 1048576; delivered {delivered}, evicted {evicted}, pending {pending}");
     assert!(peak <= 1_048_576 * 105 / 100, "the files reached {peak} bytes, over the 1 MiB cap");
     assert!(evicted > 0, "a backlog of several times the cap was evicted from");
-    let log = agent.log();
+    let log = bed.log();
     let errors = log.lines().filter(|l| l.contains("ERROR") && l.contains("evicting")).count();
     assert_eq!(errors, 1, "one ERROR for the eviction episode, not one per batch:\n{log}");
     assert_eq!(delivered + evicted + pending, 4200, "delivered + evicted + pending = published");
@@ -201,46 +160,40 @@ priority = "high"
     );
 }
 
-/// A 1 MiB outbox with `when_full = "backpressure"` and one subscription on `port`.
-fn backpressure_config(broker_port: u16, port: u16) -> String {
-    base_config(broker_port).replace("synchronous = \"normal\"", "max_bytes = \"1MiB\"\nwhen_full = \"backpressure\"")
-        + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "")
+/// A 1 MiB outbox with `when_full = "backpressure"` and one subscription to `down`.
+fn backpressure_bed(down: &Down) -> Bed {
+    Bed::new()
+        .storage("max_bytes = \"1MiB\"\nwhen_full = \"backpressure\"")
+        .subscription("ops", &down.url(), "")
+        .start()
 }
 
 #[test]
 fn backpressure_leaves_messages_with_the_broker_instead_of_evicting() {
-    let broker = Mosquitto::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = backpressure_config(broker.port, port);
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let down = Down::new();
+    let bed = backpressure_bed(&down);
     const N: u64 = 2000;
     let messages = padded("fleet/agv-1/mission", 0..N, r#""status":"completed","#);
     for chunk in messages.chunks(500) {
-        publish(broker.port, chunk);
+        bed.publish(chunk);
     }
-    assert!(wait_until(LONG, || agent.log().contains("The outbox is full")), "{}", agent.log());
-    let queued = agent.count("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = 'created'");
+    assert!(wait_until(LONG, || bed.log().contains("The outbox is full")), "{}", bed.log());
+    let queued = bed.count("SELECT COALESCE(SUM(n), 0) FROM counters WHERE outcome = 'created'");
     assert!(queued < N as i64, "the rest waits at the broker ({queued} queued)");
-    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
-    assert!(wait_until(LONG, || all_arrived(&ep, N)), "{} of {N} arrived; {}", arrivals(&ep).len(), agent.log());
+    let ep = down.up(Reply::Status(200));
+    assert!(wait_until(LONG, || all_arrived(&ep, N)), "{} of {N} arrived; {}", arrivals(&ep).len(), bed.log());
     report("backpressure", &ep, N, "0 kills");
-    assert_eq!(agent.count("SELECT COUNT(*) FROM counters WHERE outcome = 'evicted' AND n > 0"), 0, "nothing evicted");
+    assert_eq!(bed.count("SELECT COUNT(*) FROM counters WHERE outcome = 'evicted' AND n > 0"), 0, "nothing evicted");
 }
 
 /// Issue #14.1: at the cap with `backpressure` and the endpoint down, ingest used to
 /// fill the database to its very last page, after which not even the delivery results
 /// could commit: the writer retried forever, nothing was delivered when the endpoint came
-/// back, and SIGTERM could not stop the agent. Ingest now stops short of the cap.
+/// back, and SIGTERM could not stop the bed. Ingest now stops short of the cap.
 #[test]
 fn backpressure_at_the_cap_still_delivers_when_the_endpoint_returns() {
-    let broker = Mosquitto::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = backpressure_config(broker.port, port);
-    let mut agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let down = Down::new();
+    let mut bed = backpressure_bed(&down);
     const N: u64 = 8000;
     let fill = "x".repeat(200);
     let messages: Vec<(String, Vec<u8>)> = (0..N)
@@ -251,20 +204,20 @@ fn backpressure_at_the_cap_still_delivers_when_the_endpoint_returns() {
         .collect();
     // About 500 a second, as a bridge would publish them.
     for chunk in messages.chunks(50) {
-        publish(broker.port, chunk);
+        bed.publish(chunk);
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(wait_until(LONG, || agent.log().contains("The outbox is full")), "{}", agent.log());
-    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    assert!(wait_until(LONG, || bed.log().contains("The outbox is full")), "{}", bed.log());
+    let ep = down.up(Reply::Status(200));
     let deadline = Duration::from_secs(240);
     assert!(
         wait_until(deadline, || all_arrived(&ep, N)),
         "{} of {N} arrived; log tail:\n{}",
         arrivals(&ep).len(),
-        log_tail(&agent)
+        log_tail(&bed)
     );
     report("backpressure at the cap", &ep, N, "0 kills");
-    assert!(agent.terminate().success(), "SIGTERM ends the agent cleanly");
+    assert!(bed.terminate().success(), "SIGTERM ends the agent cleanly");
 }
 
 /// A small tmpfs, unmounted when dropped; tests that fill a filesystem need root.
@@ -302,10 +255,13 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The config of an agent whose outbox lives in `dir` and whose endpoint is at `port`.
-fn outbox_in(dir: &std::path::Path, broker_port: u16, port: u16) -> String {
-    base_config(broker_port).replace("{dir}/outbox.db", &format!("{}/outbox.db", dir.display()))
-        + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "")
+/// An agent whose outbox lives in `dir` (its config and log stay outside it) and whose
+/// endpoint is `down`.
+fn outbox_in(dir: &std::path::Path, down: &Down) -> Bed {
+    Bed::new()
+        .edit("{dir}/outbox.db", &format!("{}/outbox.db", dir.display()))
+        .subscription("ops", &down.url(), "")
+        .start()
 }
 
 fn log_tail(agent: &Agent) -> String {
@@ -324,16 +280,12 @@ fn a_full_filesystem_pauses_ingest_and_it_resumes_when_space_returns() {
     let filler_path = disk.path().join("filler");
     std::fs::write(&filler_path, vec![0u8; 1536 * 1024]).unwrap();
 
-    let broker = Mosquitto::start();
-    let port = free_port();
-    // The agent's config and log stay outside the full filesystem; only the outbox is on it.
-    let home = tempfile::tempdir().unwrap();
-    let mut agent = Agent::start(home.path(), &outbox_in(disk.path(), broker.port, port));
-    agent.wait_subscribed();
+    let down = Down::new();
+    let mut bed = outbox_in(disk.path(), &down);
     const N: u64 = 2400;
     let messages = padded("fleet/agv-1/mission", 0..N, r#""status":"completed","#);
     let publisher = {
-        let port = broker.port;
+        let port = bed.broker.port;
         std::thread::spawn(move || {
             for chunk in messages.chunks(100) {
                 publish(port, chunk);
@@ -343,18 +295,18 @@ fn a_full_filesystem_pauses_ingest_and_it_resumes_when_space_returns() {
     let reported = |log: String| {
         log.contains("filesystem is full") || log.contains("filesystem is nearly full") || log.contains("cannot commit")
     };
-    assert!(wait_until(LONG, || reported(agent.log())), "the agent reports the full disk:\n{}", agent.log());
+    assert!(wait_until(LONG, || reported(bed.log())), "the agent reports the full disk:\n{}", bed.log());
     std::thread::sleep(Duration::from_secs(1));
-    assert!(agent.is_running(), "a full filesystem never crashes the agent");
+    assert!(bed.is_running(), "a full filesystem never crashes the agent");
 
     std::fs::remove_file(&filler_path).unwrap();
     publisher.join().unwrap();
-    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    let ep = down.up(Reply::Status(200));
     let ok = wait_until(LONG, || all_arrived(&ep, N));
-    assert!(ok, "after space returned, {} of {N} arrived; log tail:\n{}", arrivals(&ep).len(), log_tail(&agent));
+    assert!(ok, "after space returned, {} of {N} arrived; log tail:\n{}", arrivals(&ep).len(), log_tail(&bed));
     report("enospc", &ep, N, "0 kills");
-    if agent.log().contains("filesystem is full") {
-        assert!(agent.log().contains("ingest resumes"), "a held ingest says when it resumes");
+    if bed.log().contains("filesystem is full") {
+        assert!(bed.log().contains("ingest resumes"), "a held ingest says when it resumes");
     }
 }
 
@@ -364,13 +316,10 @@ fn a_full_filesystem_pauses_ingest_and_it_resumes_when_space_returns() {
 #[test]
 fn a_disk_that_fills_while_only_delivery_results_are_written_recovers() {
     let disk = Tmpfs::mount("4m");
-    let broker = Mosquitto::start();
-    let port = free_port();
-    let home = tempfile::tempdir().unwrap();
-    let mut agent = Agent::start(home.path(), &outbox_in(disk.path(), broker.port, port));
-    agent.wait_subscribed();
+    let down = Down::new();
+    let mut bed = outbox_in(disk.path(), &down);
     const N: u64 = 200;
-    publish(broker.port, &padded("fleet/agv-1/mission", 0..N / 2, r#""status":"completed","#));
+    bed.publish(&padded("fleet/agv-1/mission", 0..N / 2, r#""status":"completed","#));
     let created = || {
         let db = rusqlite::Connection::open_with_flags(
             disk.path().join("outbox.db"),
@@ -384,21 +333,21 @@ fn a_disk_that_fills_while_only_delivery_results_are_written_recovers() {
 
     disk.fill("filler");
     assert!(
-        wait_until(LONG, || agent.log().contains("filesystem is full") || agent.log().contains("cannot commit")),
+        wait_until(LONG, || bed.log().contains("filesystem is full") || bed.log().contains("cannot commit")),
         "probes of the offline endpoint cannot be recorded on a full disk:\n{}",
-        log_tail(&agent)
+        log_tail(&bed)
     );
     let rest = padded("fleet/agv-1/mission", N / 2..N, r#""status":"completed","#);
     let publisher = {
-        let port = broker.port;
+        let port = bed.broker.port;
         std::thread::spawn(move || publish(port, &rest))
     };
     std::thread::sleep(Duration::from_secs(2));
-    assert!(agent.is_running(), "a full filesystem never crashes the agent");
+    assert!(bed.is_running(), "a full filesystem never crashes the agent");
     // The field tech's first question still gets an answer.
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_fleethook"))
         .args(["status", "--json", "--socket"])
-        .arg(home.path().join("status.sock"))
+        .arg(bed.dir.join("status.sock"))
         .output()
         .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&status.stdout)
@@ -407,35 +356,31 @@ fn a_disk_that_fills_while_only_delivery_results_are_written_recovers() {
 
     std::fs::remove_file(disk.path().join("filler")).unwrap();
     publisher.join().unwrap();
-    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    let ep = down.up(Reply::Status(200));
     let ok = wait_until(LONG, || all_arrived(&ep, N));
-    assert!(ok, "after space returned, {} of {N} arrived; log tail:\n{}", arrivals(&ep).len(), log_tail(&agent));
+    assert!(ok, "after space returned, {} of {N} arrived; log tail:\n{}", arrivals(&ep).len(), log_tail(&bed));
     report("enospc-results", &ep, N, "0 kills");
 }
 
 fn corrupted_start(damage: impl FnOnce(&std::path::Path)) {
-    let broker = Mosquitto::start();
     let ep = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", &ep.url(), "");
-    let mut agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    publish(broker.port, &(0..50).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+    let mut bed = Bed::new().subscription("ops", &ep.url(), "").start();
+    bed.publish(&(0..50).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
     ep.wait_for(50, LONG);
-    assert!(agent.terminate().success());
-    damage(&dir.path().join("outbox.db"));
+    assert!(bed.terminate().success());
+    damage(&bed.dir.join("outbox.db"));
 
-    agent.spawn();
-    agent.wait_subscribed();
-    publish(broker.port, &[mission("agv-1", 99, "completed")]);
-    assert!(wait_until(LONG, || arrivals(&ep).contains_key(&99)), "a fresh outbox works:\n{}", agent.log());
-    let aside: Vec<_> = std::fs::read_dir(dir.path())
+    bed.spawn();
+    bed.wait_subscribed();
+    bed.publish(&[mission("agv-1", 99, "completed")]);
+    assert!(wait_until(LONG, || arrivals(&ep).contains_key(&99)), "a fresh outbox works:\n{}", bed.log());
+    let aside: Vec<_> = std::fs::read_dir(&bed.dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().contains(".corrupt-"))
         .collect();
-    assert!(!aside.is_empty(), "the damaged file is moved aside, not deleted:\n{}", agent.log());
-    assert!(agent.log().contains("ERROR"), "and that is logged at ERROR");
+    assert!(!aside.is_empty(), "the damaged file is moved aside, not deleted:\n{}", bed.log());
+    assert!(bed.log().contains("ERROR"), "and that is logged at ERROR");
 }
 
 #[test]

@@ -72,43 +72,35 @@ impl Knocks {
 
 #[test]
 fn an_offline_endpoint_is_probed_with_a_bare_connect_before_any_request() {
-    let broker = Mosquitto::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    publish(broker.port, &[mission("agv-1", 1, "completed")]);
+    let down = Down::new();
+    let bed = Bed::new().subscription("ops", &down.url(), "").start();
+    bed.publish(&[mission("agv-1", 1, "completed")]);
     // Refused: each probe is an offline attempt that sent nothing.
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'offline'") >= 2));
+    assert!(wait_until(LONG, || bed.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'offline'") >= 2));
     let error: String =
-        agent.db().query_row("SELECT error FROM attempts ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+        bed.db().query_row("SELECT error FROM attempts ORDER BY seq DESC LIMIT 1", [], |r| r.get(0)).unwrap();
     assert!(error.contains("connect probe"), "{error}");
     // Back: the probe connects and hangs up without a byte, then the request comes.
-    let knocks = Knocks::start_on(port);
+    let knocks = Knocks::start_on(down.port);
     assert!(wait_until(LONG, || knocks.connections().iter().any(|&n| n > 0)), "no request came");
     let connections = knocks.connections();
     assert_eq!(connections.first(), Some(&0), "the first connection is a bare knock: {connections:?}");
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'delivered'") == 1));
+    assert!(bed.wait_deliveries("delivered", 1));
 }
 
 #[test]
 fn retry_after_on_one_delivery_holds_every_delivery_of_the_subscription() {
-    let broker = Mosquitto::start();
     let busy = Reply::WithHeaders(503, vec![("retry-after", "3".to_string())]);
     let ep = Endpoint::scripted(vec![busy], Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", &ep.url(), "max_in_flight = 1");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    publish(broker.port, &[mission("agv-1", 1, "completed")]);
+    let bed = Bed::new().subscription("ops", &ep.url(), "max_in_flight = 1").start();
+    bed.publish(&[mission("agv-1", 1, "completed")]);
     let first = ep.wait_for(1, LONG)[0].at;
     // Others come while the subscription is held: none may go inside the Retry-After.
-    publish(broker.port, &(2..=5).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+    bed.publish(&(2..=5).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
     let got = ep.wait_for(6, LONG);
     for r in &got[1..] {
         let after = r.at.duration_since(first);
         assert!(after >= Duration::from_secs(3), "a request {after:?} after the 503, inside its Retry-After: 3");
     }
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'delivered'") == 5));
+    assert!(bed.wait_deliveries("delivered", 5));
 }

@@ -14,14 +14,20 @@ const LONG: Duration = Duration::from_secs(20);
 struct NotifySocket {
     socket: UnixDatagram,
     path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl NotifySocket {
-    fn bind(dir: &std::path::Path) -> NotifySocket {
-        let path = dir.join("notify.sock");
+    fn bind() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
         let socket = UnixDatagram::bind(&path).unwrap();
         socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-        NotifySocket { socket, path }
+        NotifySocket { socket, path, _dir: dir }
+    }
+
+    fn env(&self) -> &str {
+        self.path.to_str().unwrap()
     }
 
     /// (arrival time, message) for `duration`.
@@ -44,41 +50,34 @@ fn count(msgs: &[(Instant, String)], what: &str) -> usize {
 
 #[test]
 fn ready_watchdog_and_stopping_reach_systemd() {
-    let broker = Mosquitto::start();
     let ep = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let notify = NotifySocket::bind(dir.path());
-    let config = base_config(broker.port) + &subscription("ops", &ep.url(), "");
-    let mut agent = Agent::start_env(
-        dir.path(),
-        &config,
-        &[("NOTIFY_SOCKET", notify.path.to_str().unwrap()), ("WATCHDOG_USEC", "2000000")],
-    );
+    let notify = NotifySocket::bind();
+    let mut bed = Bed::new()
+        .env("NOTIFY_SOCKET", notify.env())
+        .env("WATCHDOG_USEC", "2000000")
+        .subscription("ops", &ep.url(), "")
+        .configure();
+    bed.spawn();
     let msgs = notify.collect(Duration::from_secs(6));
     assert_eq!(count(&msgs, "READY=1"), 1, "{msgs:?}");
     let pings = count(&msgs, "WATCHDOG=1");
     assert!(pings >= 3, "{pings} watchdog pings in 6 s at WATCHDOG_USEC=2000000: {msgs:?}");
-    assert!(agent.terminate().success());
+    assert!(bed.terminate().success());
     let tail = notify.collect(Duration::from_millis(300));
     assert!(count(&msgs, "STOPPING=1") + count(&tail, "STOPPING=1") >= 1, "STOPPING=1 on shutdown");
 }
 
 #[test]
 fn a_wedged_loop_stops_the_watchdog_pings() {
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let notify = NotifySocket::bind(dir.path());
-    let config = base_config(broker.port) + &subscription("ops", "http://127.0.0.1:9/hook", "");
-    let agent = Agent::start_env(
-        dir.path(),
-        &config,
-        &[
-            ("NOTIFY_SOCKET", notify.path.to_str().unwrap()),
-            ("WATCHDOG_USEC", "1000000"),
-            ("FLEETHOOK_FAULT_WEDGE", "writer"),
-            ("FLEETHOOK_FAULT_WEDGE_AFTER", "3"),
-        ],
-    );
+    let notify = NotifySocket::bind();
+    let mut bed = Bed::new()
+        .env("NOTIFY_SOCKET", notify.env())
+        .env("WATCHDOG_USEC", "1000000")
+        .env("FLEETHOOK_FAULT_WEDGE", "writer")
+        .env("FLEETHOOK_FAULT_WEDGE_AFTER", "3")
+        .subscription("ops", &Down::new().url(), "")
+        .configure();
+    bed.spawn();
     // The writer wedges 3 s after it starts; pings stop once it has missed beats for
     // STALL_AFTER (2 s). A slow start under a loaded CI machine shifts both by a little.
     let start = Instant::now();
@@ -93,15 +92,14 @@ fn a_wedged_loop_stops_the_watchdog_pings() {
         .count();
     assert!(before >= 1, "pings while healthy: {msgs:?}");
     assert_eq!(late, 0, "no pings once the writer is wedged: {msgs:?}");
-    assert!(agent.log().contains("not making progress") && agent.log().contains("writer"), "{}", agent.log());
+    assert!(bed.log().contains("not making progress") && bed.log().contains("writer"), "{}", bed.log());
 }
 
 #[test]
 fn logs_go_to_journald_under_systemd() {
     let path = std::path::Path::new("/run/systemd/journal/socket");
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", "http://127.0.0.1:9/hook", "");
+    // Under journald the agent's stderr stays quiet: nothing to wait on there.
+    let mut bed = Bed::new().env("JOURNAL_STREAM", "8:1234").subscription("ops", &Down::new().url(), "").configure();
     let journald_listening = path.exists() && UnixDatagram::unbound().and_then(|s| s.send_to(b"", path)).is_ok();
     if path.exists() && !journald_listening {
         // A stale socket file from an earlier run: nobody reads it.
@@ -109,9 +107,9 @@ fn logs_go_to_journald_under_systemd() {
     }
     if journald_listening {
         // A real journald: ask it.
-        let mut agent = Agent::start_env(dir.path(), &config, &[("JOURNAL_STREAM", "8:1234")]);
+        bed.spawn();
         std::thread::sleep(Duration::from_secs(2));
-        assert!(agent.terminate().success());
+        assert!(bed.terminate().success());
         let out = std::process::Command::new("journalctl")
             .args(["-t", "fleethook", "--since", "-1min", "-o", "cat"])
             .output()
@@ -129,7 +127,7 @@ fn logs_go_to_journald_under_systemd() {
     }
     let _remove = Remove("/run/systemd/journal/socket");
     journal.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let mut agent = Agent::start_env(dir.path(), &config, &[("JOURNAL_STREAM", "8:1234")]);
+    bed.spawn();
     let mut got: Vec<std::collections::HashMap<String, String>> = Vec::new();
     let end = Instant::now() + LONG;
     let mut buf = vec![0u8; 65536];
@@ -141,8 +139,8 @@ fn logs_go_to_journald_under_systemd() {
             got.push(journal_fields(&buf[..n]));
         }
     }
-    let status = agent.terminate();
-    assert!(status.success(), "{status:?}: {}", agent.log());
+    let status = bed.terminate();
+    assert!(status.success(), "{status:?}: {}", bed.log());
     let entry = got.iter().find(|m| running(m)).unwrap_or_else(|| panic!("no journald datagram: {got:?}"));
     assert_eq!(entry.get("SYSLOG_IDENTIFIER").map(String::as_str), Some("fleethook"), "{entry:?}");
     assert!(
@@ -154,54 +152,49 @@ fn logs_go_to_journald_under_systemd() {
         Some("test-robot"),
         "structured fields travel as journald fields"
     );
-    assert!(!agent.log().contains("fleethook is running"), "under journald, stderr stays quiet");
+    assert!(!bed.log().contains("fleethook is running"), "under journald, stderr stays quiet");
 }
 
 #[test]
 fn sighup_reloads_good_configs_and_refuses_bad_ones() {
-    let broker = Mosquitto::start();
     let first = Endpoint::start(Reply::Status(200));
     let second = Endpoint::start(Reply::Status(200));
-    let down = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let before = base_config(broker.port)
-        + &subscription("first", &first.url(), "")
-        + &subscription("later", &format!("http://127.0.0.1:{down}/hook"), "");
-    let agent = Agent::start(dir.path(), &before);
-    agent.wait_subscribed();
-    publish(broker.port, &[mission("agv-1", 0, "started")]);
+    let down = Down::new();
+    let bed = Bed::new().subscription("first", &first.url(), "").subscription("later", &down.url(), "").start();
+    bed.publish(&[mission("agv-1", 0, "started")]);
     first.wait_for(1, LONG);
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 1));
+    assert!(bed.wait_deliveries("pending", 1));
 
-    let after = before.clone() + &subscription("second", &second.url(), "");
-    agent.rewrite_config(&after);
-    agent.signal("HUP");
-    assert!(wait_until(LONG, || agent.log().contains("Configuration reloaded")), "{}", agent.log());
-    assert!(wait_until(LONG, || agent.log().matches("Subscribed to the route topics").count() >= 2));
-    publish(broker.port, &[mission("agv-1", 1, "completed")]);
+    let after = bed.config().to_string() + &subscription("second", &second.url(), "");
+    bed.rewrite_config(&after);
+    bed.signal("HUP");
+    assert!(wait_until(LONG, || bed.log().contains("Configuration reloaded")), "{}", bed.log());
+    assert!(wait_until(LONG, || bed.log().matches("Subscribed to the route topics").count() >= 2));
+    bed.publish(&[mission("agv-1", 1, "completed")]);
     assert_eq!(second.wait_for(1, LONG)[0].json()["data"]["seq"], 1, "the new subscription gets new events");
     first.wait_for(2, LONG);
 
-    agent.rewrite_config(&after.replace("[[subscription]]", "[[subscripton]]"));
-    agent.signal("HUP");
-    assert!(wait_until(LONG, || agent.log().contains("invalid; the old one stays")), "{}", agent.log());
-    publish(broker.port, &[mission("agv-1", 2, "completed")]);
+    bed.rewrite_config(&after.replace("[[subscription]]", "[[subscripton]]"));
+    bed.signal("HUP");
+    assert!(wait_until(LONG, || bed.log().contains("invalid; the old one stays")), "{}", bed.log());
+    bed.publish(&[mission("agv-1", 2, "completed")]);
     second.wait_for(2, LONG);
     assert_eq!(first.wait_for(3, LONG).len(), 3, "the old configuration keeps working");
 
     // Queued work survived both reloads.
-    let later = Endpoint::start_on(down, Reply::Status(200), Vec::new());
+    let later = down.up(Reply::Status(200));
     assert_eq!(later.wait_for(3, LONG).len(), 3);
 }
 
 #[test]
 fn heartbeats_carry_the_robots_vitals_in_json_logs() {
-    let broker = Mosquitto::start();
     let ep = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port).replace("interval = \"0s\"", "interval = \"1s\"")
-        + &subscription("vitals", &ep.url(), "events = [\"agent.heartbeat\"]");
-    let agent = Agent::start_env(dir.path(), &config, &[("FLEETHOOK_LOG_FORMAT", "json")]);
+    let mut bed = Bed::new()
+        .edit("interval = \"0s\"", "interval = \"1s\"")
+        .env("FLEETHOOK_LOG_FORMAT", "json")
+        .subscription("vitals", &ep.url(), "events = [\"agent.heartbeat\"]")
+        .configure();
+    bed.spawn();
     let got = ep.wait_for(2, LONG);
     assert!(got.len() >= 2, "a heartbeat a second");
     let hb = got[1].json();
@@ -227,7 +220,7 @@ fn heartbeats_carry_the_robots_vitals_in_json_logs() {
     assert_eq!(d["link"]["profile"], "unmetered");
     let sent = d["link"]["sent_bytes_24h"]["vitals"].as_u64().unwrap_or(0);
     assert!(sent as usize > got[0].body.len(), "{d}");
-    let log = agent.log();
+    let log = bed.log();
     let first = log.lines().next().unwrap_or("");
     let line: serde_json::Value =
         serde_json::from_str(first).unwrap_or_else(|e| panic!("--log-format json: {e}: {first}"));

@@ -15,36 +15,34 @@ const LONG: Duration = Duration::from_secs(20);
 /// (or never landed) is.
 #[test]
 fn collapse_never_marks_a_delivered_event_superseded() {
-    let broker = Mosquitto::start();
     let ep = Endpoint::start(Reply::Slow(Duration::from_millis(300), 200));
-    let dir = tempfile::tempdir().unwrap();
-    let route = "\n[[route]]\ntopic = \"fleet/+/battery\"\nevent = \"robot.battery\"\ndevice_id = \"{topic.1}\"\ncollapse = true\n";
-    let config = base_config(broker.port) + route + &subscription("ops", &ep.url(), "");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let bed = Bed::new()
+        .route("topic = \"fleet/+/battery\"\nevent = \"robot.battery\"\ndevice_id = \"{topic.1}\"\ncollapse = true")
+        .subscription("ops", &ep.url(), "")
+        .start();
     const N: usize = 6;
     for n in 0..N {
         let body = serde_json::json!({"seq": n, "level": 90 - n}).to_string().into_bytes();
-        publish(broker.port, &[("fleet/agv-1/battery".to_string(), body)]);
+        bed.publish(&[("fleet/agv-1/battery".to_string(), body)]);
         std::thread::sleep(Duration::from_millis(100));
     }
-    let ended = || agent.count("SELECT COUNT(*) FROM deliveries WHERE state IN ('delivered', 'superseded')");
-    assert!(wait_until(LONG, || ended() == N as i64 && ep.count() > 0), "{}", agent.log());
+    let ended = || bed.count("SELECT COUNT(*) FROM deliveries WHERE state IN ('delivered', 'superseded')");
+    assert!(wait_until(LONG, || ended() == N as i64 && ep.count() > 0), "{}", bed.log());
     std::thread::sleep(Duration::from_millis(500));
     let received: std::collections::HashSet<String> =
         ep.requests().iter().map(|r| r.json()["delivery_id"].as_str().unwrap().to_string()).collect();
     for id in &received {
-        let state: String = agent
+        let state: String = bed
             .db()
             .query_row("SELECT state FROM deliveries WHERE id = ?1", [id], |r| r.get(0))
             .unwrap_or_else(|_| "delivered".into()); // sent from memory: never stored
         assert_eq!(state, "delivered", "{id} reached the receiver");
-        let superseded_rows = agent
-            .count(&format!("SELECT COUNT(*) FROM attempts WHERE delivery_id = '{id}' AND outcome = 'superseded'"));
+        let superseded_rows =
+            bed.count(&format!("SELECT COUNT(*) FROM attempts WHERE delivery_id = '{id}' AND outcome = 'superseded'"));
         assert_eq!(superseded_rows, 0, "{id} reached the receiver, yet its log says superseded");
     }
     let counter = |o: &str| {
-        agent.count(&format!("SELECT COALESCE(SUM(n), 0) FROM counters WHERE subscription = 'ops' AND outcome = '{o}'"))
+        bed.count(&format!("SELECT COALESCE(SUM(n), 0) FROM counters WHERE subscription = 'ops' AND outcome = '{o}'"))
     };
     assert_eq!(counter("delivered"), received.len() as i64, "delivered counts what the receiver got");
     assert_eq!(counter("delivered") + counter("superseded"), N as i64);
@@ -54,15 +52,11 @@ fn collapse_never_marks_a_delivered_event_superseded() {
 /// request for a delivery says `Attempt: 1`, the retry after its 503 says 2.
 #[test]
 fn the_attempt_header_counts_what_reached_the_endpoint() {
-    let broker = Mosquitto::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    publish(broker.port, &[mission("agv-1", 0, "completed")]);
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM attempts") >= 3), "probes while offline");
-    let ep = Endpoint::start_on(port, Reply::Status(200), vec![Reply::Status(503)]);
+    let down = Down::new();
+    let bed = Bed::new().subscription("ops", &down.url(), "").start();
+    bed.publish(&[mission("agv-1", 0, "completed")]);
+    assert!(wait_until(LONG, || bed.count("SELECT COUNT(*) FROM attempts") >= 3), "probes while offline");
+    let ep = down.up_scripted(vec![Reply::Status(503)], Reply::Status(200));
     let got = ep.wait_for(2, LONG);
     assert_eq!(got[0].header("x-fleethook-attempt"), Some("1"));
     assert_eq!(got[1].header("x-fleethook-attempt"), Some("2"));
@@ -77,20 +71,15 @@ fn text(out: &std::process::Output) -> String {
 /// transport error is said as such, not `HTTP null`.
 #[test]
 fn the_cli_refuses_what_cannot_work_and_says_what_it_did() {
-    let broker = Mosquitto::start();
-    let dir = tempfile::tempdir().unwrap();
-    let down = format!("http://127.0.0.1:{}/hook", free_port());
-    let config = base_config(broker.port) + &subscription("ops", &down, "");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let bed = Bed::new().subscription("ops", &Down::new().url(), "").start();
 
     for args in [["queue", "--state", "bogus"], ["queue", "--state", "evicted"], ["log", "--outcome", "bogus"]] {
-        let out = agent.cli(&args);
+        let out = bed.cli(&args);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(text(&out).contains("possible values"), "{args:?}: {}", text(&out));
     }
     // The socket refuses them too, for scripts that speak the protocol.
-    let socket = dir.path().join("status.sock");
+    let socket = bed.dir.join("status.sock");
     let answer = fleethook::status::client::call(
         &socket,
         &fleethook::status::Request::Queue { subscription: None, state: Some("bogus".into()), limit: None },
@@ -99,28 +88,28 @@ fn the_cli_refuses_what_cannot_work_and_says_what_it_did() {
     assert!(refused.contains("pending, failed, delivered, expired, superseded"), "{refused}");
 
     for args in [["queue", "--subscription", "nosuch"], ["log", "--subscription", "nosuch"]] {
-        let out = agent.cli(&args);
+        let out = bed.cli(&args);
         assert!(!out.status.success(), "{args:?} was accepted");
         assert!(text(&out).contains("no subscription named `nosuch`"), "{args:?}: {}", text(&out));
     }
-    let out = agent.cli(&["replay", "--subscription", "ops", "--since", "1h", "--until", "2h"]);
+    let out = bed.cli(&["replay", "--subscription", "ops", "--since", "1h", "--until", "2h"]);
     assert!(!out.status.success(), "an --until before --since was accepted");
     assert!(text(&out).contains("before --since"), "{}", text(&out));
 
-    let out = agent.cli(&["test", "ops"]);
+    let out = bed.cli(&["test", "ops"]);
     assert!(text(&out).contains("no answer"), "{}", text(&out));
     assert!(!text(&out).contains("null"), "{}", text(&out));
     assert!(!out.status.success(), "a test delivery that failed exits non-zero");
 
-    let out = agent.cli(&["pause", "ops"]);
+    let out = bed.cli(&["pause", "ops"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok: ops is paused\n");
-    let before = agent.count("SELECT COUNT(*) FROM events WHERE type = 'fleethook.test'");
-    let out = agent.cli(&["test", "ops"]);
+    let before = bed.count("SELECT COUNT(*) FROM events WHERE type = 'fleethook.test'");
+    let out = bed.cli(&["test", "ops"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("`ops` is paused"), "{}", text(&out));
-    assert_eq!(agent.count("SELECT COUNT(*) FROM events WHERE type = 'fleethook.test'"), before, "nothing queued");
-    let out = agent.cli(&["resume", "ops"]);
+    assert_eq!(bed.count("SELECT COUNT(*) FROM events WHERE type = 'fleethook.test'"), before, "nothing queued");
+    let out = bed.cli(&["resume", "ops"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok: ops is online\n");
 }
 
@@ -172,27 +161,19 @@ fn lines_with(log: &str, level: &str, text: &str) -> usize {
 fn an_operator_hears_once_of_a_broker_that_never_connects_and_of_an_endpoint_that_goes_offline() {
     let dir = tempfile::tempdir().unwrap();
     let nobody = free_port();
-    let agent = Agent::start(dir.path(), &(base_config(nobody) + &subscription("ops", "http://127.0.0.1:9/x", "")));
-    assert!(wait_until(LONG, || agent.log().matches("MQTT connect failed again").count() >= 2), "{}", agent.log());
-    assert_eq!(lines_with(&agent.log(), "WARN", "Cannot connect to the MQTT broker"), 1, "{}", agent.log());
-    drop(agent);
+    let lonely = Agent::start(dir.path(), &(base_config(nobody) + &subscription("ops", "http://127.0.0.1:9/x", "")));
+    assert!(wait_until(LONG, || lonely.log().matches("MQTT connect failed again").count() >= 2), "{}", lonely.log());
+    assert_eq!(lines_with(&lonely.log(), "WARN", "Cannot connect to the MQTT broker"), 1, "{}", lonely.log());
+    drop(lonely);
 
-    let broker = Mosquitto::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", &format!("http://127.0.0.1:{port}/hook"), "");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    publish(broker.port, &(0..5).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'offline'") >= 4));
-    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    let down = Down::new();
+    let bed = Bed::new().subscription("ops", &down.url(), "").start();
+    bed.publish(&(0..5).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+    assert!(wait_until(LONG, || bed.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'offline'") >= 4));
+    let ep = down.up(Reply::Status(200));
     ep.wait_for(5, LONG);
-    assert!(
-        wait_until(LONG, || lines_with(&agent.log(), "INFO", "The endpoint answers again") == 1),
-        "{}",
-        agent.log()
-    );
-    let log = agent.log();
+    assert!(wait_until(LONG, || lines_with(&bed.log(), "INFO", "The endpoint answers again") == 1), "{}", bed.log());
+    let log = bed.log();
     assert_eq!(lines_with(&log, "WARN", "The endpoint cannot be reached"), 1, "{log}");
 }
 
@@ -200,21 +181,17 @@ fn an_operator_hears_once_of_a_broker_that_never_connects_and_of_an_endpoint_tha
 /// the endpoint answered.
 #[test]
 fn log_and_show_say_why_an_attempt_failed() {
-    let broker = Mosquitto::start();
     let ep = Endpoint::scripted(vec![Reply::Hang, Reply::Status(500)], Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", &ep.url(), "timeout = \"1s\"");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    publish(broker.port, &[mission("agv-1", 0, "completed")]);
+    let bed = Bed::new().subscription("ops", &ep.url(), "timeout = \"1s\"").start();
+    bed.publish(&[mission("agv-1", 0, "completed")]);
     ep.wait_for(3, LONG);
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'delivered'") == 1));
-    let log = text(&agent.cli(&["log"]));
+    assert!(bed.wait_deliveries("delivered", 1));
+    let log = text(&bed.cli(&["log"]));
     let timeout_row = log.lines().find(|l| l.contains("retry") && l.contains(" - ")).unwrap_or_else(|| panic!("{log}"));
     assert!(timeout_row.contains("operation timed out"), "the cause is cut off: {timeout_row}");
     assert!(!timeout_row.contains("http://"), "{timeout_row}");
-    let id: String = agent.db().query_row("SELECT id FROM deliveries", [], |r| r.get(0)).unwrap();
-    let show = text(&agent.cli(&["show", &id]));
+    let id: String = bed.db().query_row("SELECT id FROM deliveries", [], |r| r.get(0)).unwrap();
+    let show = text(&bed.cli(&["show", &id]));
     assert!(show.contains("error: operation timed out"), "{show}");
     assert!(show.contains("HTTP 500") && show.contains("response: ok"), "{show}");
 }
@@ -250,23 +227,20 @@ fn check_warns_of_routes_missing_and_patterns_that_match_nothing() {
 /// first, and each priority in event order.
 #[test]
 fn a_backlog_drains_high_priority_first() {
-    let broker = Mosquitto::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let routes = "\n[[route]]\ntopic = \"fleet/+/battery\"\nevent = \"robot.battery\"\npriority = \"low\"\n\
-                  \n[[route]]\ntopic = \"fleet/+/estop\"\nevent = \"robot.estop\"\npriority = \"high\"\n";
-    let url = format!("http://127.0.0.1:{port}/hook");
-    let config = base_config(broker.port) + routes + &subscription("ops", &url, "max_in_flight = 1");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let down = Down::new();
+    let bed = Bed::new()
+        .route("topic = \"fleet/+/battery\"\nevent = \"robot.battery\"\npriority = \"low\"")
+        .route("topic = \"fleet/+/estop\"\nevent = \"robot.estop\"\npriority = \"high\"")
+        .subscription("ops", &down.url(), "max_in_flight = 1")
+        .start();
     let low: Vec<_> =
         (0..20).map(|n| ("fleet/agv-1/battery".to_string(), format!("{{\"seq\":{n}}}").into_bytes())).collect();
     let high: Vec<_> =
         (0..5).map(|n| ("fleet/agv-1/estop".to_string(), format!("{{\"seq\":{n}}}").into_bytes())).collect();
-    publish(broker.port, &low);
-    publish(broker.port, &high);
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 25));
-    let ep = Endpoint::start_on(port, Reply::Status(200), Vec::new());
+    bed.publish(&low);
+    bed.publish(&high);
+    assert!(bed.wait_deliveries("pending", 25));
+    let ep = down.up(Reply::Status(200));
     let got = ep.wait_for(25, LONG);
     let types: Vec<String> = got.iter().map(|r| r.json()["type"].as_str().unwrap().to_string()).collect();
     // The one in flight as the endpoint came back (an offline probe) may be a low one.
@@ -297,19 +271,15 @@ fn a_backlog_drains_high_priority_first() {
 /// route, takes it in after all, and deletes what stays bad.
 #[test]
 fn the_quarantine_is_listed_shown_released_after_a_route_fix_and_purged() {
-    let broker = Mosquitto::start();
     let ep = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let sub = subscription("ops", &ep.url(), "");
-    let mut agent = Agent::start(dir.path(), &(base_config(broker.port) + &sub));
-    agent.wait_subscribed();
+    let mut bed = Bed::new().subscription("ops", &ep.url(), "").start();
     // The bridge says `state` where the route reads `status`; one message is not JSON.
     let renamed = br#"{"state":"completed","mission_id":"m-7"}"#.to_vec();
-    publish(broker.port, &[("fleet/agv-1/mission".into(), renamed.clone())]);
-    publish(broker.port, &[("fleet/agv-1/mission".into(), b"status: done".to_vec())]);
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM quarantine") == 2), "{}", agent.log());
+    bed.publish(&[("fleet/agv-1/mission".into(), renamed.clone())]);
+    bed.publish(&[("fleet/agv-1/mission".into(), b"status: done".to_vec())]);
+    assert!(wait_until(LONG, || bed.count("SELECT COUNT(*) FROM quarantine") == 2), "{}", bed.log());
 
-    let listed = agent.cli_json(&["quarantine"]);
+    let listed = bed.cli_json(&["quarantine"]);
     let rows = listed.as_array().unwrap();
     assert_eq!(rows.len(), 2, "{listed}");
     assert!(rows[0]["reason"].as_str().unwrap().starts_with("payload is not JSON"), "{listed}");
@@ -317,25 +287,25 @@ fn the_quarantine_is_listed_shown_released_after_a_route_fix_and_purged() {
     assert_eq!(rows[1]["topic"], "fleet/agv-1/mission");
     assert_eq!(rows[1]["size"], renamed.len());
     let (bad, renamed_seq) = (rows[0]["seq"].as_i64().unwrap(), rows[1]["seq"].as_i64().unwrap());
-    let table = text(&agent.cli(&["quarantine"]));
+    let table = text(&bed.cli(&["quarantine"]));
     assert!(table.contains("REASON") && table.contains("payload is not JSON"), "{table}");
-    let shown = agent.cli_json(&["quarantine", "show", &renamed_seq.to_string()]);
+    let shown = bed.cli_json(&["quarantine", "show", &renamed_seq.to_string()]);
     assert_eq!(shown["payload"].as_str().unwrap().as_bytes(), &renamed[..], "{shown}");
 
     // Released after a wrong fix: it stays, with the reason it fails for now; nothing is sent.
-    agent.rewrite_config(&(base_config(broker.port).replace("mission.{/status}", "mission.{/phase}") + &sub));
-    agent.signal("HUP");
-    assert!(wait_until(LONG, || agent.log().contains("Configuration reloaded")), "{}", agent.log());
-    let early = agent.cli_json(&["quarantine", "release", &renamed_seq.to_string()]);
+    bed.rewrite_config(&bed.config().replace("mission.{/status}", "mission.{/phase}"));
+    bed.signal("HUP");
+    assert!(wait_until(LONG, || bed.log().contains("Configuration reloaded")), "{}", bed.log());
+    let early = bed.cli_json(&["quarantine", "release", &renamed_seq.to_string()]);
     assert_eq!(early["released"], 0, "{early}");
     assert!(early["results"][0]["reason"].as_str().unwrap().starts_with("still quarantined"), "{early}");
-    let shown = agent.cli_json(&["quarantine", "show", &renamed_seq.to_string()]);
+    let shown = bed.cli_json(&["quarantine", "show", &renamed_seq.to_string()]);
     assert!(shown["reason"].as_str().unwrap().contains("/phase"), "the new reason is stored: {shown}");
 
-    agent.rewrite_config(&(base_config(broker.port).replace("mission.{/status}", "mission.{/state}") + &sub));
-    agent.signal("HUP");
-    assert!(wait_until(LONG, || agent.log().matches("Configuration reloaded").count() == 2), "{}", agent.log());
-    let out = agent.cli(&["quarantine", "release", "--all"]);
+    bed.rewrite_config(&bed.config().replace("mission.{/status}", "mission.{/state}"));
+    bed.signal("HUP");
+    assert!(wait_until(LONG, || bed.log().matches("Configuration reloaded").count() == 2), "{}", bed.log());
+    let out = bed.cli(&["quarantine", "release", "--all"]);
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains(&format!("{renamed_seq}: released as mission.completed")), "{said}");
@@ -344,25 +314,25 @@ fn the_quarantine_is_listed_shown_released_after_a_route_fix_and_purged() {
     assert_eq!(got[0].json()["type"], "mission.completed");
     assert_eq!(got[0].json()["data"]["mission_id"], "m-7");
     verify(&got[0], fleethook::sign::Scheme::Standard, "X-Fleethook");
-    assert_eq!(agent.count("SELECT COUNT(*) FROM quarantine"), 1, "the released one left the quarantine");
+    assert_eq!(bed.count("SELECT COUNT(*) FROM quarantine"), 1, "the released one left the quarantine");
 
-    let purged = agent.cli_json(&["quarantine", "purge", "--all"]);
+    let purged = bed.cli_json(&["quarantine", "purge", "--all"]);
     assert_eq!(purged["purged"], 1, "{purged}");
-    assert_eq!(agent.cli_json(&["quarantine"]).as_array().unwrap().len(), 0);
-    let refused = agent.cli(&["quarantine", "purge"]);
+    assert_eq!(bed.cli_json(&["quarantine"]).as_array().unwrap().len(), 0);
+    let refused = bed.cli(&["quarantine", "purge"]);
     assert!(!refused.status.success(), "purge names messages or says --all");
     // Numbers are never given again: a stale `purge N` cannot delete a newer message.
-    publish(broker.port, &[("fleet/agv-1/mission".into(), b"still not json".to_vec())]);
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM quarantine") == 1), "{}", agent.log());
-    let newest = agent.cli_json(&["quarantine"])[0]["seq"].as_i64().unwrap();
+    bed.publish(&[("fleet/agv-1/mission".into(), b"still not json".to_vec())]);
+    assert!(wait_until(LONG, || bed.count("SELECT COUNT(*) FROM quarantine") == 1), "{}", bed.log());
+    let newest = bed.cli_json(&["quarantine"])[0]["seq"].as_i64().unwrap();
     assert!(newest > renamed_seq.max(bad), "{newest} reuses a purged number");
     for action in ["purge", "release"] {
-        let stale = agent.cli(&["quarantine", action, &bad.to_string()]);
+        let stale = bed.cli(&["quarantine", action, &bad.to_string()]);
         assert!(!stale.status.success(), "{action} of a purged number exits non-zero");
         assert!(text(&stale).contains(&bad.to_string()), "{}", text(&stale));
     }
-    assert_eq!(agent.count("SELECT COUNT(*) FROM quarantine"), 1, "the newer message is still there");
+    assert_eq!(bed.count("SELECT COUNT(*) FROM quarantine"), 1, "the newer message is still there");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(ep.count(), 1, "released once, sent once");
-    agent.terminate();
+    bed.terminate();
 }

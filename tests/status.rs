@@ -14,26 +14,21 @@ use serde_json::Value;
 const LONG: Duration = Duration::from_secs(20);
 
 struct Field {
-    broker: Mosquitto,
-    agent: Agent,
+    bed: Bed,
     ok: Endpoint,
     gone: Endpoint,
-    _dir: tempfile::TempDir,
 }
 
 fn field() -> Field {
-    let broker = Mosquitto::start();
     let ok = Endpoint::start(Reply::Status(200));
     let gone = Endpoint::start(Reply::Status(404));
-    let down = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port).replace("[heartbeat]", "socket_mode = \"0666\"\n[heartbeat]")
-        + &subscription("ok", &ok.url(), "")
-        + &subscription("gone", &gone.url(), "")
-        + &subscription("down", &format!("http://127.0.0.1:{down}/hook"), "");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    Field { broker, agent, ok, gone, _dir: dir }
+    let bed = Bed::new()
+        .edit("[heartbeat]", "socket_mode = \"0666\"\n[heartbeat]")
+        .subscription("ok", &ok.url(), "")
+        .subscription("gone", &gone.url(), "")
+        .subscription("down", &Down::new().url(), "")
+        .start();
+    Field { bed, ok, gone }
 }
 
 impl Field {
@@ -41,7 +36,7 @@ impl Field {
         let out = Command::new(env!("CARGO_BIN_EXE_fleethook"))
             .args(args)
             .arg("--config")
-            .arg(&self.agent.config)
+            .arg(&self.bed.config)
             .output()
             .unwrap();
         let (stdout, stderr) =
@@ -64,7 +59,7 @@ impl Field {
     }
 
     fn socket(&self) -> std::path::PathBuf {
-        self.agent.dir.join("status.sock")
+        self.bed.dir.join("status.sock")
     }
 }
 
@@ -100,7 +95,7 @@ fn status_once(socket: &std::path::Path) -> Value {
 fn a_field_tech_sees_what_is_stuck_and_fixes_it() {
     let f = field();
     let messages: Vec<_> = (0..5).map(|n| mission("agv-1", n, "completed")).collect();
-    publish(f.broker.port, &messages);
+    f.bed.publish(&messages);
     f.ok.wait_for(5, LONG);
     assert!(wait_until(LONG, || f.sub("gone")["failed"] == 5));
     assert!(wait_until(LONG, || f.sub("down")["state"] == "offline"));
@@ -190,7 +185,7 @@ fn the_socket_survives_abuse_and_keeps_delivering() {
         let v = h.join().unwrap();
         assert!(v["ok"] == true || v["error"]["code"] == "busy", "{v}");
     }
-    publish(f.broker.port, &[mission("agv-1", 1, "completed")]);
+    f.bed.publish(&[mission("agv-1", 1, "completed")]);
     f.ok.wait_for(1, LONG);
     assert_eq!(raw(&f.socket(), &[br#"{"cmd":"status"}"#])[0]["ok"], true);
 }
@@ -199,10 +194,10 @@ fn the_socket_survives_abuse_and_keeps_delivering() {
 fn pause_survives_a_restart_and_strangers_may_only_look() {
     let mut f = field();
     f.cli(&["pause", "ok"]);
-    assert!(f.agent.terminate().success());
-    f.agent.spawn();
-    f.agent.wait_subscribed();
-    publish(f.broker.port, &[mission("agv-1", 1, "completed")]);
+    assert!(f.bed.terminate().success());
+    f.bed.spawn();
+    f.bed.wait_subscribed();
+    f.bed.publish(&[mission("agv-1", 1, "completed")]);
     assert!(wait_until(LONG, || f.sub("ok")["pending"] == 1));
     assert_eq!(f.sub("ok")["state"], "paused");
     assert_eq!(f.ok.count(), 0);
@@ -331,9 +326,9 @@ fn random_requests_get_answers_and_never_stop_the_agent() {
             assert!(answer["ok"] == true || answer["error"]["code"].is_string(), "{answer}");
         }
     }
-    assert!(f.agent.is_running(), "{}", f.agent.log());
+    assert!(f.bed.is_running(), "{}", f.bed.log());
     f.json(&["resume", "ok"]);
-    publish(f.broker.port, &[mission("agv-1", 7, "completed")]);
+    f.bed.publish(&[mission("agv-1", 7, "completed")]);
     assert!(wait_until(LONG, || f.ok.requests().iter().any(|r| r.json()["data"]["seq"] == 7)));
 }
 
@@ -341,26 +336,21 @@ fn random_requests_get_answers_and_never_stop_the_agent() {
 /// lost before the agent saw them are at least said, in `status` and the log.
 #[test]
 fn the_brokers_drops_are_shown() {
-    let broker = Mosquitto::start_with("max_queued_messages 5\nsys_interval 1");
     let ep = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", &ep.url(), "");
-    let mut agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    agent.terminate();
+    let mut bed = Bed::new().broker("max_queued_messages 5\nsys_interval 1").subscription("ops", &ep.url(), "").start();
+    bed.terminate();
     // The session waits at the broker, which keeps 5 of these and drops the rest.
-    let messages: Vec<_> = (0..20).map(|n| mission("agv-1", n, "completed")).collect();
-    publish(broker.port, &messages);
-    agent.spawn();
-    agent.wait_subscribed();
+    bed.missions(20);
+    bed.spawn();
+    bed.wait_subscribed();
     let mut status = Value::Null;
     assert!(
         wait_until(LONG, || {
-            status = agent.cli_json(&["status"]);
+            status = bed.cli_json(&["status"]);
             status["mqtt"]["broker_dropped"].as_u64() >= Some(15)
         }),
         "{status}"
     );
-    let text = String::from_utf8(agent.cli(&["status"]).stdout).unwrap();
+    let text = String::from_utf8(bed.cli(&["status"]).stdout).unwrap();
     assert!(text.contains("broker dropped"), "{text}");
 }

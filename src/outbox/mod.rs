@@ -68,6 +68,8 @@ pub use crate::event::NewDelivery;
 pub use dedupe::{SharedKeys, content_key};
 pub use fastlog::FastLog;
 pub use rows::{AttemptRecord, AuditRow, Due, DueBatch, FastDone, NextState, Terminal};
+#[doc(hidden)]
+pub use schema::create_at_version;
 pub use schema::open;
 pub use stats::{InMemory, Stats, SubscriptionStats};
 pub use store::{Store, Stored};
