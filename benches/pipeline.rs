@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 #[path = "pipeline/cellular.rs"]
 mod cellular;
+#[path = "pipeline/cpu.rs"]
+mod cpu;
 
 const PAYLOAD_PAD: usize = 200;
 
@@ -399,12 +401,13 @@ max_in_flight = 32
         std::fs::write(dir.join("fleethook.toml"), config).unwrap();
         let log = std::fs::File::create(dir.join("agent.log")).unwrap();
         // FLEETHOOK_BENCH_AGENT=PATH measures another build (an A/B against this one);
-        // FLEETHOOK_BENCH_PERF=FILE runs the throughput agent under `perf record` into FILE.
+        // FLEETHOOK_BENCH_PERF=FILE runs the throughput agent under `perf record` into FILE
+        // (FLEETHOOK_BENCH_PERF_AGENT=cpu-fast, for one, picks another run's agent).
         let binary = std::env::var("FLEETHOOK_BENCH_AGENT").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fleethook").into());
         let mut command = match std::env::var("FLEETHOOK_BENCH_PERF") {
-            Ok(out) if name == "main" => {
+            Ok(out) if name == std::env::var("FLEETHOOK_BENCH_PERF_AGENT").as_deref().unwrap_or("main") => {
                 let mut c = Command::new("perf");
-                c.args(["record", "-g", "-F", "499", "-o", &out, "--", &binary]);
+                c.args(["record", "-g", "-F", "1999", "-o", &out, "--", &binary]);
                 c
             }
             _ => Command::new(&binary),
@@ -584,10 +587,19 @@ async fn main() {
         let (_, http_us) = meter.per(n);
         record("ceiling: HTTP POST (reqwest, 32 in flight)", http, "req/s", None);
         println!("  (CPU per request: client + receiver {http_us:.1} µs)");
+        let meter = CpuMeter::start(&broker);
+        let hyper_rate = cpu::hyper_ceiling(n, envelope_len).await;
+        let (_, hyper_us) = meter.per(n);
+        record("ceiling: HTTP POST (hyper's client, 32 in flight)", hyper_rate, "req/s", None);
+        println!("  (CPU per request: client + receiver {hyper_us:.1} µs)");
         sqlite = tokio::task::spawn_blocking(move || sqlite_ceiling(n, 256)).await.unwrap();
         record("ceiling: SQLite FULL, our schema, 256 rows/commit", sqlite, "rows/s", None);
     }
     let smallest = mqtt.min(http).min(sqlite);
+    // FLEETHOOK_BENCH_CEILINGS_ONLY=1 stops here: the ceilings, and reqwest against hyper.
+    if std::env::var_os("FLEETHOOK_BENCH_CEILINGS_ONLY").is_some() {
+        return;
+    }
 
     let dir = tempfile::tempdir().unwrap();
     let endpoint = free_port();
@@ -600,6 +612,12 @@ async fn main() {
     // FLEETHOOK_BENCH_FLOOD_ONLY=1 runs only the memory rows of a flood (below).
     if std::env::var_os("FLEETHOOK_BENCH_FLOOD_ONLY").is_some() {
         flood(&broker, &opts, endpoint, &got, &mut record).await;
+        return;
+    }
+    // FLEETHOOK_BENCH_CPU_ONLY=1 runs only the agent's CPU per event on each path: the
+    // A/B for a change meant to make the agent cheaper.
+    if std::env::var_os("FLEETHOOK_BENCH_CPU_ONLY").is_some() {
+        cpu::run(&broker, &opts, &mut record).await;
         return;
     }
     if !flash_only {
@@ -713,6 +731,7 @@ async fn main() {
         let per = (agent.write_bytes() - w0) as f64 / n as f64;
         record(&format!("flash: bytes written per queued event @{rate}/s (offline)"), per, "bytes", None);
     }
+    cpu::run(&broker, &opts, &mut record).await;
     if agent_only {
         return;
     }

@@ -271,8 +271,10 @@ impl Attempt {
             self.sub.compression.filter(|_| self.client.compress.load(std::sync::atomic::Ordering::Relaxed));
         let now = SystemTime::now();
         let prepared = match what {
-            Request::One(due) => http::prepare(&self.sub, due, now, token, compression),
-            Request::Batch(members, id) => http::prepare_batch(&self.sub, members, id, now, token, compression),
+            Request::One(due) => http::prepare(&self.sub, &self.client.names, due, now, token, compression),
+            Request::Batch(members, id) => {
+                http::prepare_batch(&self.sub, &self.client.names, members, id, now, token, compression)
+            }
         };
         (http::send(&self.client.http, &self.sub, prepared).await, compression.is_some())
     }

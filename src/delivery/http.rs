@@ -47,6 +47,40 @@ pub struct Client {
     /// Where an offline probe connects before it sends anything: the endpoint's host and
     /// port, when no proxy stands between (a proxy accepts whether the endpoint is up).
     pub probe_at: Option<(String, u16)>,
+    /// The agent's own header names under the subscription's prefix.
+    pub names: std::sync::Arc<Names>,
+}
+
+/// `<prefix>-Event` and the others, made once per client: each request used to format
+/// and validate them again.
+#[derive(Debug)]
+pub struct Names {
+    event: HeaderName,
+    delivery: HeaderName,
+    attempt: HeaderName,
+    device: HeaderName,
+    batch: HeaderName,
+    batch_size: HeaderName,
+}
+
+impl Names {
+    pub fn new(prefix: &str) -> Names {
+        // The prefix is validated with the config; a name that still does not parse
+        // falls back to the default prefix's.
+        let name = |suffix: &str| {
+            HeaderName::from_bytes(format!("{prefix}-{suffix}").as_bytes())
+                .or_else(|_| HeaderName::from_bytes(format!("X-Fleethook-{suffix}").as_bytes()))
+                .expect("X-Fleethook-* is a valid header name")
+        };
+        Names {
+            event: name("Event"),
+            delivery: name("Delivery"),
+            attempt: name("Attempt"),
+            device: name("Device"),
+            batch: name("Batch"),
+            batch_size: name("Batch-Size"),
+        }
+    }
 }
 
 /// The client of one subscription; an OAuth2 token endpoint is reached with the same
@@ -60,7 +94,8 @@ pub fn client(sub: &Subscription) -> Result<Client, ClientError> {
         _ => None,
     };
     let compress = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(sub.compression.is_some()));
-    Ok(Client { http, token, compress, probe_at: probe_address(sub) })
+    let names = std::sync::Arc::new(Names::new(&sub.header_prefix));
+    Ok(Client { http, token, compress, probe_at: probe_address(sub), names })
 }
 
 /// See [`Client::probe_at`]: none through a proxy, set in the config or the environment.
@@ -103,6 +138,9 @@ fn http_client(sub: &Subscription) -> Result<reqwest::Client, ClientError> {
         .connect_timeout(sub.connect_timeout)
         .redirect(reqwest::redirect::Policy::none())
         .pool_idle_timeout(Duration::from_secs(60))
+        // The agent retries on its own schedule; reqwest's own retry layer would clone
+        // every request in case the connection refuses it (HTTP/2 only).
+        .retry(reqwest::retry::never())
         .tcp_nodelay(true);
     match &sub.proxy {
         None => {}
@@ -154,8 +192,14 @@ pub struct Prepared {
 fn put(headers: &mut HeaderMap, name: &str, value: &str) {
     // Names and values were validated with the config, and wire text is percent-encoded
     // (`header_value`), so nothing is refused here.
-    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
-        headers.insert(n, v);
+    if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+        put_named(headers, n, value);
+    }
+}
+
+fn put_named(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
     }
 }
 
@@ -164,22 +208,22 @@ fn put(headers: &mut HeaderMap, name: &str, value: &str) {
 /// bytes as sent.
 pub fn prepare(
     sub: &Subscription,
+    names: &Names,
     due: &Due,
     now: SystemTime,
     token: Option<&str>,
     compression: Option<super::compress::Compression>,
 ) -> Prepared {
     let rendered = render(sub, due, now);
-    let p = &sub.header_prefix;
-    let mut headers = HeaderMap::new();
-    put(&mut headers, "content-type", "application/json");
-    put(&mut headers, &format!("{p}-Event"), &header_value(&due.event_type));
-    put(&mut headers, &format!("{p}-Delivery"), &due.delivery_id);
+    let mut headers = HeaderMap::with_capacity(12);
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    put_named(&mut headers, names.event.clone(), &header_value(&due.event_type));
+    put_named(&mut headers, names.delivery.clone(), &due.delivery_id);
     // Counts the attempts that reached the endpoint (an answer that spent the retry
     // budget), not offline probes that never connected: the receiver's first request
     // for a delivery says 1.
-    put(&mut headers, &format!("{p}-Attempt"), &(due.budget_used + 1).to_string());
-    put(&mut headers, &format!("{p}-Device"), &header_value(&due.device_id));
+    headers.insert(names.attempt.clone(), HeaderValue::from(due.budget_used.saturating_add(1)));
+    put_named(&mut headers, names.device.clone(), &header_value(&due.device_id));
     let (headers, body) = finish(sub, headers, rendered, &due.delivery_id, now, token, compression);
     Prepared { body, headers }
 }
@@ -188,6 +232,7 @@ pub fn prepare(
 /// `id`: one signature over the body as sent.
 pub fn prepare_batch(
     sub: &Subscription,
+    names: &Names,
     members: &[Due],
     id: &str,
     now: SystemTime,
@@ -203,17 +248,17 @@ pub fn prepare_batch(
     } else {
         format!("[{}]", bodies.join(","))
     };
-    let p = &sub.header_prefix;
-    let mut headers = HeaderMap::new();
-    put(&mut headers, "content-type", if ndjson { "application/x-ndjson" } else { "application/json" });
-    put(&mut headers, &format!("{p}-Batch"), id);
-    put(&mut headers, &format!("{p}-Batch-Size"), &members.len().to_string());
+    let mut headers = HeaderMap::with_capacity(12);
+    let content_type = if ndjson { "application/x-ndjson" } else { "application/json" };
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    put_named(&mut headers, names.batch.clone(), id);
+    headers.insert(names.batch_size.clone(), HeaderValue::from(members.len()));
     let sent_before = members.iter().map(|d| d.budget_used).max().unwrap_or(0);
-    put(&mut headers, &format!("{p}-Attempt"), &(sent_before + 1).to_string());
+    headers.insert(names.attempt.clone(), HeaderValue::from(sent_before.saturating_add(1)));
     if let Some(first) = members.first()
         && members.iter().all(|d| d.device_id == first.device_id)
     {
-        put(&mut headers, &format!("{p}-Device"), &header_value(&first.device_id));
+        put_named(&mut headers, names.device.clone(), &header_value(&first.device_id));
     }
     let rendered = format::Rendered { body, headers: Vec::new() };
     let (headers, body) = finish(sub, headers, rendered, id, now, token, compression);

@@ -24,6 +24,7 @@ fn lane(extra: &str) -> Lane {
             token: None,
             compress: Default::default(),
             probe_at: None,
+            names: std::sync::Arc::new(crate::delivery::http::Names::new("X-Fleethook")),
         },
         Endpoint::new(Duration::from_secs(60), None, true),
     )
