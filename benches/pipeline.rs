@@ -277,23 +277,38 @@ async fn http_ceiling(n: u64, body_len: usize) -> f64 {
     fleethook::init_crypto();
     let client = reqwest::Client::builder().tcp_nodelay(true).build().unwrap();
     let body = "b".repeat(body_len);
-    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let rate = in_flight(n, 32, move || {
+        let (client, body) = (client.clone(), body.clone());
+        async move {
+            let _ = client.post(format!("http://127.0.0.1:{port}/")).body(body).send().await;
+        }
+    })
+    .await;
+    stop.cancel();
+    rate
+}
+
+/// Runs `n` jobs `job()` makes, `limit` at a time; returns jobs per second.
+async fn in_flight<F, Fut>(n: u64, limit: usize, job: F) -> f64
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let sem = Arc::new(tokio::sync::Semaphore::new(limit));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..n {
         let permit = sem.clone().acquire_owned().await.unwrap();
-        let (client, body) = (client.clone(), body.clone());
+        let work = job();
         tasks.push(tokio::spawn(async move {
-            let _ = client.post(format!("http://127.0.0.1:{port}/")).body(body).send().await;
+            work.await;
             drop(permit);
         }));
     }
     for t in tasks {
         let _ = t.await;
     }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
-    stop.cancel();
-    rate
+    n as f64 / start.elapsed().as_secs_f64()
 }
 
 fn sqlite_ceiling(n: u64, batch: u64) -> f64 {

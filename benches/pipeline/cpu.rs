@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-use super::{Agent, Broker, Opts, Received, free_port, publish, receiver, wait_count};
+use super::{Agent, Broker, Opts, Received, free_port, in_flight, publish, receiver, wait_count};
 
 /// The fast-path rate: well under what one endpoint answers on this machine.
 const FAST_RATE: u64 = 2000;
@@ -98,13 +98,9 @@ pub async fn hyper_ceiling(n: u64, body_len: usize) -> f64 {
         Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
     let uri: hyper::Uri = format!("http://127.0.0.1:{port}/").parse().unwrap();
     let body = Bytes::from("b".repeat(body_len));
-    let sem = Arc::new(tokio::sync::Semaphore::new(32));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..n {
-        let permit = sem.clone().acquire_owned().await.unwrap();
+    let rate = in_flight(n, 32, move || {
         let (client, body, uri) = (client.clone(), body.clone(), uri.clone());
-        tasks.push(tokio::spawn(async move {
+        async move {
             let request = hyper::Request::post(uri)
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(body))
@@ -112,13 +108,9 @@ pub async fn hyper_ceiling(n: u64, body_len: usize) -> f64 {
             if let Ok(response) = client.request(request).await {
                 let _ = response.into_body().collect().await;
             }
-            drop(permit);
-        }));
-    }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let rate = n as f64 / start.elapsed().as_secs_f64();
+        }
+    })
+    .await;
     stop.cancel();
     rate
 }
