@@ -103,8 +103,7 @@ impl BedBuilder {
 
     /// Starts the broker and the agent, and waits until the agent has subscribed.
     pub fn start(self) -> Bed {
-        let bed = self.configure();
-        let mut bed = bed;
+        let mut bed = self.configure();
         bed.agent.spawn();
         bed.agent.wait_subscribed();
         bed
