@@ -12,30 +12,26 @@ const LONG: Duration = Duration::from_secs(20);
 
 #[test]
 fn qos1_messages_reach_each_matching_subscription_signed_in_every_scheme() {
-    let broker = Mosquitto::start();
     let standard = Endpoint::start(Reply::Status(200));
     let github = Endpoint::start(Reply::Status(204));
     let stripe = Endpoint::start(Reply::Status(202));
     let alerts = Endpoint::start(Reply::Status(200));
     let exact = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = base_config(broker.port);
-    config += &subscription("standard", &standard.url(), "events = [\"mission.*\"]");
-    config += &subscription(
-        "github",
-        &github.url(),
-        "events = [\"*\"]\nsignature = \"sha256\"\nheader_prefix = \"X-RoboTrace\"",
-    );
-    config +=
-        &subscription("stripe", &stripe.url(), "events = [\"mission.*\"]\nsignature = \"stripe\"\nmethod = \"PUT\"");
-    config += &subscription("alerts", &alerts.url(), "events = [\"alert.*\"]");
-    config += &subscription("exact", &exact.url(), "events = [\"mission.completed\"]");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let bed = Bed::new()
+        .subscription("standard", &standard.url(), "events = [\"mission.*\"]")
+        .subscription(
+            "github",
+            &github.url(),
+            "events = [\"*\"]\nsignature = \"sha256\"\nheader_prefix = \"X-RoboTrace\"",
+        )
+        .subscription("stripe", &stripe.url(), "events = [\"mission.*\"]\nsignature = \"stripe\"\nmethod = \"PUT\"")
+        .subscription("alerts", &alerts.url(), "events = [\"alert.*\"]")
+        .subscription("exact", &exact.url(), "events = [\"mission.completed\"]")
+        .start();
 
     let statuses = ["started", "completed"];
     let messages: Vec<_> = (0..20).map(|n| mission(&format!("agv-{}", n % 3), n, statuses[n % 2])).collect();
-    publish(broker.port, &messages);
+    bed.publish(&messages);
 
     let got_standard = standard.wait_for(20, LONG);
     let got_github = github.wait_for(20, LONG);
@@ -83,7 +79,7 @@ fn qos1_messages_reach_each_matching_subscription_signed_in_every_scheme() {
     assert!(got_standard.iter().all(|r| r.method == "POST" && r.path == "/hook"));
 
     // An alert reaches `alerts` and `github` (`*`), not the mission-only ones.
-    publish(broker.port, &[("fleet/agv-9/alert".into(), br#"{"kind":"estop","reason":"bumper"}"#.to_vec())]);
+    bed.publish(&[("fleet/agv-9/alert".into(), br#"{"kind":"estop","reason":"bumper"}"#.to_vec())]);
     let a = alerts.wait_for(1, LONG);
     assert_eq!(a[0].json()["type"], "alert.estop");
     assert_eq!(a[0].json()["device_id"], "agv-9");
@@ -94,16 +90,10 @@ fn qos1_messages_reach_each_matching_subscription_signed_in_every_scheme() {
 
 #[test]
 fn server_errors_are_retried_until_delivered_and_404_is_not_retried() {
-    let broker = Mosquitto::start();
     let flaky = Endpoint::scripted(vec![Reply::Status(500), Reply::Status(503)], Reply::Status(200));
     let missing = Endpoint::start(Reply::Status(404));
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = base_config(broker.port);
-    config += &subscription("flaky", &flaky.url(), "");
-    config += &subscription("missing", &missing.url(), "");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    publish(broker.port, &[mission("agv-1", 1, "completed")]);
+    let bed = Bed::new().subscription("flaky", &flaky.url(), "").subscription("missing", &missing.url(), "").start();
+    bed.publish(&[mission("agv-1", 1, "completed")]);
 
     let got = flaky.wait_for(3, LONG);
     assert_eq!(got.len(), 3);
@@ -118,9 +108,9 @@ fn server_errors_are_retried_until_delivered_and_404_is_not_retried() {
 
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(missing.count(), 1, "a 404 is not retried");
-    assert_eq!(agent.count("SELECT n FROM counters WHERE subscription = 'missing' AND outcome = 'failed'"), 1);
-    assert_eq!(agent.count("SELECT n FROM counters WHERE subscription = 'flaky' AND outcome = 'delivered'"), 1);
-    assert_eq!(agent.count("SELECT COUNT(*) FROM attempts WHERE subscription = 'flaky'"), 3);
+    assert_eq!(bed.count("SELECT n FROM counters WHERE subscription = 'missing' AND outcome = 'failed'"), 1);
+    assert_eq!(bed.count("SELECT n FROM counters WHERE subscription = 'flaky' AND outcome = 'delivered'"), 1);
+    assert_eq!(bed.count("SELECT COUNT(*) FROM attempts WHERE subscription = 'flaky'"), 3);
 }
 
 /// Slots are freed before an attempt's result commits, so the next request starts at once;
@@ -129,25 +119,23 @@ fn server_errors_are_retried_until_delivered_and_404_is_not_retried() {
 fn a_burst_is_sent_once_per_delivery_while_results_commit_behind_it() {
     const N: usize = 1500;
     const REFUSED: usize = 40;
-    let broker = Mosquitto::start();
     let parallel = Endpoint::start(Reply::Status(200));
     let fifo = Endpoint::start(Reply::Status(200));
     let flaky = Endpoint::scripted(vec![Reply::Status(503); REFUSED], Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = base_config(broker.port).replace("synchronous = \"normal\"", "synchronous = \"full\"");
-    config += &subscription("parallel", &parallel.url(), "max_in_flight = 32");
-    config += &subscription("fifo", &fifo.url(), "ordering = \"fifo\"");
-    config += &subscription("flaky", &flaky.url(), "retry = [\"50ms\", \"50ms\"]\nmax_in_flight = 16");
-    let agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let bed = Bed::new()
+        .full_sync()
+        .subscription("parallel", &parallel.url(), "max_in_flight = 32")
+        .subscription("fifo", &fifo.url(), "ordering = \"fifo\"")
+        .subscription("flaky", &flaky.url(), "retry = [\"50ms\", \"50ms\"]\nmax_in_flight = 16")
+        .start();
     let messages: Vec<_> = (0..N).map(|n| mission("agv-1", n, "completed")).collect();
-    publish(broker.port, &messages);
+    bed.publish(&messages);
 
     let long = Duration::from_secs(60);
     parallel.wait_for(N, long);
     let fifo_got = fifo.wait_for(N, long);
     flaky.wait_for(N + REFUSED, long);
-    assert!(wait_until(long, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 0));
+    assert!(wait_until(long, || bed.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 0));
     std::thread::sleep(Duration::from_millis(500));
     for (name, endpoint, expected) in [("parallel", &parallel, N), ("fifo", &fifo, N), ("flaky", &flaky, N + REFUSED)] {
         let got = endpoint.requests();
@@ -158,32 +146,28 @@ fn a_burst_is_sent_once_per_delivery_while_results_commit_behind_it() {
     let order: Vec<_> = fifo_got.iter().map(|r| r.json()["data"]["seq"].as_u64().unwrap()).collect();
     assert_eq!(order, (0..N as u64).collect::<Vec<_>>(), "fifo keeps event order");
     let delivered = "SELECT SUM(n) FROM counters WHERE outcome = 'delivered'";
-    assert_eq!(agent.count(delivered), 3 * N as i64);
+    assert_eq!(bed.count(delivered), 3 * N as i64);
 }
 
 #[test]
 fn events_queued_at_sigterm_are_delivered_after_restart() {
-    let broker = Mosquitto::start();
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("later", &format!("http://127.0.0.1:{port}/hook"), "");
-    let mut agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let down = Down::new();
+    let mut bed = Bed::new().subscription("later", &down.url(), "").start();
     let messages: Vec<_> = (0..5).map(|n| mission("agv-1", n, "completed")).collect();
-    publish(broker.port, &messages);
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 5));
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'offline'") >= 1));
-    let status = agent.terminate();
+    bed.publish(&messages);
+    assert!(wait_until(LONG, || bed.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'") == 5));
+    assert!(wait_until(LONG, || bed.count("SELECT COUNT(*) FROM attempts WHERE outcome = 'offline'") >= 1));
+    let status = bed.terminate();
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
-    assert_eq!(agent.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"), 5);
+    assert_eq!(bed.count("SELECT COUNT(*) FROM deliveries WHERE state = 'pending'"), 5);
     assert_eq!(
-        agent.count("SELECT MAX(budget_used) FROM deliveries"),
+        bed.count("SELECT MAX(budget_used) FROM deliveries"),
         0,
         "an unreachable endpoint does not spend the retry budget"
     );
 
-    let endpoint = Endpoint::start_on(port, Reply::Status(200), Vec::new());
-    agent.spawn();
+    let endpoint = down.up(Reply::Status(200));
+    bed.spawn();
     let got = endpoint.wait_for(5, LONG);
     std::thread::sleep(Duration::from_millis(300));
     let seqs: HashSet<_> = got.iter().map(|r| r.json()["data"]["seq"].as_u64().unwrap()).collect();
@@ -193,19 +177,15 @@ fn events_queued_at_sigterm_are_delivered_after_restart() {
 
 #[test]
 fn the_broker_holds_messages_published_while_the_agent_is_down() {
-    let broker = Mosquitto::start();
     let endpoint = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let config = base_config(broker.port) + &subscription("ops", &endpoint.url(), "");
-    let mut agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
-    publish(broker.port, &[mission("agv-1", 0, "started")]);
+    let mut bed = Bed::new().subscription("ops", &endpoint.url(), "").start();
+    bed.publish(&[mission("agv-1", 0, "started")]);
     endpoint.wait_for(1, LONG);
-    assert!(agent.terminate().success());
+    assert!(bed.terminate().success());
 
     let while_down: Vec<_> = (1..6).map(|n| mission("agv-1", n, "completed")).collect();
-    publish(broker.port, &while_down);
-    agent.spawn();
+    bed.publish(&while_down);
+    bed.spawn();
     let got = endpoint.wait_for(6, LONG);
     let seqs: HashSet<_> = got.iter().map(|r| r.json()["data"]["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (0..6).collect::<HashSet<_>>(), "the persistent session kept what was published meanwhile");
@@ -213,29 +193,23 @@ fn the_broker_holds_messages_published_while_the_agent_is_down() {
 
 #[test]
 fn malformed_and_oversize_payloads_are_quarantined_and_the_next_good_one_is_delivered() {
-    let broker = Mosquitto::start();
     let endpoint = Endpoint::start(Reply::Status(200));
-    let dir = tempfile::tempdir().unwrap();
-    let config =
-        base_config(broker.port).replace("[storage]", "[storage]\n") + &subscription("ops", &endpoint.url(), "");
-    let config = config.replace("client_id =", "max_payload = \"64KiB\"\nclient_id =");
-    let mut agent = Agent::start(dir.path(), &config);
-    agent.wait_subscribed();
+    let mut bed = Bed::new()
+        .edit("client_id =", "max_payload = \"64KiB\"\nclient_id =")
+        .subscription("ops", &endpoint.url(), "")
+        .start();
     let topic = "fleet/agv-1/mission".to_string();
-    publish(
-        broker.port,
-        &[
-            (topic.clone(), b"{not json".to_vec()),
-            (topic.clone(), b"[1, 2, 3]".to_vec()),
-            (topic.clone(), vec![b' '; 100 * 1024]),
-            (topic.clone(), br#"{"no_status": true}"#.to_vec()),
-            mission("agv-1", 7, "completed"),
-        ],
-    );
+    bed.publish(&[
+        (topic.clone(), b"{not json".to_vec()),
+        (topic.clone(), b"[1, 2, 3]".to_vec()),
+        (topic.clone(), vec![b' '; 100 * 1024]),
+        (topic.clone(), br#"{"no_status": true}"#.to_vec()),
+        mission("agv-1", 7, "completed"),
+    ]);
     let got = endpoint.wait_for(1, LONG);
     assert_eq!(got[0].json()["data"]["seq"], 7);
-    assert!(wait_until(LONG, || agent.count("SELECT COUNT(*) FROM quarantine") == 4));
-    let reasons: Vec<String> = agent
+    assert!(wait_until(LONG, || bed.count("SELECT COUNT(*) FROM quarantine") == 4));
+    let reasons: Vec<String> = bed
         .db()
         .prepare("SELECT reason FROM quarantine ORDER BY seq")
         .unwrap()
@@ -247,13 +221,13 @@ fn malformed_and_oversize_payloads_are_quarantined_and_the_next_good_one_is_deli
     assert!(reasons[1].contains("array"), "{reasons:?}");
     assert!(reasons[2].contains("max_payload"), "{reasons:?}");
     assert!(reasons[3].contains("/status"), "{reasons:?}");
-    assert!(agent.is_running());
+    assert!(bed.is_running());
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(endpoint.count(), 1);
     // Quarantined messages were acked: a restart does not bring them back.
-    assert!(agent.terminate().success());
-    agent.spawn();
-    agent.wait_subscribed();
+    assert!(bed.terminate().success());
+    bed.spawn();
+    bed.wait_subscribed();
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(agent.count("SELECT COUNT(*) FROM quarantine"), 4);
+    assert_eq!(bed.count("SELECT COUNT(*) FROM quarantine"), 4);
 }
