@@ -506,6 +506,14 @@ max_in_flight = 32
             .map(|n| n as u64)
             .unwrap_or(0)
     }
+
+    /// Waits until `n` events are stored, or `limit` passes.
+    async fn wait_queued(&self, n: u64, limit: Duration) {
+        let end = Instant::now() + limit;
+        while self.queued() < n && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 /// Memory under a flood: three publishers as fast as mosquitto takes them (its queue
@@ -739,10 +747,7 @@ async fn main() {
         let n = rate * wear_secs(rate);
         let w0 = agent.write_bytes();
         publish(broker.port, "fleet/bench-agv/mission", n, Some(rate as f64)).await;
-        let end = Instant::now() + Duration::from_secs(60);
-        while agent.queued() < n && Instant::now() < end {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        agent.wait_queued(n, Duration::from_secs(60)).await;
         let per = (agent.write_bytes() - w0) as f64 / n as f64;
         record(&format!("flash: bytes written per queued event @{rate}/s (offline)"), per, "bytes", None);
     }
@@ -759,9 +764,7 @@ async fn main() {
     let agent = Agent::start(dir2.path(), broker.port, down, "drain");
     let start = Instant::now();
     let publisher = tokio::spawn(publish(broker.port, "fleet/bench-agv/mission", backlog, None));
-    while agent.queued() < backlog && start.elapsed() < Duration::from_secs(900) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent.wait_queued(backlog, Duration::from_secs(900)).await;
     let ingest_rate = backlog as f64 / start.elapsed().as_secs_f64();
     let _ = publisher.await;
     record("agent: durable ingest (endpoint down)", ingest_rate, "events/s", Some(mqtt));

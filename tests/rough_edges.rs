@@ -41,9 +41,7 @@ fn collapse_never_marks_a_delivered_event_superseded() {
             bed.count(&format!("SELECT COUNT(*) FROM attempts WHERE delivery_id = '{id}' AND outcome = 'superseded'"));
         assert_eq!(superseded_rows, 0, "{id} reached the receiver, yet its log says superseded");
     }
-    let counter = |o: &str| {
-        bed.count(&format!("SELECT COALESCE(SUM(n), 0) FROM counters WHERE subscription = 'ops' AND outcome = '{o}'"))
-    };
+    let counter = |o: &str| bed.counter("ops", o);
     assert_eq!(counter("delivered"), received.len() as i64, "delivered counts what the receiver got");
     assert_eq!(counter("delivered") + counter("superseded"), N as i64);
 }

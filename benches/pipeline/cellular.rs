@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -79,11 +79,8 @@ pub async fn batched_drain(
         "drain-batched",
         "batch = { max_events = 100, max_wait = \"1s\" }",
     );
-    let start = Instant::now();
     let publisher = tokio::spawn(publish_with(broker.port, "fleet/bench-agv/mission", backlog, None, super::payload));
-    while agent.queued() < backlog && start.elapsed() < Duration::from_secs(900) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent.wait_queued(backlog, Duration::from_secs(900)).await;
     let _ = publisher.await;
     let got = Arc::new(Received::default());
     let stop = CancellationToken::new();

@@ -11,7 +11,7 @@
 //! CPU is the agent process's user + system time over the window (`/proc/PID/stat`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -62,11 +62,8 @@ async fn queued_then_drained(
     let name = format!("cpu-{}", label.split(',').next().unwrap_or(label).replace(' ', "-"));
     let agent = Agent::start_with(dir.path(), broker.port, down, &name, extra);
     let cpu0 = agent.cpu_s();
-    let start = Instant::now();
     let publisher = tokio::spawn(publish(broker.port, "fleet/bench-agv/mission", n, None));
-    while agent.queued() < n && start.elapsed() < Duration::from_secs(900) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    agent.wait_queued(n, Duration::from_secs(900)).await;
     let _ = publisher.await;
     let ingest = agent.cpu_s() - cpu0;
     let got = Arc::new(Received::default());
