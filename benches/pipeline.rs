@@ -21,6 +21,11 @@ use tokio_util::sync::CancellationToken;
 mod cellular;
 #[path = "pipeline/cpu.rs"]
 mod cpu;
+#[path = "pipeline/far.rs"]
+mod far;
+#[path = "../tests/common/network.rs"]
+#[allow(dead_code)]
+mod network;
 
 const PAYLOAD_PAD: usize = 200;
 
@@ -90,6 +95,12 @@ struct Received {
     wire_bytes: AtomicU64,
     /// When the first request came (ns since the epoch; 0: none yet).
     first_ns: AtomicU64,
+    /// Arrivals per published `seq` (far rows count duplicates with it).
+    seqs: Mutex<std::collections::HashMap<u64, u32>>,
+    /// Set (ns): the receiver serves one request at a time, each taking this long (a small
+    /// server that falls behind); 0: as fast as it can.
+    pace_ns: AtomicU64,
+    serving: tokio::sync::Mutex<()>,
 }
 
 impl Received {
@@ -97,6 +108,16 @@ impl Received {
     fn rate_since_first(&self) -> f64 {
         let first = self.first_ns.load(Ordering::Relaxed);
         self.count.load(Ordering::Relaxed) as f64 / ((now_ns().saturating_sub(first)) as f64 / 1e9)
+    }
+
+    /// Events that arrived more than once (by `seq`).
+    fn duplicates(&self) -> u64 {
+        self.seqs.lock().unwrap().values().map(|n| u64::from(n.saturating_sub(1))).sum()
+    }
+
+    /// Distinct `seq`s that arrived.
+    fn distinct(&self) -> u64 {
+        self.seqs.lock().unwrap().len() as u64
     }
 }
 
@@ -136,11 +157,20 @@ async fn receiver(port: u16, got: Arc<Received>, stop: CancellationToken) {
                     let events = envelopes(&body, gzip);
                     {
                         let mut lat = got.latencies_ns.lock().unwrap();
+                        let mut seqs = got.seqs.lock().unwrap();
                         for v in &events {
                             if let Some(ts) = v.pointer("/data/ts_ns").and_then(Value::as_u64) {
                                 lat.push(arrived.saturating_sub(ts));
                             }
+                            if let Some(seq) = v.pointer("/data/seq").and_then(Value::as_u64) {
+                                *seqs.entry(seq).or_insert(0) += 1;
+                            }
                         }
+                    }
+                    let pace = got.pace_ns.load(Ordering::Relaxed);
+                    if pace > 0 {
+                        let _one_at_a_time = got.serving.lock().await;
+                        tokio::time::sleep(Duration::from_nanos(pace)).await;
                     }
                     let _ = got.first_ns.compare_exchange(0, arrived, Ordering::Relaxed, Ordering::Relaxed);
                     got.requests.fetch_add(1, Ordering::Relaxed);
@@ -171,10 +201,14 @@ impl Drop for Broker {
 }
 
 fn mosquitto() -> Broker {
+    // FLEETHOOK_BENCH_INFLIGHT=20 measures with mosquitto's default in-flight window.
+    mosquitto_with(&std::env::var("FLEETHOOK_BENCH_INFLIGHT").unwrap_or_else(|_| "1000".into()))
+}
+
+/// A mosquitto whose in-flight window per client is `inflight` (its default is 20).
+fn mosquitto_with(inflight: &str) -> Broker {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    // FLEETHOOK_BENCH_INFLIGHT=20 measures with mosquitto's default in-flight window.
-    let inflight = std::env::var("FLEETHOOK_BENCH_INFLIGHT").unwrap_or_else(|_| "1000".into());
     let conf = dir.path().join("m.conf");
     std::fs::write(
         &conf,
@@ -643,6 +677,11 @@ async fn main() {
         cpu::run(&broker, &opts, &mut record).await;
         return;
     }
+    // FLEETHOOK_BENCH_FAR_ONLY=1 runs only the far-endpoint rows (through a delaying proxy).
+    if std::env::var_os("FLEETHOOK_BENCH_FAR_ONLY").is_some() {
+        far::run(&opts, &mut record).await;
+        return;
+    }
     if !flash_only {
         let agent = Agent::start(dir.path(), broker.port, endpoint, "main");
 
@@ -751,6 +790,7 @@ async fn main() {
         let per = (agent.write_bytes() - w0) as f64 / n as f64;
         record(&format!("flash: bytes written per queued event @{rate}/s (offline)"), per, "bytes", None);
     }
+    far::run(&opts, &mut record).await;
     cpu::run(&broker, &opts, &mut record).await;
     if agent_only {
         return;

@@ -83,6 +83,11 @@ pub struct MqttConfig {
     pub max_payload: u64,
     /// The protocol: 3 (MQTT 3.1.1, also written `version = 4`, its protocol level) or 5.
     pub version: u8,
+    /// How many QoS 1 messages the broker sends before it waits for our acks: mosquitto's
+    /// `max_inflight_messages` (20 by default) for MQTT 3.1.1; with MQTT 5, our own
+    /// Receive Maximum unless set lower. The fast path never holds so many unacked that
+    /// the broker's flow to us stops (docs/decisions.md, "Holding the ack").
+    pub broker_max_inflight: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

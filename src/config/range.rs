@@ -31,6 +31,8 @@ pub const WRITE_BEHIND: (Duration, Duration) = (Duration::ZERO, Duration::from_s
 pub const TYPE_WAIT: (Duration, Duration) = (Duration::ZERO, MINUTE);
 /// `[mqtt] keep_alive`: MQTT carries it in whole seconds, in 16 bits.
 pub const KEEP_ALIVE: (Duration, Duration) = (Duration::from_secs(5), Duration::from_secs(65_535));
+/// `[mqtt] broker_max_inflight`: MQTT's Receive Maximum is 16 bits.
+pub const BROKER_INFLIGHT: (u64, u64) = (1, 65_535);
 /// `[mqtt] max_payload`.
 pub const MAX_PAYLOAD: (u64, u64) = (1 << 10, 256 << 20);
 /// A route's `ttl` and a subscription's `max_age`: up to ten years.

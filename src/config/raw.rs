@@ -42,6 +42,7 @@ pub struct RawMqtt {
     pub client_key: Option<String>,
     pub max_payload: Option<String>,
     pub version: Option<u64>,
+    pub broker_max_inflight: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -135,6 +135,11 @@ impl Endpoint {
         }
     }
 
+    /// How long its 2xx answers usually take (smoothed), once it has given one.
+    pub fn usual_answer(&self) -> Option<Duration> {
+        self.window.usual()
+    }
+
     pub fn mark_gone(&mut self) {
         self.state = State::Gone;
     }

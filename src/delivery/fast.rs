@@ -49,6 +49,8 @@ enum Slot {
 
 struct Job {
     event: NewEvent,
+    /// When it was taken: its age decides whether it can still make its deadline.
+    opened: Instant,
     lanes: Vec<usize>,
     slots: Vec<Slot>,
     resolved: Option<oneshot::Sender<Resolution>>,
@@ -127,7 +129,15 @@ impl Book {
         let slots = lanes.iter().map(|_| Slot::Queued).collect();
         self.jobs.insert(
             self.next,
-            Job { event, lanes, slots, resolved: Some(resolved), persisted: false, late: Vec::new() },
+            Job {
+                event,
+                opened: Instant::now(),
+                lanes,
+                slots,
+                resolved: Some(resolved),
+                persisted: false,
+                late: Vec::new(),
+            },
         );
         self.next
     }
@@ -216,6 +226,20 @@ impl Book {
             late.extend(self.persist(id));
         }
         late
+    }
+
+    /// Jobs not persisted yet: each holds an unacked MQTT message.
+    pub fn unpersisted(&self) -> usize {
+        self.jobs.values().filter(|j| !j.persisted).count()
+    }
+
+    /// Persists the jobs not yet persisted for which `pick(lanes, age)` holds, oldest first.
+    pub fn persist_picked(
+        &mut self,
+        now: Instant,
+        pick: impl Fn(&[usize], std::time::Duration) -> bool,
+    ) -> Vec<Persist> {
+        self.persist_where(|j| pick(&j.lanes, now.saturating_duration_since(j.opened)))
     }
 
     /// Every job not yet persisted, oldest first (shutdown).

@@ -2,14 +2,21 @@
 //! finishing fast attempts, storing jobs that could not be delivered from memory in time.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::attempt::Done;
 use super::fast::{FastRef, Intake, Next, Persist, Resolution};
+use super::lane::Lane;
 use super::{Dispatcher, Recorded};
+
+/// Held jobs this far below the broker's in-flight window are stored: room for the
+/// messages that go to the outbox directly meanwhile.
+const BROKER_WINDOW_MARGIN: usize = 2;
+/// What a commit takes, about: a job whose answer is due sooner is not worth storing.
+const COMMIT_TIME: Duration = Duration::from_millis(20);
 use crate::outbox::{AttemptRecord, Inbound};
 
 /// The next message from ingest; never ready when the fast path is off.
@@ -23,7 +30,7 @@ pub async fn next_intake(intake: &mut Option<mpsc::UnboundedReceiver<Intake>>) -
 impl Dispatcher {
     /// One message from ingest: sent from memory if every delivery's lane is ready (and
     /// it is not a redelivery), else handed to the outbox as ever.
-    pub(super) fn take(&mut self, taken: Intake) {
+    pub(super) fn take(&mut self, taken: Intake, persists: &mut JoinSet<(u64, bool)>) {
         let Inbound::Event(event) = &taken.inbound else { return self.forward(taken) };
         if event.retained_key.is_some() {
             // Checked against the last retained payload of its topic, which is stored.
@@ -56,19 +63,37 @@ impl Dispatcher {
         for (index, lane) in lanes.into_iter().enumerate() {
             self.lanes[lane].queue_fast(FastRef { job, index });
         }
+        self.keep_the_broker_flowing(persists);
+    }
+
+    /// The broker sends at most `mqtt.broker_max_inflight` messages before it waits for
+    /// acks, and acks go in receive order. Once held jobs come near that, those that will
+    /// not be answered within a commit's time are stored together (one commit) and so
+    /// acked: the flow from the broker never waits on a far endpoint's answers.
+    fn keep_the_broker_flowing(&mut self, persists: &mut JoinSet<(u64, bool)>) {
+        let high = self.broker_window.saturating_sub(BROKER_WINDOW_MARGIN).max(1);
+        if self.fast.unpersisted() < high {
+            return;
+        }
+        let usual: Vec<Option<Duration>> = self.lanes.iter().map(Lane::usual_answer).collect();
+        let picked = self.fast.persist_picked(Instant::now(), |lanes, age| {
+            lanes.iter().any(|&l| usual[l].is_none_or(|u| age + COMMIT_TIME < u))
+        });
+        self.persist(picked, persists);
     }
 
     /// Hands a message to the outbox (durable path): acked once committed.
     pub(super) fn forward(&mut self, taken: Intake) {
         let Intake { seq, inbound, resolved } = taken;
-        // Nobody waits on the latency of an event none of whose endpoints answers.
+        // Nobody waits on the latency of an event none of whose endpoints answers now, or
+        // that joins a queue being worked.
         let mut unhurried = false;
         if let Inbound::Event(e) = &inbound {
             unhurried = !e.deliveries.is_empty();
             for d in &e.deliveries {
                 if let Some(&lane) = self.by_name.get(&d.subscription) {
                     self.lanes[lane].forwarded(seq);
-                    unhurried &= self.lanes[lane].unreachable();
+                    unhurried &= self.lanes[lane].unreachable() || self.lanes[lane].behind();
                 }
             }
         }
@@ -116,9 +141,18 @@ impl Dispatcher {
         None
     }
 
-    /// Stores every job whose deadline has passed.
+    /// Stores every job whose deadline has passed, and with them, in the same commit,
+    /// every job that will miss its own: its endpoint usually answers later than that.
     pub(super) fn overdue(&mut self, persists: &mut JoinSet<(u64, bool)>) {
-        let late = self.fast.overdue(Instant::now());
+        let now = Instant::now();
+        let mut late = self.fast.overdue(now);
+        if !late.is_empty() {
+            let usual: Vec<Option<Duration>> = self.lanes.iter().map(Lane::usual_answer).collect();
+            let write_behind = self.write_behind;
+            late.extend(self.fast.persist_picked(now, |lanes, age| {
+                lanes.iter().any(|&l| usual[l].is_some_and(|u| age + u > write_behind))
+            }));
+        }
         self.persist(late, persists);
     }
 

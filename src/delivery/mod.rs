@@ -67,6 +67,8 @@ pub struct Dispatcher {
     /// Messages from ingest when the fast path is on (`storage.write_behind` > 0).
     intake: Option<mpsc::UnboundedReceiver<Intake>>,
     write_behind: Duration,
+    /// `mqtt.broker_max_inflight`: how many messages the fast path may hold unacked.
+    broker_window: usize,
     fast: Book,
     /// Global slots guaranteed to each lane (see `share`).
     share: usize,
@@ -98,6 +100,7 @@ impl Dispatcher {
             by_name,
             intake: None,
             write_behind: config.storage.write_behind,
+            broker_window: usize::try_from(config.mqtt.broker_max_inflight).unwrap_or(usize::MAX),
             fast: Book::default(),
             share: share::per_lane(config.delivery.max_in_flight, config.subscriptions.len()),
             metrics: crate::live::AttemptMetrics::default(),
@@ -197,7 +200,7 @@ impl Dispatcher {
                 Some(c) = self.control.recv() => self.control(c),
                 Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings, &mut persists),
                 Some(recorded) = recordings.join_next(), if !recordings.is_empty() => self.recorded(recorded),
-                Some(taken) = fast_path::next_intake(&mut intake) => self.take(taken),
+                Some(taken) = fast_path::next_intake(&mut intake) => self.take(taken, &mut persists),
                 Some(Ok((job, ok))) = persists.join_next(), if !persists.is_empty() => self.persisted(job, ok, &mut recordings),
                 _ = sleep => self.overdue(&mut persists),
                 _ = beat.tick() => self.link.link.save_if_due(),

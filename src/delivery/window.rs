@@ -59,6 +59,11 @@ impl Window {
         self.size = AFTER_RETURN;
     }
 
+    /// The smoothed time of its 2xx answers, once there has been one.
+    pub fn usual(&self) -> Option<Duration> {
+        self.usual
+    }
+
     pub fn learn(&mut self, signal: Signal, limit: usize) {
         let limit = limit.max(1) as f64;
         self.size = self.size.min(limit);

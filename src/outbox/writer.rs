@@ -62,6 +62,9 @@ const GIVE_UP_AFTER: u32 = 8;
 const RECORD_LINGER: Duration = Duration::from_millis(10);
 /// …or until this many are held.
 const RECORD_HOLD_MAX: usize = 4096;
+/// Fewer held results than this wait as long as unhurried ingest (docs/decisions.md,
+/// "Holding the ack").
+const RECORD_HOLD_LONG: usize = 256;
 /// The schedule clock rides along with a commit at most this often (see `clock`).
 const CLOCK_SAVE_EVERY: Duration = Duration::from_secs(10);
 /// Messages none of whose endpoints is reachable wait this long at most for company in a

@@ -10,6 +10,7 @@ mod agent;
 mod bed;
 mod broker;
 mod endpoint;
+mod network;
 
 // Each test crate uses a part of this; what one does not use is not an error.
 #[allow(unused_imports)]
@@ -20,6 +21,8 @@ pub use bed::*;
 pub use broker::*;
 #[allow(unused_imports)]
 pub use endpoint::*;
+#[allow(unused_imports)]
+pub use network::*;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

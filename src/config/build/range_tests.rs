@@ -18,7 +18,7 @@ secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 "#;
 
 /// (section, key as written, key as `check` names it, whether the value is a string)
-const KEYS: [(&str, &str, &str, bool); 13] = [
+const KEYS: [(&str, &str, &str, bool); 14] = [
     ("heartbeat", "interval", "heartbeat.interval", true),
     ("delivery", "max_in_flight", "delivery.max_in_flight", false),
     ("delivery", "offline_probe_max", "delivery.offline_probe_max", true),
@@ -27,6 +27,7 @@ const KEYS: [(&str, &str, &str, bool); 13] = [
     ("storage", "write_behind", "storage.write_behind", true),
     ("mqtt", "keep_alive", "mqtt.keep_alive", true),
     ("mqtt", "max_payload", "mqtt.max_payload", true),
+    ("mqtt", "broker_max_inflight", "mqtt.broker_max_inflight", false),
     ("route", "ttl", "route[0].ttl", true),
     ("subscription", "max_in_flight", "subscription[0].max_in_flight", false),
     ("subscription", "rate_limit", "subscription[0].rate_limit", true),

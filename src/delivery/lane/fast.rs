@@ -34,6 +34,18 @@ impl Lane {
             && !self.clock.holding
     }
 
+    /// How long the endpoint's 2xx answers usually take, once it has given one.
+    pub fn usual_answer(&self) -> Option<std::time::Duration> {
+        self.endpoint.usual_answer()
+    }
+
+    /// Stored deliveries of this lane are being worked (in flight, fetched ahead, or a
+    /// fast job being stored): a new event joins a queue and waits its turn anyway, so
+    /// its commit may wait for company (docs/decisions.md, "Unhurried ingest").
+    pub fn behind(&self) -> bool {
+        !self.in_flight.is_empty() || !self.prefetched.is_empty() || self.persisting > 0
+    }
+
     /// Nothing sent to this lane now would be answered: offline, paused or gone.
     pub fn unreachable(&self) -> bool {
         matches!(self.endpoint.state, State::Offline | State::Tls | State::Paused | State::Gone)

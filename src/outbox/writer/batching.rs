@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::{HOUSEKEEPING, RECORD_LINGER, UNHURRIED_LINGER};
+use super::{HOUSEKEEPING, RECORD_HOLD_LONG, RECORD_LINGER, UNHURRIED_LINGER};
 use crate::outbox::{Repaired, Write};
 
 /// Writes waiting for the next transaction, and until when they may wait for company.
@@ -16,10 +16,13 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    /// Until when the held writes may wait for a commit to share: results nobody waits
-    /// on a few milliseconds, offline probes' as long as unhurried ingest.
+    /// Until when the held writes may wait for a commit to share: as long as unhurried
+    /// ingest while few (a robot's rates: each result would otherwise cost a commit of its
+    /// own), a few milliseconds once many are held (a drain: the lanes' fetches skip what
+    /// is held, so the list stays short), offline probes' always the longer.
     pub(super) fn until(&self) -> Option<Instant> {
-        let linger = if self.writes.iter().all(Write::unhurried) { UNHURRIED_LINGER } else { RECORD_LINGER };
+        let few = self.writes.iter().map(Write::weight).sum::<usize>() < RECORD_HOLD_LONG;
+        let linger = if few || self.writes.iter().all(Write::unhurried) { UNHURRIED_LINGER } else { RECORD_LINGER };
         self.since.map(|since| since + linger)
     }
 }

@@ -1,0 +1,178 @@
+//! Far endpoints (DESIGN guarantees 1 and 6 over a real network): the endpoint sits behind
+//! a TCP proxy that delays each direction, stalls, resets or never answers, as a WiFi or
+//! LTE link does. Real mosquitto (with its default in-flight window of 20 where it
+//! matters), real HTTP, the real binary.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(90);
+/// Each direction: an endpoint that answers in 150 ms.
+const HALF_150: Duration = Duration::from_millis(75);
+
+fn assert_each_once_and_signed(ep: &Endpoint, n: u64) {
+    let seen = arrivals(ep);
+    assert!(
+        (0..n).all(|i| seen.contains_key(&i)),
+        "missing: {:?}",
+        (0..n).filter(|i| !seen.contains_key(i)).collect::<Vec<_>>()
+    );
+    let dups: Vec<_> = seen.iter().filter(|(_, c)| **c > 1).collect();
+    assert!(dups.is_empty(), "sent more than once: {dups:?}");
+    for r in ep.requests() {
+        verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
+    }
+}
+
+/// One HTTP/1.1 POST over a fresh connection through `port`; the answer's status line.
+fn post(port: u16, timeout: Duration) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(b"POST /hook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok(answer.lines().next().unwrap_or_default().to_string())
+}
+
+#[test]
+fn the_proxy_delays_stalls_resets_and_blackholes() {
+    let ep = Endpoint::start(Reply::Status(200));
+    let proxy = Proxy::delayed(ep.port, Duration::from_millis(100));
+    let t = std::time::Instant::now();
+    assert!(post(proxy.port, Duration::from_secs(5)).unwrap().contains("200"));
+    assert!(t.elapsed() >= Duration::from_millis(200), "a round trip pays the delay twice: {:?}", t.elapsed());
+    proxy.stall(Duration::from_millis(800));
+    let t = std::time::Instant::now();
+    assert!(post(proxy.port, Duration::from_secs(5)).unwrap().contains("200"));
+    assert!(t.elapsed() >= Duration::from_millis(800), "a stall holds traffic: {:?}", t.elapsed());
+    proxy.set(Link { bytes_per_s: Some(2_000), ..Link::default() });
+    let t = std::time::Instant::now();
+    assert!(post(proxy.port, Duration::from_secs(5)).unwrap().contains("200"));
+    assert!(t.elapsed() >= Duration::from_millis(40), "about 90 bytes each way at 2 kB/s: {:?}", t.elapsed());
+    proxy.set(Link { blackhole: true, ..Link::default() });
+    let err = post(proxy.port, Duration::from_millis(500)).unwrap_err();
+    assert!(
+        matches!(err.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        "a blackhole accepts and never answers: {err}"
+    );
+    assert_eq!(ep.count(), 3, "nothing reached the endpoint through the blackhole");
+    // A reset ends a connection that is open (here, a blackholed one) with an RST.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    proxy.reset_all();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    let read = std::io::Read::read(&mut s, &mut buf);
+    assert!(
+        matches!(read, Err(ref e) if e.kind() == std::io::ErrorKind::ConnectionReset) || matches!(read, Ok(0)),
+        "reset: {read:?}"
+    );
+}
+
+/// 150 ms away, 10 events/s: every event is delivered from memory and acked after its
+/// answer; nothing of it is stored (the flash promise holds over a far link).
+#[test]
+fn an_endpoint_150_ms_away_is_fed_from_memory() {
+    let ep = Endpoint::start(Reply::Status(200));
+    let proxy = Proxy::delayed(ep.port, HALF_150);
+    let bed = Bed::new().broker("max_inflight_messages 20").subscription("ops", &proxy.url(), "").start();
+    const N: u64 = 60;
+    for chunk in (0..N as usize).collect::<Vec<_>>().chunks(5) {
+        bed.publish(&chunk.iter().map(|&n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(wait_until(LONG, || all_arrived(&ep, N)));
+    assert_each_once_and_signed(&ep, N);
+    assert_eq!(bed.count("SELECT COUNT(*) FROM events"), 0, "no event was stored");
+    for r in ep.requests() {
+        assert_eq!(r.header("x-fleethook-attempt"), Some("1"));
+    }
+}
+
+/// 200 events/s 150 ms away through mosquitto's default window of 20: the agent stores
+/// and acks what would stall the broker, so everything goes, once each.
+#[test]
+fn a_burst_to_a_far_endpoint_never_stalls_the_broker_window() {
+    let ep = Endpoint::start(Reply::Status(200));
+    let proxy = Proxy::delayed(ep.port, HALF_150);
+    let bed = Bed::new().broker("max_inflight_messages 20").subscription("ops", &proxy.url(), "").start();
+    const N: u64 = 400;
+    let messages: Vec<_> = (0..N as usize).map(|n| mission("agv-1", n, "completed")).collect();
+    bed.publish(&messages);
+    assert!(wait_until(LONG, || all_arrived(&ep, N)));
+    assert_each_once_and_signed(&ep, N);
+    assert!(
+        bed.count("SELECT COUNT(*) FROM events") > 0,
+        "with 20 messages in flight at most and answers 150 ms away, some must be stored to keep the broker sending"
+    );
+    let log = bed.log();
+    assert!(!log.contains("reconnect"), "no reconnect: {log}");
+}
+
+/// A roam: 10 events/s with a 3 s stall every 6 s. Nothing lost, nothing sent twice.
+#[test]
+fn a_roam_loses_nothing_and_sends_nothing_twice() {
+    let ep = Endpoint::start(Reply::Status(200));
+    let proxy = Proxy::delayed(ep.port, HALF_150);
+    let bed = Bed::new().broker("max_inflight_messages 20").subscription("ops", &proxy.url(), "").start();
+    const N: u64 = 200;
+    for chunk in 0..(N / 10) {
+        if chunk % 6 == 3 {
+            proxy.stall(Duration::from_secs(3));
+        }
+        let messages: Vec<_> =
+            (chunk * 10..(chunk + 1) * 10).map(|n| mission("agv-1", n as usize, "completed")).collect();
+        bed.publish(&messages);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(wait_until(LONG, || all_arrived(&ep, N)));
+    assert_each_once_and_signed(&ep, N);
+}
+
+/// An endpoint that answers in 1.5 s with `write_behind = "1s"`: every event is stored
+/// before its ack, its attempt goes on meanwhile, and a kill -9 at random moments loses
+/// nothing; with the route's `dedupe`, what is sent again carries the ids first sent.
+#[test]
+fn kill9_with_a_slow_far_endpoint_loses_nothing_and_keeps_ids() {
+    let mut rng = fastrand::Rng::with_seed(seed());
+    let ep = Endpoint::start(Reply::Slow(Duration::from_millis(1200), 200));
+    let proxy = Proxy::delayed(ep.port, HALF_150);
+    let mut bed = Bed::new()
+        .broker("max_inflight_messages 20")
+        .full_sync()
+        .storage("write_behind = \"1s\"")
+        .edit("topic = \"fleet/+/mission\"\n", "topic = \"fleet/+/mission\"\ndedupe = \"/mission_id\"\n")
+        .subscription("ops", &proxy.url(), "")
+        .start();
+    const N: u64 = 150;
+    let port = bed.broker.port;
+    let publisher = std::thread::spawn(move || {
+        for chunk in 0..(N / 10) {
+            let messages: Vec<_> =
+                (chunk * 10..(chunk + 1) * 10).map(|n| mission("agv-1", n as usize, "completed")).collect();
+            publish(port, &messages);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(rng.u64(200..900)));
+        bed.kill9();
+        bed.spawn();
+    }
+    publisher.join().unwrap();
+    assert!(wait_until(LONG, || all_arrived(&ep, N)), "not everything arrived");
+    let mut ids: std::collections::HashMap<u64, HashSet<String>> = std::collections::HashMap::new();
+    for r in ep.requests() {
+        verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
+        let seq = r.json()["data"]["seq"].as_u64().unwrap();
+        ids.entry(seq).or_default().insert(r.header("x-fleethook-delivery").unwrap().to_string());
+    }
+    let changed: Vec<_> = ids.iter().filter(|(_, d)| d.len() > 1).collect();
+    assert!(changed.is_empty(), "an event sent again with another delivery id: {changed:?}");
+    report("kill9 150 ms away, 1.2 s answers", &ep, N, "8 kills");
+}
