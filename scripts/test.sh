@@ -6,7 +6,8 @@
 # agent about the wall clock in the clock tests; prometheus, whose promtool checks the
 # metrics text; tinyproxy, a real proxy for the proxy tests), PyPI's msgpack, cbor2,
 # rosbags, zstandard and standardwebhooks (encoders, a decoder and a verifier for the
-# payload, compression and batch tests), then `cargo test`. Run it as root: a few tests mount a small tmpfs or a FUSE filesystem
+# payload, compression and batch tests), and the other brokers of the broker matrix
+# (amqtt from PyPI, aedes from npm), then `cargo test`. Run it as root: a few tests mount a small tmpfs or a FUSE filesystem
 # (/dev/fuse) and bind journald's socket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,12 +39,26 @@ fi
 # standardwebhooks, which verifies and parses batches in tests/batch.rs.
 # They go in a venv of our own under target/: Debian's Python refuses a system-wide pip
 # install (externally-managed-environment), and the tests run `python3` from PATH.
-if ! python3 -c "import msgpack, cbor2, rosbags, zstandard, standardwebhooks" 2>/dev/null; then
+# amqtt, a broker of the broker matrix (tests/brokers.rs), comes from the same venv.
+if ! python3 -c "import msgpack, cbor2, rosbags, zstandard, standardwebhooks, amqtt" 2>/dev/null; then
     VENV="$PWD/target/pyenv"
     [ -x "$VENV/bin/python3" ] || python3 -m venv "$VENV"
-    "$VENV/bin/python3" -c "import msgpack, cbor2, rosbags, zstandard, standardwebhooks" 2>/dev/null \
-        || "$VENV/bin/python3" -m pip install -q msgpack cbor2 rosbags zstandard standardwebhooks
+    "$VENV/bin/python3" -c "import msgpack, cbor2, rosbags, zstandard, standardwebhooks, amqtt" 2>/dev/null \
+        || "$VENV/bin/python3" -m pip install -q msgpack cbor2 rosbags zstandard standardwebhooks amqtt
     export PATH="$VENV/bin:$PATH"
+fi
+
+# aedes (Node-RED's broker) for the broker matrix, from npm into target/brokers; node and
+# npm from Debian when missing.
+if [ ! -x target/brokers/node_modules/.bin/aedes ]; then
+    if ! command -v npm >/dev/null 2>&1; then
+        SUDO=""
+        if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+    fi
+    mkdir -p target/brokers
+    npm install --silent --no-audit --no-fund --prefix target/brokers aedes aedes-cli >/dev/null
 fi
 
 exec cargo test "$@"

@@ -31,13 +31,28 @@ pub struct Summary {
     pub published: u64,
     pub delivered: u64,
     pub verified: u64,
+    /// Events that arrived as more than one event: the same `seq` under another
+    /// `delivery_id` (the agent took a message the broker sent again for a new event).
     pub duplicates: u64,
+    /// The same delivery sent again (same `delivery_id`): an attempt whose answer the
+    /// agent never saw, as the receiver went away mid-request. Receivers dedupe these.
+    pub redelivered: u64,
 }
 
 impl Summary {
     pub fn ok(&self) -> bool {
-        self.published > 0 && self.verified == self.published && self.delivered == self.published
+        self.published > 0
+            && self.verified == self.published
+            && self.delivered == self.published
+            && self.duplicates == 0
     }
+}
+
+/// What the demo has seen arrive: per `seq`, the delivery ids it came under.
+#[derive(Default)]
+struct Seen {
+    delivered: std::collections::HashMap<u64, HashSet<String>>,
+    verified: HashSet<u64>,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -136,8 +151,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<S
     let mut outage_end: Option<Instant> = None;
     let mut outage_done = false;
     let mut summary = Summary::default();
-    let mut verified = HashSet::new();
-    let mut delivered = HashSet::new();
+    let mut seen = Seen::default();
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let statuses = ["started", "waypoint_reached", "completed"];
     let publishing = |t: Instant| run_for.is_none_or(|d| t.duration_since(t0) < d);
@@ -175,7 +189,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<S
                     say(&format!("── the receiver is back: {pending} queued events drain ──"));
                 }
             }
-            Some(r) = received.recv() => note(&r, &mut summary, &mut verified, &mut delivered, &say),
+            Some(r) = received.recv() => note(&r, &mut summary, &mut seen, &say),
         }
     }
     if let Some(r) = receiver.take() {
@@ -185,25 +199,26 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<S
     let final_receiver = start_receiver(receiver_port, receive_opts, rx_tx).await?;
     say("publishing stopped; waiting for everything to be delivered");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while (delivered.len() as u64) < summary.published && Instant::now() < deadline {
+    while (seen.delivered.len() as u64) < summary.published && Instant::now() < deadline {
         tokio::select! {
-            Some(r) = received.recv() => note(&r, &mut summary, &mut verified, &mut delivered, &say),
+            Some(r) = received.recv() => note(&r, &mut summary, &mut seen, &say),
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
             _ = stop.cancelled(), if opts.seconds.is_some() => break,
         }
     }
-    summary.delivered = delivered.len() as u64;
-    summary.verified = verified.len() as u64;
+    summary.delivered = seen.delivered.len() as u64;
+    summary.verified = seen.verified.len() as u64;
     agent_stop.cancel();
     agent.wait().await;
     final_receiver.cancel();
     pub_loop.abort();
     println!(
-        "summary: published {}, delivered {}, verified {}, duplicates {} — {}",
+        "summary: published {}, delivered {}, verified {}, duplicates {}, redelivered {} — {}",
         summary.published,
         summary.delivered,
         summary.verified,
         summary.duplicates,
+        summary.redelivered,
         if summary.ok() { "OK" } else { "MISSING EVENTS" }
     );
     Ok(summary)
@@ -223,16 +238,21 @@ fn battery(n: u64) -> Vec<u8> {
     out
 }
 
-fn note(r: &Received, s: &mut Summary, verified: &mut HashSet<u64>, delivered: &mut HashSet<u64>, say: &impl Fn(&str)) {
+fn note(r: &Received, s: &mut Summary, seen: &mut Seen, say: &impl Fn(&str)) {
     let seq = serde_json::from_str::<serde_json::Value>(&r.body)
         .ok()
         .and_then(|v| v.pointer("/data/seq").and_then(|s| s.as_u64()));
     let Some(seq) = seq else { return };
-    if !delivered.insert(seq) {
+    let ids = seen.delivered.entry(seq).or_default();
+    let id = r.delivery_id.clone().unwrap_or_default();
+    if ids.contains(&id) {
+        s.redelivered += 1;
+    } else if !ids.is_empty() {
         s.duplicates += 1;
     }
+    ids.insert(id);
     if r.verified {
-        verified.insert(seq);
+        seen.verified.insert(seq);
     }
     let mark = if r.verified { "✓ signature verified" } else { "✗ SIGNATURE REJECTED" };
     say(&format!(

@@ -112,7 +112,8 @@ pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
         }
         let m = mqtt.lock().map(|m| m.clone()).unwrap_or_default();
         data["mqtt"] =
-            json!({ "connected": m.connected, "last_error": m.last_error, "broker_dropped": m.broker_dropped });
+            json!({ "connected": m.connected, "last_error": m.last_error, "broker_dropped": m.broker_dropped,
+                "refused": m.refused });
         let views = endpoints.lock().map(|v| v.clone()).unwrap_or_default();
         let states: serde_json::Map<String, Value> = views.iter().map(|e| (e.name.clone(), json!(e.state))).collect();
         data["endpoints"] = Value::Object(states);

@@ -22,6 +22,18 @@ pub struct MqttStatus {
     /// `$SYS/broker/publish/messages/dropped`: a full queue for an offline or slow client,
     /// ours or another's); None when the broker does not say.
     pub broker_dropped: Option<u64>,
+    /// Subscriptions the broker refused (by SUBACK, or by hanging up on them).
+    pub refused: Vec<RefusedFilter>,
+    /// What the agent would like from the broker and cannot have (its drop count on a
+    /// broker without `$SYS`), in a sentence each.
+    pub unavailable: Vec<String>,
+}
+
+/// A filter the broker refused, and how it said so.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct RefusedFilter {
+    pub filter: String,
+    pub answer: String,
 }
 
 pub type MqttView = Arc<Mutex<MqttStatus>>;
@@ -52,6 +64,9 @@ pub enum EndpointState {
     /// Its signatures carry a timestamp and the wall clock is not known good: waiting
     /// (`clock_policy = "wait"`).
     Clock,
+    /// `enabled = false` in the config: no delivery is made for it, and only the config
+    /// (and a reload) changes that; `pause` and `resume` do not apply.
+    Disabled,
 }
 
 /// What the status socket and heartbeat see of each subscription's endpoint.

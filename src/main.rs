@@ -22,6 +22,15 @@ fn main() -> ExitCode {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        // A command whose reader went away (`fleethook check | head -1`) ends quietly, as
+        // `ls` or `git` do, instead of panicking on EPIPE. Not the agent: its sockets use
+        // MSG_NOSIGNAL anyway, and nothing may stop it but a stop.
+        // SAFETY: resets one signal's disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

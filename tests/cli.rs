@@ -268,3 +268,28 @@ fn the_example_config_passes_check() {
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(!shown.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") && !shown.contains("R0UT1NGKEY"), "{shown}");
 }
+
+/// A reader that goes away (`fleethook check | head -1`) ends the command quietly: no
+/// panic, no SIGABRT, no backtrace.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleethook.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    for args in [vec!["check", "--config", path.to_str().unwrap()], vec!["secret"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fleethook"))
+            .args(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader is gone before the command writes anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {stderr}");
+        assert_ne!(out.status.signal(), Some(libc::SIGABRT), "{args:?} aborted: {stderr}");
+        assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{args:?}: {:?}", out.status);
+    }
+}

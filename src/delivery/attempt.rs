@@ -65,6 +65,7 @@ impl Attempt {
         self.metrics.observe(&self.sub.name, result_word(&verdict), sent.duration, sent.last_request_bytes());
         // Retry times are on the schedule clock, which wall-clock steps do not move.
         let next = next_state(&self.sub, &self.due, &verdict, crate::clock::sched_ms());
+        let next = keep_place_when_held(next, &verdict, sent.status, &self.due);
         let attempt = self.due.attempts + 1;
         let audit = self.audit(&self.due, started_ms, &sent, &verdict, None);
         tracing::debug!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, attempt,
@@ -119,6 +120,8 @@ impl Attempt {
             // The member that has spent the most retries decides for all.
             let most = members.iter().max_by_key(|d| d.budget_used).unwrap_or(&members[0]);
             let next = next_state(&self.sub, most, &verdict, crate::clock::sched_ms());
+            let first = members.iter().min_by_key(|d| d.next_attempt_ms).unwrap_or(&members[0]);
+            let next = keep_place_when_held(next, &verdict, sent.status, first);
             tracing::debug!(subscription = %self.sub.name, batch_id = %id, events = members.len(),
                 status = ?sent.status, ?next, "Batch attempt finished.");
             if let NextState::Terminal(Terminal::Failed) = next {
@@ -309,6 +312,20 @@ pub fn refused_for_our_clock(
             }
         }
         other => other,
+    }
+}
+
+/// A 429 or 503 with `Retry-After` holds the whole subscription (see `endpoint`), so the
+/// delivery need not be scheduled past the hold: it keeps the time it first became due.
+/// When the hold ends, what was held goes first, in event order, before anything that
+/// arrived meanwhile, however long a rate limit lasts. (After a restart the hold is gone
+/// and the held deliveries are due at once: one request finds the limit again.)
+fn keep_place_when_held(next: NextState, verdict: &Verdict, status: Option<u16>, due: &Due) -> NextState {
+    match (next, verdict, status) {
+        (NextState::Retry { at_ms, charge }, Verdict::Retry { after: Some(_), .. }, Some(429 | 503)) => {
+            NextState::Retry { at_ms: at_ms.min(due.next_attempt_ms), charge }
+        }
+        (next, ..) => next,
     }
 }
 

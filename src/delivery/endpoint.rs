@@ -30,7 +30,7 @@ pub struct Endpoint {
 impl Endpoint {
     pub fn new(probe_max: Duration, rate: Option<RateLimit>, enabled: bool) -> Self {
         Endpoint {
-            state: if enabled { State::Online } else { State::Paused },
+            state: if enabled { State::Online } else { State::Disabled },
             failed_probes: 0,
             probe_at: None,
             consecutive_errors: 0,
@@ -44,12 +44,12 @@ impl Endpoint {
     /// How many more requests may start now, given `in_flight` and the per-subscription
     /// `limit`; and if none, when to look again (None: on the next completion or wake).
     pub fn capacity(&mut self, now: Instant, in_flight: usize, limit: usize) -> (usize, Option<Instant>) {
-        let stopped = matches!(self.state, State::Paused | State::Gone | State::Clock);
+        let stopped = matches!(self.state, State::Paused | State::Gone | State::Clock | State::Disabled);
         if let Some(until) = self.held_until(now).filter(|_| !stopped) {
             return (0, Some(until));
         }
         let by_state = match self.state {
-            State::Paused | State::Gone | State::Clock => return (0, None),
+            State::Paused | State::Gone | State::Clock | State::Disabled => return (0, None),
             State::Offline | State::Tls => match self.probe_at {
                 // One probe at a time, when its backoff has passed.
                 Some(at) if at > now => return (0, Some(at)),
@@ -89,7 +89,7 @@ impl Endpoint {
         now: Instant,
         jitter_unit: f64,
     ) {
-        if matches!(self.state, State::Paused | State::Gone) {
+        if matches!(self.state, State::Paused | State::Gone | State::Disabled) {
             return;
         }
         // An answer after being unreachable: the window starts small, then learns from it.
@@ -141,14 +141,21 @@ impl Endpoint {
     }
 
     pub fn mark_gone(&mut self) {
-        self.state = State::Gone;
+        if self.state != State::Disabled {
+            self.state = State::Gone;
+        }
     }
 
     pub fn pause(&mut self) {
-        self.state = State::Paused;
+        if self.state != State::Disabled {
+            self.state = State::Paused;
+        }
     }
 
     pub fn resume(&mut self) {
+        if self.state == State::Disabled {
+            return;
+        }
         self.state = State::Online;
         self.failed_probes = 0;
         self.probe_at = None;
@@ -270,7 +277,7 @@ mod tests {
         assert_eq!((e.state, e.capacity(t, 0, 8).0), (State::Gone, 0));
         e.resume();
         assert_eq!(e.state, State::Online);
-        assert_eq!(Endpoint::new(Duration::from_secs(1), None, false).state, State::Paused);
+        assert_eq!(Endpoint::new(Duration::from_secs(1), None, false).state, State::Disabled);
     }
 
     #[test]

@@ -180,7 +180,7 @@ impl Lane {
     /// what its state lets it use if less, minus what it has in flight.
     pub fn unused_share(&self, share: usize) -> usize {
         let usable = match self.endpoint.state {
-            State::Paused | State::Gone | State::Clock => 0,
+            State::Paused | State::Gone | State::Clock | State::Disabled => 0,
             State::Offline | State::Tls | State::Degraded => 1,
             State::Online if self.is_fifo() => 1,
             State::Online => self.sub.max_in_flight,

@@ -95,8 +95,12 @@ pub fn classify_error(error: TransportError, detail: &str) -> Verdict {
 /// `Retry-After` as seconds or an HTTP date, clamped to [`RETRY_AFTER_MAX`].
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let v = value.trim();
-    let d = if let Ok(secs) = v.parse::<u64>() {
-        Duration::from_secs(secs)
+    let d = if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Seconds of any length: past u64 it is still a number of seconds, only larger.
+        v.parse::<u64>().map(Duration::from_secs).unwrap_or(RETRY_AFTER_MAX)
+    } else if let Some(secs) = v.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0) {
+        // Not the RFC's form (`1e9`, `2.5`), but plainly a number of seconds.
+        Duration::try_from_secs_f64(secs).unwrap_or(RETRY_AFTER_MAX)
     } else {
         let at = httpdate::parse_http_date(v).ok()?;
         at.duration_since(now).unwrap_or(Duration::ZERO)
@@ -134,6 +138,11 @@ mod tests {
         assert_eq!(parse_retry_after(&date, now()), Some(Duration::from_secs(90)));
         assert_eq!(parse_retry_after("86400", now()), Some(RETRY_AFTER_MAX));
         assert_eq!(parse_retry_after("soon", now()), None);
+        // Past u64, and numbers that are not the RFC's digits, hold the maximum too.
+        assert_eq!(parse_retry_after(&"9".repeat(29), now()), Some(RETRY_AFTER_MAX));
+        assert_eq!(parse_retry_after(&"1".repeat(7000), now()), Some(RETRY_AFTER_MAX));
+        assert_eq!(parse_retry_after("1e9", now()), Some(RETRY_AFTER_MAX));
+        assert_eq!(parse_retry_after("2.5", now()), Some(Duration::from_millis(2500)));
     }
 
     #[test]

@@ -8,6 +8,8 @@ pub mod mqtt;
 pub mod payload;
 pub mod ros;
 pub mod session;
+pub mod side;
+mod subscribe;
 
 use serde_json::Value;
 

@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::Router;
 use super::breaker::{self, Breaker};
 use super::session::{self, Client, Driver, Incoming, Message, Receipt, SessionError};
+use super::subscribe::{Answered, Subscriptions};
 use crate::config::MqttConfig;
 use crate::event::now_ms;
 use crate::handoff::{Intake, Resolution};
@@ -22,11 +23,11 @@ use crate::live::{MqttView, update_mqtt as update};
 use crate::outbox::{Inbound, Outbox};
 use crate::text::printable;
 
+/// Reconnects after a session that lasted less than [`STABLE`] wait 1 s, doubling to
+/// this, with ±20 % jitter: a broker that hangs up at once is never hammered.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
-/// Where mosquitto publishes how many messages it has dropped (retained, every
-/// `sys_interval`); a broker that does not publish it is simply silent.
-pub const BROKER_DROPPED_TOPIC: &str = "$SYS/broker/publish/messages/dropped";
+/// A session this long was a real one: the next loss reconnects at once.
+const STABLE: Duration = Duration::from_secs(5);
 
 use super::session::HELD_MAX;
 
@@ -75,12 +76,13 @@ pub async fn run(
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(ack_in_order(client.clone(), outbox.committed(), ack_rx, generation.clone()));
     let filters = router.filters();
-    let type_filters = router.type_filters();
+    let mut subs = Subscriptions::new(filters.clone(), router.type_filters());
+    let side_stop = shutdown.child_token();
+    let side = tokio::spawn(super::side::broker_stats(cfg.clone(), view.clone(), side_stop.clone()));
     let mut taker =
         Taker { seq: 0, intake, outbox, ack_tx, generation: generation.clone(), view: view.clone(), breaker };
     let room = Arc::new(tokio::sync::Semaphore::new(HELD_MAX as usize));
     let mut waiting = Waiting::default();
-    let mut subacks = std::collections::VecDeque::new();
     let mut tick = tokio::time::interval(crate::health::BEAT);
     let wedge = crate::health::Wedge::from_env("ingest");
     loop {
@@ -104,33 +106,19 @@ pub async fn run(
         match event {
             Ok(Incoming::ConnAck { session_present }) => {
                 generation.fetch_add(1, Ordering::SeqCst);
-                // SUBACKs come in the order of the SUBSCRIBEs: which one each answers.
-                subacks.clear();
-                if connected(&cfg, &view, &client, &filters, session_present) {
-                    subacks.push_back(Subscription::Routes);
-                }
-                // Subscribed again on every connect so the broker sends the retained
-                // announcements again; at QoS 0, so they never wait behind the in-flight
-                // window that held messages fill.
-                match client.subscribe_at_most_once(&at_most_once_filters(&type_filters)) {
-                    Ok(()) => subacks.push_back(Subscription::AtMostOnce),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Cannot queue the QoS 0 subscriptions (ROS types, the broker's drop count).")
-                    }
+                let routes_too = connected(&cfg, &view, &filters, session_present);
+                // The ROS type topics are asked for again on every connect so the broker
+                // sends the retained announcements again; at QoS 0, so they never wait
+                // behind the in-flight window that held messages fill.
+                if let Err(e) = subs.ask(&client, routes_too) {
+                    tracing::warn!(error = %e, "Cannot queue the MQTT subscriptions.");
                 }
             }
-            Ok(Incoming::SubAck { granted }) => match subacks.pop_front() {
-                Some(Subscription::AtMostOnce) => {
-                    tracing::debug!(filters = ?at_most_once_filters(&type_filters), %granted,
-                        "Subscribed to the ROS type topics and the broker's drop count.");
-                }
-                Some(Subscription::Routes) | None => {
-                    tracing::info!(filters = ?filters, %granted, "Subscribed to the route topics.");
+            Ok(Incoming::SubAck { refused }) => {
+                if let Answered::Routes { granted } = subs.answered(&refused, &view) {
+                    tracing::info!(filters = ?granted, "Subscribed to the route topics.");
                     update(&view, |v| v.subscribed = true);
                 }
-            },
-            Ok(Incoming::Publish(publish)) if publish.topic == BROKER_DROPPED_TOPIC => {
-                broker_dropped(&view, &publish.payload);
             }
             Ok(Incoming::Publish(publish)) => {
                 let held = match publish.needs_ack {
@@ -157,9 +145,14 @@ pub async fn run(
                 }
             }
             Ok(_) => {}
-            Err(e) => disconnected(&cfg, &view, &e),
+            Err(e) => {
+                subs.hung_up(&view);
+                disconnected(&cfg, &view, &e);
+            }
         }
     }
+    side_stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(1), side).await;
     drop(taker);
     say_goodbye(client, acker, events, driver_stop, driver).await;
     update(&view, |v| v.connected = false);
@@ -315,21 +308,6 @@ impl Waiting {
     }
 }
 
-/// The broker's count of dropped messages, into the view; said at WARN when it grows,
-/// since a drop for our session is an event lost before the agent ever saw it.
-fn broker_dropped(view: &MqttView, payload: &[u8]) {
-    let Some(n) = std::str::from_utf8(payload).ok().and_then(|t| t.trim().parse::<u64>().ok()) else { return };
-    let before = view.lock().ok().and_then(|v| v.broker_dropped);
-    update(view, |v| v.broker_dropped = Some(n));
-    if before.is_some_and(|b| n > b) {
-        tracing::warn!(
-            dropped = n,
-            new = n - before.unwrap_or(0),
-            "The MQTT broker has dropped messages (a client's queue was full); raise its max_queued_messages (docs/oem.md)."
-        );
-    }
-}
-
 /// Waits for `weight` of [`HELD_MAX`] to be free, beating meanwhile (a full outbox or a
 /// slow disk holds ingest here, and that is not a hang). None at shutdown.
 async fn wait_for_room(
@@ -350,39 +328,20 @@ async fn wait_for_room(
     }
 }
 
-/// What a SUBSCRIBE was for.
-enum Subscription {
-    Routes,
-    AtMostOnce,
-}
-
-/// What is subscribed at QoS 0: the ROS type topics and the broker's drop count.
-fn at_most_once_filters(type_filters: &[String]) -> Vec<String> {
-    let mut out = type_filters.to_vec();
-    out.push(BROKER_DROPPED_TOPIC.to_string());
-    out
-}
-
-/// A CONNACK: the view says connected, and a broker that lost our session gets our
-/// subscriptions again (true when they were queued).
-fn connected(cfg: &MqttConfig, view: &MqttView, client: &Client, filters: &[String], kept: bool) -> bool {
+/// A CONNACK: the view says connected. Says whether the route filters must be asked for
+/// again: a broker that kept our session keeps our subscriptions; one that did not (first
+/// start, or it lost its state) needs them again.
+fn connected(cfg: &MqttConfig, view: &MqttView, filters: &[String], kept: bool) -> bool {
     tracing::info!(url = %cfg.url, client_id = %cfg.client_id, session_present = kept, "Connected to the MQTT broker.");
     update(view, |v| {
         v.connected = true;
         v.last_error = None;
     });
-    // A broker that kept our session keeps our subscriptions; one that did not (first
-    // start, or it lost its state) needs them again.
-    if !kept || !view.lock().map(|v| v.subscribed).unwrap_or(false) {
-        if filters.is_empty() {
-            tracing::warn!("No [[route]] is configured; nothing is subscribed.");
-        } else if let Err(e) = client.subscribe(filters) {
-            tracing::warn!(error = %e, "Cannot queue the MQTT subscriptions.");
-        } else {
-            return true;
-        }
+    let again = !kept || !view.lock().map(|v| v.subscribed).unwrap_or(false);
+    if again && filters.is_empty() {
+        tracing::warn!("No [[route]] is configured; nothing is subscribed.");
     }
-    false
+    again
 }
 
 /// A connection error: the driver reconnects with backoff. Said once per loss, and once
@@ -431,9 +390,12 @@ async fn say_goodbye(
 }
 
 /// Polls the event loop and hands each event over; after an error (the next poll
-/// reconnects) it waits with a backoff that resets on a successful connect.
+/// reconnects) it waits: briefly after a session that lasted, 1 s doubling to
+/// [`BACKOFF_MAX`] (with jitter) while sessions end within [`STABLE`] of starting or
+/// connects fail, whatever the cause.
 async fn drive(mut eventloop: Driver, tx: mpsc::Sender<Result<Incoming, SessionError>>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(250);
+    let mut backoff = Duration::from_secs(1);
+    let mut connected_at: Option<Instant> = None;
     loop {
         let ev = tokio::select! {
             _ = stop.cancelled() => return,
@@ -441,19 +403,32 @@ async fn drive(mut eventloop: Driver, tx: mpsc::Sender<Result<Incoming, SessionE
         };
         let failed = ev.is_err();
         if matches!(ev, Ok(Incoming::ConnAck { .. })) {
-            backoff = Duration::from_millis(250);
+            connected_at = Some(Instant::now());
         }
         if tx.send(ev).await.is_err() {
             return;
         }
         if failed {
+            let lasted = connected_at.take().is_some_and(|t| t.elapsed() >= STABLE);
+            let wait = if lasted {
+                backoff = Duration::from_secs(1);
+                Duration::from_millis(250)
+            } else {
+                let w = jittered(backoff);
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                w
+            };
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
+}
+
+/// ±20 %: agents that lost one broker together do not come back in step.
+fn jittered(d: Duration) -> Duration {
+    d.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
 /// When a message may be acked.

@@ -49,7 +49,9 @@ pub enum Driver {
 /// What the broker said, as far as ingest cares.
 pub enum Incoming {
     ConnAck { session_present: bool },
-    SubAck { granted: String },
+    /// One answer per filter of the SUBSCRIBE, in its order: `None` granted, or the
+    /// broker's refusal in words.
+    SubAck { refused: Vec<Option<String>> },
     Publish(Message),
     Other,
 }
@@ -102,8 +104,23 @@ impl Raw {
     }
 }
 
+/// A second, throwaway session for what the agent merely likes to have (the broker's
+/// drop count): its own client id, a clean session, MQTT 3.1.1, QoS 0 only. A broker that
+/// refuses it, or hangs up on it, costs the route session nothing.
+pub fn open_side(cfg: &MqttConfig) -> std::io::Result<(Client, Driver)> {
+    let mut side = cfg.clone();
+    side.client_id = format!("{}-stats", cfg.client_id);
+    side.version = 3;
+    open_as(&side, false)
+}
+
 /// Opens a session as `cfg` says: options, TLS, and the client with its event loop.
 pub fn open(cfg: &MqttConfig) -> std::io::Result<(Client, Driver)> {
+    open_as(cfg, true)
+}
+
+/// `persistent`: the route session (stable id, kept by the broker, manual acks).
+fn open_as(cfg: &MqttConfig, persistent: bool) -> std::io::Result<(Client, Driver)> {
     let transport = if cfg.tls {
         crate::init_crypto();
         // A client certificate comes with a CA file (the config says so).
@@ -144,8 +161,8 @@ pub fn open(cfg: &MqttConfig) -> std::io::Result<(Client, Driver)> {
         return Ok((Client::V5(client), Driver::V5(Box::new(eventloop))));
     }
     let mut opts = MqttOptions::new(cfg.client_id.clone(), cfg.host.clone(), cfg.port);
-    opts.set_clean_session(false)
-        .set_manual_acks(true)
+    opts.set_clean_session(!persistent)
+        .set_manual_acks(persistent)
         .set_keep_alive(cfg.keep_alive)
         .set_max_packet_size(MAX_INCOMING_PACKET, MAX_OUTGOING_PACKET)
         .set_request_channel_capacity(REQUEST_CAPACITY);
@@ -170,9 +187,16 @@ impl Driver {
         match self {
             Driver::V4(el) => match el.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(a))) => Ok(Incoming::ConnAck { session_present: a.session_present }),
-                Ok(Event::Incoming(Packet::SubAck(a))) => {
-                    Ok(Incoming::SubAck { granted: format!("{:?}", a.return_codes) })
-                }
+                Ok(Event::Incoming(Packet::SubAck(a))) => Ok(Incoming::SubAck {
+                    refused: a
+                        .return_codes
+                        .iter()
+                        .map(|c| match c {
+                            rumqttc::SubscribeReasonCode::Success(_) => None,
+                            rumqttc::SubscribeReasonCode::Failure => Some("failure (0x80)".to_string()),
+                        })
+                        .collect(),
+                }),
                 Ok(Event::Incoming(Packet::Publish(mut p))) => Ok(Incoming::Publish(Message {
                     topic: std::mem::take(&mut p.topic),
                     payload: std::mem::take(&mut p.payload),
@@ -190,7 +214,20 @@ impl Driver {
                     Ok(Incoming::ConnAck { session_present: a.session_present })
                 }
                 Ok(rumqttc::v5::Event::Incoming(p5::Packet::SubAck(a))) => {
-                    Ok(Incoming::SubAck { granted: format!("{:?}", a.return_codes) })
+                    let why = a.properties.as_ref().and_then(|p| p.reason_string.clone());
+                    Ok(Incoming::SubAck {
+                        refused: a
+                            .return_codes
+                            .iter()
+                            .map(|c| match c {
+                                p5::SubscribeReasonCode::Success(_) => None,
+                                other => Some(match &why {
+                                    Some(w) => format!("{other:?}: {w}"),
+                                    None => format!("{other:?}"),
+                                }),
+                            })
+                            .collect(),
+                    })
                 }
                 Ok(rumqttc::v5::Event::Incoming(p5::Packet::Publish(mut p))) => Ok(Incoming::Publish(Message {
                     topic: String::from_utf8_lossy(&std::mem::take(&mut p.topic)).into_owned(),

@@ -36,7 +36,13 @@ impl Context {
     fn known(&self, subscription: &str) -> Result<(), ErrorBody> {
         match self.live()?.config.subscription(subscription) {
             Some(_) => Ok(()),
-            None => Err(ErrorBody::new("not_found", format!("no subscription named `{subscription}`"))),
+            None => {
+                let names: Vec<&str> = self.live()?.config.subscriptions.iter().map(|s| s.name.as_str()).collect();
+                Err(ErrorBody::new(
+                    "not_found",
+                    format!("no subscription named `{subscription}`; the subscriptions are: {}", names.join(", ")),
+                ))
+            }
         }
     }
 
@@ -109,11 +115,15 @@ impl Context {
                 if ids.is_empty() && !failed {
                     return Err(ErrorBody::new("bad_request", "name delivery or event ids, or set \"failed\": true"));
                 }
+                let named = ids.clone();
                 let done = self
                     .outbox
                     .repair(Repair::Retry { ids, all_failed: failed, subscription })
                     .await
                     .map_err(internal)?;
+                if done.count == 0 && !failed {
+                    return Err(self.why_nothing_to_retry(named).await);
+                }
                 Ok(json!({ "retried": done.count }))
             }
             Request::Replay { subscription, since, until } => {
@@ -163,8 +173,37 @@ impl Context {
         }
     }
 
+    /// `retry` of ids none of which is a failed delivery: say which is unknown, or what
+    /// state its deliveries are in, as `show` would.
+    async fn why_nothing_to_retry(&self, ids: Vec<String>) -> ErrorBody {
+        let mut said = Vec::new();
+        for id in ids {
+            let look = id.clone();
+            match self.read(move |r| r.show(&look)).await {
+                Ok(Some(shown)) => {
+                    let states: Vec<String> =
+                        shown.deliveries.iter().map(|d| format!("{} {}", d.subscription, d.state)).collect();
+                    said.push(format!("{id} is not failed ({}): nothing to retry", states.join(", ")));
+                }
+                Ok(None) => said.push(format!("no event or delivery with id {id}")),
+                Err(e) => return e,
+            }
+        }
+        let code = if said.iter().all(|s| s.starts_with("no event")) { "not_found" } else { "not_failed" };
+        ErrorBody::new(code, said.join("; "))
+    }
+
     async fn hold(&self, subscription: String, pause: bool) -> Result<Value, ErrorBody> {
         self.known(&subscription)?;
+        if self.live()?.config.subscription(&subscription).is_some_and(|s| !s.enabled) {
+            let verb = if pause { "pause" } else { "resume" };
+            return Err(ErrorBody::new(
+                "disabled",
+                format!(
+                    "`{subscription}` is disabled (enabled = false in the config): nothing to {verb}; set enabled = true in the config and reload (systemctl reload fleethook, or SIGHUP)"
+                ),
+            ));
+        }
         let state = pause.then_some(HoldState::Paused);
         self.outbox.hold(&subscription, state).await.map_err(internal)?;
         let dispatcher = self.live()?.dispatcher;
@@ -200,14 +239,26 @@ impl Context {
             .config
             .subscription(&subscription)
             .ok_or_else(|| ErrorBody::new("not_found", format!("no subscription named `{subscription}`")))?;
-        // A paused subscription would keep the test event queued until it is resumed.
-        let held = live.endpoints.lock().ok().and_then(|v| v.iter().find(|v| v.name == subscription).map(|v| v.state));
-        if let Some(state @ (EndpointState::Paused | EndpointState::Gone)) = held {
-            let state = if state == EndpointState::Paused { "paused" } else { "gone (it answered 410)" };
-            return Err(ErrorBody::new(
-                "paused",
-                format!("`{subscription}` is {state}: nothing would be sent; `fleethook resume {subscription}` first"),
-            ));
+        // A paused subscription would keep the test event queued until it is resumed, an
+        // unreachable one until its next probe: say so at once instead of waiting.
+        let view = live.endpoints.lock().ok().and_then(|v| v.iter().find(|v| v.name == subscription).cloned());
+        if let Some(view) = view {
+            if view.state == EndpointState::Disabled {
+                return Err(ErrorBody::new(
+                    "disabled",
+                    format!("`{subscription}` is disabled (enabled = false in the config): nothing would be sent"),
+                ));
+            }
+            if let state @ (EndpointState::Paused | EndpointState::Gone) = view.state {
+                let state = if state == EndpointState::Paused { "paused" } else { "gone (it answered 410)" };
+                return Err(ErrorBody::new(
+                    "paused",
+                    format!("`{subscription}` is {state}: nothing would be sent; `fleethook resume {subscription}` first"),
+                ));
+            }
+            if let state @ (EndpointState::Offline | EndpointState::Tls | EndpointState::Clock) = view.state {
+                return Err(unreachable_now(&subscription, state, &view));
+            }
         }
         let deliveries = vec![NewDelivery {
             id: crate::event::new_id(),
@@ -303,6 +354,8 @@ impl Context {
                 "last_error": mqtt.last_error,
                 "received": mqtt.received,
                 "broker_dropped": mqtt.broker_dropped,
+                "refused": mqtt.refused,
+                "unavailable": mqtt.unavailable,
             },
             "storage": {
                 "path": live.config.storage.path,
@@ -341,4 +394,23 @@ mod tests {
         assert_eq!(parse_time("500000000000years", 1000).unwrap(), 1000 - i64::MAX);
         assert_eq!(parse_time("2h", 7_200_000).unwrap(), 0);
     }
+}
+
+/// `test` on a subscription whose endpoint does not answer now: its state, the last
+/// error and the next probe, and nothing sent.
+fn unreachable_now(subscription: &str, state: EndpointState, view: &crate::live::EndpointView) -> ErrorBody {
+    let (code, what) = match state {
+        EndpointState::Tls => ("tls", "refusing our TLS connections (its certificate does not verify)"),
+        EndpointState::Clock => ("clock", "waiting for the wall clock to be synced (its signatures carry a timestamp)"),
+        _ => ("offline", "offline (it cannot be reached)"),
+    };
+    let error = view.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default();
+    let probe = view
+        .next_attempt_at_ms
+        .map(|at| format!("; next probe in {} s", ((at - crate::event::now_ms()).max(0) + 999) / 1000))
+        .unwrap_or_default();
+    ErrorBody::new(
+        code,
+        format!("`{subscription}` is {what}{error}{probe}: a test event would only wait in the queue, so none was sent"),
+    )
 }

@@ -86,6 +86,12 @@ pub fn status(v: &Value) -> String {
         _ => String::new(),
     };
     out.push_str(&format!("mqtt     {conn}  {}{dropped}\n", s(&m["url"])));
+    for r in m["refused"].as_array().into_iter().flatten() {
+        out.push_str(&format!("         REFUSED {}: {}\n", s(&r["filter"]), s(&r["answer"])));
+    }
+    for u in m["unavailable"].as_array().into_iter().flatten() {
+        out.push_str(&format!("         not available: {}\n", s(u)));
+    }
     out.push_str(&format!(
         "storage  {} of {}  events {}  quarantined {}  duplicates {}  {}\n",
         bytes(st["bytes"].as_u64().unwrap_or(0)),

@@ -24,6 +24,7 @@ pub fn explain(rows: &mut [QueueRow], views: &[EndpointView], sched_now: i64, to
 fn why(row: &QueueRow, view: &EndpointView, due: bool) -> Option<String> {
     let said = match view.state {
         EndpointState::Paused => "the subscription is paused (`fleethook resume`)",
+        EndpointState::Disabled => "the subscription has enabled = false (set it true in the config and reload)",
         EndpointState::Gone => "the endpoint answered 410 Gone; the subscription stays stopped until resumed",
         EndpointState::Offline => "the endpoint cannot be reached; it is probed with backoff, no retry spent",
         EndpointState::Tls => "the endpoint's certificate does not verify; probed with backoff, no retry spent",

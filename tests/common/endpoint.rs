@@ -25,6 +25,9 @@ pub enum Reply {
     Slow(Duration, u16),
     /// 413 to a body longer than this many bytes, else 200.
     BodyLimit(usize),
+    /// 429 with `Retry-After: N` to a delivery's first attempt (`X-Fleethook-Attempt: 1`),
+    /// 200 to any later one: a rate limit every new delivery runs into.
+    ThrottleFirstAttempts(u64),
 }
 
 #[derive(Clone, Debug)]
@@ -161,6 +164,7 @@ async fn answer(
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let size = body.len();
+    let first_attempt = parts.headers.get("x-fleethook-attempt").is_some_and(|v| v == "1");
     let reply = {
         let mut s = st.lock().unwrap();
         s.requests.push(Request {
@@ -186,6 +190,8 @@ async fn answer(
             (s, Vec::new())
         }
         Reply::BodyLimit(max) => (if size > max { 413 } else { 200 }, Vec::new()),
+        Reply::ThrottleFirstAttempts(secs) if first_attempt => (429, vec![("retry-after", secs.to_string())]),
+        Reply::ThrottleFirstAttempts(_) => (200, Vec::new()),
     };
     let mut resp = hyper::Response::new(Full::new(Bytes::from_static(b"ok")));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();

@@ -48,7 +48,7 @@ impl Lane {
 
     /// Nothing sent to this lane now would be answered: offline, paused or gone.
     pub fn unreachable(&self) -> bool {
-        matches!(self.endpoint.state, State::Offline | State::Tls | State::Paused | State::Gone)
+        matches!(self.endpoint.state, State::Offline | State::Tls | State::Paused | State::Gone | State::Disabled)
             || self.endpoint.held_until(Instant::now()).is_some()
     }
 

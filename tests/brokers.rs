@@ -1,0 +1,130 @@
+//! The broker matrix: the core pipeline (QoS 1 in, signed webhooks out, a kill -9 in the
+//! middle, nothing lost, nothing sent twice but with its first delivery id) and a refused
+//! route filter (reported once, the other routes working, no reconnect loop) against
+//! every broker a robot runs: mosquitto, rumqttd, aedes and amqtt.
+
+mod common;
+#[path = "common/brokers.rs"]
+mod brokers;
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use brokers::{AnyBroker, BrokerKind};
+use common::*;
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn config(broker: &AnyBroker, extra_route: Option<&str>, ep: &Endpoint) -> String {
+    let mut c = base_config(broker.port)
+        .replace("[mqtt]\n", &format!("[mqtt]\n{}", broker.mqtt_lines))
+        .replace("topic = \"fleet/+/mission\"\n", "topic = \"fleet/+/mission\"\ndedupe = \"/mission_id\"\n");
+    if let Some(topic) = extra_route {
+        c += &format!("\n[[route]]\ntopic = \"{topic}\"\nevent = \"secret.mission\"\n");
+    }
+    c + &subscription("ops", &ep.url(), "")
+}
+
+/// How many times the agent connected, by its logs.
+fn connects(agent: &Agent) -> usize {
+    agent.log().matches("Connected to the MQTT broker").count()
+}
+
+fn pipeline_with_a_kill(kind: BrokerKind) {
+    let broker = AnyBroker::start(kind);
+    let ep = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = Agent::start(dir.path(), &config(&broker, None, &ep));
+    agent.wait_subscribed();
+    const N: usize = 120;
+    let port = broker.port;
+    let publisher = std::thread::spawn(move || {
+        for chunk in 0..(N / 10) {
+            publish(port, &(chunk * 10..(chunk + 1) * 10).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    agent.kill9();
+    agent.spawn();
+    publisher.join().unwrap();
+    assert!(wait_until(LONG, || all_arrived(&ep, N as u64)), "{kind:?}: not everything arrived");
+    let mut ids: HashMap<u64, HashSet<String>> = HashMap::new();
+    for r in ep.requests() {
+        verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
+        ids.entry(r.json()["data"]["seq"].as_u64().unwrap())
+            .or_default()
+            .insert(r.header("x-fleethook-delivery").unwrap().to_string());
+    }
+    let twice: Vec<_> = ids.iter().filter(|(_, d)| d.len() > 1).collect();
+    assert!(twice.is_empty(), "{kind:?}: events sent as new deliveries again: {twice:?}");
+    report(&format!("{kind:?} kill -9"), &ep, N as u64, "1 kill");
+    std::thread::sleep(Duration::from_secs(2));
+    let log = agent.log();
+    assert!(!log.contains("Lost the MQTT connection"), "{kind:?}: the agent lost its broker:\n{log}");
+    assert_eq!(connects(&agent), 1, "{kind:?}: one connect after the restart:\n{log}");
+}
+
+fn a_refused_route_is_reported_once(kind: BrokerKind) {
+    let broker = AnyBroker::start_refusing(kind);
+    let ep = Endpoint::start(Reply::Status(200));
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Agent::start(dir.path(), &config(&broker, Some(broker.refused), &ep));
+    // The refusal comes by SUBACK, or (rumqttd) by two hang-ups, 1 s and 2 s of backoff.
+    let refused = || {
+        agent.cli_json(&["status"])["mqtt"]["refused"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|f| f["filter"] == broker.refused))
+    };
+    assert!(wait_until(LONG, refused), "{kind:?}: status does not show the refused filter:\n{}", agent.log());
+    agent.wait_subscribed();
+    publish(broker.port, &(0..10).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>());
+    assert!(wait_until(LONG, || all_arrived(&ep, 10)), "{kind:?}: the other route stopped working");
+    std::thread::sleep(Duration::from_secs(6));
+    let log = agent.log();
+    let errors = log.lines().filter(|l| l.contains("ERROR") && l.contains(broker.refused)).count();
+    assert_eq!(errors, 1, "{kind:?}: the refusal is said once:\n{log}");
+    assert!(connects(&agent) <= 3, "{kind:?}: a reconnect loop:\n{log}");
+    let text = String::from_utf8(agent.cli(&["status"]).stdout).unwrap();
+    assert!(text.contains("REFUSED") && text.contains(broker.refused), "{text}");
+}
+
+#[test]
+fn mosquitto_pipeline_with_a_kill() {
+    pipeline_with_a_kill(BrokerKind::Mosquitto);
+}
+
+#[test]
+fn rumqttd_pipeline_with_a_kill() {
+    pipeline_with_a_kill(BrokerKind::Rumqttd);
+}
+
+#[test]
+fn aedes_pipeline_with_a_kill() {
+    pipeline_with_a_kill(BrokerKind::Aedes);
+}
+
+#[test]
+fn amqtt_pipeline_with_a_kill() {
+    pipeline_with_a_kill(BrokerKind::Amqtt);
+}
+
+#[test]
+fn mosquitto_refused_route() {
+    a_refused_route_is_reported_once(BrokerKind::Mosquitto);
+}
+
+#[test]
+fn rumqttd_refused_route() {
+    a_refused_route_is_reported_once(BrokerKind::Rumqttd);
+}
+
+#[test]
+fn aedes_refused_route() {
+    a_refused_route_is_reported_once(BrokerKind::Aedes);
+}
+
+#[test]
+fn amqtt_refused_route() {
+    a_refused_route_is_reported_once(BrokerKind::Amqtt);
+}
