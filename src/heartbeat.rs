@@ -111,8 +111,7 @@ pub async fn run(hb: Heartbeat, shutdown: CancellationToken) {
             data["oldest_pending_age_s"] = json!(oldest.map(|t| (now - t).max(0) / 1000));
         }
         let m = mqtt.lock().map(|m| m.clone()).unwrap_or_default();
-        data["mqtt"] =
-            json!({ "connected": m.connected, "last_error": m.last_error, "broker_dropped": m.broker_dropped,
+        data["mqtt"] = json!({ "connected": m.connected, "last_error": m.last_error, "broker_dropped": m.broker_dropped,
                 "refused": m.refused });
         let views = endpoints.lock().map(|v| v.clone()).unwrap_or_default();
         let states: serde_json::Map<String, Value> = views.iter().map(|e| (e.name.clone(), json!(e.state))).collect();

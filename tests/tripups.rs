@@ -16,10 +16,7 @@ fn said(out: &std::process::Output) -> String {
 #[test]
 fn a_disabled_subscription_is_disabled_and_cannot_be_resumed() {
     let ep = Endpoint::start(Reply::Status(200));
-    let bed = Bed::new()
-        .subscription("on", &ep.url(), "")
-        .subscription("off", &ep.url(), "enabled = false")
-        .start();
+    let bed = Bed::new().subscription("on", &ep.url(), "").subscription("off", &ep.url(), "enabled = false").start();
     let state = |name: &str| {
         bed.cli_json(&["status"])["subscriptions"]
             .as_array()

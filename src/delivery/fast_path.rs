@@ -215,7 +215,7 @@ impl Dispatcher {
             .filter_map(|r| self.by_name.get(&r.audit.subscription).map(|&lane| (lane, r)))
             .collect();
         if ok {
-            self.record_wave(Vec::new(), late, recordings);
+            self.record_wave(Vec::new(), late, recordings, false);
         } else {
             for (lane, r) in late {
                 self.lanes[lane].fast_settled(&r.audit.delivery_id, false);

@@ -97,6 +97,9 @@ pub struct Lane {
     lowest: i64,
     /// It has sent its daily budget.
     over_budget: bool,
+    /// A `Retry-After` held the subscription: when the hold ends, what was fetched ahead
+    /// is read again, so that the held deliveries (which kept their place) go first.
+    reread_after_hold: bool,
 }
 
 /// What a lane may do now.
@@ -138,6 +141,7 @@ impl Lane {
             released: HashSet::new(),
             released_fast: HashSet::new(),
             exhausted: false,
+            reread_after_hold: false,
             poked: false,
             dirty: true,
             wake_at: None,
@@ -279,6 +283,16 @@ impl Lane {
             // Nothing may start: look again on a completion, new work or the wake time.
             return Some(Starts::default());
         }
+        if self.reread_after_hold {
+            // Fetched during the hold, while the held deliveries' results were not yet on
+            // disk: newer rows only. Read again, in the queue's order.
+            self.prefetched.clear();
+            self.exhausted = false;
+            if self.fetching {
+                return Some(Starts::default());
+            }
+            self.reread_after_hold = false;
+        }
         // What the fast path took was accepted while nothing stored was due: it goes first,
         // unless the endpoint has stopped answering (then it waits for its deadline and
         // is stored; probes are for stored deliveries).
@@ -395,6 +409,9 @@ impl Lane {
     ) {
         let before = self.endpoint.state;
         self.endpoint.observe(verdict, status, probe, took, self.limit(), now, fastrand::f64());
+        if self.endpoint.held_until(now).is_some() {
+            self.reread_after_hold = true;
+        }
         self.say_state_change(before, verdict);
         self.last_status = status.or(self.last_status);
         self.last_error = match verdict {

@@ -341,6 +341,15 @@ impl Dispatcher {
         while let Ok(done) = done_rx.try_recv() {
             wave.push(done);
         }
+        // An endpoint that answers again: the results held for a shared commit while it
+        // was away (their rows are skipped until committed) go now, so its backlog
+        // drains at once instead of after the linger.
+        let back = wave.iter().any(|d| d.probe && !matches!(d.verdict, Verdict::Offline { .. }));
+        // A Retry-After hold: the held deliveries' results must be on disk before it ends,
+        // so that the lane reads them again ahead of newer ones.
+        let held = wave
+            .iter()
+            .any(|d| matches!(d.status, Some(429 | 503)) && matches!(d.verdict, Verdict::Retry { after: Some(_), .. }));
         let mut durable = Vec::with_capacity(wave.len());
         let mut fast = Vec::new();
         for done in wave {
@@ -355,16 +364,28 @@ impl Dispatcher {
             durable.push((done.lane, done.seq, done.record));
             durable.extend(done.rest.into_iter().map(|(seq, record)| (done.lane, seq, record)));
         }
-        self.record_wave(durable, fast, recordings);
+        self.record_wave(durable, fast, recordings, back || held);
+        // A lane that stopped answering (offline, or a Retry-After holds it) stores what
+        // waits for it from memory now, in event order behind what it holds, instead of
+        // sending it first when the hold ends (the held ones would starve) or storing it
+        // one by one at each deadline.
+        for lane in 0..self.lanes.len() {
+            if self.lanes[lane].has_fast_queued() && self.lanes[lane].unreachable() {
+                let queued = self.fast.queued_in(lane);
+                self.persist(queued, persists);
+            }
+        }
     }
 
     /// Commits attempts' results in one transaction: `durable` ones by their row,
-    /// `fast` ones (their jobs stored) by delivery id.
+    /// `fast` ones (their jobs stored) by delivery id. `hurry`: commit now, with what
+    /// the writer holds.
     fn record_wave(
         &mut self,
         durable: Vec<(usize, i64, AttemptRecord)>,
         fast: Vec<(usize, AttemptRecord)>,
         recordings: &mut JoinSet<Recorded>,
+        hurry: bool,
     ) {
         if durable.is_empty() && fast.is_empty() {
             return;
@@ -377,7 +398,8 @@ impl Dispatcher {
             .iter()
             .map(|(lane, ..)| lane)
             .chain(fast_ids.iter().map(|(lane, ..)| lane))
-            .any(|lane| self.lanes.get(*lane).is_some_and(Lane::is_fifo));
+            .any(|lane| self.lanes.get(*lane).is_some_and(Lane::is_fifo))
+            || hurry;
         let records: Vec<AttemptRecord> =
             durable.into_iter().map(|(.., r)| r).chain(fast.into_iter().map(|(_, r)| r)).collect();
         let outbox = self.outbox.clone();

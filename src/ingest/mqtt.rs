@@ -115,7 +115,7 @@ pub async fn run(
                 }
             }
             Ok(Incoming::SubAck { refused }) => {
-                if let Answered::Routes { granted } = subs.answered(&refused, &view) {
+                if let Answered::Routes { granted } = subs.answered(&refused, &client, &view) {
                     tracing::info!(filters = ?granted, "Subscribed to the route topics.");
                     update(&view, |v| v.subscribed = true);
                 }

@@ -48,10 +48,14 @@ pub enum Driver {
 
 /// What the broker said, as far as ingest cares.
 pub enum Incoming {
-    ConnAck { session_present: bool },
+    ConnAck {
+        session_present: bool,
+    },
     /// One answer per filter of the SUBSCRIBE, in its order: `None` granted, or the
     /// broker's refusal in words.
-    SubAck { refused: Vec<Option<String>> },
+    SubAck {
+        refused: Vec<Option<String>>,
+    },
     Publish(Message),
     Other,
 }

@@ -1,10 +1,11 @@
 //! What the route session asks the broker for, and what the broker refused.
 //!
 //! Each filter goes in a SUBSCRIBE of its own, route filters (QoS 1) first, then the ROS
-//! type topics (QoS 0). The broker answers SUBSCRIBEs in order, so each SUBACK names its
-//! filter, and when a broker hangs up instead of answering (rumqttd does that to a filter
-//! it cannot validate, some ACLs too) the first filter still waiting is the one it hung
-//! up on. A filter refused by its SUBACK, or hung up on twice in a row within a few
+//! type topics (QoS 0), one at a time: the next is sent when the last is answered. So each
+//! SUBACK names its filter, and when a broker hangs up instead of answering (rumqttd does
+//! that to a filter it cannot validate, some ACLs too) the filter it hung up on is the one
+//! waiting. (Sent together, the SUBACKs of the good ones may never leave a broker that
+//! hangs up on a later one.) A filter refused by its SUBACK, or hung up on twice in a row within a few
 //! seconds of asking, is not asked for again in this run: one ERROR names it and the
 //! broker's answer, and `status` and the heartbeat list it. The other filters keep
 //! working. A config reload (SIGHUP) starts afresh.
@@ -30,7 +31,7 @@ pub struct Subscriptions {
     routes: Vec<String>,
     types: Vec<String>,
     refused: HashMap<String, String>,
-    /// SUBSCRIBEs sent on this connection, not yet answered, in order.
+    /// Filters to ask for on this connection, in order; the first is sent and waiting.
     asked: VecDeque<Asked>,
     asked_at: Option<Instant>,
     hang_ups: HashMap<String, u32>,
@@ -42,7 +43,9 @@ pub struct Subscriptions {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Answered {
     /// Every route filter has its answer: the session is subscribed.
-    Routes { granted: Vec<String> },
+    Routes {
+        granted: Vec<String>,
+    },
     Nothing,
 }
 
@@ -51,28 +54,37 @@ impl Subscriptions {
         Subscriptions { routes, types, ..Subscriptions::default() }
     }
 
-    /// A new connection: asks for every filter not refused, one SUBSCRIBE each. Returns
-    /// how many route filters were asked for.
+    /// A new connection: queues every filter not refused and sends the first. Returns
+    /// how many route filters are asked for.
     pub fn ask(&mut self, client: &Client, routes_too: bool) -> Result<usize, SessionError> {
         self.asked.clear();
         self.granted = 0;
         let routes = if routes_too { self.routes.clone() } else { Vec::new() };
         let wanted = routes.into_iter().map(|f| (f, true)).chain(self.types.clone().into_iter().map(|f| (f, false)));
         for (filter, route) in wanted {
-            if self.refused.contains_key(&filter) {
-                continue;
+            if !self.refused.contains_key(&filter) {
+                self.asked.push_back(Asked { filter, route });
             }
-            let one = std::slice::from_ref(&filter);
-            if route { client.subscribe(one) } else { client.subscribe_at_most_once(one) }?;
-            self.asked.push_back(Asked { filter, route });
         }
-        self.asked_at = Some(Instant::now());
+        self.send_next(client)?;
         Ok(self.asked.iter().filter(|a| a.route).count())
     }
 
-    /// A SUBACK: the answer to the oldest SUBSCRIBE still waiting.
-    pub fn answered(&mut self, refused: &[Option<String>], view: &MqttView) -> Answered {
+    fn send_next(&mut self, client: &Client) -> Result<(), SessionError> {
+        if let Some(next) = self.asked.front() {
+            let one = std::slice::from_ref(&next.filter);
+            if next.route { client.subscribe(one) } else { client.subscribe_at_most_once(one) }?;
+            self.asked_at = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// A SUBACK: the answer to the SUBSCRIBE waiting; the next is sent.
+    pub fn answered(&mut self, refused: &[Option<String>], client: &Client, view: &MqttView) -> Answered {
         let Some(asked) = self.asked.pop_front() else { return Answered::Nothing };
+        if let Err(e) = self.send_next(client) {
+            tracing::warn!(error = %e, "Cannot queue the next MQTT subscription.");
+        }
         self.hang_ups.remove(&asked.filter);
         match refused.first().cloned().flatten() {
             Some(answer) => self.refuse(&asked, format!("SUBACK {answer}"), view),
@@ -117,6 +129,12 @@ impl Subscriptions {
 mod tests {
     use super::*;
 
+    /// A client whose requests queue up unsent (no event loop is polled).
+    fn client() -> (Client, rumqttc::EventLoop) {
+        let (c, el) = rumqttc::AsyncClient::new(rumqttc::MqttOptions::new("t", "127.0.0.1", 1), 64);
+        (Client::V4(c), el)
+    }
+
     fn asked(s: &mut Subscriptions, filters: &[(&str, bool)]) {
         s.asked = filters.iter().map(|(f, route)| Asked { filter: f.to_string(), route: *route }).collect();
         s.asked_at = Some(Instant::now());
@@ -125,11 +143,12 @@ mod tests {
     #[test]
     fn a_refusing_suback_names_its_filter_and_the_rest_are_granted() {
         let view = crate::live::new_mqtt_view();
+        let (c, _el) = client();
         let mut s = Subscriptions::new(vec!["a/#".into(), "b/#".into()], vec!["types/#".into()]);
         asked(&mut s, &[("a/#", true), ("b/#", true), ("types/#", false)]);
-        assert_eq!(s.answered(&[Some("failure (0x80)".into())], &view), Answered::Nothing);
-        assert_eq!(s.answered(&[None], &view), Answered::Routes { granted: vec!["b/#".into()] });
-        assert_eq!(s.answered(&[None], &view), Answered::Nothing);
+        assert_eq!(s.answered(&[Some("failure (0x80)".into())], &c, &view), Answered::Nothing);
+        assert_eq!(s.answered(&[None], &c, &view), Answered::Routes { granted: vec!["b/#".into()] });
+        assert_eq!(s.answered(&[None], &c, &view), Answered::Nothing);
         let v = view.lock().unwrap().clone();
         assert_eq!(v.refused.len(), 1);
         assert_eq!(v.refused[0].filter, "a/#");
@@ -139,10 +158,11 @@ mod tests {
     #[test]
     fn two_hang_ups_on_the_same_filter_refuse_it_once() {
         let view = crate::live::new_mqtt_view();
+        let (c, _el) = client();
         let mut s = Subscriptions::new(vec!["a/#".into(), "$bad".into()], Vec::new());
         for _ in 0..3 {
             asked(&mut s, &[("a/#", true), ("$bad", true)]);
-            s.answered(&[None], &view);
+            s.answered(&[None], &c, &view);
             s.hung_up(&view);
         }
         assert_eq!(view.lock().unwrap().refused.len(), 1, "said once");

@@ -37,7 +37,8 @@ impl Context {
         match self.live()?.config.subscription(subscription) {
             Some(_) => Ok(()),
             None => {
-                let names: Vec<&str> = self.live()?.config.subscriptions.iter().map(|s| s.name.as_str()).collect();
+                let live = self.live()?;
+                let names: Vec<&str> = live.config.subscriptions.iter().map(|s| s.name.as_str()).collect();
                 Err(ErrorBody::new(
                     "not_found",
                     format!("no subscription named `{subscription}`; the subscriptions are: {}", names.join(", ")),
@@ -253,7 +254,9 @@ impl Context {
                 let state = if state == EndpointState::Paused { "paused" } else { "gone (it answered 410)" };
                 return Err(ErrorBody::new(
                     "paused",
-                    format!("`{subscription}` is {state}: nothing would be sent; `fleethook resume {subscription}` first"),
+                    format!(
+                        "`{subscription}` is {state}: nothing would be sent; `fleethook resume {subscription}` first"
+                    ),
                 ));
             }
             if let state @ (EndpointState::Offline | EndpointState::Tls | EndpointState::Clock) = view.state {
@@ -411,6 +414,8 @@ fn unreachable_now(subscription: &str, state: EndpointState, view: &crate::live:
         .unwrap_or_default();
     ErrorBody::new(
         code,
-        format!("`{subscription}` is {what}{error}{probe}: a test event would only wait in the queue, so none was sent"),
+        format!(
+            "`{subscription}` is {what}{error}{probe}: a test event would only wait in the queue, so none was sent"
+        ),
     )
 }

@@ -58,7 +58,7 @@ impl Agent {
         self.starts += 1;
         self.log = self.dir.join(format!("agent-{}.log", self.starts));
         let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fleethook"))
+        let child = Command::new(agent_binary())
             .args(["run", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", "fleethook=debug")
@@ -75,7 +75,7 @@ impl Agent {
 
     /// Runs `fleethook ARGS --config <this agent's config>`: a socket command reaches it.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_fleethook")).args(args).arg("--config").arg(&self.config).output().unwrap()
+        Command::new(agent_binary()).args(args).arg("--config").arg(&self.config).output().unwrap()
     }
 
     /// The same with `--json`: asserts that it succeeded and parses what it printed.
@@ -172,10 +172,16 @@ impl Drop for Agent {
 /// The real CLI as uid 65534, outside the agent's group.
 pub fn as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", env!("CARGO_BIN_EXE_fleethook")])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", &agent_binary()])
         .args(args)
         .arg("--socket")
         .arg(socket)
         .output()
         .unwrap()
+}
+
+/// The binary under test: this build's, or `FLEETHOOK_TEST_BIN` (to show that a test
+/// fails on an older build: `FLEETHOOK_TEST_BIN=/path/to/old/fleethook cargo test …`).
+pub fn agent_binary() -> String {
+    std::env::var("FLEETHOOK_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_fleethook").to_string())
 }

@@ -106,19 +106,27 @@ impl Drop for Mosquitto {
 
 /// Publishes QoS 1 messages and returns once the broker has acked every one.
 pub fn publish(port: u16, messages: &[(String, Vec<u8>)]) {
-    publish_flagged(port, messages, false)
+    publish_flagged(port, messages, false, None)
+}
+
+/// [`publish`] as a broker user.
+pub fn publish_as(port: u16, user: &str, password: &str, messages: &[(String, Vec<u8>)]) {
+    publish_flagged(port, messages, false, Some((user, password)))
 }
 
 /// Publishes QoS 1 messages with the retain flag.
 pub fn publish_retained(port: u16, messages: &[(String, Vec<u8>)]) {
-    publish_flagged(port, messages, true)
+    publish_flagged(port, messages, true, None)
 }
 
-fn publish_flagged(port: u16, messages: &[(String, Vec<u8>)], retain: bool) {
+fn publish_flagged(port: u16, messages: &[(String, Vec<u8>)], retain: bool, user: Option<(&str, &str)>) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut opts = rumqttc::MqttOptions::new(format!("test-pub-{}", free_port()), "127.0.0.1", port);
         opts.set_max_packet_size(16 << 20, 16 << 20);
+        if let Some((user, password)) = user {
+            opts.set_credentials(user, password);
+        }
         let (client, mut events) = rumqttc::AsyncClient::new(opts, messages.len() + 10);
         for (topic, payload) in messages {
             client.publish(topic.clone(), rumqttc::QoS::AtLeastOnce, retain, payload.clone()).await.unwrap();

@@ -29,6 +29,8 @@ pub struct AnyBroker {
     pub mqtt_lines: String,
     /// The filter it refuses, when started refusing.
     pub refused: &'static str,
+    /// A user to publish as, where the broker needs one.
+    pub user: Option<(&'static str, &'static str)>,
     child: Option<Child>,
     _mosquitto: Option<Mosquitto>,
     dir: tempfile::TempDir,
@@ -62,6 +64,14 @@ fn amqtt_bin() -> PathBuf {
 }
 
 impl AnyBroker {
+    /// Publishes QoS 1 messages (as its user, where it has one) and waits for every PUBACK.
+    pub fn publish(&self, messages: &[(String, Vec<u8>)]) {
+        match self.user {
+            Some((user, password)) => crate::common::publish_as(self.port, user, password, messages),
+            None => crate::common::publish(self.port, messages),
+        }
+    }
+
     pub fn start(kind: BrokerKind) -> AnyBroker {
         AnyBroker::start_as(kind, false)
     }
@@ -78,6 +88,7 @@ impl AnyBroker {
             port: 0,
             mqtt_lines: String::new(),
             refused: if kind == BrokerKind::Rumqttd { REFUSED_BY_RUMQTTD } else { REFUSED_FILTER },
+            user: None,
             child: None,
             _mosquitto: None,
             dir,
@@ -118,13 +129,14 @@ impl AnyBroker {
                     let pass = b.dir.path().join("mqtt-password");
                     std::fs::write(&pass, "robot-pass").unwrap();
                     b.mqtt_lines = format!("username = \"robot\"\npassword_file = \"{}\"\n", pass.display());
+                    b.user = Some(("robot", "robot-pass"));
                 }
                 b.child = Some(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("aedes starts"));
             }
             BrokerKind::Amqtt => {
                 b.port = free_port();
                 let acl = if refusing {
-                    "  amqtt.plugins.topic_checking.TopicAccessControlListPlugin:\n    subscribe-acl:\n      anonymous: [\"fleet/#\"]\n"
+                    "  amqtt.plugins.topic_checking.TopicAccessControlListPlugin:\n    acl:\n      anonymous: [\"fleet/#\"]\n"
                 } else {
                     ""
                 };

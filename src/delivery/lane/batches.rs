@@ -34,8 +34,10 @@ impl Lane {
             room -= 1;
             starts.batches.push(batch);
             if fifo || probe {
-                // The rest is fetched again, in order, once this batch's result is on disk.
+                // The rest is fetched again, in order, once this batch's result is on disk:
+                // what was dropped here is still due, so the queue is not known empty.
                 self.prefetched.clear();
+                self.exhausted = false;
             }
         }
         self.endpoint.started(starts.batches.len());

@@ -52,6 +52,11 @@ impl Lane {
             || self.endpoint.held_until(Instant::now()).is_some()
     }
 
+    /// Fast-path deliveries wait in its queue for a slot.
+    pub fn has_fast_queued(&self) -> bool {
+        !self.fast_queue.is_empty()
+    }
+
     /// Takes a fast-path delivery; it starts when a slot is free.
     pub fn queue_fast(&mut self, r: FastRef) {
         self.fast_queue.push_back(r);
