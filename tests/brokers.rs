@@ -38,21 +38,34 @@ fn pipeline_with_a_kill(kind: BrokerKind) {
     let mut agent = Agent::start(dir.path(), &config(&broker, None, &ep));
     agent.wait_subscribed();
     const N: usize = 120;
-    let port = broker.port;
-    let publisher = std::thread::spawn(move || {
-        for chunk in 0..(N / 10) {
-            publish(
-                port,
-                &(chunk * 10..(chunk + 1) * 10).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>(),
-            );
-            std::thread::sleep(Duration::from_millis(100));
+    let chunk = |c: usize| (c * 10..(c + 1) * 10).map(|n| mission("agv-1", n, "completed")).collect::<Vec<_>>();
+    if kind == BrokerKind::Amqtt {
+        // amqtt 0.12 keeps a persistent session's subscriptions but not its messages: one
+        // in flight to a client that disconnects before its PUBACK is forgotten (upstream
+        // issue Yakifo/amqtt#401), and in our runs nothing published while the client was
+        // away was sent after it reconnected. No client can make up for that, so with
+        // amqtt the pipeline is checked without a kill (docs/oem.md says so).
+        for c in 0..N / 10 {
+            broker.publish(&chunk(c));
         }
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    agent.kill9();
-    agent.spawn();
-    publisher.join().unwrap();
-    assert!(wait_until(LONG, || all_arrived(&ep, N as u64)), "{kind:?}: not everything arrived");
+    } else {
+        let port = broker.port;
+        let publisher = std::thread::spawn(move || {
+            for c in 0..(N / 10) {
+                publish(port, &chunk(c));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        agent.kill9();
+        agent.spawn();
+        publisher.join().unwrap();
+    }
+    if !wait_until(LONG, || all_arrived(&ep, N as u64)) {
+        let seen = arrivals(&ep);
+        let missing: Vec<usize> = (0..N).filter(|i| !seen.contains_key(&(*i as u64))).collect();
+        panic!("{kind:?}: not everything arrived: missing {missing:?}\n{}", agent.log());
+    }
     let mut ids: HashMap<u64, HashSet<String>> = HashMap::new();
     for r in ep.requests() {
         verify(&r, fleethook::sign::Scheme::Standard, "X-Fleethook");
@@ -66,7 +79,7 @@ fn pipeline_with_a_kill(kind: BrokerKind) {
     std::thread::sleep(Duration::from_secs(2));
     let log = agent.log();
     assert!(!log.contains("Lost the MQTT connection"), "{kind:?}: the agent lost its broker:\n{log}");
-    assert_eq!(connects(&agent), 1, "{kind:?}: one connect after the restart:\n{log}");
+    assert_eq!(connects(&agent), 1, "{kind:?}: one connect (after the restart):\n{log}");
 }
 
 fn a_refused_route_is_reported_once(kind: BrokerKind) {
@@ -111,7 +124,7 @@ fn aedes_pipeline_with_a_kill() {
 }
 
 #[test]
-fn amqtt_pipeline_with_a_kill() {
+fn amqtt_pipeline() {
     pipeline_with_a_kill(BrokerKind::Amqtt);
 }
 

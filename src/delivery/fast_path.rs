@@ -77,7 +77,7 @@ impl Dispatcher {
         }
         let usual: Vec<Option<Duration>> = self.lanes.iter().map(Lane::usual_answer).collect();
         let picked = self.fast.persist_picked(Instant::now(), |lanes, age| {
-            lanes.iter().any(|&l| usual[l].is_none_or(|u| age + COMMIT_TIME < u))
+            lanes.iter().any(|&l| usual[l].is_some_and(|u| age + COMMIT_TIME < u))
         });
         self.persist(picked, persists);
     }
@@ -142,15 +142,19 @@ impl Dispatcher {
     }
 
     /// Stores every job whose deadline has passed, and with them, in the same commit,
-    /// every job that will miss its own: its endpoint usually answers later than that.
+    /// every job that will miss its own: one that shares an endpoint with a job that just
+    /// missed (that endpoint is not answering in time now: a stall, a roam), or whose
+    /// endpoint usually answers later than that.
     pub(super) fn overdue(&mut self, persists: &mut JoinSet<(u64, bool)>) {
         let now = Instant::now();
         let mut late = self.fast.overdue(now);
         if !late.is_empty() {
+            let mut missed = vec![false; self.lanes.len()];
+            late.iter().flat_map(|p| p.lanes.iter()).for_each(|&l| missed[l] = true);
             let usual: Vec<Option<Duration>> = self.lanes.iter().map(Lane::usual_answer).collect();
             let write_behind = self.write_behind;
             late.extend(self.fast.persist_picked(now, |lanes, age| {
-                lanes.iter().any(|&l| usual[l].is_some_and(|u| age + u > write_behind))
+                lanes.iter().any(|&l| missed[l] || usual[l].is_some_and(|u| age + u > write_behind))
             }));
         }
         self.persist(late, persists);
