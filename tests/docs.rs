@@ -102,3 +102,60 @@ fn anchors_are_made_as_github_makes_them() {
     assert_eq!(anchor("MQTT 5 properties"), "mqtt-5-properties");
     assert_eq!(links("see [a](b.md#c) and [d](e)"), vec![("b.md#c".to_string(), 1), ("e".to_string(), 1)]);
 }
+
+/// The docs speak of the agent, not of how the work on it was organised: no issue
+/// numbers, no "this round".
+#[test]
+fn the_docs_do_not_speak_of_the_process() {
+    let process = process_words();
+    let mut found = Vec::new();
+    for path in docs() {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let lower = line.to_lowercase();
+            if process.iter().any(|w| lower.contains(w)) || mentions_an_issue(&lower) {
+                found.push(format!("{}:{}: {line}", path.display(), n + 1));
+            }
+        }
+    }
+    assert!(found.is_empty(), "the process in the docs:\n{}", found.join("\n"));
+}
+
+fn process_words() -> [&'static str; 4] {
+    ["this round", "last round", "set out to stop", "this session"]
+}
+
+/// "issue 14", "issue #14", "(#14)": our own issue numbers. Another project's issue, named
+/// with its repository (`Yakifo/amqtt#401`), is a reference and stays.
+fn mentions_an_issue(line: &str) -> bool {
+    let bytes = line.as_bytes();
+    for (i, _) in line.match_indices("issue ") {
+        let rest = &line[i + 6..];
+        let rest = rest.strip_prefix('#').unwrap_or(rest);
+        if rest.starts_with(|c: char| c.is_ascii_digit()) {
+            return true;
+        }
+    }
+    for (i, _) in line.match_indices('#') {
+        let digit_after = bytes.get(i + 1).is_some_and(|b| b.is_ascii_digit());
+        let word_before = i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'/');
+        if digit_after && !word_before {
+            return true;
+        }
+    }
+    false
+}
+
+/// The README says where `cross/package.sh` puts each package, as the script does.
+#[test]
+fn the_readme_names_the_package_path_the_script_writes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let script = std::fs::read_to_string(root.join("cross/package.sh")).unwrap();
+    assert!(script.contains("--output \"target/$TARGET/debian/\""), "the script's output directory changed");
+    let line = readme.lines().find(|l| l.starts_with("cross/package.sh amd64")).expect("the README's amd64 line");
+    assert!(
+        line.contains("target/x86_64-unknown-linux-gnu/debian/fleethook_<version>-1_amd64.deb"),
+        "the README's package path is not where cross/package.sh writes it: {line}"
+    );
+}

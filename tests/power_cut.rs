@@ -47,10 +47,13 @@ fn all_logs(dir: &Path) -> String {
     logs
 }
 
-fn power_cuts(cut: Cut) {
+fn power_cuts(cut: Cut, far: bool) {
     let mut rng = fastrand::Rng::with_seed(seed());
     let broker = Mosquitto::start();
     let ep = Endpoint::start(Reply::Status(200));
+    // Far: the endpoint answers in 150 ms, through a proxy that delays each direction.
+    let proxy = far.then(|| Proxy::delayed(ep.port, Duration::from_millis(75)));
+    let url = proxy.as_ref().map(|p| p.url()).unwrap_or_else(|| ep.url());
     let dir = tempfile::tempdir().unwrap();
     let card = dir.path().join("card");
     std::fs::create_dir(&card).unwrap();
@@ -59,7 +62,7 @@ fn power_cuts(cut: Cut) {
     let config = base_config(broker.port)
         .replace("path = \"{dir}/outbox.db\"", "path = \"{dir}/card/outbox.db\"")
         .replace("synchronous = \"normal\"", "synchronous = \"full\"")
-        + &subscription("ops", &ep.url(), "");
+        + &subscription("ops", &url, "");
     let mut agent = Agent::start(dir.path(), &config);
     agent.wait_subscribed();
 
@@ -104,10 +107,15 @@ fn power_cuts(cut: Cut) {
 
 #[test]
 fn power_cuts_dropping_everything_unsynced_lose_nothing_acked() {
-    power_cuts(Cut::All);
+    power_cuts(Cut::All, false);
+}
+
+#[test]
+fn power_cuts_with_the_endpoint_150_ms_away_lose_nothing_acked() {
+    power_cuts(Cut::All, true);
 }
 
 #[test]
 fn power_cuts_with_torn_writes_lose_nothing_acked() {
-    power_cuts(Cut::Torn);
+    power_cuts(Cut::Torn, false);
 }

@@ -16,7 +16,9 @@ const LONG: Duration = Duration::from_secs(20);
 #[test]
 fn collapse_never_marks_a_delivered_event_superseded() {
     let ep = Endpoint::start(Reply::Slow(Duration::from_millis(300), 200));
+    // Answers slower than write_behind: the events are stored, where collapse applies.
     let bed = Bed::new()
+        .storage("write_behind = \"100ms\"")
         .route("topic = \"fleet/+/battery\"\nevent = \"robot.battery\"\ndevice_id = \"{topic.1}\"\ncollapse = true")
         .subscription("ops", &ep.url(), "")
         .start();

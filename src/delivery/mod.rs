@@ -400,16 +400,30 @@ impl Dispatcher {
             .chain(fast_ids.iter().map(|(lane, ..)| lane))
             .any(|lane| self.lanes.get(*lane).is_some_and(Lane::is_fifo))
             || hurry;
+        // A far or slow endpoint's results (it usually answers in over half of
+        // `write_behind`) may wait seconds for a commit to share: at a robot's rates each
+        // would otherwise get a commit of its own.
+        let lazy = !urgent
+            && seqs
+                .iter()
+                .map(|(lane, ..)| lane)
+                .chain(fast_ids.iter().map(|(lane, ..)| lane))
+                .all(|lane| self.lanes.get(*lane).is_some_and(|l| self.slow(l)));
         let records: Vec<AttemptRecord> =
             durable.into_iter().map(|(.., r)| r).chain(fast.into_iter().map(|(_, r)| r)).collect();
         let outbox = self.outbox.clone();
         recordings.spawn(async move {
             let attempts = records.len();
-            if let Err(e) = outbox.record(records, urgent).await {
+            if let Err(e) = outbox.record(records, urgent, lazy).await {
                 tracing::warn!(error = %e, attempts, "Cannot record attempts; they are sent again after restart.");
             }
             Recorded { seqs, fast_ids }
         });
+    }
+
+    /// Its endpoint usually answers in over half of `write_behind`.
+    fn slow(&self, lane: &Lane) -> bool {
+        lane.usual_answer().is_some_and(|u| u * 2 >= self.write_behind)
     }
 
     /// A wave's results are on disk: its deliveries may be fetched again.

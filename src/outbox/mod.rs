@@ -49,6 +49,7 @@
 mod dedupe;
 pub mod disk;
 mod fastlog;
+mod lock;
 pub mod quarantine;
 pub mod query;
 mod repair;
@@ -87,6 +88,10 @@ pub enum OutboxError {
         "the outbox was written by a newer fleethook (schema version {found}; this build knows up to {known}): install that version again, or move the outbox aside to start empty"
     )]
     Newer { found: i64, known: i64 },
+    #[error(
+        "another fleethook (pid {pid}) uses the outbox {path}: one agent per outbox (give this one its own storage.path)"
+    )]
+    Locked { path: String, pid: String },
     #[error("the outbox writer has stopped")]
     Closed,
     #[error("the outbox could not commit this (the disk is full or failing); it is not recorded")]
@@ -299,6 +304,9 @@ pub(crate) enum Write {
     Record {
         records: Vec<AttemptRecord>,
         urgent: bool,
+        /// Results of a far or slow endpoint: they may wait as long as unhurried ingest
+        /// for a commit to share (docs/decisions.md, "Holding the ack").
+        lazy: bool,
         reply: oneshot::Sender<()>,
     },
     Repair {
@@ -387,9 +395,9 @@ impl Outbox {
     /// Writes attempts' audit rows and moves their deliveries on, in one transaction;
     /// returns once committed. Unless `urgent`, that commit may wait a few milliseconds
     /// (the writer's `RECORD_LINGER`) to carry other work too: fewer commits, fewer pages
-    /// written.
-    pub async fn record(&self, records: Vec<AttemptRecord>, urgent: bool) -> Result<(), OutboxError> {
-        self.ask(|reply| Command::Write(Write::Record { records, urgent, reply })).await
+    /// written; `lazy` ones (a far endpoint's) up to seconds.
+    pub async fn record(&self, records: Vec<AttemptRecord>, urgent: bool, lazy: bool) -> Result<(), OutboxError> {
+        self.ask(|reply| Command::Write(Write::Record { records, urgent, lazy, reply })).await
     }
 
     /// Stores an event the fast path could not deliver in time, with the attempts made so

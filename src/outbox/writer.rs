@@ -79,17 +79,20 @@ const RELEASE_AFTER: usize = 4096;
 /// The running writer; join it after every [`Outbox`] clone is dropped.
 pub struct WriterThread {
     handle: Option<JoinHandle<()>>,
+    /// One agent per outbox, for as long as this one runs (see `lock`).
+    _lock: super::lock::OutboxLock,
 }
 
 impl WriterThread {
     /// Opens the outbox and starts its writer.
     pub fn start(cfg: &StorageConfig, beat: Beat) -> Result<(Outbox, WriterThread), OutboxError> {
+        let lock = super::lock::acquire(&cfg.path)?;
         let (outbox, writer) = Writer::open(cfg, beat, Box::new(RealDisk { path: cfg.path.clone() }))?;
         let handle = std::thread::Builder::new()
             .name("outbox-writer".into())
             .spawn(move || writer.run())
             .map_err(|source| OutboxError::Io { path: "outbox writer thread".into(), source })?;
-        Ok((outbox, WriterThread { handle: Some(handle) }))
+        Ok((outbox, WriterThread { handle: Some(handle), _lock: lock }))
     }
 
     /// Waits for the writer to commit what it holds and stop (all senders dropped).

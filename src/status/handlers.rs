@@ -380,25 +380,6 @@ impl Context {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    proptest::proptest! {
-        /// `replay --since/--until` take anything a user (or anyone in the group) sends.
-        #[test]
-        fn any_time_or_age_is_a_time_or_a_refusal(s in "[0-9a-zA-Z:\\- .]{0,40}", now in proptest::num::i64::ANY) {
-            let _ = parse_time(&s, now);
-        }
-    }
-
-    #[test]
-    fn huge_ages_saturate() {
-        assert_eq!(parse_time("500000000000years", 1000).unwrap(), 1000 - i64::MAX);
-        assert_eq!(parse_time("2h", 7_200_000).unwrap(), 0);
-    }
-}
-
 /// `test` on a subscription whose endpoint does not answer now: its state, the last
 /// error and the next probe, and nothing sent.
 fn unreachable_now(subscription: &str, state: EndpointState, view: &crate::live::EndpointView) -> ErrorBody {
@@ -418,4 +399,23 @@ fn unreachable_now(subscription: &str, state: EndpointState, view: &crate::live:
             "`{subscription}` is {what}{error}{probe}: a test event would only wait in the queue, so none was sent"
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// `replay --since/--until` take anything a user (or anyone in the group) sends.
+        #[test]
+        fn any_time_or_age_is_a_time_or_a_refusal(s in "[0-9a-zA-Z:\\- .]{0,40}", now in proptest::num::i64::ANY) {
+            let _ = parse_time(&s, now);
+        }
+    }
+
+    #[test]
+    fn huge_ages_saturate() {
+        assert_eq!(parse_time("500000000000years", 1000).unwrap(), 1000 - i64::MAX);
+        assert_eq!(parse_time("2h", 7_200_000).unwrap(), 0);
+    }
 }

@@ -16,13 +16,14 @@ pub(super) struct Pending {
 }
 
 impl Pending {
-    /// Until when the held writes may wait for a commit to share: as long as unhurried
-    /// ingest while few (a robot's rates: each result would otherwise cost a commit of its
-    /// own), a few milliseconds once many are held (a drain: the lanes' fetches skip what
-    /// is held, so the list stays short), offline probes' always the longer.
+    /// Until when the held writes may wait for a commit to share: results nobody waits
+    /// on a few milliseconds; offline probes', and a far endpoint's while few are held (a
+    /// robot's rates: each would otherwise cost a commit of its own), as long as
+    /// unhurried ingest.
     pub(super) fn until(&self) -> Option<Instant> {
         let few = self.writes.iter().map(Write::weight).sum::<usize>() < RECORD_HOLD_LONG;
-        let linger = if few || self.writes.iter().all(Write::unhurried) { UNHURRIED_LINGER } else { RECORD_LINGER };
+        let long = self.writes.iter().all(|w| w.unhurried() || (few && w.lazy()));
+        let linger = if long { UNHURRIED_LINGER } else { RECORD_LINGER };
         self.since.map(|since| since + linger)
     }
 }
@@ -92,6 +93,11 @@ impl Write {
             }
             _ => false,
         }
+    }
+
+    /// A far or slow endpoint's results (see [`Write::Record`]).
+    pub(super) fn lazy(&self) -> bool {
+        matches!(self, Write::Record { urgent: false, lazy: true, .. })
     }
 
     pub(super) fn weight(&self) -> usize {

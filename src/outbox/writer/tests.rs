@@ -65,7 +65,7 @@ fn delivered(d: &Due) -> (Command, oneshot::Receiver<()>) {
     let audit =
         AuditRow { subscription: "s".into(), delivery_id: d.delivery_id.clone(), attempt: 1, ..AuditRow::default() };
     let records = vec![AttemptRecord::new(Some(d.seq), audit, NextState::Terminal(Terminal::Delivered))];
-    (Command::Write(Write::Record { records, urgent: true, reply }), rx)
+    (Command::Write(Write::Record { records, urgent: true, lazy: false, reply }), rx)
 }
 
 #[test]
@@ -115,7 +115,7 @@ fn results_nobody_waits_on_linger_unless_ingest_is_ready() {
     let (reply, mut recorded) = oneshot::channel();
     let audit = AuditRow { subscription: "s".into(), delivery_id: first[0].delivery_id.clone(), ..AuditRow::default() };
     let records = vec![AttemptRecord::new(Some(first[0].seq), audit, NextState::Terminal(Terminal::Delivered))];
-    w.turn(vec![Command::Write(Write::Record { records, urgent: false, reply })]);
+    w.turn(vec![Command::Write(Write::Record { records, urgent: false, lazy: false, reply })]);
     assert!(recorded.try_recv().is_err(), "held for a shared commit");
     w.turn(vec![ingest(2)]);
     assert!(recorded.try_recv().is_ok(), "ingest ready: the held result shares its commit");
