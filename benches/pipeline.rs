@@ -621,6 +621,31 @@ async fn main() {
         results.push((name.to_string(), value, unit.to_string(), ratio));
     };
     println!("fleethook pipeline benchmark ({})", if opts.quick { "quick" } else { "full" });
+    // Whichever rows a run measures (the *_ONLY knobs stop early), it writes them.
+    run(&opts, &mut record).await;
+    write_json(&opts, &results);
+}
+
+/// `target/bench/pipeline.json`: the rows this run measured.
+fn write_json(opts: &Opts, results: &[(String, f64, String, Option<f64>)]) {
+    let machine = format!(
+        "{} cores, {}",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::env::consts::ARCH
+    );
+    let json = json!({
+        "mode": if opts.quick { "quick" } else { "full" },
+        "machine": machine,
+        "payload_bytes": payload(0).len(),
+        "results": results.iter().map(|(n, v, u, r)| json!({"name": n, "value": v, "unit": u, "ratio_to_ceiling": r})).collect::<Vec<_>>(),
+    });
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("pipeline.json"), serde_json::to_string_pretty(&json).unwrap()).unwrap();
+    println!("wrote target/bench/pipeline.json");
+}
+
+async fn run(opts: &Opts, mut record: impl FnMut(&str, f64, &str, Option<f64>)) {
     let broker = mosquitto();
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
 
@@ -668,18 +693,18 @@ async fn main() {
     let flash_only = std::env::var_os("FLEETHOOK_BENCH_FLASH_ONLY").is_some();
     // FLEETHOOK_BENCH_FLOOD_ONLY=1 runs only the memory rows of a flood (below).
     if std::env::var_os("FLEETHOOK_BENCH_FLOOD_ONLY").is_some() {
-        flood(&broker, &opts, endpoint, &got, &mut record).await;
+        flood(&broker, opts, endpoint, &got, &mut record).await;
         return;
     }
     // FLEETHOOK_BENCH_CPU_ONLY=1 runs only the agent's CPU per event on each path: the
     // A/B for a change meant to make the agent cheaper.
     if std::env::var_os("FLEETHOOK_BENCH_CPU_ONLY").is_some() {
-        cpu::run(&broker, &opts, &mut record).await;
+        cpu::run(&broker, opts, &mut record).await;
         return;
     }
     // FLEETHOOK_BENCH_FAR_ONLY=1 runs only the far-endpoint rows (through a delaying proxy).
     if std::env::var_os("FLEETHOOK_BENCH_FAR_ONLY").is_some() {
-        far::run(&opts, &mut record).await;
+        far::run(opts, &mut record).await;
         return;
     }
     if !flash_only {
@@ -790,12 +815,12 @@ async fn main() {
         let per = (agent.write_bytes() - w0) as f64 / n as f64;
         record(&format!("flash: bytes written per queued event @{rate}/s (offline)"), per, "bytes", None);
     }
-    far::run(&opts, &mut record).await;
-    cpu::run(&broker, &opts, &mut record).await;
+    far::run(opts, &mut record).await;
+    cpu::run(&broker, opts, &mut record).await;
     if agent_only {
         return;
     }
-    cellular::run(&broker, &opts, &mut record).await;
+    cellular::run(&broker, opts, &mut record).await;
 
     // Durable ingest with the endpoint down, then the drain.
     let backlog = opts.n(100_000, 1_000_000);
@@ -838,22 +863,6 @@ async fn main() {
     drop(agent);
     record("agent: drain of the backlog, from its first delivery", drain_from_first, "events/s", Some(http));
     cellular::batched_drain(&broker, backlog, drain_from_first, &mut record).await;
-    flood(&broker, &opts, endpoint, &got, &mut record).await;
+    flood(&broker, opts, endpoint, &got, &mut record).await;
     stop.cancel();
-
-    let machine = format!(
-        "{} cores, {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        std::env::consts::ARCH
-    );
-    let json = json!({
-        "mode": if opts.quick { "quick" } else { "full" },
-        "machine": machine,
-        "payload_bytes": payload(0).len(),
-        "results": results.iter().map(|(n, v, u, r)| json!({"name": n, "value": v, "unit": u, "ratio_to_ceiling": r})).collect::<Vec<_>>(),
-    });
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("pipeline.json"), serde_json::to_string_pretty(&json).unwrap()).unwrap();
-    println!("wrote target/bench/pipeline.json");
 }

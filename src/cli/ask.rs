@@ -102,7 +102,7 @@ pub(crate) fn tested(v: &serde_json::Value) -> String {
         v["duration_ms"],
         v["error"].as_str().map(|e| format!(": {e}")).unwrap_or_default(),
         v["clock_skew"].as_str().map(|s| format!("note: {s} (by its Date header)\n")).unwrap_or_default()
-    )
+    ) + &v["note"].as_str().map(|n| format!("note: {n}\n")).unwrap_or_default()
 }
 
 pub(crate) fn emitted(v: &serde_json::Value) -> String {

@@ -400,15 +400,12 @@ impl Dispatcher {
             .chain(fast_ids.iter().map(|(lane, ..)| lane))
             .any(|lane| self.lanes.get(*lane).is_some_and(Lane::is_fifo))
             || hurry;
-        // A far or slow endpoint's results (it usually answers in over half of
-        // `write_behind`) may wait seconds for a commit to share: at a robot's rates each
-        // would otherwise get a commit of its own.
-        let lazy = !urgent
-            && seqs
-                .iter()
-                .map(|(lane, ..)| lane)
-                .chain(fast_ids.iter().map(|(lane, ..)| lane))
-                .all(|lane| self.lanes.get(*lane).is_some_and(|l| self.slow(l)));
+        // Results that may wait seconds for a commit to share: those of events stored
+        // while their attempt was out (a deadline missed, the broker's window full: the
+        // stores come in commits of their own anyway), and a far or slow endpoint's (it
+        // usually answers in over half of `write_behind`). At a robot's rates each would
+        // otherwise get a commit of its own.
+        let lazy = !urgent && seqs.iter().all(|(lane, ..)| self.lanes.get(*lane).is_some_and(|l| self.slow(l)));
         let records: Vec<AttemptRecord> =
             durable.into_iter().map(|(.., r)| r).chain(fast.into_iter().map(|(_, r)| r)).collect();
         let outbox = self.outbox.clone();

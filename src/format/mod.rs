@@ -47,7 +47,20 @@ pub struct FormatOptions<'a> {
 
 pub const DEFAULT_SUMMARY: &str = "{type} on {device_id}";
 
+/// The event `fleethook test` sends.
+pub const TEST_EVENT: &str = "fleethook.test";
+/// Its text in every format, whatever the subscription's `summary`: a test rendered
+/// through `"Mission {/mission_id} failed on {device_id}"` posted a fake failure alert.
+pub const TEST_SUMMARY: &str = "fleethook test event from {device_id}: a connectivity check, not an incident";
+
 pub fn render(format: Format, event: &EnvelopeParts<'_>, opts: &FormatOptions<'_>) -> Rendered {
+    let test_opts;
+    let opts = if event.event_type == TEST_EVENT {
+        test_opts = FormatOptions { summary: Some(TEST_SUMMARY), ..opts.clone() };
+        &test_opts
+    } else {
+        opts
+    };
     match format {
         Format::Envelope => Rendered { body: envelope_body(event), headers: Vec::new() },
         Format::Slack => services::slack(event, opts),
@@ -113,6 +126,32 @@ mod tests {
             data,
             timestamp_quality: None,
         }
+    }
+
+    /// A test event says it is a test in every format, whatever the subscription's
+    /// summary: never "Mission ? failed on agv-7: ?" in a real channel.
+    #[test]
+    fn a_test_event_says_it_is_a_test_in_every_format() {
+        let data = r#"{"message":"a test event from fleethook","subscription":"ops"}"#;
+        let p = parts(TEST_EVENT, data);
+        let opts = FormatOptions {
+            summary: Some("Mission {/mission_id} failed on {device_id}: {/reason}"),
+            routing_key: Some("R"),
+            api_key: Some("K"),
+            now_ms: 1_778_436_271_000,
+        };
+        for format in [Format::Slack, Format::Pagerduty, Format::Datadog] {
+            let body: serde_json::Value = serde_json::from_str(&render(format, &p, &opts).body).unwrap();
+            let text = match format {
+                Format::Slack => body["text"].as_str(),
+                Format::Pagerduty => body["payload"]["summary"].as_str(),
+                _ => body["title"].as_str(),
+            }
+            .unwrap();
+            assert!(text.contains("fleethook test event") && !text.contains("failed"), "{format:?}: {text}");
+        }
+        let pd: serde_json::Value = serde_json::from_str(&render(Format::Pagerduty, &p, &opts).body).unwrap();
+        assert_eq!(pd["payload"]["severity"], "info");
     }
 
     #[test]

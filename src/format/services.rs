@@ -81,6 +81,9 @@ fn cut(s: &str, max: usize) -> &str {
 }
 
 fn severity(event: &EnvelopeParts<'_>, data: &Value) -> &'static str {
+    if event.event_type == super::TEST_EVENT {
+        return "info";
+    }
     match data.pointer("/severity").and_then(Value::as_str) {
         Some("critical") => "critical",
         Some("error") => "error",

@@ -6,9 +6,10 @@
 //! SQS's `maxReceiveCount` and dead-letter queue is the pattern; here:
 //!
 //! - Before a message is decoded, its key (SHA-256 of topic and payload) is written to a
-//!   small memory-mapped file, [`MARK_FILE`], and the mark set; after, the mark is
-//!   cleared. Both are stores to shared memory, no system call: the kernel keeps the page
-//!   however the process dies.
+//!   small file, [`MARK_FILE`], and the mark set; after, the mark is cleared. Each is one
+//!   `pwrite` into the page cache, which the kernel keeps however the process dies. (It
+//!   was a shared mapping until 2026-12-07: a file truncated under a running agent then
+//!   killed it with SIGBUS at the next message. `pwrite` past the end just grows it.)
 //! - A crash sets the mark to *crashed*: panics abort in release builds, and a failed
 //!   allocation and a stack overflow abort too, so a `SIGABRT` handler (a single store,
 //!   async-signal-safe) records it on the way down.
@@ -49,8 +50,38 @@ const ENTRY: usize = 32 + 2 + TOPIC_MAX;
 const SUSPECTS_AT: usize = MARK_AT + ENTRY;
 const SUSPECT_ENTRY: usize = 1 + ENTRY;
 
-/// The state byte of the breaker now in use, for the `SIGABRT` handler.
+/// The state byte of the breaker now in use, and its file, for the `SIGABRT` handler.
 static STATE: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
+static STATE_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// The file's bytes in memory, and the file they are written back to, range by range.
+struct Image {
+    bytes: Box<[u8; LEN]>,
+    file: std::fs::File,
+}
+
+impl Image {
+    /// Writes `range` of the image to the file (the page cache: no fsync).
+    fn write_back(&self, range: std::ops::Range<usize>) {
+        use std::os::unix::fs::FileExt;
+        if let Err(e) = self.file.write_all_at(&self.bytes[range.clone()], range.start as u64) {
+            tracing::debug!(error = %e, "Cannot write the breaker's mark.");
+        }
+    }
+}
+
+impl std::ops::Deref for Image {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..]
+    }
+}
+
+impl std::ops::DerefMut for Image {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.bytes[..]
+    }
+}
 
 /// A message's key: what the breaker remembers of it.
 pub type Key = [u8; 32];
@@ -83,7 +114,7 @@ pub struct Suspect {
 }
 
 pub struct Breaker {
-    map: Option<memmap2::MmapMut>,
+    map: Option<Image>,
     remembered: Vec<Suspect>,
     path: Option<PathBuf>,
 }
@@ -98,7 +129,9 @@ impl Drop for Breaker {
     fn drop(&mut self) {
         if let Some(map) = self.map.as_mut() {
             let state = map[STATE_AT..].as_mut_ptr();
-            let _ = STATE.compare_exchange(state, std::ptr::null_mut(), Ordering::SeqCst, Ordering::SeqCst);
+            if STATE.compare_exchange(state, std::ptr::null_mut(), Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+                STATE_FD.store(-1, Ordering::SeqCst);
+            }
         }
     }
 }
@@ -135,18 +168,41 @@ impl Breaker {
     }
 
     fn try_open(path: &Path) -> std::io::Result<Breaker> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        if file.metadata()?.len() != LEN as u64 {
-            file.set_len(0)?;
-            file.set_len(LEN as u64)?;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        // Never through a symlink, and only a regular file of our own: a mapping of
+        // another file would write into it (an outbox, say).
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(path)?;
+        let meta = file.metadata()?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        if !meta.file_type().is_file() || meta.uid() != me {
+            return Err(std::io::Error::other(format!(
+                "{} is not a regular file owned by this user (uid {me}); move it away",
+                path.display()
+            )));
         }
-        // SAFETY: the file is the agent's own, sized above, and only this process maps
-        // it; a mapping of a file another process truncates would fault, which nothing
-        // but an operator deleting it under a running agent does.
-        let mut map = unsafe { memmap2::MmapMut::map_mut(&file)? };
+        use std::os::unix::fs::FileExt;
+        let mut bytes = Box::new([0u8; LEN]);
+        // A short file (new, or truncated) reads as zeros past its end.
+        let mut read = 0;
+        while read < LEN {
+            match file.read_at(&mut bytes[read..], read as u64)? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        let mut map = Image { bytes, file };
         if &map[..8] != MAGIC {
             map.fill(0);
             map[..8].copy_from_slice(MAGIC);
+            map.write_back(0..LEN);
         }
         let mut b = Breaker { map: Some(map), remembered: Vec::new(), path: Some(path.to_path_buf()) };
         b.remembered = b.read_remembered();
@@ -171,9 +227,12 @@ impl Breaker {
             b.write_remembered();
             if let Some(m) = b.map.as_mut() {
                 m[STATE_AT] = IDLE;
+                m.write_back(STATE_AT..STATE_AT + 1);
             }
         }
         if let Some(m) = b.map.as_mut() {
+            use std::os::fd::AsRawFd;
+            STATE_FD.store(m.file.as_raw_fd(), Ordering::SeqCst);
             STATE.store(m[STATE_AT..].as_mut_ptr(), Ordering::SeqCst);
             install_crash_handler();
         }
@@ -201,6 +260,8 @@ impl Breaker {
         let Some(map) = self.map.as_mut() else { return };
         write_entry(&mut map[MARK_AT..MARK_AT + ENTRY], key, topic);
         map[STATE_AT] = DECODING;
+        // The state byte and the mark behind it, in one write.
+        map.write_back(STATE_AT..MARK_AT + ENTRY);
     }
 
     /// The message marked by [`Breaker::begin`] was decoded (or refused) without dying:
@@ -208,6 +269,7 @@ impl Breaker {
     pub fn done(&mut self, key: &Key) {
         if let Some(map) = self.map.as_mut() {
             map[STATE_AT] = IDLE;
+            map.write_back(STATE_AT..STATE_AT + 1);
         }
         if !self.remembered.is_empty() && self.remembered.iter().any(|r| &r.key == key) {
             self.remembered.retain(|r| &r.key != key);
@@ -249,30 +311,42 @@ impl Breaker {
                 None => map[at] = 0,
             }
         }
+        map.write_back(SUSPECTS_AT..SUSPECTS_AT + SUSPECTS * SUSPECT_ENTRY);
     }
 }
 
-/// On `SIGABRT` (a panic in a release build, a failed allocation, a stack overflow), a
-/// mark that is set becomes *crashed*; then the abort goes on as it would have.
+/// On `SIGABRT` (a panic in a release build, a failed allocation, a stack overflow, or
+/// one sent from outside: systemd's watchdog sends it to a hung agent), a mark that is
+/// set becomes *crashed*; then the process dies of the signal, as it would have without
+/// the handler. abort(3) would raise it again by itself; a signal from outside would not,
+/// and a hung agent would live on until SIGKILL, with no core dump.
 fn install_crash_handler() {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     INSTALLED.call_once(|| {
         extern "C" fn on_abort(_: libc::c_int) {
             let state = STATE.load(Ordering::SeqCst);
-            // SAFETY: STATE is null or points into the live mapping (cleared before it is
-            // unmapped); a one-byte store is async-signal-safe.
+            let fd = STATE_FD.load(Ordering::SeqCst);
+            // SAFETY: STATE is null or points into the live image (cleared before it is
+            // freed), FD is its open file or -1; a store and pwrite are async-signal-safe.
             unsafe {
                 if !state.is_null() && *state == DECODING {
                     *state = CRASHED;
+                    if fd >= 0 {
+                        libc::pwrite(fd, state.cast(), 1, STATE_AT as libc::off_t);
+                    }
                 }
             }
-            // Returning lets abort(3) restore the default action and raise it again.
+            // SA_RESETHAND restored the default action; SA_NODEFER lets it land now.
+            // SAFETY: raise is async-signal-safe.
+            unsafe {
+                libc::raise(libc::SIGABRT);
+            }
         }
         // SAFETY: a sigaction with a handler that only does the store above.
         unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_ONSTACK | libc::SA_RESETHAND;
+            action.sa_flags = libc::SA_ONSTACK | libc::SA_RESETHAND | libc::SA_NODEFER;
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(libc::SIGABRT, &action, std::ptr::null_mut());
         }
@@ -292,6 +366,17 @@ pub fn abort_if_asked(payload: &[u8]) {
     {
         eprintln!("FLEETHOOK_TEST_ABORT_ON: aborting while decoding, on purpose");
         std::process::abort();
+    }
+    // `FLEETHOOK_TEST_STALL_ON=TEXT`: a decode that hangs for 5 s (a hung agent, for the
+    // watchdog's SIGABRT in the breaker's test).
+    static STALL: std::sync::OnceLock<Option<Vec<u8>>> = std::sync::OnceLock::new();
+    let stall = STALL.get_or_init(|| std::env::var_os("FLEETHOOK_TEST_STALL_ON").map(|v| v.into_encoded_bytes()));
+    if let Some(n) = stall
+        && !n.is_empty()
+        && payload.windows(n.len()).any(|w| w == n.as_slice())
+    {
+        eprintln!("FLEETHOOK_TEST_STALL_ON: hanging while decoding, on purpose");
+        std::thread::sleep(std::time::Duration::from_secs(5));
     }
 }
 
@@ -316,7 +401,9 @@ mod tests {
     fn crash_while(b: &mut Breaker, key: &Key, topic: &str) {
         b.begin(key, topic);
         // What the SIGABRT handler does.
-        b.map.as_mut().unwrap()[STATE_AT] = CRASHED;
+        let map = b.map.as_mut().unwrap();
+        map[STATE_AT] = CRASHED;
+        map.write_back(STATE_AT..STATE_AT + 1);
     }
 
     #[test]

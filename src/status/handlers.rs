@@ -284,6 +284,9 @@ impl Context {
                     "outcome": a.outcome,
                     "error": a.error,
                     "clock_skew": self.skew_of(&subscription),
+                    "note": (sub.format == crate::format::Format::Pagerduty).then_some(
+                        "PagerDuty has no test action: this opened an incident of severity info, \"fleethook test event …: a connectivity check, not an incident\"; resolve it in PagerDuty"
+                    ),
                 }));
             }
             if Instant::now() > deadline {
