@@ -72,6 +72,11 @@ impl AnyBroker {
         }
     }
 
+    /// What the broker logged (amqtt), for a failure's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("broker.log")).unwrap_or_default()
+    }
+
     pub fn start(kind: BrokerKind) -> AnyBroker {
         AnyBroker::start_as(kind, false)
     }
@@ -149,12 +154,13 @@ impl AnyBroker {
                     ),
                 )
                 .unwrap();
+                let log = std::fs::File::create(b.dir.path().join("broker.log")).unwrap();
                 b.child = Some(
                     Command::new(amqtt_bin())
                         .arg("-c")
                         .arg(&conf)
                         .stdout(Stdio::null())
-                        .stderr(Stdio::null())
+                        .stderr(log)
                         .spawn()
                         .expect("amqtt is installed (run ./scripts/test.sh, which installs it)"),
                 );
