@@ -24,5 +24,6 @@ if [ -z "${NO_BUILD:-}" ]; then
     cross/build.sh "$TARGET"
 fi
 cargo deb --no-build --no-strip --target "$TARGET" ${DEB_VERSION:+--deb-version "$DEB_VERSION"} --output "target/$TARGET/debian/"
-DEB=$(ls -t "target/$TARGET/debian/"fleethook_*.deb | head -n 1)
-echo "cross/package.sh: built $DEB"
+# The newest package there (no pipe into head: with pipefail, ls's SIGPIPE would fail us).
+DEBS=$(ls -t "target/$TARGET/debian/"fleethook_*.deb)
+echo "cross/package.sh: built ${DEBS%%$'\n'*}"
