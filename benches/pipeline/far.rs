@@ -90,10 +90,17 @@ pub async fn run(opts: &Opts, record: &mut impl FnMut(&str, f64, &str, Option<f6
         10 => opts.n(15, 60),
         _ => opts.n(5, 20),
     };
+    // FLEETHOOK_BENCH_FAR_ROW=150@200 measures that one row and stops (a quick look).
+    let only: Option<(u64, u64)> = std::env::var("FLEETHOOK_BENCH_FAR_ROW")
+        .ok()
+        .and_then(|v| v.split_once('@').and_then(|(r, n)| Some((r.parse().ok()?, n.parse().ok()?))));
     for rtt_ms in [0u64, 150, 400] {
         let far = Far { rtt: Duration::from_millis(rtt_ms), pace: None, roam: None };
         let label = if rtt_ms == 0 { "loopback".to_string() } else { format!("{rtt_ms} ms away") };
         for rate in [1u64, 10, 200] {
+            if only.is_some_and(|o| o != (rtt_ms, rate)) {
+                continue;
+            }
             let w = window(broker.port, &format!("far{rtt_ms}-{rate}"), far, rate, secs(rate)).await;
             record(&format!("far: flash per delivered event, {label} @{rate}/s"), w.flash_per_event, "bytes", None);
             record(&format!("far: latency p50, {label} @{rate}/s"), w.p50_ms, "ms", None);
@@ -102,6 +109,9 @@ pub async fn run(opts: &Opts, record: &mut impl FnMut(&str, f64, &str, Option<f6
                 record(&format!("far: delivered rate, {label} @200/s"), w.events_per_s, "events/s", None);
             }
         }
+    }
+    if only.is_some() {
+        return;
     }
     // A roam: 10 events/s, 150 ms away, and every 20 s nothing flows for 5 s.
     let roam = Far {
