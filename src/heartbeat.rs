@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::event::{Priority, now_ms};
 use crate::live::{EndpointViews, MqttView};
-use crate::outbox::disk::{per_day, written_by_agent};
+use crate::outbox::disk::{per_day, recent_per_day, written_by_agent};
 use crate::outbox::query::Reader;
 use crate::outbox::{NewEvent, Outbox};
 
@@ -56,7 +56,8 @@ impl Vitals {
             "uptime_s": sysinfo::System::uptime().ok(),
             "agent_uptime_s": self.started.elapsed().as_secs(),
             "disk_written_bytes": written,
-            "disk_written_per_day": written.and_then(|w| per_day(w, self.started.elapsed())),
+            "disk_written_per_day": written
+                .and_then(|w| recent_per_day(w).map(|(r, _)| r).or_else(|| per_day(w, self.started.elapsed()))),
             "agent_version": env!("CARGO_PKG_VERSION"),
             "clock": crate::clock::quality(),
         })

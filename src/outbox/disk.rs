@@ -76,6 +76,49 @@ pub fn written_by_agent() -> Option<u64> {
     Some(process_written()?.saturating_sub(BASELINE.get().copied().unwrap_or(0)))
 }
 
+/// Samples of what the agent has written, a minute apart, for the last hour: the daily
+/// rate `status` shows is the recent one, not the average since start (which start-up's
+/// writes dominate for hours: 76.7 MiB a day shown for an agent writing 12).
+static SAMPLES: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Takes a sample if the last is a minute old (the writer calls this as it loops; the
+/// first is a minute after start, so start-up's writes stay out of the rate).
+pub fn sample_written(started: std::time::Instant) {
+    let now = std::time::Instant::now();
+    if now.duration_since(started) < SAMPLE_EVERY {
+        return;
+    }
+    let Ok(mut samples) = SAMPLES.lock() else { return };
+    if samples.back().is_some_and(|(t, _)| now.duration_since(*t) < SAMPLE_EVERY) {
+        return;
+    }
+    let Some(written) = written_by_agent() else { return };
+    samples.push_back((now, written));
+    while samples.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
+        samples.pop_front();
+    }
+}
+
+/// The daily rate over the last hour (or since the first sample, if that is at least
+/// [`RATE_AFTER`] ago), and the window it was measured over.
+pub fn recent_per_day(written: u64) -> Option<(u64, std::time::Duration)> {
+    let samples = SAMPLES.lock().ok()?;
+    rate_since(samples.front().copied(), written, std::time::Instant::now())
+}
+
+fn rate_since(
+    oldest: Option<(std::time::Instant, u64)>,
+    written: u64,
+    now: std::time::Instant,
+) -> Option<(u64, std::time::Duration)> {
+    let (t, then) = oldest?;
+    let window = now.duration_since(t);
+    (window >= RATE_AFTER).then(|| (per_day(written.saturating_sub(then), window).unwrap_or(0), window))
+}
+
 /// `written` bytes over `uptime`, as a rate per day; none before [`RATE_AFTER`].
 pub fn per_day(written: u64, uptime: std::time::Duration) -> Option<u64> {
     if uptime < RATE_AFTER {
@@ -88,6 +131,18 @@ pub fn per_day(written: u64, uptime: std::time::Duration) -> Option<u64> {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_recent_rate_leaves_start_up_out() {
+        let now = std::time::Instant::now();
+        // 70 MiB at start, then 1 MiB over the last hour: the rate is the hour's.
+        let hour_ago = Some((now - Duration::from_secs(3600), 70 << 20));
+        let (rate, window) = rate_since(hour_ago, (70 << 20) + (1 << 20), now).unwrap();
+        assert_eq!(window, Duration::from_secs(3600));
+        assert_eq!(rate, 24 << 20);
+        assert!(rate_since(Some((now - Duration::from_secs(60), 0)), 1, now).is_none(), "too short a window");
+        assert!(rate_since(None, 1, now).is_none());
+    }
 
     #[test]
     fn a_daily_rate_waits_for_enough_uptime() {

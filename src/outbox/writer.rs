@@ -177,10 +177,13 @@ impl Writer {
 
     fn run(mut self) {
         let wedge = Wedge::from_env("writer");
+        let started = Instant::now();
         loop {
             if let Some(w) = &wedge {
                 w.block_if_due();
             }
+            // It wakes at least once a second: the samples behind `status`'s daily rate.
+            super::disk::sample_written(started);
             for (loss, say) in self.losses.quiet(Instant::now()) {
                 losses::log(loss, say, self.budget.max_bytes);
             }

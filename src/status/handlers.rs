@@ -9,7 +9,7 @@ use super::context::{Context, internal};
 use super::{ErrorBody, Request};
 use crate::event::{NewDelivery, now_ms, rfc3339_ms, validate_event_type};
 use crate::live::EndpointState;
-use crate::outbox::disk::{per_day, written_by_agent};
+use crate::outbox::disk::{per_day, recent_per_day, written_by_agent};
 use crate::outbox::query::bytes_on_disk;
 use crate::outbox::{HoldState, NewEvent, Repair};
 
@@ -371,7 +371,10 @@ impl Context {
                 "quarantined": stats.quarantined,
                 "duplicates": stats.duplicates,
                 "written_bytes": written,
-                "written_per_day": written.and_then(|w| per_day(w, self.started.elapsed())),
+                // The last hour's rate (or since 10 min after start); the average since
+                // start until there is one.
+                "written_per_day": written.and_then(|w| recent_per_day(w).map(|(r, _)| r).or_else(|| per_day(w, self.started.elapsed()))),
+                "written_per_day_over_s": written.and_then(recent_per_day).map(|(_, window)| window.as_secs()),
             },
             "link": {
                 "profile": self.link.view().profile,

@@ -101,9 +101,15 @@ pub fn status(v: &Value) -> String {
         s(&st["duplicates"]),
         s(&st["path"]),
     ));
-    let rate = match st["written_per_day"].as_u64() {
-        Some(per_day) => format!("{} a day at this rate", bytes(per_day)),
-        None => "a daily rate after 10 min of uptime".to_string(),
+    let rate = match (st["written_per_day"].as_u64(), st["written_per_day_over_s"].as_u64()) {
+        (Some(per_day), Some(window)) if window >= 3000 => {
+            format!("{} a day at the last hour's rate", bytes(per_day))
+        }
+        (Some(per_day), Some(window)) => {
+            format!("{} a day at the rate of the last {} min", bytes(per_day), window / 60)
+        }
+        (Some(per_day), None) => format!("{} a day on average since start", bytes(per_day)),
+        (None, _) => "a daily rate after 10 min of uptime".to_string(),
     };
     out.push_str(&format!(
         "flash    {} written since start, {rate}\n\n",
