@@ -68,3 +68,26 @@ fn retry_of_what_is_not_failed_says_so() {
     let text = said(&out);
     assert!(!out.status.success() && text.contains("not failed") && text.contains("delivered"), "{text}");
 }
+
+/// `queue` counts attempts as the endpoint saw them (offline probes apart), and its next
+/// attempt is never a time already past: the next probe while offline, none once failed.
+#[test]
+fn queue_counts_what_the_endpoint_saw_and_never_shows_a_past_next_attempt() {
+    let down = Down::new();
+    let bed = Bed::new().subscription("ops", &down.url(), "").start();
+    bed.missions(1);
+    assert!(wait_until(Duration::from_secs(20), || bed.count("SELECT COUNT(*) FROM attempts") >= 3), "probes");
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let row = bed.cli_json(&["queue"])[0].clone();
+    assert_eq!(row["attempts"], 0, "no attempt reached the endpoint: {row}");
+    assert!(row["probes"].as_u64().unwrap() >= 2, "{row}");
+    assert!(row["next_attempt_ms"].as_i64().unwrap() >= now_ms() - 1000, "the next probe, not the past: {row}");
+    let text = String::from_utf8_lossy(&bed.cli(&["queue"]).stdout).to_string();
+    assert!(text.contains("probes"), "{text}");
+
+    let _ep = down.up(Reply::Status(400));
+    assert!(bed.wait_deliveries("failed", 1));
+    let row = bed.cli_json(&["queue", "--state", "failed"])[0].clone();
+    assert_eq!(row["attempts"], 1, "one request reached it: {row}");
+    assert_eq!(row["next_attempt_ms"], 0, "nothing is next for a failed delivery: {row}");
+}

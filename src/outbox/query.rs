@@ -77,8 +77,14 @@ pub struct QueueRow {
     pub event_type: String,
     pub device_id: String,
     pub state: String,
+    /// Attempts the endpoint saw (answered, or timed out after connecting): what its
+    /// `Attempt` header said last.
     pub attempts: u32,
+    /// Offline probes: attempts that never reached it.
+    pub probes: u32,
     pub created_ms: i64,
+    /// When it goes next (wall clock once `queue` has explained it); none for a delivery
+    /// that is not pending.
     pub next_attempt_ms: i64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
@@ -116,17 +122,23 @@ pub struct Reader {
 }
 
 const QUEUE_COLUMNS: &str = "d.id, e.id, d.subscription, e.type, e.device_id, d.state, d.attempts, e.created_ms,
-     d.next_attempt_ms, d.last_status, d.last_error, d.priority";
+     d.next_attempt_ms, d.last_status, d.last_error, d.priority, d.budget_used";
 
 fn queue_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<QueueRow> {
+    let state: String = r.get(5)?;
+    let all: u32 = r.get(6)?;
+    // Charged answers (a retry spent), and the answer that ended it (2xx, 4xx, the last
+    // retry): never an offline probe.
+    let seen = r.get::<_, u32>(12)? + u32::from(matches!(state.as_str(), "delivered" | "failed"));
     Ok(QueueRow {
         delivery_id: r.get(0)?,
         event_id: r.get(1)?,
         subscription: r.get(2)?,
         event_type: r.get(3)?,
         device_id: r.get(4)?,
-        state: r.get(5)?,
-        attempts: r.get(6)?,
+        state,
+        attempts: seen,
+        probes: all.saturating_sub(seen),
         created_ms: r.get(7)?,
         next_attempt_ms: r.get(8)?,
         last_status: r.get(9)?,

@@ -190,9 +190,16 @@ pub fn queue(v: &Value) -> String {
                 s(&d["subscription"]),
                 s(&d["event_type"]),
                 s(&d["state"]),
-                s(&d["attempts"]),
+                match d["probes"].as_u64() {
+                    Some(p) if p > 0 => format!("{} (+{p} probes)", s(&d["attempts"])),
+                    _ => s(&d["attempts"]),
+                },
                 time(&d["created_ms"]),
-                time(&d["next_attempt_ms"]),
+                if d["next_attempt_ms"].as_i64().is_some_and(|t| t > 0) {
+                    time(&d["next_attempt_ms"])
+                } else {
+                    "-".into()
+                },
                 s(&d["waits"]),
                 short(&d["last_error"], 80),
             ]

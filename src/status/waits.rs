@@ -12,12 +12,23 @@ pub fn explain(rows: &mut [QueueRow], views: &[EndpointView], sched_now: i64, to
         let due = row.next_attempt_ms <= sched_now;
         row.next_attempt_ms = to_wall(row.next_attempt_ms);
         if row.state != "pending" {
+            // Nothing is next for a delivery that ended (its creation time, long past,
+            // was shown here).
+            row.next_attempt_ms = 0;
             continue;
         }
-        row.waits = match views.iter().find(|v| v.name == row.subscription) {
+        let view = views.iter().find(|v| v.name == row.subscription);
+        row.waits = match view {
             None => Some("its subscription is not in the running config".into()),
             Some(view) => why(row, view, due),
         };
+        // An unreachable endpoint's queue goes at its next probe, not at the time stored.
+        if let Some(probe) = view
+            .filter(|v| matches!(v.state, EndpointState::Offline | EndpointState::Tls))
+            .and_then(|v| v.next_attempt_at_ms)
+        {
+            row.next_attempt_ms = probe;
+        }
     }
 }
 
@@ -56,6 +67,7 @@ mod tests {
             device_id: "agv".into(),
             state: "pending".into(),
             attempts: 0,
+            probes: 0,
             created_ms: 0,
             next_attempt_ms: next,
             last_status: None,
