@@ -50,9 +50,20 @@ struct TokenAnswer {
     #[serde(default)]
     token_type: Option<String>,
     /// A number of seconds, as the RFC has it; some servers send it as a string or a
-    /// float, and a hostile one anything. Read by [`lifetime`].
+    /// float, and a hostile one anything (`1e400`, which no f64 holds: parsed as a value
+    /// it failed the whole answer). Kept as written; read by [`stated_lifetime`].
     #[serde(default)]
-    expires_in: Option<serde_json::Value>,
+    expires_in: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// [`lifetime`] of `expires_in` as written: a number too large for any type is junk, so
+/// unstated.
+fn stated_lifetime(raw: Option<&serde_json::value::RawValue>) -> Duration {
+    match raw.map(|r| serde_json::from_str::<serde_json::Value>(r.get())) {
+        None => lifetime(None),
+        Some(Ok(v)) => lifetime(Some(&v)),
+        Some(Err(_)) => UNSTATED_LIFETIME,
+    }
 }
 
 /// A token's lifetime from its `expires_in`: seconds as a number or a numeric string,
@@ -144,7 +155,7 @@ impl TokenSource {
         {
             return Err(failed("the access token is empty or not printable text".into()));
         }
-        let life = lifetime(answer.expires_in.as_ref());
+        let life = stated_lifetime(answer.expires_in.as_deref());
         let refresh_at = refresh_at(started, life);
         tracing::debug!(token_url = %self.config.token_url, expires_in_s = life.as_secs(), "Fetched an OAuth2 token.");
         Ok(Cached { token: answer.access_token, refresh_at })
@@ -177,6 +188,11 @@ mod tests {
         assert_eq!(lifetime(Some(&json!(-5))), UNSTATED_LIFETIME);
         assert_eq!(lifetime(Some(&json!("soon"))), UNSTATED_LIFETIME);
         assert_eq!(lifetime(None), UNSTATED_LIFETIME);
+        // Past any number type: the answer still parses, and the lifetime is unstated.
+        let answer: TokenAnswer = serde_json::from_str(r#"{"access_token":"t","expires_in":1e400}"#).unwrap();
+        assert_eq!(stated_lifetime(answer.expires_in.as_deref()), UNSTATED_LIFETIME);
+        let answer: TokenAnswer = serde_json::from_str(r#"{"access_token":"t","expires_in":"60"}"#).unwrap();
+        assert_eq!(stated_lifetime(answer.expires_in.as_deref()), Duration::from_secs(60));
         let t = Instant::now();
         assert_eq!(refresh_at(t, Duration::from_secs(3600)), t + Duration::from_secs(1800));
         assert_eq!(refresh_at(t, Duration::from_secs(100)), t + Duration::from_secs(40));
@@ -189,7 +205,7 @@ mod tests {
         #[test]
         fn any_token_answer_is_an_answer(body in "(?s).{0,200}", n in any::<f64>(), i in any::<i128>()) {
             if let Ok(answer) = serde_json::from_str::<TokenAnswer>(&body) {
-                let _ = refresh_at(Instant::now(), lifetime(answer.expires_in.as_ref()));
+                let _ = refresh_at(Instant::now(), stated_lifetime(answer.expires_in.as_deref()));
             }
             for v in [json!(n), json!(i.to_string()), serde_json::from_str(&i.to_string()).unwrap_or(json!(null))] {
                 let life = lifetime(Some(&v));
