@@ -92,6 +92,8 @@ pub enum OutboxError {
         "another fleethook (pid {pid}) uses the outbox {path}: one agent per outbox (give this one its own storage.path)"
     )]
     Locked { path: String, pid: String },
+    #[error("the outbox cannot be used: {0}")]
+    Mismatch(String),
     #[error("the outbox writer has stopped")]
     Closed,
     #[error("the outbox could not commit this (the disk is full or failing); it is not recorded")]

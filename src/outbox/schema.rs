@@ -198,7 +198,12 @@ pub fn open(cfg: &StorageConfig) -> Result<Connection, OutboxError> {
 enum Checked {
     Sqlite(rusqlite::Error),
     Corrupt(String),
-    Newer { found: i64, known: i64 },
+    Newer {
+        found: i64,
+        known: i64,
+    },
+    /// Its schema version does not match its tables.
+    Mismatch(String),
 }
 
 impl std::fmt::Display for Checked {
@@ -207,6 +212,7 @@ impl std::fmt::Display for Checked {
             Checked::Sqlite(e) => write!(f, "{e}"),
             Checked::Corrupt(m) => write!(f, "{m}"),
             Checked::Newer { found, known } => write!(f, "schema version {found}, newer than this build's {known}"),
+            Checked::Mismatch(m) => write!(f, "{m}"),
         }
     }
 }
@@ -217,6 +223,7 @@ impl From<Checked> for OutboxError {
             Checked::Sqlite(e) => OutboxError::Sqlite(e),
             Checked::Corrupt(m) => OutboxError::Corrupt(m),
             Checked::Newer { found, known } => OutboxError::Newer { found, known },
+            Checked::Mismatch(m) => OutboxError::Mismatch(m),
         }
     }
 }
@@ -235,7 +242,42 @@ impl From<rusqlite::Error> for Checked {
     }
 }
 
+/// Looks at an existing outbox through a read-only connection: one this build must
+/// refuse (a newer schema) or move aside (corrupt) is refused before a single byte of
+/// it is written. (The read-write open wrote 2–4 header bytes first.) What this look
+/// cannot tell (no WAL index yet, say) the read-write open finds out as before.
+/// Says whether it ran the integrity check (then the read-write open need not).
+fn look_first(path: &Path) -> Result<bool, Checked> {
+    if std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) == 0 {
+        return Ok(false);
+    }
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(conn) = Connection::open_with_flags(path, flags) else { return Ok(false) };
+    let version = match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
+        Ok(v) => v,
+        Err(e) => return corrupt_or_unknown(e),
+    };
+    if version > MIGRATIONS.len() as i64 {
+        return Err(Checked::Newer { found: version, known: MIGRATIONS.len() as i64 });
+    }
+    match conn.query_row("PRAGMA quick_check", [], |r| r.get::<_, String>(0)) {
+        Ok(check) if check != "ok" => Err(Checked::Corrupt(check)),
+        Ok(_) => Ok(true),
+        Err(e) => corrupt_or_unknown(e),
+    }
+}
+
+/// A read-only look that failed: corrupt if SQLite says so, else left to the
+/// read-write open.
+fn corrupt_or_unknown(e: rusqlite::Error) -> Result<bool, Checked> {
+    match Checked::from(e) {
+        c @ Checked::Corrupt(_) => Err(c),
+        _ => Ok(false),
+    }
+}
+
 fn open_checked(path: &Path, cfg: &StorageConfig) -> Result<Connection, Checked> {
+    let checked = look_first(path)?;
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     // page_size and auto_vacuum only take effect before the first table exists, and
@@ -246,9 +288,11 @@ fn open_checked(path: &Path, cfg: &StorageConfig) -> Result<Connection, Checked>
     // (docs/decisions.md: "Outbox page size: 2 KiB").
     conn.pragma_update(None, "page_size", PAGE_SIZE)?;
     conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
-    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
-    if check != "ok" {
-        return Err(Checked::Corrupt(check));
+    if !checked {
+        let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0))?;
+        if check != "ok" {
+            return Err(Checked::Corrupt(check));
+        }
     }
     configure(&conn, cfg.synchronous)?;
     migrate(&conn)?;
@@ -283,6 +327,11 @@ fn migrate(conn: &Connection) -> Result<(), Checked> {
     if version > MIGRATIONS.len() as i64 {
         return Err(Checked::Newer { found: version, known: MIGRATIONS.len() as i64 });
     }
+    if version < 0 {
+        return Err(Checked::Mismatch(format!(
+            "its schema version is {version}, which no fleethook writes: the file was edited by hand; move it aside (the agent then starts with an empty outbox)"
+        )));
+    }
     let target = MIGRATIONS.len() as i64;
     // A new outbox (version 0) is created, not upgraded: nothing to tell anyone.
     let upgrading = version > 0 && version < target;
@@ -293,7 +342,22 @@ fn migrate(conn: &Connection) -> Result<(), Checked> {
             "Upgrading the outbox's schema; each step commits on its own, so a stop here resumes where it was."
         );
     }
-    run_migrations(conn, version, target)?;
+    if let Err(e) = run_migrations(conn, version, target) {
+        // A migration that fails on an outbox whose tables are already of a later
+        // version (user_version set back by hand) printed its SQL and "table events
+        // already exists". Say what it means.
+        return Err(match e {
+            Checked::Sqlite(e) if version < target => {
+                // SQLite's message ends with the statement; the first line says enough.
+                let said = e.to_string();
+                let said = said.lines().next().unwrap_or_default().trim_end().trim_end_matches(" in").to_string();
+                Checked::Mismatch(format!(
+                    "its schema version says {version}, but its tables are not that version's ({said}): the version was changed by hand; set it back (PRAGMA user_version = {target}) or move the file aside"
+                ))
+            }
+            other => other,
+        });
+    }
     if upgrading {
         tracing::info!(from = version, to = target, "Upgraded the outbox's schema.");
     }
