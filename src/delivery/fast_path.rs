@@ -11,13 +11,13 @@ use super::attempt::Done;
 use super::fast::{FastRef, Intake, Next, Persist, Resolution};
 use super::lane::Lane;
 use super::{Dispatcher, Recorded};
+use crate::outbox::{AttemptRecord, Inbound};
 
 /// Held jobs this far below the broker's in-flight window are stored: room for the
 /// messages that go to the outbox directly meanwhile.
 const BROKER_WINDOW_MARGIN: usize = 2;
 /// What a commit takes, about: a job whose answer is due sooner is not worth storing.
 const COMMIT_TIME: Duration = Duration::from_millis(20);
-use crate::outbox::{AttemptRecord, Inbound};
 
 /// The next message from ingest; never ready when the fast path is off.
 pub async fn next_intake(intake: &mut Option<mpsc::UnboundedReceiver<Intake>>) -> Option<Intake> {
@@ -43,7 +43,8 @@ impl Dispatcher {
                 self.by_name
                     .get(&d.subscription)
                     .copied()
-                    .filter(|i| self.lanes[*i].fast_ready() && !self.link.limits())
+                    // A lane a Retry-After holds queues what comes behind what it holds.
+                    .filter(|i| self.lanes[*i].fast_ready() && !self.lanes[*i].unreachable() && !self.link.limits())
             })
             .collect();
         let lanes = match lanes {
