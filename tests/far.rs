@@ -176,3 +176,37 @@ fn kill9_with_a_slow_far_endpoint_loses_nothing_and_keeps_ids() {
     assert!(changed.is_empty(), "an event sent again with another delivery id: {changed:?}");
     report("kill9 150 ms away, 1.2 s answers", &ep, N, "8 kills");
 }
+
+/// A cloud endpoint closes idle keep-alive connections, so each event of a slow robot
+/// pays a new TCP and TLS handshake. The TLS session resumes: after the first, every new
+/// connection is a resumed handshake (one round trip less on TLS 1.3 than a full one
+/// with certificates), 150 ms away through the proxy.
+#[test]
+fn tls_sessions_resume_when_the_endpoint_closes_idle_connections() {
+    let pki = common::pki::Pki::new();
+    let ep = Endpoint::start_with_tls(
+        Reply::WithHeaders(200, vec![("connection", "close".to_string())]),
+        pki.acceptor(false),
+    );
+    let proxy = Proxy::delayed(ep.port, HALF_150);
+    let dir = tempfile::tempdir().unwrap();
+    let files = pki.write(dir.path(), "robot", &["agv-1"]);
+    let url = format!("https://localhost:{}/hook", proxy.port);
+    let bed = Bed::new()
+        .in_dir(dir.path())
+        .subscription("ops", &url, &format!("ca_file = \"{}\"", files.ca.display()))
+        .start();
+    const N: usize = 4;
+    let mut took = Vec::new();
+    for n in 0..N {
+        let sent = std::time::Instant::now();
+        bed.publish(&[mission("agv-1", n, "completed")]);
+        assert!(wait_until(LONG, || ep.count() > n), "event {n} did not arrive");
+        took.push(ep.requests()[n].at.duration_since(sent));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let resumed: Vec<Option<bool>> = ep.requests().iter().map(|r| r.resumed).collect();
+    println!("publish → endpoint over a new TLS connection each, 150 ms away: {took:?}; resumed {resumed:?}");
+    assert_eq!(resumed[0], Some(false), "the first handshake is a full one");
+    assert!(resumed[1..].iter().all(|r| *r == Some(true)), "later connections resume the session: {resumed:?}");
+}

@@ -37,6 +37,8 @@ pub struct Request {
     pub headers: http::HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// Over TLS: whether the connection it came on resumed an earlier TLS session.
+    pub resumed: Option<bool>,
 }
 
 impl Request {
@@ -109,15 +111,18 @@ impl Endpoint {
                 let token = token.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| answer(req, st.clone()));
                     let http = hyper::server::conn::http1::Builder::new();
                     match tls {
                         None => {
+                            let svc = service_fn(move |req| answer(req, st.clone(), None));
                             let conn = http.serve_connection(TokioIo::new(stream), svc);
                             tokio::select! { _ = conn => {}, _ = token.cancelled() => {} }
                         }
                         Some(acceptor) => {
                             let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let resumed = stream.get_ref().1.handshake_kind()
+                                == Some(tokio_rustls::rustls::HandshakeKind::Resumed);
+                            let svc = service_fn(move |req| answer(req, st.clone(), Some(resumed)));
                             let conn = http.serve_connection(TokioIo::new(stream), svc);
                             tokio::select! { _ = conn => {}, _ = token.cancelled() => {} }
                         }
@@ -160,6 +165,7 @@ impl Drop for Endpoint {
 async fn answer(
     req: hyper::Request<hyper::body::Incoming>,
     st: Arc<Mutex<EndpointState>>,
+    resumed: Option<bool>,
 ) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -173,6 +179,7 @@ async fn answer(
             headers: parts.headers,
             body,
             at: Instant::now(),
+            resumed,
         });
         s.script.pop_front().unwrap_or_else(|| s.default.clone())
     };
