@@ -179,7 +179,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> anyhow::Result<S
                 if !outage_done && outage_end.is_none() && now.duration_since(t0) >= outage_at {
                     if let Some(r) = receiver.take() { r.cancel(); }
                     outage_end = Some(now + OUTAGE);
-                    say("── the receiver goes away (a dead zone): events queue in the outbox ──");
+                    say("── the receiver goes away (a dead zone): the agent marks it offline, probes it, and events queue in the outbox ──");
                 }
                 if let Some(end) = outage_end && now >= end {
                     receiver = Some(start_receiver(receiver_port, receive_opts.clone(), rx_tx.clone()).await?);
@@ -317,8 +317,10 @@ impl Drop for Broker {
     }
 }
 
+/// The embedded broker's settings on `port` (127.0.0.1): the demo's, and the broker
+/// matrix's rumqttd (tests/brokers.rs).
 #[cfg(feature = "embedded-broker")]
-fn start_broker(port: u16, _dir: &Path) -> anyhow::Result<Broker> {
+pub fn rumqttd_config(port: u16) -> anyhow::Result<rumqttd::Config> {
     let text = format!(
         r#"
 id = 0
@@ -339,7 +341,12 @@ max_inflight_count = 100
 dynamic_filters = true
 "#
     );
-    let config: rumqttd::Config = toml::from_str(&text).context("embedded broker config")?;
+    toml::from_str(&text).context("embedded broker config")
+}
+
+#[cfg(feature = "embedded-broker")]
+fn start_broker(port: u16, _dir: &Path) -> anyhow::Result<Broker> {
+    let config = rumqttd_config(port)?;
     std::thread::Builder::new().name("demo-broker".into()).spawn(move || {
         let mut broker = rumqttd::Broker::new(config);
         if let Err(e) = broker.start() {

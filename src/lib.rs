@@ -43,6 +43,7 @@ pub mod live;
 pub mod logging;
 pub mod memory;
 pub mod outbox;
+pub mod own_file;
 pub mod receive;
 pub mod route;
 pub mod sign;

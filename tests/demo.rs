@@ -14,7 +14,7 @@ fn summary_field(line: &str, name: &str) -> u64 {
 fn the_demo_delivers_everything_once_without_a_reconnect() {
     let out = Command::new(env!("CARGO_BIN_EXE_fleethook"))
         .args(["demo", "--seconds", "15"])
-        .env("RUST_LOG", "fleethook=info")
+        .env_remove("RUST_LOG")
         .output()
         .expect("the demo runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -25,6 +25,7 @@ fn the_demo_delivers_everything_once_without_a_reconnect() {
     assert!(out.status.success(), "the demo failed:\n{all}");
     assert!(!all.contains("Lost the MQTT connection"), "the agent reconnected:\n{all}");
     assert!(!all.contains("reconnecting"), "the agent reconnected:\n{all}");
+    assert!(!all.contains(" WARN "), "a warning in the demo:\n{all}");
     let published = summary_field(line, "published");
     assert!(published >= 20, "{line}");
     assert_eq!(summary_field(line, "delivered"), published, "{line}");

@@ -228,7 +228,12 @@ impl Book {
         late
     }
 
-    /// Jobs not persisted yet: each holds an unacked MQTT message.
+    /// Jobs held, stored or not: at least [`Book::unpersisted`], and O(1).
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    /// Jobs not persisted yet: each holds an unacked MQTT message. A walk over every job.
     pub fn unpersisted(&self) -> usize {
         self.jobs.values().filter(|j| !j.persisted).count()
     }

@@ -168,27 +168,9 @@ impl Breaker {
     }
 
     fn try_open(path: &Path) -> std::io::Result<Breaker> {
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-        // Never through a symlink, and only a regular file of our own: a mapping of
-        // another file would write into it (an outbox, say).
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(path)?;
-        let meta = file.metadata()?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
-        if !meta.file_type().is_file() || meta.uid() != me {
-            return Err(std::io::Error::other(format!(
-                "{} is not a regular file owned by this user (uid {me}); move it away",
-                path.display()
-            )));
-        }
         use std::os::unix::fs::FileExt;
+        // Never through a symlink: the marks written into another file would damage it.
+        let file = crate::own_file::open_own(path)?;
         let mut bytes = Box::new([0u8; LEN]);
         // A short file (new, or truncated) reads as zeros past its end.
         let mut read = 0;

@@ -81,21 +81,15 @@ pub fn written_by_agent() -> Option<u64> {
 /// writes dominate for hours: 76.7 MiB a day shown for an agent writing 12).
 static SAMPLES: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>> =
     std::sync::Mutex::new(std::collections::VecDeque::new());
-const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// How often the writer takes a sample.
+pub const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Takes a sample if the last is a minute old (the writer calls this as it loops; the
-/// first is a minute after start, so start-up's writes stay out of the rate).
-pub fn sample_written(started: std::time::Instant) {
+/// Takes a sample (the writer, every [`SAMPLE_EVERY`]) and forgets those past the hour.
+pub fn sample_written() {
     let now = std::time::Instant::now();
-    if now.duration_since(started) < SAMPLE_EVERY {
-        return;
-    }
-    let Ok(mut samples) = SAMPLES.lock() else { return };
-    if samples.back().is_some_and(|(t, _)| now.duration_since(*t) < SAMPLE_EVERY) {
-        return;
-    }
     let Some(written) = written_by_agent() else { return };
+    let Ok(mut samples) = SAMPLES.lock() else { return };
     samples.push_back((now, written));
     while samples.front().is_some_and(|(t, _)| now.duration_since(*t) > RATE_WINDOW) {
         samples.pop_front();

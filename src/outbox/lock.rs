@@ -3,12 +3,12 @@
 //! events made 2 020 duplicate deliveries. The outbox's directory gets a lock file,
 //! `outbox.db.lock`, holding an exclusive `flock` for as long as the agent runs and its
 //! pid as text; a second agent is refused with that pid. The kernel drops the lock when
-//! the process ends, however it ends: nothing is left to clean up after kill -9.
+//! the process ends, however it ends: nothing is left to clean up after kill -9. The file
+//! is opened as [`crate::own_file`] says: never through a symlink.
 
 use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use super::OutboxError;
@@ -31,15 +31,7 @@ pub fn acquire(outbox: &Path) -> Result<OutboxLock, OutboxError> {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
     // Never through a symlink: the agent writes only files of its own.
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(io)?;
+    let mut file = crate::own_file::open_own(&path).map_err(io)?;
     // SAFETY: flock on a descriptor this function owns.
     let taken = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
     if !taken {

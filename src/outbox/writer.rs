@@ -62,8 +62,8 @@ const GIVE_UP_AFTER: u32 = 8;
 const RECORD_LINGER: Duration = Duration::from_millis(10);
 /// …or until this many are held.
 const RECORD_HOLD_MAX: usize = 4096;
-/// Fewer held results than this wait as long as unhurried ingest (docs/decisions.md,
-/// "Holding the ack").
+/// A far endpoint's results (`Write::lazy`) wait as long as unhurried ingest while fewer
+/// than this are held (docs/decisions.md, "Holding the ack").
 const RECORD_HOLD_LONG: usize = 256;
 /// The schedule clock rides along with a commit at most this often (see `clock`).
 const CLOCK_SAVE_EVERY: Duration = Duration::from_secs(10);
@@ -177,13 +177,17 @@ impl Writer {
 
     fn run(mut self) {
         let wedge = Wedge::from_env("writer");
-        let started = Instant::now();
+        // The samples behind `status`'s daily rate, a minute apart; the first a minute in,
+        // so that start-up's writes stay out of it. The loop wakes at least once a second.
+        let mut sample_at = Instant::now() + super::disk::SAMPLE_EVERY;
         loop {
             if let Some(w) = &wedge {
                 w.block_if_due();
             }
-            // It wakes at least once a second: the samples behind `status`'s daily rate.
-            super::disk::sample_written(started);
+            if Instant::now() >= sample_at {
+                super::disk::sample_written();
+                sample_at = Instant::now() + super::disk::SAMPLE_EVERY;
+            }
             for (loss, say) in self.losses.quiet(Instant::now()) {
                 losses::log(loss, say, self.budget.max_bytes);
             }

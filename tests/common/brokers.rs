@@ -179,27 +179,7 @@ impl AnyBroker {
 
 /// rumqttd in this process, on a thread of its own, as the demo runs it.
 fn start_rumqttd(port: u16) {
-    let text = format!(
-        r#"
-id = 0
-[router]
-id = 0
-max_connections = 64
-max_outgoing_packet_count = 200
-max_segment_size = 10485760
-max_segment_count = 10
-[v4.1]
-name = "v4-1"
-listen = "127.0.0.1:{port}"
-next_connection_delay_ms = 1
-[v4.1.connections]
-connection_timeout_ms = 60000
-max_payload_size = 1048576
-max_inflight_count = 100
-dynamic_filters = true
-"#
-    );
-    let config: rumqttd::Config = toml::from_str(&text).unwrap();
+    let config = fleethook::demo::rumqttd_config(port).unwrap();
     std::thread::spawn(move || {
         let mut broker = rumqttd::Broker::new(config);
         let _ = broker.start();
