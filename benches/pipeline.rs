@@ -441,7 +441,7 @@ device_id = "{{topic.1}}"
 name = "bench"
 url = "http://127.0.0.1:{endpoint}/hook"
 allow_http = true
-secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+secret = "whsec_dGVzdHMtb25seS1zaWduaW5nLWtleS0wMDE="
 max_in_flight = 32
 {extra}
 "#,

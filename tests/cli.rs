@@ -24,7 +24,7 @@ event = "mission.{/status}"
 [[subscription]]
 name = "ops"
 url = "https://user:pw@hooks.example.com/fleet"
-secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+secret = "whsec_dGVzdHMtb25seS1zaWduaW5nLWtleS0wMDE="
 headers = { Authorization = "Bearer sk_live_topsecret" }
 "#;
 
@@ -63,7 +63,7 @@ fn check_prints_the_resolved_config_without_secrets() {
 fn check_prints_a_config_that_loads_back_and_prints_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("ops.secret");
-    std::fs::write(&secret_file, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    std::fs::write(&secret_file, "whsec_dGVzdHMtb25seS1zaWduaW5nLWtleS0wMDE=\n").unwrap();
     let password_file = dir.path().join("mqtt.password");
     std::fs::write(&password_file, "hunter2\n").unwrap();
     let config = format!(
@@ -83,7 +83,7 @@ ttl = "90m"
 [[subscription]]
 name = "ops"
 url = "https://hooks.example.com/fleet"
-secret = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_dGhlIG5leHQgb25lIGZvciByb3RhdGlvbg=="]
+secret = ["whsec_dGVzdHMtb25seS1zaWduaW5nLWtleS0wMDE=", "whsec_dGhlIG5leHQgb25lIGZvciByb3RhdGlvbg=="]
 secret_file = "{file}"
 secret_env = "FLEETHOOK_TEST_ROUND_TRIP"
 rate_limit = "100/m"
@@ -105,7 +105,7 @@ routing_key = "R0UT1NGK3Y"
         let out = Command::new(env!("CARGO_BIN_EXE_fleethook"))
             .args(["check", "--config"])
             .arg(p)
-            .env("FLEETHOOK_TEST_ROUND_TRIP", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+            .env("FLEETHOOK_TEST_ROUND_TRIP", "whsec_dGVzdHMtb25seS1zaWduaW5nLWtleS0wMDE=")
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -113,7 +113,7 @@ routing_key = "R0UT1NGK3Y"
         (String::from_utf8_lossy(&out.stdout).into_owned(), err)
     };
     let (printed, _) = check(&path);
-    for leaked in ["topsecret", "R0UT1NGK3Y", "hunter2", "MfKQ9r8", "dGhlIG5l"] {
+    for leaked in ["topsecret", "R0UT1NGK3Y", "hunter2", "dGVzdHMtb25l", "dGhlIG5l"] {
         assert!(!printed.contains(leaked), "{leaked} leaked:\n{printed}");
     }
     for shown in [
@@ -136,7 +136,7 @@ routing_key = "R0UT1NGK3Y"
     let run = Command::new(env!("CARGO_BIN_EXE_fleethook"))
         .args(["run", "--config"])
         .arg(&reprinted)
-        .env("FLEETHOOK_TEST_ROUND_TRIP", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+        .env("FLEETHOOK_TEST_ROUND_TRIP", "whsec_dGVzdHMtb25seS1zaWduaW5nLWtleS0wMDE=")
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&run.stderr);
@@ -177,7 +177,7 @@ fn http_without_allow_http_is_refused() {
 #[test]
 fn a_missing_secret_is_refused() {
     refused(
-        &GOOD.replace("secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n", ""),
+        &GOOD.replace("secret = \"whsec_dGVzdHMtb25seS1zaWduaW5nLWtleS0wMDE=\"\n", ""),
         10,
         "subscription[0].secret",
         "secret is required",
@@ -267,6 +267,29 @@ fn the_example_config_passes_check() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(!shown.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw") && !shown.contains("R0UT1NGKEY"), "{shown}");
+}
+
+/// The shipped config's signing secret is public: `check` warns, `run` refuses it on an
+/// enabled subscription, naming the file, line and key.
+#[test]
+fn run_refuses_the_example_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fleethook.toml");
+    let config = GOOD.replace("whsec_dGVzdHMtb25seS1zaWduaW5nLWtleS0wMDE=", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw");
+    std::fs::write(&path, config).unwrap();
+    let check = fleethook(&["check", "--config", path.to_str().unwrap()]);
+    let warned = String::from_utf8_lossy(&check.stderr);
+    assert!(check.status.success() && warned.contains("example secret"), "{warned}");
+    let run = Command::new(env!("CARGO_BIN_EXE_fleethook"))
+        .args(["run", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{said}");
+    assert!(
+        said.contains(&format!("{}:13: subscription[0].secret: the documentation's example secret", path.display())),
+        "{said}"
+    );
 }
 
 /// A reader that goes away (`fleethook check | head -1`) ends the command quietly: no

@@ -19,18 +19,24 @@ mod subscription;
 
 use subscription::{build_subscriptions, client_identity};
 
-/// Problems found so far, each with the key it belongs to.
+/// Problems found so far, each with the key it belongs to: errors, and what `check`
+/// only warns about but the agent refuses to start with.
 #[derive(Default)]
-struct Issues(Vec<(KeyPath, String)>, Vec<KeyPath>);
+struct Issues(Vec<(KeyPath, String)>, Vec<(KeyPath, String)>);
 
 impl Issues {
     /// A secret written as `check` prints it, redacted: it loads (so the printed config
     /// reads back), and the agent refuses to start with it.
     fn redacted(&mut self, path: KeyPath, secret: &Secret) -> bool {
         if secret.is_redacted() {
-            self.1.push(path);
+            self.1.push((path, REDACTED.to_string()));
         }
         secret.is_redacted()
+    }
+
+    /// Something the agent must not run with, though `check` loads it (with a warning).
+    fn refused_by_run(&mut self, path: KeyPath, message: impl Into<String>) {
+        self.1.push((path, message.into()));
     }
 
     fn push(&mut self, path: KeyPath, message: impl Into<String>) {
@@ -62,9 +68,8 @@ pub(super) fn parse(src: &str, path: &Path) -> Result<Config, ConfigErrors> {
             let line = locate::span_of(&doc, &key).map(|s| locate::line_of(src, s.start)).unwrap_or(1);
             located(line, key.to_string(), message)
         };
-        config.redacted =
-            std::mem::take(&mut issues.1).into_iter().map(|key| (key, REDACTED.to_string())).map(locate).collect();
-        config.warnings = config.redacted.clone();
+        config.refused_by_run = std::mem::take(&mut issues.1).into_iter().map(locate).collect();
+        config.warnings = config.refused_by_run.clone();
         config.warnings.extend(super::lint::warnings(&config).into_iter().map(locate));
         return Ok(config);
     }
@@ -196,7 +201,7 @@ fn build(raw: RawConfig, source: &Path, issues: &mut Issues) -> Config {
         routes,
         subscriptions,
         warnings: Vec::new(),
-        redacted: Vec::new(),
+        refused_by_run: Vec::new(),
     }
 }
 

@@ -62,7 +62,59 @@ pub fn warnings(config: &Config) -> Vec<(KeyPath, String)> {
             }
         }
     }
+    for (i, sub) in config.subscriptions.iter().enumerate().filter(|(_, s)| s.enabled) {
+        let at = KeyPath::root().key("subscription").index(i);
+        if let Some(why) = placeholder_url(&sub.url) {
+            out.push((
+                at.key("url"),
+                format!(
+                    "`{}` is {why}: its events go nowhere; put the endpoint's own URL, or set enabled = false",
+                    sub.url
+                ),
+            ));
+        }
+        for (key, secret) in [("routing_key", &sub.routing_key), ("api_key", &sub.api_key)] {
+            if secret.as_ref().is_some_and(|s| placeholder_key(s.expose())) {
+                out.push((
+                    at.key(key),
+                    format!(
+                        "{key} is the shipped config's placeholder: put the service's own key, or set enabled = false"
+                    ),
+                ));
+            }
+        }
+    }
+    for (i, dir) in config.ros.msg_path.iter().enumerate() {
+        if !dir.is_dir() {
+            out.push((
+                KeyPath::root().key("ros").key("msg_path").index(i),
+                format!("{} is not a directory here: ROS 2 types cannot be looked up in it", dir.display()),
+            ));
+        }
+    }
     out
+}
+
+/// Why a subscription URL is a documentation placeholder, if it is one: a host reserved
+/// for examples (RFC 2606), or the Slack webhook of the docs (`T000…`).
+fn placeholder_url(url: &str) -> Option<&'static str> {
+    let host = url.split("://").nth(1)?.split(['/', '?', '#']).next()?;
+    let host = host.rsplit('@').next()?.split(':').next()?.trim_end_matches('.').to_ascii_lowercase();
+    let reserved = ["example.com", "example.org", "example.net", "example", "invalid", "test", "localhost.example"];
+    if reserved.iter().any(|r| host == *r || host.ends_with(&format!(".{r}"))) {
+        return Some("a host reserved for examples");
+    }
+    if host == "hooks.slack.com" && url.contains("/services/T000") {
+        return Some("the documentation's Slack webhook");
+    }
+    None
+}
+
+/// Whether a service key is the shipped config's placeholder (`R0UT1NGKEY000…`, or all
+/// zeros), or counts up as the Datadog example does (`0123456789abcdef…`).
+fn placeholder_key(key: &str) -> bool {
+    let lower = key.to_ascii_lowercase();
+    lower.starts_with("r0ut1ngkey") || lower.chars().all(|c| c == '0') || lower.starts_with("0123456789abcdef")
 }
 
 /// Whether `template` has a placeholder reading `pointer` or a value inside it.
@@ -116,6 +168,61 @@ mod tests {
         let v311 = said("");
         assert!(v311.iter().any(|w| w.starts_with("route[0].event: `{prop.…}` reads MQTT 5")), "{v311:?}");
         assert!(said("version = 5").iter().all(|w| !w.contains("prop.")));
+    }
+
+    #[test]
+    fn placeholders_of_the_shipped_config_are_warnings_on_enabled_subscriptions() {
+        let said = |sub: &str| -> Vec<String> {
+            let src = format!(
+                "[ros]\nmsg_path = [\"/nonexistent/share\"]\n[[subscription]]\nname = \"s\"\nevents = [\"*\"]\nsignature = \"none\"\n{sub}\n"
+            );
+            let config = Config::parse(&src, std::path::Path::new("t.toml")).unwrap();
+            warnings(&config).into_iter().map(|(k, m)| format!("{k}: {m}")).collect()
+        };
+        let slack = said("url = \"https://hooks.slack.com/services/T000/B000/XXXX\"\nformat = \"slack\"");
+        assert!(
+            slack.iter().any(|w| w.starts_with("subscription[0].url:") && w.contains("Slack webhook")),
+            "{slack:?}"
+        );
+        assert!(
+            slack.iter().any(|w| w.starts_with("ros.msg_path[0]: /nonexistent/share is not a directory")),
+            "{slack:?}"
+        );
+        let example = said("url = \"https://hooks.Example.com:8443/fleet\"");
+        assert!(example.iter().any(|w| w.contains("reserved for examples")), "{example:?}");
+        let pager = said(
+            "url = \"https://events.pagerduty.com/v2/enqueue\"\nformat = \"pagerduty\"\nrouting_key = \"R0UT1NGKEY00000000000000000000000\"",
+        );
+        assert!(
+            pager.iter().any(|w| w.starts_with("subscription[0].routing_key: routing_key is the shipped")),
+            "{pager:?}"
+        );
+        let real = said(
+            "url = \"https://hooks.fleet.acme.io/in\"\nformat = \"pagerduty\"\nrouting_key = \"e93facc04764012d7bfb002500d5d1a6\"",
+        );
+        assert!(real.iter().all(|w| !w.starts_with("subscription")), "{real:?}");
+        let off = said("url = \"https://hooks.example.com/fleet\"\nenabled = false");
+        assert!(off.iter().all(|w| !w.starts_with("subscription")), "a disabled subscription sends nothing: {off:?}");
+    }
+
+    #[test]
+    fn the_example_secret_is_a_warning_for_check_and_refused_by_run() {
+        let src = |enabled: bool| {
+            format!(
+                "[[subscription]]\nname = \"s\"\nurl = \"https://hooks.fleet.acme.io/in\"\nevents = [\"*\"]\nsecret = \"{}\"\nenabled = {enabled}\n",
+                crate::config::secret::EXAMPLE
+            )
+        };
+        let config = Config::parse(&src(true), std::path::Path::new("t.toml")).unwrap();
+        let refused: Vec<String> = config.refused_by_run.iter().map(|e| e.to_string()).collect();
+        assert!(
+            refused.len() == 1
+                && refused[0].contains("t.toml:5: subscription[0].secret: the documentation's example secret"),
+            "{refused:?}"
+        );
+        assert!(config.warnings.iter().any(|w| w.message.contains("example secret")));
+        let off = Config::parse(&src(false), std::path::Path::new("t.toml")).unwrap();
+        assert!(off.refused_by_run.is_empty(), "a disabled subscription signs nothing");
     }
 
     fn pat(s: &str) -> EventPattern {

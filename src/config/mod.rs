@@ -51,10 +51,11 @@ pub struct Config {
     /// agent logs them at start).
     #[serde(skip)]
     pub warnings: Vec<ConfigError>,
-    /// Secrets written as `check` prints them (`<redacted sha256:…>`): `check` loads such
-    /// a config, with a warning for each; the agent does not ([`Config::load`]).
+    /// What `check` loads with a warning but the agent refuses ([`Config::load`]):
+    /// secrets written as `check` prints them (`<redacted sha256:…>`), and the
+    /// documentation's example secret on an enabled subscription.
     #[serde(skip)]
-    pub redacted: Vec<ConfigError>,
+    pub refused_by_run: Vec<ConfigError>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -464,8 +465,8 @@ impl Config {
     /// The config the agent runs with: a redacted secret is an error.
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let config = Config::load_for_check(path)?;
-        if !config.redacted.is_empty() {
-            return Err(ConfigErrors(config.redacted).into());
+        if !config.refused_by_run.is_empty() {
+            return Err(ConfigErrors(config.refused_by_run).into());
         }
         Ok(config)
     }

@@ -4,6 +4,11 @@ use std::fmt;
 
 use serde::{Serialize, Serializer};
 
+/// The signing secret of the documentation and the shipped config (the Standard Webhooks
+/// specification's example): public, the same on every robot that keeps it.
+pub const EXAMPLE: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const EXAMPLE_REFUSED: &str = "the documentation's example secret: anyone can sign as this robot with it; make one with `fleethook secret` (the agent will not start with it on an enabled subscription)";
+
 /// A secret value. `Debug`, `Display` and `Serialize` show only its fingerprint.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {

@@ -18,6 +18,9 @@ use crate::outbox::{AttemptRecord, Inbound};
 const BROKER_WINDOW_MARGIN: usize = 2;
 /// What a commit takes, about: a job whose answer is due sooner is not worth storing.
 const COMMIT_TIME: Duration = Duration::from_millis(20);
+/// How long an event that joins a queue being worked may wait for a commit to share when
+/// its endpoint's usual answer time is not known yet.
+const QUEUE_LINGER: Duration = Duration::from_millis(100);
 
 /// The next message from ingest; never ready when the fast path is off.
 pub async fn next_intake(intake: &mut Option<mpsc::UnboundedReceiver<Intake>>) -> Option<Intake> {
@@ -51,6 +54,13 @@ impl Dispatcher {
             Some(lanes) if !lanes.is_empty() => lanes,
             _ => return self.forward(taken),
         };
+        // A flood: stored behind the saturated lane's memory queue. Not while a FIFO lane
+        // of the event works from memory: its stored copy would go before those.
+        if lanes.iter().any(|&l| self.lanes[l].fast_saturated())
+            && !lanes.iter().any(|&l| self.lanes[l].is_fifo() && self.lanes[l].has_fast_work())
+        {
+            return self.forward(taken);
+        }
         let Intake { inbound: Inbound::Event(event), resolved, .. } = taken else { return };
         if let Some(key) = event.dedupe_key
             && !self.outbox.keys().claim(key, event.dedupe_check)
@@ -58,6 +68,11 @@ impl Dispatcher {
             // A redelivery of what was delivered or is being sent: nothing to do but ack.
             let _ = resolved.send(Resolution::Now);
             return;
+        }
+        if self.still_lingering() > 0 {
+            // Its ack would wait for their commit: nobody may linger on them now.
+            self.outbox.hurry();
+            self.lingering.clear();
         }
         let deadline = Instant::now() + self.write_behind;
         let job = self.fast.open(event, lanes.clone(), deadline, resolved);
@@ -72,12 +87,17 @@ impl Dispatcher {
     /// not be answered within a commit's time are stored together (one commit) and so
     /// acked: the flow from the broker never waits on a far endpoint's answers.
     fn keep_the_broker_flowing(&mut self, persists: &mut JoinSet<(u64, bool)>) {
-        let high = self.broker_window.saturating_sub(BROKER_WINDOW_MARGIN).max(1);
-        // Asked per message: the count of all jobs answers most of the time without a walk.
-        if self.fast.len() < high || self.fast.unpersisted() < high {
+        let high = self.window_high();
+        self.hurry_near_the_window();
+        // Asked per message: the count of all jobs, and whether any endpoint answers slower
+        // than a commit, answer most of the time without a walk.
+        let usual: Vec<Option<Duration>> = self.lanes.iter().map(Lane::usual_answer).collect();
+        if self.fast.len() < high
+            || !usual.iter().any(|u| u.is_some_and(|u| u > COMMIT_TIME))
+            || self.fast.unpersisted() < high
+        {
             return;
         }
-        let usual: Vec<Option<Duration>> = self.lanes.iter().map(Lane::usual_answer).collect();
         let picked = self.fast.persist_picked(Instant::now(), |lanes, age| {
             lanes.iter().any(|&l| usual[l].is_some_and(|u| age + COMMIT_TIME < u))
         });
@@ -87,23 +107,60 @@ impl Dispatcher {
     /// Hands a message to the outbox (durable path): acked once committed.
     pub(super) fn forward(&mut self, taken: Intake) {
         let Intake { seq, inbound, resolved } = taken;
-        // Nobody waits on the latency of an event none of whose endpoints answers now, or
-        // that joins a queue being worked.
-        let mut unhurried = false;
+        // Nobody waits on the latency of an event none of whose endpoints answers now,
+        // and an event that joins a queue being worked waits its turn anyway: about an
+        // answer's time (docs/decisions.md, "Unhurried ingest").
+        let mut linger = None;
         if let Inbound::Event(e) = &inbound {
-            unhurried = !e.deliveries.is_empty();
             for d in &e.deliveries {
-                if let Some(&lane) = self.by_name.get(&d.subscription) {
-                    self.lanes[lane].forwarded(seq);
-                    unhurried &= self.lanes[lane].unreachable() || self.lanes[lane].behind();
-                }
+                let Some(&lane) = self.by_name.get(&d.subscription) else { continue };
+                self.lanes[lane].forwarded(seq);
+                let lane = &self.lanes[lane];
+                let may_wait = if lane.unreachable() {
+                    Duration::MAX
+                } else if lane.behind() {
+                    lane.usual_answer().unwrap_or(QUEUE_LINGER)
+                } else {
+                    Duration::ZERO
+                };
+                linger = Some(linger.unwrap_or(Duration::MAX).min(may_wait));
             }
         }
-        let handed =
-            if unhurried { self.outbox.ingest_unhurried(seq, inbound) } else { self.outbox.ingest(seq, inbound) };
+        let handed = match linger.filter(|l| !l.is_zero()) {
+            Some(linger) => {
+                self.lingering.push_back(seq);
+                let handed = self.outbox.ingest_unhurried(seq, inbound, linger);
+                self.hurry_near_the_window();
+                handed
+            }
+            None => self.outbox.ingest(seq, inbound),
+        };
         if handed.is_ok() {
             let _ = resolved.send(Resolution::AfterCommit);
         }
+    }
+
+    /// Held jobs and lingering messages this many hold the broker's window nearly full.
+    fn window_high(&self) -> usize {
+        self.broker_window.saturating_sub(BROKER_WINDOW_MARGIN).max(1)
+    }
+
+    /// Messages forwarded unhurried wait for company, but not once they and the held jobs
+    /// fill the broker's window: it sends nothing more until some are acked.
+    fn hurry_near_the_window(&mut self) {
+        if !self.lingering.is_empty() && self.fast.len() + self.still_lingering() >= self.window_high() {
+            self.outbox.hurry();
+            self.lingering.clear();
+        }
+    }
+
+    /// Messages forwarded unhurried not yet committed, as far as the watermark says.
+    fn still_lingering(&mut self) -> usize {
+        let committed = *self.outbox.committed().borrow();
+        while self.lingering.front().is_some_and(|&s| s <= committed) {
+            self.lingering.pop_front();
+        }
+        self.lingering.len()
     }
 
     /// A fast attempt finished. Returns the record to commit with the wave when its job

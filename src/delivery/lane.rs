@@ -202,7 +202,7 @@ impl Lane {
     }
 
     /// Requests this subscription may have in flight: one for FIFO, else `max_in_flight`.
-    fn limit(&self) -> usize {
+    pub(super) fn limit(&self) -> usize {
         if self.is_fifo() { 1 } else { self.sub.max_in_flight }
     }
 

@@ -70,6 +70,9 @@ pub struct Dispatcher {
     /// `mqtt.broker_max_inflight`: how many messages the fast path may hold unacked.
     broker_window: usize,
     fast: Book,
+    /// Messages forwarded unhurried and not yet seen committed: each holds its ack, and
+    /// the acks of all behind it (acks go in receive order).
+    lingering: std::collections::VecDeque<u64>,
     /// Global slots guaranteed to each lane (see `share`).
     share: usize,
     metrics: crate::live::AttemptMetrics,
@@ -102,6 +105,7 @@ impl Dispatcher {
             write_behind: config.storage.write_behind,
             broker_window: usize::try_from(config.mqtt.broker_max_inflight).unwrap_or(usize::MAX),
             fast: Book::default(),
+            lingering: std::collections::VecDeque::new(),
             share: share::per_lane(config.delivery.max_in_flight, config.subscriptions.len()),
             metrics: crate::live::AttemptMetrics::default(),
             link: budget::LinkGate::new(config.link.clone(), crate::link::Link::default()),
@@ -400,12 +404,10 @@ impl Dispatcher {
             .chain(fast_ids.iter().map(|(lane, ..)| lane))
             .any(|lane| self.lanes.get(*lane).is_some_and(Lane::is_fifo))
             || hurry;
-        // Results that may wait seconds for a commit to share: those of events stored
-        // while their attempt was out (a deadline missed, the broker's window full: the
-        // stores come in commits of their own anyway), and a far or slow endpoint's (it
-        // usually answers in over half of `write_behind`). At a robot's rates each would
-        // otherwise get a commit of its own.
-        let lazy = !urgent && seqs.iter().all(|(lane, ..)| self.lanes.get(*lane).is_some_and(|l| self.slow(l)));
+        // Results nobody waits on may wait seconds for a commit to share (while few are
+        // held): at a robot's rates, or behind a far endpoint, each would otherwise get a
+        // commit of its own (docs/decisions.md, "Holding the ack").
+        let lazy = !urgent;
         let records: Vec<AttemptRecord> =
             durable.into_iter().map(|(.., r)| r).chain(fast.into_iter().map(|(_, r)| r)).collect();
         let outbox = self.outbox.clone();
@@ -416,11 +418,6 @@ impl Dispatcher {
             }
             Recorded { seqs, fast_ids }
         });
-    }
-
-    /// Its endpoint usually answers in over half of `write_behind`.
-    fn slow(&self, lane: &Lane) -> bool {
-        lane.usual_answer().is_some_and(|u| u * 2 >= self.write_behind)
     }
 
     /// A wave's results are on disk: its deliveries may be fetched again.

@@ -258,9 +258,10 @@ pub(crate) struct Persisting {
 
 /// What the writer thread is asked, classified once by where it goes.
 pub(crate) enum Command {
-    /// One MQTT message, committed in receive order before its ack. `unhurried`: no
-    /// endpoint it goes to is reachable now, so its commit may wait to share an fsync.
-    Ingest { seq: u64, inbound: Box<Inbound>, unhurried: bool },
+    /// One MQTT message, committed in receive order before its ack. `linger`: how long
+    /// its commit may wait to share an fsync (no endpoint it goes to is reachable now, or
+    /// each has a queue it joins); zero for none.
+    Ingest { seq: u64, inbound: Box<Inbound>, linger: std::time::Duration },
     /// An event the fast path could not deliver from memory in time: stored with its
     /// deliveries (ids chosen at ingest) and the attempts already made, in one
     /// transaction, before its MQTT message is acked. Admitted like ingest (it waits
@@ -271,6 +272,9 @@ pub(crate) enum Command {
     /// Events delivered from memory wait in the fast log's hand-over (see
     /// `FastLog::append_and_hand`): take them now.
     FastHanded,
+    /// Unhurried messages held for company are committed now: something behind them
+    /// waits for their acks.
+    Hurry,
     /// Write what the fast path delivered to the tables now (before `log` or `show`
     /// reads them); answered once committed.
     FlushFast(oneshot::Sender<()>),
@@ -343,17 +347,21 @@ impl Outbox {
     /// `seq` must increase by one per message, in receive order.
     pub fn ingest(&self, seq: u64, inbound: Inbound) -> Result<(), OutboxError> {
         self.tx
-            .send(Command::Ingest { seq, inbound: Box::new(inbound), unhurried: false })
+            .send(Command::Ingest { seq, inbound: Box::new(inbound), linger: std::time::Duration::ZERO })
             .map_err(|_| OutboxError::Closed)
     }
 
-    /// As [`Outbox::ingest`], for a message none of whose endpoints is reachable now: its
-    /// commit may wait a moment (the writer's `UNHURRIED_*`) to carry more messages, as
-    /// nobody waits on its latency.
-    pub fn ingest_unhurried(&self, seq: u64, inbound: Inbound) -> Result<(), OutboxError> {
-        self.tx
-            .send(Command::Ingest { seq, inbound: Box::new(inbound), unhurried: true })
-            .map_err(|_| OutboxError::Closed)
+    /// As [`Outbox::ingest`], for a message nobody waits on at once (none of its endpoints
+    /// is reachable now, or it joins queues being worked): its commit may wait up to
+    /// `linger` (at most the writer's `UNHURRIED_LINGER`) to carry more messages.
+    pub fn ingest_unhurried(&self, seq: u64, inbound: Inbound, linger: std::time::Duration) -> Result<(), OutboxError> {
+        self.tx.send(Command::Ingest { seq, inbound: Box::new(inbound), linger }).map_err(|_| OutboxError::Closed)
+    }
+
+    /// Messages held unhurried are committed at once: a message behind them, delivered
+    /// from memory, waits for their acks.
+    pub fn hurry(&self) {
+        let _ = self.tx.send(Command::Hurry);
     }
 
     /// The highest ingest sequence number whose transaction has committed.

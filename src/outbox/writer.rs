@@ -284,7 +284,7 @@ impl Writer {
         self.take_handed();
         for cmd in batch {
             match cmd {
-                Command::Ingest { seq, inbound, unhurried } => self.admission.hold(seq, inbound, unhurried),
+                Command::Ingest { seq, inbound, linger } => self.admission.hold(seq, inbound, linger),
                 Command::Persist { mut event, then } => {
                     // Its dedupe key was checked when the fast path took it.
                     event.dedupe_check = false;
@@ -299,6 +299,7 @@ impl Writer {
                 }
                 // Taken at the start of this turn, with whatever else was handed.
                 Command::FastHanded => {}
+                Command::Hurry => self.admission.hurry(),
                 Command::FlushFast(reply) => self.fast.waiters.push(reply),
             }
         }
@@ -306,11 +307,10 @@ impl Writer {
         if self.pending.writes.is_empty() && self.admission.is_empty() && self.upkeep.to_sweep.is_empty() && !fast_due {
             return Turn::Progress;
         }
-        let writes_unhurried = self.pending.writes.iter().all(Write::unhurried)
-            && self.pending.since.is_none_or(|since| since.elapsed() < UNHURRIED_LINGER);
-        // An expiry sweep is never urgent: it rides along with the unhurried commit
-        // (within `UNHURRIED_LINGER`) instead of forcing one at every offline probe.
-        if writes_unhurried
+        // Results that may wait (a probe's, a far endpoint's) wait with unhurried ingest,
+        // and an expiry sweep is never urgent: all ride along with the unhurried commit
+        // (within `UNHURRIED_LINGER`) instead of forcing one each.
+        if self.writes_may_linger()
             && !fast_due
             && self.admission.unhurried_until(UNHURRIED_LINGER, UNHURRIED_BATCH).is_some_and(|t| Instant::now() < t)
         {
@@ -324,6 +324,17 @@ impl Writer {
         self.commit_pending(take)
     }
 
+    /// Whether the pending writes (if any) may still wait for a commit to share.
+    fn writes_may_linger(&self) -> bool {
+        if self.pending.writes.is_empty() {
+            return true;
+        }
+        let weight: usize = self.pending.writes.iter().map(Write::weight).sum();
+        self.pending.writes.iter().all(Write::may_wait)
+            && self.pending.until().is_some_and(|until| Instant::now() < until)
+            && weight < RECORD_HOLD_MAX
+    }
+
     /// Results nobody waits on are held for a shared commit while nothing urgent, no
     /// ingest ready (`take` is what admission lets in now), and the hold neither old nor
     /// large.
@@ -331,13 +342,7 @@ impl Writer {
         if self.pending.writes.is_empty() {
             return false;
         }
-        let Some(until) = self.pending.until() else { return false };
-        let weight: usize = self.pending.writes.iter().map(Write::weight).sum();
-        self.pending.writes.iter().all(Write::may_wait)
-            && Instant::now() < until
-            && weight < RECORD_HOLD_MAX
-            && take == 0
-            && !self.fast.due(Instant::now())
+        self.writes_may_linger() && take == 0 && !self.fast.due(Instant::now())
     }
 
     /// Commits the pending writes and the first `take` held messages; tries again

@@ -27,7 +27,7 @@ pub use network::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const SECRET: &str = "whsec_dGVzdHMtb25seS1zaWduaW5nLWtleS0wMDE=";
 
 /// A port nothing listens on now, and one this test process has not handed out before:
 /// the kernel may offer a just-released port again, and two parallel tests holding the

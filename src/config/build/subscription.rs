@@ -247,9 +247,13 @@ fn subscription_secrets(
         }
     }
     let mut keys = Vec::new();
+    let enabled = s.enabled.unwrap_or(true);
     for (key, sec) in &secrets {
         if issues.redacted(p.key(key), sec) {
             continue;
+        }
+        if enabled && sec.expose() == super::super::secret::EXAMPLE {
+            issues.refused_by_run(p.key(key), super::super::secret::EXAMPLE_REFUSED);
         }
         match crate::sign::signing_key(signature, sec.expose()) {
             Ok(k) => keys.push(k),

@@ -52,6 +52,18 @@ impl Lane {
             || self.endpoint.held_until(Instant::now()).is_some()
     }
 
+    /// A parallel lane whose slots are all taken and as many more wait in memory: a new
+    /// event would wait for a slot anyway, and the durable path carries a flood at half
+    /// the CPU (one commit for many, no fast log line each: docs/performance.md).
+    pub fn fast_saturated(&self) -> bool {
+        !self.is_fifo() && self.fast_queue.len() >= self.limit() && self.fast_in_flight >= self.limit()
+    }
+
+    /// Fast-path deliveries wait in memory: queued for a slot, or in flight.
+    pub fn has_fast_work(&self) -> bool {
+        !self.fast_queue.is_empty() || self.fast_in_flight > 0
+    }
+
     /// Fast-path deliveries wait in its queue for a slot.
     pub fn has_fast_queued(&self) -> bool {
         !self.fast_queue.is_empty()

@@ -49,8 +49,10 @@ enum State {
 
 /// Unhurried messages held before a pause in their arrival ends the linger…
 const QUIET_AFTER: usize = 4;
-/// …and the shortest pause that does.
-const QUIET_MIN: Duration = Duration::from_millis(20);
+/// …and the shortest pause that does (the dispatcher hurries them when it knows the
+/// window is full; this catches a broker whose window is smaller than configured, without
+/// taking a burst's end for it).
+const QUIET_MIN: Duration = Duration::from_millis(100);
 
 /// One held message.
 struct Held {
@@ -59,8 +61,9 @@ struct Held {
     inbound: Box<Inbound>,
     bytes: usize,
     then: Option<Box<Persisting>>,
-    /// Its commit may wait to share an fsync (none of its endpoints is reachable).
-    unhurried: bool,
+    /// How long its commit may wait to share an fsync: none of its endpoints is reachable,
+    /// or each has a queue it joins (zero: someone waits on it).
+    linger: Duration,
     at: Instant,
 }
 
@@ -85,22 +88,22 @@ impl Admission {
         Admission { held: VecDeque::new(), state: State::Open, tight_until: None }
     }
 
-    pub fn hold(&mut self, seq: u64, inbound: Box<Inbound>, unhurried: bool) {
+    pub fn hold(&mut self, seq: u64, inbound: Box<Inbound>, linger: Duration) {
         let bytes = weight(&inbound);
-        self.held.push_back(Held { seq, inbound, bytes, then: None, unhurried, at: Instant::now() });
+        self.held.push_back(Held { seq, inbound, bytes, then: None, linger, at: Instant::now() });
     }
 
     /// Until when the next commit may wait for more messages: only while everything held
-    /// is unhurried, fewer than `max` are held, and the oldest is younger than `linger`.
-    /// With a few held, it also ends once none has come for four times their mean gap:
-    /// the broker's in-flight window is full, and it sends no more until these are acked
-    /// (mosquitto's default window is 20 messages; a robot image's should be larger).
-    pub fn unhurried_until(&self, linger: Duration, max: usize) -> Option<Instant> {
+    /// is unhurried, fewer than `max` are held, and none has waited its own linger (at most
+    /// `cap`). With a few held, it also ends once none has come for four times their mean
+    /// gap: the broker's in-flight window is full, and it sends no more until these are
+    /// acked (mosquitto's default window is 20 messages; a robot image's should be larger).
+    pub fn unhurried_until(&self, cap: Duration, max: usize) -> Option<Instant> {
         let (oldest, newest) = (self.held.front()?, self.held.back()?);
-        if self.held.len() >= max || !self.held.iter().all(|h| h.unhurried) {
+        if self.held.len() >= max || self.held.iter().any(|h| h.linger.is_zero()) {
             return None;
         }
-        let until = oldest.at + linger;
+        let until = self.held.iter().map(|h| h.at + h.linger.min(cap)).min()?;
         if self.held.len() < QUIET_AFTER {
             return Some(until);
         }
@@ -108,10 +111,22 @@ impl Admission {
         Some(until.min(newest.at + (mean_gap * 4).max(QUIET_MIN)))
     }
 
+    /// Everything held is committed at the next turn: a message behind it waits.
+    pub fn hurry(&mut self) {
+        self.held.iter_mut().for_each(|h| h.linger = Duration::ZERO);
+    }
+
     /// Holds an event of the fast path to be stored; its reply is answered at commit.
     pub fn hold_persist(&mut self, inbound: Box<Inbound>, then: Box<Persisting>) {
         let bytes = weight(&inbound);
-        self.held.push_back(Held { seq: 0, inbound, bytes, then: Some(then), unhurried: false, at: Instant::now() });
+        self.held.push_back(Held {
+            seq: 0,
+            inbound,
+            bytes,
+            then: Some(then),
+            linger: Duration::ZERO,
+            at: Instant::now(),
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -239,7 +254,7 @@ mod tests {
 
     fn with(n: u64, bytes: usize) -> Admission {
         let mut a = Admission::new();
-        (1..=n).for_each(|seq| a.hold(seq, message(bytes), false));
+        (1..=n).for_each(|seq| a.hold(seq, message(bytes), Duration::ZERO));
         a
     }
 
@@ -295,15 +310,15 @@ mod tests {
         let mut a = Admission::new();
         let linger = Duration::from_secs(1);
         assert_eq!(a.unhurried_until(linger, 3), None, "nothing held");
-        a.hold(1, message(1), true);
+        a.hold(1, message(1), linger);
         let until = a.unhurried_until(linger, 3).expect("one unhurried message waits");
         assert!(until > Instant::now());
-        a.hold(2, message(1), true);
-        a.hold(3, message(1), true);
+        a.hold(2, message(1), linger);
+        a.hold(3, message(1), linger);
         assert_eq!(a.unhurried_until(linger, 3), None, "a full batch goes");
         let mut b = Admission::new();
-        b.hold(1, message(1), true);
-        b.hold(2, message(1), false);
+        b.hold(1, message(1), linger);
+        b.hold(2, message(1), Duration::ZERO);
         assert_eq!(b.unhurried_until(linger, 3), None, "someone waits on the second");
     }
 
@@ -312,7 +327,7 @@ mod tests {
         let mut a = Admission::new();
         let linger = Duration::from_secs(1);
         for n in 0..QUIET_AFTER as u64 {
-            a.hold(n, message(1), true);
+            a.hold(n, message(1), linger);
             std::thread::sleep(Duration::from_millis(1));
         }
         let until = a.unhurried_until(linger, 512).expect("they may wait");

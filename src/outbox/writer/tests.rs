@@ -42,7 +42,7 @@ fn ingest(seq: u64) -> Command {
         vec![NewDelivery { id: crate::event::new_id(), subscription: "s".into(), expires_ms: i64::MAX }],
     );
     event.priority = Priority::Normal;
-    Command::Ingest { seq, inbound: Box::new(Inbound::Event(event)), unhurried: false }
+    Command::Ingest { seq, inbound: Box::new(Inbound::Event(event)), linger: Duration::ZERO }
 }
 
 fn due(writer: &mut Writer) -> Vec<Due> {
