@@ -31,10 +31,41 @@ pub struct TopicType {
     /// A timestamp precedes each message.
     pub stamped: bool,
     pub defs: Definitions,
+    /// What it holds in memory, about (see [`weight`]).
+    pub bytes: usize,
+}
+
+/// What a parsed type holds in memory, about: its names and one field record each.
+pub fn weight(defs: &Definitions) -> usize {
+    const PER_ENTRY: usize = 64;
+    let field = std::mem::size_of::<msgdef::Field>() + PER_ENTRY;
+    defs.msgs
+        .iter()
+        .map(|(name, fields)| {
+            let named: usize = fields
+                .iter()
+                .map(|f| {
+                    f.name.len()
+                        + match &f.elem {
+                            Elem::Msg(ty) => ty.len(),
+                            Elem::Prim(_) => 0,
+                        }
+                })
+                .sum();
+            PER_ENTRY + name.len() + fields.len() * field + named
+        })
+        .sum()
 }
 
 /// The most refused announcements remembered (their topics come off the wire).
 const REFUSED_MAX: usize = 1024;
+/// The most type topics whose types are kept. Retained announcements come back at every
+/// start, so what they may hold must be bounded in all, not only per type.
+pub const TOPICS_MAX: usize = 1024;
+/// What all kept types may hold, as [`weight`] counts it: a robot's few hundred topics of
+/// ordinary types take well under 1 MiB; 300 announcements of 20 000 fields each once
+/// took the agent to 570 MiB, over the unit's `MemoryMax`, at every start.
+pub const TYPES_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// The types learnt so far, by data topic, and the announcements that could not be used.
 #[derive(Clone, Debug, Default)]
@@ -99,10 +130,25 @@ impl RosTypes {
         }
         .map_err(|e| format!("{} cannot be used: {e}", printable_name(&announced.name)))?;
         let name = announced.name.clone();
-        let ty = TopicType { name: announced.name, stamped: announced.stamped, defs };
-        if let Ok(mut k) = self.known.write() {
-            k.insert(topic.clone(), Arc::new(ty));
+        let bytes = weight(&defs);
+        let ty = TopicType { name: announced.name, stamped: announced.stamped, defs, bytes };
+        let mut known = self.known.write().map_err(|_| "the type table is unusable".to_string())?;
+        let others = known.iter().filter(|(t, _)| **t != topic);
+        let (count, held) = others.fold((0, 0), |(n, b), (_, t)| (n + 1, b + t.bytes));
+        if count >= TOPICS_MAX {
+            known.remove(&topic);
+            return Err(format!("the types of {TOPICS_MAX} other topics are kept, the most the agent keeps"));
         }
+        if held + bytes > TYPES_BYTES_MAX {
+            known.remove(&topic);
+            return Err(format!(
+                "{} would take the ROS types kept to {} KiB, over their {} KiB",
+                printable_name(&name),
+                (held + bytes) / 1024,
+                TYPES_BYTES_MAX / 1024
+            ));
+        }
+        known.insert(topic.clone(), Arc::new(ty));
         Ok(Some((topic, name)))
     }
 
@@ -244,6 +290,35 @@ mod tests {
         let msg = [&[1, 0, 0, 0, 2, 0, 0, 0][..], &ros1_string("docking")].concat();
         assert_eq!(types.decode("robot/say", &msg).unwrap(), serde_json::json!({"data": "docking"}));
         assert!(types.decode("robot/other", &msg).unwrap_err().contains("mqtt_client/ros_msg_type/robot/other"));
+    }
+
+    /// Retained announcements come back at every start: what they hold is bounded in all,
+    /// and a topic past the bound has its messages quarantined with the reason.
+    #[test]
+    fn announcements_past_the_types_budget_are_refused() {
+        let types = RosTypes::default();
+        let fields: String = (0..20_000).map(|i| format!("int32 field_number_{i}\n")).collect();
+        let mut refused = 0;
+        for n in 0..40 {
+            let ann = ros1_announcement(&format!("big_msgs/Big{n}"), &fields, false);
+            match types.learn(&format!("mqtt_client/ros_msg_type/robot/big{n}"), &ann) {
+                Ok(_) => assert_eq!(refused, 0, "once over the budget, every bigger one is refused"),
+                Err(e) => {
+                    assert!(e.contains("over their 16384 KiB"), "{e}");
+                    refused += 1;
+                }
+            }
+        }
+        let held: usize = types.known.read().unwrap().values().map(|t| t.bytes).sum();
+        assert!(refused > 0 && held <= TYPES_BYTES_MAX, "refused {refused}, held {held}");
+        let err = types.decode("robot/big39", &[0; 4]).unwrap_err();
+        assert!(err.contains("is refused") && err.contains("over their"), "{err}");
+        // An ordinary type still fits, and an announcement again for a kept topic replaces
+        // its own weight instead of adding to it.
+        let small = ros1_announcement("std_msgs/String", "string data\n", false);
+        assert!(types.learn("mqtt_client/ros_msg_type/robot/say", &small).unwrap().is_some());
+        let again = ros1_announcement("big_msgs/Big0b", &fields, false);
+        assert!(types.learn("mqtt_client/ros_msg_type/robot/big0", &again).unwrap().is_some());
     }
 
     fn ros2_announcement(name: &str) -> Vec<u8> {
