@@ -404,10 +404,11 @@ impl Dispatcher {
             .chain(fast_ids.iter().map(|(lane, ..)| lane))
             .any(|lane| self.lanes.get(*lane).is_some_and(Lane::is_fifo))
             || hurry;
-        // Results nobody waits on may wait seconds for a commit to share (while few are
-        // held): at a robot's rates, or behind a far endpoint, each would otherwise get a
-        // commit of its own (docs/decisions.md, "Holding the ack").
-        let lazy = !urgent;
+        // A far endpoint's results nobody waits on may wait seconds for a commit to share
+        // (while few are held): spaced by its answer time, each would otherwise get a
+        // commit of its own (docs/decisions.md, "Holding the ack"). A near one's come
+        // close enough together to share one within the writer's few milliseconds.
+        let lazy = !urgent && seqs.iter().all(|(lane, ..)| self.lanes.get(*lane).is_some_and(Lane::far));
         let records: Vec<AttemptRecord> =
             durable.into_iter().map(|(.., r)| r).chain(fast.into_iter().map(|(_, r)| r)).collect();
         let outbox = self.outbox.clone();

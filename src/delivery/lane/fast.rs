@@ -9,6 +9,12 @@ use super::super::fast::FastRef;
 use super::super::outcome::Verdict;
 use super::Lane;
 
+/// Events waiting in memory for a slot that make a flood: a burst a bridge sends at once
+/// (tens) stays in memory; beyond this, storing costs less than the fast log's line each.
+const FLOOD_QUEUE: usize = 256;
+/// An answer time that says the endpoint is not on the robot's LAN.
+const FAR_ANSWER: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Lane {
     /// Fast attempts finished whose results are not yet committed (their job was stored).
     pub(super) fn fast_recording(&self) -> usize {
@@ -39,6 +45,12 @@ impl Lane {
         self.endpoint.usual_answer()
     }
 
+    /// Its endpoint usually answers in [`FAR_ANSWER`] or more: over WiFi or LTE, or a
+    /// server that falls behind.
+    pub fn far(&self) -> bool {
+        self.usual_answer().is_some_and(|u| u >= FAR_ANSWER)
+    }
+
     /// Stored deliveries of this lane are being worked (in flight, fetched ahead, or a
     /// fast job being stored): a new event joins a queue and waits its turn anyway, so
     /// its commit may wait for company (docs/decisions.md, "Unhurried ingest").
@@ -56,7 +68,7 @@ impl Lane {
     /// event would wait for a slot anyway, and the durable path carries a flood at half
     /// the CPU (one commit for many, no fast log line each: docs/performance.md).
     pub fn fast_saturated(&self) -> bool {
-        !self.is_fifo() && self.fast_queue.len() >= self.limit() && self.fast_in_flight >= self.limit()
+        !self.is_fifo() && self.fast_queue.len() >= FLOOD_QUEUE.max(self.limit()) && self.fast_in_flight >= self.limit()
     }
 
     /// Fast-path deliveries wait in memory: queued for a slot, or in flight.
