@@ -75,11 +75,18 @@ dpkg --force-confold -i "$second" >/dev/null
 grep -q "edited on the robot" /etc/fleethook/fleethook.toml || fail "the upgrade lost the conffile's local edit"
 [ -f /var/lib/fleethook/outbox.db ] || fail "the upgrade removed the outbox"
 
+# Enabled as an image build does it: no systemd running, so only the link is made.
+wants=/etc/systemd/system/multi-user.target.wants/fleethook.service
+systemctl enable fleethook.service >/dev/null 2>&1 || ln -sf /lib/systemd/system/fleethook.service "$wants"
+[ -L "$wants" ] || fail "systemctl enable made no link"
+
 dpkg --remove fleethook >/dev/null
 [ -f /var/lib/fleethook/outbox.db ] || fail "remove (not purge) removed the outbox"
 [ -f /etc/fleethook/fleethook.toml ] || fail "remove (not purge) removed the config"
 dpkg --purge fleethook >/dev/null
 [ ! -e /var/lib/fleethook ] || fail "purge left /var/lib/fleethook"
 [ ! -e /etc/fleethook/fleethook.toml ] || fail "purge left the config"
+[ ! -L "$wants" ] || fail "purge left the enable link $wants (pointing nowhere)"
+[ ! -L /etc/systemd/system/fleethook.service ] || fail "purge left the unit masked"
 getent passwd fleethook >/dev/null || fail "purge removed the user (Debian keeps system users)"
 echo "ci-packages: install, upgrade (conffile edit and outbox kept), remove and purge behave"
