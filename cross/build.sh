@@ -25,9 +25,12 @@ trap 'rm -rf "$WRAPDIR"' EXIT
 case "$TARGET" in
 x86_64-unknown-linux-gnu)
     # The build machine's own architecture, built like the cross targets (no demo
-    # broker, its own target directory) for the amd64 package.
+    # broker, its own target directory) for the amd64 package. No linker or CC set: for
+    # the host's own triple they would also apply to build scripts and proc macros, which
+    # every build shares, and `cargo run --release` and this build would rebuild every
+    # crate in turn ("the config settings changed").
     need gcc
-    CC=cc; LINKER=cc ;;
+    CC=""; LINKER="" ;;
 aarch64-unknown-linux-gnu)
     need gcc-aarch64-linux-gnu; need libc6-dev-arm64-cross
     CC=aarch64-linux-gnu-gcc; LINKER=aarch64-linux-gnu-gcc ;;
@@ -65,8 +68,10 @@ rustup target add "$TARGET" >/dev/null
 
 UPPER=$(echo "$TARGET" | tr 'a-z-' 'A-Z_')
 LOWER=$(echo "$TARGET" | tr '-' '_')
-export "CARGO_TARGET_${UPPER}_LINKER=$LINKER"
-export "CC_${LOWER}=$CC"
+if [ -n "$LINKER" ]; then
+    export "CARGO_TARGET_${UPPER}_LINKER=$LINKER"
+    export "CC_${LOWER}=$CC"
+fi
 
 START=$(date +%s)
 cargo build --release --locked --target "$TARGET" --no-default-features ${FEATURES:+--features "$FEATURES"}
