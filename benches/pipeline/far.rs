@@ -90,10 +90,13 @@ pub async fn run(opts: &Opts, record: &mut impl FnMut(&str, f64, &str, Option<f6
         10 => opts.n(15, 60),
         _ => opts.n(5, 20),
     };
-    // FLEETHOOK_BENCH_FAR_ROW=150@200 measures that one row and stops (a quick look).
-    let only: Option<(u64, u64)> = std::env::var("FLEETHOOK_BENCH_FAR_ROW")
-        .ok()
-        .and_then(|v| v.split_once('@').and_then(|(r, n)| Some((r.parse().ok()?, n.parse().ok()?))));
+    // FLEETHOOK_BENCH_FAR_ROW=150@200 measures that one row and stops (a quick look);
+    // `roam`, `180` or `5s` one of the rows after them.
+    let row = std::env::var("FLEETHOOK_BENCH_FAR_ROW").ok();
+    let only: Option<(u64, u64)> =
+        row.as_deref().and_then(|v| v.split_once('@').and_then(|(r, n)| Some((r.parse().ok()?, n.parse().ok()?))));
+    let named = |name: &str| row.as_deref().is_none_or(|r| r == name);
+    let only = only.or(row.as_ref().map(|_| (u64::MAX, u64::MAX)));
     for rtt_ms in [0u64, 150, 400] {
         let far = Far { rtt: Duration::from_millis(rtt_ms), pace: None, roam: None };
         let label = if rtt_ms == 0 { "loopback".to_string() } else { format!("{rtt_ms} ms away") };
@@ -110,9 +113,6 @@ pub async fn run(opts: &Opts, record: &mut impl FnMut(&str, f64, &str, Option<f6
             }
         }
     }
-    if only.is_some() {
-        return;
-    }
     // A roam: 10 events/s, 150 ms away, and every 20 s nothing flows for 5 s.
     let roam = Far {
         rtt: Duration::from_millis(150),
@@ -120,21 +120,27 @@ pub async fn run(opts: &Opts, record: &mut impl FnMut(&str, f64, &str, Option<f6
         roam: Some((Duration::from_secs(5), Duration::from_secs(20))),
     };
     let roam_secs = opts.n(60, 120);
-    let w = window(broker.port, "far-roam", roam, 10, roam_secs).await;
-    let n = 10 * roam_secs;
-    record("far: roam (150 ms, 5 s stall every 20 s) delivered", w.delivered as f64 / n as f64 * 100.0, "%", None);
-    record("far: roam duplicates", w.duplicates as f64, "events", None);
-    record("far: roam flash per delivered event", w.flash_per_event, "bytes", None);
-    record("far: roam latency p50", w.p50_ms, "ms", None);
-    record("far: roam latency p99", w.p99_ms, "ms", None);
+    if named("roam") {
+        let w = window(broker.port, "far-roam", roam, 10, roam_secs).await;
+        let n = 10 * roam_secs;
+        record("far: roam (150 ms, 5 s stall every 20 s) delivered", w.delivered as f64 / n as f64 * 100.0, "%", None);
+        record("far: roam duplicates", w.duplicates as f64, "events", None);
+        record("far: roam flash per delivered event", w.flash_per_event, "bytes", None);
+        record("far: roam latency p50", w.p50_ms, "ms", None);
+        record("far: roam latency p99", w.p99_ms, "ms", None);
+    }
     // An endpoint that falls behind on loopback: one request at a time, 180 a second, fed
     // 200 events/s.
     let slow_server = Far { rtt: Duration::ZERO, pace: Some(Duration::from_micros(5_555)), roam: None };
-    let w = window(broker.port, "far-180", slow_server, 200, opts.n(10, 30)).await;
-    record("far: flash per event, 200/s into a 180 req/s endpoint", w.flash_per_event, "bytes", None);
-    record("far: delivered rate, 200/s into a 180 req/s endpoint", w.events_per_s, "events/s", None);
+    if named("180") {
+        let w = window(broker.port, "far-180", slow_server, 200, opts.n(10, 30)).await;
+        record("far: flash per event, 200/s into a 180 req/s endpoint", w.flash_per_event, "bytes", None);
+        record("far: delivered rate, 200/s into a 180 req/s endpoint", w.events_per_s, "events/s", None);
+    }
     // An endpoint that answers in 5 s: every event is stored before its ack.
     let five = Far { rtt: Duration::from_secs(5), pace: None, roam: None };
-    let w = window(broker.port, "far-5s", five, 1, opts.n(30, 60)).await;
-    record("far: flash per stored event, 5 s endpoint @1/s", w.flash_per_event, "bytes", None);
+    if named("5s") {
+        let w = window(broker.port, "far-5s", five, 1, opts.n(30, 60)).await;
+        record("far: flash per stored event, 5 s endpoint @1/s", w.flash_per_event, "bytes", None);
+    }
 }

@@ -111,12 +111,13 @@ impl Dispatcher {
         // and an event that joins a queue being worked waits its turn anyway: about an
         // answer's time (docs/decisions.md, "Unhurried ingest").
         let mut linger = None;
+        let now = Instant::now();
         if let Inbound::Event(e) = &inbound {
             for d in &e.deliveries {
                 let Some(&lane) = self.by_name.get(&d.subscription) else { continue };
                 self.lanes[lane].forwarded(seq);
                 let lane = &self.lanes[lane];
-                let may_wait = if lane.unreachable() {
+                let may_wait = if lane.unreachable() || lane.stalled(now) {
                     Duration::MAX
                 } else if lane.behind() {
                     lane.usual_answer().unwrap_or(QUEUE_LINGER)

@@ -12,9 +12,9 @@
 //!
 //! The lane also sends the fast path's deliveries (events not stored, see `fast`). It
 //! takes them only when it is [`Lane::fast_ready`]: online, unthrottled, and with nothing
-//! of its own stored queue in sight — no row in flight or fetched, no message handed to
-//! the outbox that a fetch has not yet seen committed, no fast job being stored; on a
-//! FIFO lane, no head waiting for its retry either. Their rows may appear in a fetch
+//! of its own stored queue in sight — no row fetched (on a FIFO lane, none in flight
+//! either), no message handed to the outbox that a fetch has not yet seen committed, no
+//! fast job being stored; on a FIFO lane, no head waiting for its retry either. Their rows may appear in a fetch
 //! (a job stored after its deadline while its attempt is still out): `fast_ids` makes the
 //! fetch skip them.
 
@@ -65,6 +65,9 @@ pub struct Lane {
     due_at: Option<Instant>,
     last_status: Option<u16>,
     last_error: Option<String>,
+    /// When an attempt last finished: with requests out and none finishing for a while,
+    /// the endpoint has stalled (a roam), though nothing says it is offline yet.
+    answered_at: Option<Instant>,
     /// Fast-path deliveries waiting for a slot, oldest first.
     fast_queue: VecDeque<FastRef>,
     fast_in_flight: usize,
@@ -148,6 +151,7 @@ impl Lane {
             due_at: None,
             last_status: None,
             last_error: None,
+            answered_at: None,
             fast_queue: VecDeque::new(),
             fast_in_flight: 0,
             fast_ids: HashSet::new(),
@@ -408,6 +412,7 @@ impl Lane {
         now: Instant,
     ) {
         let before = self.endpoint.state;
+        self.answered_at = Some(now);
         self.endpoint.observe(verdict, status, probe, took, self.limit(), now, fastrand::f64());
         if self.endpoint.held_until(now).is_some() {
             self.reread_after_hold = true;

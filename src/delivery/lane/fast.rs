@@ -12,6 +12,8 @@ use super::Lane;
 /// Events waiting in memory for a slot that make a flood: a burst a bridge sends at once
 /// (tens) stays in memory; beyond this, storing costs less than the fast log's line each.
 const FLOOD_QUEUE: usize = 256;
+/// The shortest silence with requests out that counts as a stall.
+const STALL_MIN: std::time::Duration = std::time::Duration::from_secs(1);
 /// An answer time that says the endpoint is not on the robot's LAN.
 const FAR_ANSWER: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -23,10 +25,13 @@ impl Lane {
 
     /// Whether a new event may go to this lane from memory (see the module doc).
     pub fn fast_ready(&self) -> bool {
+        // Stored rows already out hold nothing back on a parallel lane (what is in flight
+        // went before anything new anyway): a far endpoint fed a steady few events a
+        // second always has one out, and would never come back to memory.
         let quiet = self.exhausted
             && !self.fetching
             && self.prefetched.is_empty()
-            && self.in_flight.is_empty()
+            && (self.in_flight.is_empty() || !self.is_fifo())
             && self.persisting == 0
             && self.seen >= self.forwarded;
         let fifo_clear =
@@ -49,6 +54,15 @@ impl Lane {
     /// server that falls behind.
     pub fn far(&self) -> bool {
         self.usual_answer().is_some_and(|u| u >= FAR_ANSWER)
+    }
+
+    /// Requests are out and none has finished for twice the usual answer time (at least
+    /// [`STALL_MIN`]): a roam or a stalled link. What joins its queue now waits as for an
+    /// unreachable endpoint.
+    pub fn stalled(&self, now: Instant) -> bool {
+        let out = !self.in_flight.is_empty() || self.fast_in_flight > 0;
+        let patience = self.usual_answer().map_or(STALL_MIN, |u| (u * 2).max(STALL_MIN));
+        out && self.answered_at.is_some_and(|at| now.saturating_duration_since(at) > patience)
     }
 
     /// Stored deliveries of this lane are being worked (in flight, fetched ahead, or a

@@ -323,6 +323,17 @@ mod tests {
     }
 
     #[test]
+    fn each_message_waits_its_own_linger_and_a_hurry_ends_every_wait() {
+        let mut a = Admission::new();
+        a.hold(1, message(1), Duration::from_secs(3));
+        a.hold(2, message(1), Duration::from_millis(150));
+        let until = a.unhurried_until(Duration::from_secs(3), 512).expect("both may wait");
+        assert!(until <= Instant::now() + Duration::from_millis(150), "the shortest linger ends the wait");
+        a.hurry();
+        assert_eq!(a.unhurried_until(Duration::from_secs(3), 512), None, "a message behind them waits for their acks");
+    }
+
+    #[test]
     fn unhurried_messages_stop_waiting_when_the_broker_stops_sending() {
         let mut a = Admission::new();
         let linger = Duration::from_secs(1);
