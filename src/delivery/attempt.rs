@@ -64,8 +64,7 @@ impl Attempt {
         let verdict = self.verdict(&sent);
         self.metrics.observe(&self.sub.name, result_word(&verdict), sent.duration, sent.last_request_bytes());
         // Retry times are on the schedule clock, which wall-clock steps do not move.
-        let next = next_state(&self.sub, &self.due, &verdict, crate::clock::sched_ms());
-        let next = keep_place_when_held(next, &verdict, sent.status, &self.due);
+        let next = settle(&self.sub, &self.due, &verdict, sent.status, crate::clock::sched_ms());
         let attempt = self.due.attempts + 1;
         let audit = self.audit(&self.due, started_ms, &sent, &verdict, None);
         tracing::debug!(subscription = %self.sub.name, delivery_id = %self.due.delivery_id, attempt,
@@ -315,6 +314,12 @@ pub fn refused_for_our_clock(
     }
 }
 
+/// What an attempt's answer makes of its delivery row: the rule table's consequence,
+/// with a held delivery keeping its place (see [`keep_place_when_held`]).
+pub fn settle(sub: &Subscription, due: &Due, verdict: &Verdict, status: Option<u16>, now_ms: i64) -> NextState {
+    keep_place_when_held(next_state(sub, due, verdict, now_ms), verdict, status, due)
+}
+
 /// A 429 or 503 with `Retry-After` holds the whole subscription (see `endpoint`), so the
 /// delivery need not be scheduled past the hold: it keeps the time it first became due.
 /// When the hold ends, what was held goes first, in event order, before anything that
@@ -334,8 +339,9 @@ pub fn next_state(sub: &Subscription, due: &Due, verdict: &Verdict, now_ms: i64)
     match verdict {
         Verdict::Delivered => NextState::Terminal(Terminal::Delivered),
         Verdict::Failed { .. } => NextState::Terminal(Terminal::Failed),
-        // Unreachable: stays due; the endpoint's probe decides when it is tried again.
-        Verdict::Offline { .. } => NextState::Retry { at_ms: now_ms, charge: false },
+        // Unreachable: stays due, in its place in the queue (offline is not failure); the
+        // endpoint's probe decides when it is tried again.
+        Verdict::Offline { .. } => NextState::Retry { at_ms: due.next_attempt_ms.min(now_ms), charge: false },
         Verdict::Retry { after, .. } => {
             let used = due.budget_used + 1;
             match schedule::retry_delay(&sub.retry, used, fastrand::f64()) {

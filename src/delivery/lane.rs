@@ -100,8 +100,10 @@ pub struct Lane {
     lowest: i64,
     /// It has sent its daily budget.
     over_budget: bool,
-    /// A `Retry-After` held the subscription: when the hold ends, what was fetched ahead
-    /// is read again, so that the held deliveries (which kept their place) go first.
+    /// A `Retry-After` held the subscription, or a delivery was put back for a retry:
+    /// what was fetched ahead is read again before more starts, so that what kept its
+    /// place in the queue (a held delivery, one the endpoint could not be reached for)
+    /// goes before newer rows.
     reread_after_hold: bool,
 }
 
@@ -461,12 +463,21 @@ impl Lane {
         }
         if retry {
             self.poke();
+            // It may be due again at once (a hold that kept its place, an unreachable
+            // endpoint), ahead of what was fetched after it: read the queue again in its
+            // order rather than serve newer rows first.
+            self.reread_after_hold |= !self.is_fifo();
         }
         self.dirty = true;
     }
 
     /// Takes a fetch's answer: keeps what is due and not already known here.
     pub fn fetched(&mut self, batch: DueBatch, asked: usize) {
+        self.fetched_at(batch, asked, Instant::now(), crate::clock::sched_ms());
+    }
+
+    /// [`Lane::fetched`] at `now`, `now_ms` on the schedule clock (a model test's clock).
+    pub fn fetched_at(&mut self, batch: DueBatch, asked: usize, now: Instant, now_ms: i64) {
         self.exhausted = batch.rows.len() < asked && !self.poked;
         let queued: HashSet<i64> = self.prefetched.iter().map(|d| d.seq).collect();
         let before = self.prefetched.len();
@@ -491,8 +502,8 @@ impl Lane {
         }
         if let Some(ms) = batch.next_due_ms {
             // Rows are ours, but a row's time is still only a number: clamped to a day.
-            let wait = ms.saturating_sub(crate::clock::sched_ms()).clamp(0, 86_400_000) as u64;
-            self.due_at = Some(Instant::now() + Duration::from_millis(wait));
+            let wait = ms.saturating_sub(now_ms).clamp(0, 86_400_000) as u64;
+            self.due_at = Some(now + Duration::from_millis(wait));
         }
     }
 
@@ -542,5 +553,7 @@ mod batches;
 mod budget;
 mod clock;
 mod fast;
+#[cfg(test)]
+mod model;
 #[cfg(test)]
 mod tests;
