@@ -2,7 +2,7 @@
 //!
 //! Random runs of events (three priorities), endpoint answers (2xx, 5xx, a timeout, 429
 //! with `Retry-After`, connection refused, 400), commits of their results, pauses and
-//! resumes, and time passing, on FIFO and parallel lanes. The lane is driven through the
+//! resumes, and time passing, on FIFO, parallel and batched lanes. The lane is driven through the
 //! API the dispatcher uses, on a fake clock, against an in-memory outbox that answers a
 //! fetch as `Store::due_rows` does. A run takes microseconds, so the suite runs many.
 //!
@@ -10,7 +10,7 @@
 //! 1. **A free lane sends what is due.** With the endpoint online and not held, nothing
 //!    out and nothing waiting for its commit, no due delivery is left unsent after one
 //!    scheduling step (the lane asked for what it may start, its fetch answered, asked
-//!    again).
+//!    again); a batched lane, once it has waited its `max_wait` for a fuller batch.
 //! 2. **Nothing is passed over.** A delivery never waits, due and idle, while one that
 //!    became due after it (of its priority or a lower one) starts; on a FIFO lane, while
 //!    a later event starts. A delivery held by a `Retry-After` became due when it first
@@ -80,35 +80,57 @@ struct Row {
     pending: bool,
     /// When it first became due, unmoved by a `Retry-After` hold (invariant 2).
     due_since: i64,
+    /// When the lane could first know it due again: published, or its result committed.
+    ready_ms: i64,
 }
+
+/// The lane kinds a run is made on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Parallel,
+    Fifo,
+    /// `batch = { max_events = 5, max_wait = "2s" }`.
+    Batched,
+}
+
+const BATCH_WAIT_MS: i64 = 2_000;
 
 struct World {
     lane: Lane,
+    kind: Kind,
     fifo: bool,
     t0: Instant,
     /// The fake clock, in ms on the schedule clock.
     t: i64,
     rows: BTreeMap<i64, Row>,
     committed: u64,
-    /// Started and not yet answered: (seq, probe).
-    out: Vec<(i64, bool)>,
+    /// Requests started and not yet answered: (their deliveries, probe).
+    out: Vec<(Vec<i64>, bool)>,
     /// Answered, result not yet committed: (seq, next state, kept its place).
     recording: Vec<(i64, NextState, bool)>,
     paused: bool,
+    /// When an answer, a commit, a resume or a hold's end last changed what the lane may
+    /// send: a batched lane reads again then, and waits its max_wait anew.
+    changed_ms: i64,
+    held: bool,
 }
 
-fn subscription(fifo: bool) -> Subscription {
-    static SUBS: OnceLock<(Subscription, Subscription)> = OnceLock::new();
-    let (parallel, ordered) = SUBS.get_or_init(|| {
-        let sub = |ordering: &str| {
+fn subscription(kind: Kind) -> Subscription {
+    static SUBS: OnceLock<[Subscription; 3]> = OnceLock::new();
+    let subs = SUBS.get_or_init(|| {
+        let sub = |extra: &str| {
             let src = format!(
-                "[[subscription]]\nname = \"s\"\nurl = \"https://hooks.fleet.acme.io/h\"\nsignature = \"none\"\nmax_in_flight = 3\nordering = \"{ordering}\"\n"
+                "[[subscription]]\nname = \"s\"\nurl = \"https://hooks.fleet.acme.io/h\"\nsignature = \"none\"\nmax_in_flight = 3\n{extra}\n"
             );
             Config::parse(&src, std::path::Path::new("t.toml")).unwrap().subscriptions[0].clone()
         };
-        (sub("parallel"), sub("fifo"))
+        [
+            sub("ordering = \"parallel\""),
+            sub("ordering = \"fifo\""),
+            sub("batch = { max_events = 5, max_wait = \"2s\" }"),
+        ]
     });
-    if fifo { ordered.clone() } else { parallel.clone() }
+    subs[kind as usize].clone()
 }
 
 fn client() -> super::super::http::Client {
@@ -124,11 +146,12 @@ fn client() -> super::super::http::Client {
 }
 
 impl World {
-    fn new(fifo: bool) -> World {
-        let lane = Lane::new(subscription(fifo), client(), Endpoint::new(Duration::from_secs(60), None, true));
+    fn new(kind: Kind) -> World {
+        let lane = Lane::new(subscription(kind), client(), Endpoint::new(Duration::from_secs(60), None, true));
         World {
             lane,
-            fifo,
+            kind,
+            fifo: kind == Kind::Fifo,
             t0: Instant::now(),
             t: 1_000_000,
             rows: BTreeMap::new(),
@@ -136,6 +159,8 @@ impl World {
             out: Vec::new(),
             recording: Vec::new(),
             paused: false,
+            changed_ms: 1_000_000,
+            held: false,
         }
     }
 
@@ -199,11 +224,13 @@ impl World {
         for _ in 0..8 {
             let now = self.now();
             let Some(starts) = self.lane.next_starts(now, 32) else { return Ok(()) };
-            let started: Vec<i64> = starts.due.iter().map(|d| d.seq).collect();
+            let mut requests: Vec<Vec<i64>> = starts.due.iter().map(|d| vec![d.seq]).collect();
+            requests.extend(starts.batches.iter().map(|b| b.iter().map(|d| d.seq).collect()));
+            let started: Vec<i64> = requests.iter().flatten().copied().collect();
             for &seq in &started {
                 self.not_passed_over(seq, &started)?;
-                self.out.push((seq, starts.probe));
             }
+            self.out.extend(requests.into_iter().map(|r| (r, starts.probe)));
             let Some(fetch) = starts.fetch else {
                 if started.is_empty() {
                     return Ok(());
@@ -221,7 +248,7 @@ impl World {
         let s = &self.rows[&seq];
         let busy = |r: i64| {
             started.contains(&r)
-                || self.out.iter().any(|(o, _)| *o == r)
+                || self.out.iter().any(|(o, _)| o.contains(&r))
                 || self.recording.iter().any(|(o, ..)| *o == r)
         };
         for (&other, r) in self.rows.iter().filter(|(o, r)| r.pending && **o != seq && !busy(**o)) {
@@ -243,8 +270,13 @@ impl World {
     }
 
     /// Invariant 1, after a step.
-    fn free_lane_sends(&self) -> Result<(), TestCaseError> {
+    fn free_lane_sends(&mut self) -> Result<(), TestCaseError> {
         let now = self.now();
+        let held = self.lane.endpoint.held_until(now).is_some();
+        if self.held && !held {
+            self.changed_ms = self.t;
+        }
+        self.held = held;
         let free = self.lane.endpoint.state == State::Online
             && self.lane.endpoint.held_until(now).is_none()
             && self.out.is_empty()
@@ -254,10 +286,12 @@ impl World {
         }
         // A FIFO lane's queue waits behind its head until the head is due.
         let mut pending = self.rows.iter().filter(|(_, r)| r.pending);
+        // A batched one waits up to its max_wait for a fuller batch.
+        let waited = if self.kind == Kind::Batched { BATCH_WAIT_MS } else { 0 };
         let waiting = if self.fifo {
             pending.next().filter(|(_, r)| r.next_ms <= self.t)
         } else {
-            pending.find(|(_, r)| r.next_ms <= self.t)
+            pending.find(|(_, r)| r.next_ms.max(r.ready_ms).max(self.changed_ms) + waited <= self.t)
         };
         prop_assert!(
             waiting.is_none(),
@@ -281,6 +315,7 @@ impl World {
                         budget_used: 0,
                         pending: true,
                         due_since: self.t,
+                        ready_ms: self.t,
                     };
                     self.rows.insert(seq, row);
                     self.committed += 1;
@@ -291,7 +326,7 @@ impl World {
                 if self.out.is_empty() {
                     return Ok(());
                 }
-                let (seq, probe) = self.out.remove(pick % self.out.len());
+                let (seqs, probe) = self.out.remove(pick % self.out.len());
                 let (verdict, status) = match answer {
                     Answer::Ok => (Verdict::Delivered, Some(200)),
                     Answer::ServerError => (Verdict::Retry { after: None, reason: "HTTP 500".into() }, Some(500)),
@@ -303,12 +338,21 @@ impl World {
                     Answer::Refused => (Verdict::Offline { reason: "refused".into(), tls: false }, None),
                     Answer::BadRequest => (Verdict::Failed { reason: "HTTP 400".into(), gone: false }, Some(400)),
                 };
-                let next = settle(&self.lane.sub, &self.due(seq), &verdict, status, self.t);
+                // As a batch's attempt settles it: the member that spent the most retries
+                // decides for all, and the earliest keeps the place of a held batch.
+                let members: Vec<Due> = seqs.iter().map(|&s| self.due(s)).collect();
+                let most = members.iter().max_by_key(|d| d.budget_used).expect("a request has a delivery");
+                let first = members.iter().min_by_key(|d| d.next_attempt_ms).expect("a request has a delivery");
+                let mut key = most.clone();
+                key.next_attempt_ms = first.next_attempt_ms;
+                let next = settle(&self.lane.sub, &key, &verdict, status, self.t);
                 let kept = matches!(answer, Answer::RateLimited { .. } | Answer::Refused);
-                self.lane.finished(&[seq], &verdict, status, probe, Duration::from_millis(40), now);
-                self.recording.push((seq, next, kept));
+                self.lane.finished(&seqs, &verdict, status, probe, Duration::from_millis(40), now);
+                self.changed_ms = self.t;
+                self.recording.extend(seqs.iter().map(|&s| (s, next.clone(), kept)));
             }
             Op::Commit => {
+                self.changed_ms = self.t;
                 for (seq, next, kept) in std::mem::take(&mut self.recording) {
                     let r = self.rows.get_mut(&seq).expect("a recorded row exists");
                     r.attempts += 1;
@@ -320,6 +364,7 @@ impl World {
                         NextState::Retry { at_ms, charge } => {
                             r.budget_used += u32::from(charge);
                             r.next_ms = at_ms;
+                            r.ready_ms = self.t;
                             if !kept {
                                 r.due_since = at_ms;
                             }
@@ -336,6 +381,7 @@ impl World {
             }
             Op::Resume => {
                 if self.paused {
+                    self.changed_ms = self.t;
                     self.lane.resume();
                     self.paused = false;
                 }
@@ -345,8 +391,8 @@ impl World {
     }
 }
 
-fn run(fifo: bool, ops: &[Op]) -> Result<(), TestCaseError> {
-    let mut w = World::new(fifo);
+fn run(kind: Kind, ops: &[Op]) -> Result<(), TestCaseError> {
+    let mut w = World::new(kind);
     w.step()?;
     for op in ops {
         w.apply(op)?;
@@ -366,7 +412,56 @@ proptest! {
     })]
 
     #[test]
-    fn nothing_due_waits_forever(fifo in any::<bool>(), ops in proptest::collection::vec(op(), 1..60)) {
-        run(fifo, &ops)?;
+    fn nothing_due_waits_forever(
+        kind in prop_oneof![Just(Kind::Parallel), Just(Kind::Fifo), Just(Kind::Batched)],
+        ops in proptest::collection::vec(op(), 1..60),
+    ) {
+        run(kind, &ops)?;
     }
+}
+
+/// What the model found, kept as cases of their own (each failed before its fix).
+#[test]
+fn the_orderings_the_model_found() {
+    let ok = |pick| Op::Answer { pick, answer: Answer::Ok };
+    // A held delivery put back (keeping its place) waited behind a newer row fetched
+    // ahead of it: a delivery put back for a retry now has the queue read again.
+    let held = [
+        Op::Publish { priority: 0, n: 1 },
+        Op::Answer { pick: 0, answer: Answer::RateLimited { after_s: 1 } },
+        Op::Advance { ms: 1043 },
+        Op::Publish { priority: 0, n: 3 },
+        Op::Publish { priority: 2, n: 1 },
+        ok(0),
+        Op::Commit,
+        ok(0),
+    ];
+    run(Kind::Parallel, &held).unwrap();
+    // A delivery whose endpoint could not be reached lost its place to newer ones: it
+    // now keeps the time it became due.
+    let unreachable = [
+        Op::Publish { priority: 0, n: 5 },
+        Op::Answer { pick: 0, answer: Answer::TimedOut },
+        Op::Advance { ms: 7000 },
+        Op::Answer { pick: 1, answer: Answer::Refused },
+        ok(0),
+        ok(0),
+        Op::Commit,
+    ];
+    run(Kind::Parallel, &unreachable).unwrap();
+    // A batched lane did not read its queue again after a hold: the held batch's member
+    // waited behind newer rows.
+    let batched = [
+        Op::Publish { priority: 0, n: 1 },
+        Op::Publish { priority: 0, n: 1 },
+        Op::Publish { priority: 1, n: 1 },
+        Op::Pause,
+        Op::Answer { pick: 0, answer: Answer::RateLimited { after_s: 1 } },
+        Op::Advance { ms: 1 },
+        Op::Publish { priority: 0, n: 3 },
+        Op::Commit,
+        Op::Resume,
+        Op::Advance { ms: 2000 },
+    ];
+    run(Kind::Batched, &batched).unwrap();
 }
