@@ -478,7 +478,7 @@ impl Lane {
 
     /// [`Lane::fetched`] at `now`, `now_ms` on the schedule clock (a model test's clock).
     pub fn fetched_at(&mut self, batch: DueBatch, asked: usize, now: Instant, now_ms: i64) {
-        self.exhausted = batch.rows.len() < asked && !self.poked;
+        self.exhausted = batch.rows.len() < asked && !batch.more && !self.poked;
         let queued: HashSet<i64> = self.prefetched.iter().map(|d| d.seq).collect();
         let before = self.prefetched.len();
         if self.exhausted {

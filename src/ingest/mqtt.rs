@@ -31,9 +31,13 @@ const STABLE: Duration = Duration::from_secs(5);
 
 use super::session::HELD_MAX;
 
-/// A message's share of [`HELD_MAX`].
+/// Copies of a payload the agent may hold at once for a message taken but not yet acked:
+/// the payload, its decoded JSON (the event's data), and an envelope built to send it.
+const HELD_COPIES: usize = 3;
+
+/// A message's share of [`HELD_MAX`]: one, plus one per 4 KiB of what it holds.
 fn weight(payload_len: usize) -> u32 {
-    u32::try_from(1 + payload_len / 4096).unwrap_or(HELD_MAX).min(HELD_MAX)
+    u32::try_from(1 + payload_len.saturating_mul(HELD_COPIES) / 4096).unwrap_or(HELD_MAX).min(HELD_MAX)
 }
 
 /// A taken message's share of [`HELD_MAX`], given back once its ack is queued.
@@ -71,7 +75,10 @@ pub async fn run(
     // loop only takes finished events from it.
     let (events_tx, mut events) = mpsc::channel(256);
     let driver_stop = CancellationToken::new();
-    let driver = tokio::spawn(drive(eventloop, events_tx, driver_stop.clone()));
+    // What is held counts from the moment the driver reads a message, so the channel to
+    // this loop holds no more than the bound either.
+    let room = Arc::new(tokio::sync::Semaphore::new(HELD_MAX as usize));
+    let driver = tokio::spawn(drive(eventloop, events_tx, room, driver_stop.clone()));
     let generation = Arc::new(AtomicU64::new(0));
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let acker = tokio::spawn(ack_in_order(client.clone(), outbox.committed(), ack_rx, generation.clone()));
@@ -81,7 +88,6 @@ pub async fn run(
     let side = tokio::spawn(super::side::broker_stats(cfg.clone(), view.clone(), side_stop.clone()));
     let mut taker =
         Taker { seq: 0, intake, outbox, ack_tx, generation: generation.clone(), view: view.clone(), breaker };
-    let room = Arc::new(tokio::sync::Semaphore::new(HELD_MAX as usize));
     let mut waiting = Waiting::default();
     let mut tick = tokio::time::interval(crate::health::BEAT);
     let wedge = crate::health::Wedge::from_env("ingest");
@@ -103,6 +109,7 @@ pub async fn run(
                 None => break,
             },
         };
+        let (event, held) = event;
         match event {
             Ok(Incoming::ConnAck { session_present }) => {
                 generation.fetch_add(1, Ordering::SeqCst);
@@ -121,18 +128,11 @@ pub async fn run(
                 }
             }
             Ok(Incoming::Publish(publish)) => {
-                let held = match publish.needs_ack {
-                    true => match wait_for_room(&room, weight(publish.payload.len()), &beat, &shutdown).await {
-                        Some(held) => Some(held),
-                        None => break,
-                    },
-                    false => None,
-                };
                 if router.is_type_topic(&publish.topic) {
                     let inbound = taker.learn(&router, &publish);
                     let ok = match (publish.needs_ack, inbound) {
                         (true, inbound) => waiting.take_or_hold(&router, &mut taker, publish, held, Some(inbound)),
-                        (false, q @ Inbound::Quarantine(_)) => taker.take(&router, publish, None, Some(q)),
+                        (false, q @ Inbound::Quarantine(_)) => taker.take(&router, publish, held, Some(q)),
                         (false, _) => true,
                     };
                     if !ok || !waiting.release(&router, &mut taker, false) {
@@ -248,11 +248,11 @@ impl Taker {
             }
         };
         update(&self.view, |v| v.received += 1);
-        if publish.needs_ack {
-            let generation = self.generation.load(Ordering::SeqCst);
-            let receipt = publish.into_receipt();
-            let _ = self.ack_tx.send(Pending { seq, generation, receipt, when, _held: held });
-        }
+        // A QoS 0 message goes through the acker too, unacked: its share of the bound is
+        // given back when it is committed or delivered, not when it is taken.
+        let generation = self.generation.load(Ordering::SeqCst);
+        let receipt = publish.needs_ack.then(|| publish.into_receipt());
+        let _ = self.ack_tx.send(Pending { seq, generation, receipt, when, _held: held });
         true
     }
 }
@@ -308,26 +308,6 @@ impl Waiting {
     }
 }
 
-/// Waits for `weight` of [`HELD_MAX`] to be free, beating meanwhile (a full outbox or a
-/// slow disk holds ingest here, and that is not a hang). None at shutdown.
-async fn wait_for_room(
-    room: &Arc<tokio::sync::Semaphore>,
-    weight: u32,
-    beat: &Beat,
-    shutdown: &CancellationToken,
-) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let acquire = room.clone().acquire_many_owned(weight);
-    tokio::pin!(acquire);
-    let mut tick = tokio::time::interval(crate::health::BEAT);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            permit = &mut acquire => return permit.ok(),
-            _ = tick.tick() => beat.beat(),
-        }
-    }
-}
-
 /// A CONNACK: the view says connected. Says whether the route filters must be asked for
 /// again: a broker that kept our session keeps our subscriptions; one that did not (first
 /// start, or it lost its state) needs them again.
@@ -371,14 +351,14 @@ fn disconnected(cfg: &MqttConfig, view: &MqttView, e: &SessionError) {
 async fn say_goodbye(
     client: Client,
     acker: tokio::task::JoinHandle<()>,
-    mut events: mpsc::Receiver<Result<Incoming, SessionError>>,
+    mut events: mpsc::Receiver<(Result<Incoming, SessionError>, Held)>,
     driver_stop: CancellationToken,
     driver: tokio::task::JoinHandle<()>,
 ) {
     let _ = tokio::time::timeout(Duration::from_secs(2), acker).await;
     client.disconnect();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        while let Some(ev) = events.recv().await {
+        while let Some((ev, _)) = events.recv().await {
             if ev.is_err() {
                 break;
             }
@@ -393,7 +373,17 @@ async fn say_goodbye(
 /// reconnects) it waits: briefly after a session that lasted, 1 s doubling to
 /// [`BACKOFF_MAX`] (with jitter) while sessions end within [`STABLE`] of starting or
 /// connects fail, whatever the cause.
-async fn drive(mut eventloop: Driver, tx: mpsc::Sender<Result<Incoming, SessionError>>, stop: CancellationToken) {
+/// Each message takes its share of [`HELD_MAX`] here, before it is handed over: QoS 0
+/// too (nothing is acked, but what is taken is held until it is committed or delivered,
+/// and a flood must not hold more than a QoS 1 one). Waiting for room stops the polling,
+/// so TCP holds the broker back. A type announcement (QoS 0) takes none: messages waiting
+/// for their type must never keep it from being read.
+async fn drive(
+    mut eventloop: Driver,
+    tx: mpsc::Sender<(Result<Incoming, SessionError>, Held)>,
+    room: Arc<tokio::sync::Semaphore>,
+    stop: CancellationToken,
+) {
     let mut backoff = Duration::from_secs(1);
     let mut connected_at: Option<Instant> = None;
     loop {
@@ -405,7 +395,16 @@ async fn drive(mut eventloop: Driver, tx: mpsc::Sender<Result<Incoming, SessionE
         if matches!(ev, Ok(Incoming::ConnAck { .. })) {
             connected_at = Some(Instant::now());
         }
-        if tx.send(ev).await.is_err() {
+        let held = match &ev {
+            Ok(Incoming::Publish(p)) if p.needs_ack || !p.topic.starts_with(super::ros::TYPE_TOPIC_PREFIX) => {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    permit = room.clone().acquire_many_owned(weight(p.payload.len())) => permit.ok(),
+                }
+            }
+            _ => None,
+        };
+        if tx.send((ev, held)).await.is_err() {
             return;
         }
         if failed {
@@ -444,7 +443,8 @@ struct Pending {
     seq: u64,
     /// The connection it came on.
     generation: u64,
-    receipt: Receipt,
+    /// None for a QoS 0 message: nothing to ack, but its share is held until it is safe.
+    receipt: Option<Receipt>,
     when: AckWhen,
     /// Its share of [`HELD_MAX`], given back when this is dropped (acked or not).
     _held: Held,
@@ -497,7 +497,9 @@ async fn ack_in_order(
         if after_commit && committed.wait_for(|c| *c >= seq).await.is_err() {
             return;
         }
-        unsent.push_back((conn_generation, receipt));
+        if let Some(receipt) = receipt {
+            unsent.push_back((conn_generation, receipt));
+        }
     }
 }
 

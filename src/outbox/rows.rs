@@ -35,6 +35,9 @@ pub struct DueBatch {
     /// The commit watermark when this was read: every message ingested up to it is in
     /// the answer's view.
     pub committed: u64,
+    /// The read stopped at its byte budget, not at the end of what is due: fewer rows
+    /// than asked do not mean the queue is empty.
+    pub more: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

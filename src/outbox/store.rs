@@ -104,7 +104,12 @@ pub(super) fn bump(conn: &Connection, subscription: &str, outcome: &str, n: i64)
     Ok(())
 }
 
-/// Reads due rows from `q` into `rows` until `limit`, passing over `skip` (sorted). A row
+/// What one read of due deliveries may carry of event data: a lane reads ahead (128
+/// rows), and rows of 250 KiB events would otherwise hold 32 MiB in memory per lane.
+const FETCH_BYTES_MAX: usize = 2 << 20;
+
+/// Reads due rows from `q` into `rows` until `limit`, or until they carry
+/// [`FETCH_BYTES_MAX`] of data (then `more` is set), passing over `skip` (sorted). A row
 /// not yet due ends the read (only a FIFO query returns one: its head) and is returned.
 fn read_due(
     mut q: rusqlite::Rows<'_>,
@@ -113,10 +118,16 @@ fn read_due(
     limit: usize,
     skip: &[i64],
     rows: &mut Vec<Due>,
+    more: &mut bool,
 ) -> rusqlite::Result<Option<i64>> {
+    let mut bytes: usize = rows.iter().map(|d| d.data.len()).sum();
     while rows.len() < limit
         && let Some(r) = q.next()?
     {
+        if bytes >= FETCH_BYTES_MAX {
+            *more = true;
+            break;
+        }
         let seq: i64 = r.get(0)?;
         if skip.binary_search(&seq).is_ok() {
             continue;
@@ -126,7 +137,7 @@ fn read_due(
             // FIFO: the queue waits behind its head until the head is due.
             return Ok(Some(next_attempt_ms));
         }
-        rows.push(Due {
+        let due = Due {
             seq,
             delivery_id: r.get(1)?,
             subscription: subscription.to_string(),
@@ -143,7 +154,9 @@ fn read_due(
             },
             priority: r.get(12)?,
             next_attempt_ms,
-        });
+        };
+        bytes += due.data.len();
+        rows.push(due);
     }
     Ok(None)
 }
@@ -365,6 +378,7 @@ impl Store {
     ) -> rusqlite::Result<DueBatch> {
         let mut rows = Vec::new();
         let mut next_due_ms = None;
+        let mut more = false;
         if fifo {
             if !self.fifo.contains_key(subscription) {
                 let index = fifo_index(&self.conn, subscription)?;
@@ -372,19 +386,19 @@ impl Store {
             }
             let mut stmt = self.conn.prepare_cached(&self.fifo[subscription])?;
             let q = stmt.query(params![subscription, now_ms, limit as i64])?;
-            next_due_ms = read_due(q, subscription, now_ms, limit, &[], &mut rows)?;
+            next_due_ms = read_due(q, subscription, now_ms, limit, &[], &mut rows, &mut more)?;
         } else {
             let mut stmt = self.conn.prepare_cached(DUE_SQL)?;
             for priority in PRIORITIES.into_iter().filter(|p| *p <= lowest) {
-                if rows.len() >= limit {
+                if rows.len() >= limit || more {
                     break;
                 }
                 let q =
                     stmt.query(params![subscription, now_ms, (limit - rows.len() + skip.len()) as i64, priority])?;
-                read_due(q, subscription, now_ms, limit, skip, &mut rows)?;
+                read_due(q, subscription, now_ms, limit, skip, &mut rows, &mut more)?;
             }
         }
-        if !fifo && rows.len() < limit {
+        if !fifo && rows.len() < limit && !more {
             next_due_ms = self
                 .conn
                 .prepare_cached(
@@ -398,7 +412,7 @@ impl Store {
                 )?
                 .query_row(params![subscription, now_ms], |r| r.get(0))?;
         }
-        Ok(DueBatch { rows, next_due_ms, committed: 0 })
+        Ok(DueBatch { rows, next_due_ms, committed: 0, more })
     }
 
     /// Whether `key` is the retained payload last taken on `topic`; if not, it is now.

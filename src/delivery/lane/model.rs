@@ -215,7 +215,7 @@ impl World {
                 next_due_ms = pending().map(|(_, r)| r.next_ms).filter(|&m| m > self.t).min();
             }
         }
-        DueBatch { rows, next_due_ms, committed: self.committed }
+        DueBatch { rows, next_due_ms, committed: self.committed, more: false }
     }
 
     /// One scheduling step: what may start starts, a fetch is answered, and the lane is
