@@ -165,6 +165,30 @@ fn ika_mqtt_client_ros1_and_ros2_messages_become_events_with_their_fields() {
     assert_eq!(agent.count("SELECT COUNT(*) FROM quarantine"), 0);
 }
 
+/// A message waiting for its type holds back only its own topic: missions on another
+/// route go out meanwhile, their acks queued in order behind its.
+#[test]
+fn messages_waiting_for_a_type_do_not_hold_back_other_routes() {
+    let Rig { _dir, broker, ep, messages, agent } = Rig::start("60s");
+    let find = |topic: &str| messages.iter().find(|(t, _)| t == topic).cloned().unwrap();
+    publish(broker.port, &[find("ros/agv-2/pose")]);
+    // Within mosquitto's window of 20 unacked: the pose's ack holds the ones behind it.
+    let missions: Vec<_> = (0..15).map(|n| mission("agv-1", n, "completed")).collect();
+    publish(broker.port, &missions);
+    let got = ep.wait_for(15, LONG);
+    assert_eq!(got.len(), 15, "the missions went while the pose waited for its type");
+    assert!(got.iter().all(|r| r.json()["type"] == "mission.completed"));
+    assert_eq!(agent.count("SELECT COUNT(*) FROM quarantine"), 0, "the pose still waits");
+    publish_retained(broker.port, &[find("mqtt_client/ros_msg_type/ros/agv-2/pose")]);
+    let got = ep.wait_for(16, LONG);
+    assert_eq!(got[15].json()["type"], "robot.pose");
+    assert_eq!(got[15].json()["data"], pose(false));
+    // The pose's ack let the ones queued behind it go: the broker's window is free again.
+    let more: Vec<_> = (15..40).map(|n| mission("agv-1", n, "completed")).collect();
+    publish(broker.port, &more);
+    assert_eq!(ep.wait_for(41, LONG).len(), 41, "acks flow again after the pose");
+}
+
 #[test]
 fn a_ros_message_without_a_type_or_that_does_not_fit_it_is_quarantined_and_released_once_known() {
     let Rig { _dir, broker, ep, messages, agent } = Rig::start("1s");

@@ -217,6 +217,19 @@ impl Taker {
     /// keeps `held` until it is queued. False when the dispatcher or outbox has stopped:
     /// ingest stops too.
     fn take(&mut self, router: &Router, publish: Message, held: Held, inbound: Option<Inbound>) -> bool {
+        self.take_into(router, publish, held, inbound, None)
+    }
+
+    /// [`Taker::take`]; with `slot`, the message's place among the acks was kept when it
+    /// began to wait (see [`AckWhen::Later`]), and how it is acked goes there.
+    fn take_into(
+        &mut self,
+        router: &Router,
+        publish: Message,
+        held: Held,
+        inbound: Option<Inbound>,
+        slot: Option<oneshot::Sender<(u64, AckWhen)>>,
+    ) -> bool {
         self.seq += 1;
         let seq = self.seq;
         let mut inbound = match inbound {
@@ -250,6 +263,10 @@ impl Taker {
         update(&self.view, |v| v.received += 1);
         // A QoS 0 message goes through the acker too, unacked: its share of the bound is
         // given back when it is committed or delivered, not when it is taken.
+        if let Some(slot) = slot {
+            let _ = slot.send((seq, when));
+            return true;
+        }
         let generation = self.generation.load(Ordering::SeqCst);
         let receipt = publish.needs_ack.then(|| publish.into_receipt());
         let _ = self.ack_tx.send(Pending { seq, generation, receipt, when, _held: held });
@@ -263,10 +280,19 @@ impl Taker {
 const WAITING_MAX: usize = 1000;
 
 /// Messages held, unacked, until their topic's ROS type is announced (`payload =
-/// "ros"`), each up to `ros.type_wait`. Everything that comes after the first of them
-/// waits behind it, so acks stay in receive order.
+/// "ros"`), each up to `ros.type_wait`. Each keeps its place among the acks (acks go in
+/// receive order), and so does every later message of its topic; messages of other
+/// topics are taken meanwhile, their acks queued behind.
 #[derive(Default)]
-struct Waiting(std::collections::VecDeque<(Message, Held, tokio::time::Instant, Option<Inbound>)>);
+struct Waiting(std::collections::VecDeque<Wait>);
+
+struct Wait {
+    publish: Message,
+    until: tokio::time::Instant,
+    inbound: Option<Inbound>,
+    /// Where how it is acked goes once it is taken.
+    slot: oneshot::Sender<(u64, AckWhen)>,
+}
 
 impl Waiting {
     fn take_or_hold(
@@ -277,33 +303,45 @@ impl Waiting {
         held: Held,
         inbound: Option<Inbound>,
     ) -> bool {
-        let holds = inbound.is_none() && router.awaits_type(&publish.topic) && !router.type_wait.is_zero();
-        if self.0.is_empty() && !holds {
-            return taker.take(router, publish, held, inbound);
+        let awaits = inbound.is_none() && router.awaits_type(&publish.topic) && !router.type_wait.is_zero();
+        let behind = self.0.iter().any(|w| w.publish.topic == publish.topic);
+        if !awaits && !behind {
+            return taker.take(router, publish, held, inbound) && self.release(router, taker, false);
         }
         if self.0.is_empty() {
             tracing::info!(topic = %printable(&publish.topic), wait = ?router.type_wait,
-                "A ROS message came before its type; holding it, unacked, until the type is announced.");
+                "A ROS message came before its type; holding it, unacked, until the type is announced. Other topics go on.");
         }
-        self.0.push_back((publish, held, tokio::time::Instant::now() + router.type_wait, inbound));
+        let (slot, later) = oneshot::channel();
+        let generation = taker.generation.load(Ordering::SeqCst);
+        let receipt = publish.needs_ack.then(|| publish.receipt());
+        let _ = taker.ack_tx.send(Pending { seq: 0, generation, receipt, when: AckWhen::Later(later), _held: held });
+        let until = tokio::time::Instant::now() + router.type_wait;
+        self.0.push_back(Wait { publish, until, inbound, slot });
         self.release(router, taker, self.0.len() > WAITING_MAX)
     }
 
-    /// Takes, from the front, what no longer waits: its type is known, its wait is over,
-    /// or (`one_more`) room is needed.
+    /// Takes, in order, what no longer waits: its type is known or its wait is over; with
+    /// `one_more` (room is needed), the oldest too. A message never passes an earlier one
+    /// of its topic.
     fn release(&mut self, router: &Router, taker: &mut Taker, mut one_more: bool) -> bool {
         let now = tokio::time::Instant::now();
-        while let Some((publish, held, until, inbound)) = self.0.pop_front() {
-            let due = inbound.is_some() || !router.awaits_type(&publish.topic) || until <= now || one_more;
-            if !due {
-                self.0.push_front((publish, held, until, inbound));
-                break;
+        let mut still: std::collections::VecDeque<Wait> = std::collections::VecDeque::new();
+        while let Some(w) = self.0.pop_front() {
+            let blocked = still.iter().any(|s| s.publish.topic == w.publish.topic);
+            let due = w.inbound.is_some() || !router.awaits_type(&w.publish.topic) || w.until <= now || one_more;
+            if blocked || !due {
+                still.push_back(w);
+                continue;
             }
             one_more = false;
-            if !taker.take(router, publish, held, inbound) {
+            let Wait { publish, inbound, slot, .. } = w;
+            if !taker.take_into(router, publish, None, inbound, Some(slot)) {
+                self.0 = still;
                 return false;
             }
         }
+        self.0 = still;
         true
     }
 }
@@ -436,6 +474,9 @@ enum AckWhen {
     Committed,
     /// When the dispatcher says (delivered from memory, or handed to the outbox).
     Resolved(oneshot::Receiver<Resolution>),
+    /// A message waiting for its ROS type keeps its place among the acks: its seq and
+    /// how it is acked come once it is taken; messages after it are taken meanwhile.
+    Later(oneshot::Receiver<(u64, AckWhen)>),
 }
 
 /// A message waiting for its ack.
@@ -486,6 +527,13 @@ async fn ack_in_order(
             }
             return;
         };
+        let (seq, when) = match when {
+            AckWhen::Later(rx) => match rx.await {
+                Ok(taken) => taken,
+                Err(_) => continue,
+            },
+            when => (seq, when),
+        };
         let after_commit = match when {
             AckWhen::Committed => true,
             AckWhen::Resolved(rx) => match rx.await {
@@ -493,6 +541,7 @@ async fn ack_in_order(
                 Ok(Resolution::AfterCommit) => true,
                 Err(_) => continue,
             },
+            AckWhen::Later(_) => continue,
         };
         if after_commit && committed.wait_for(|c| *c >= seq).await.is_err() {
             return;

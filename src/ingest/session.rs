@@ -77,6 +77,11 @@ impl Message {
     pub fn into_receipt(self) -> Receipt {
         self.receipt
     }
+
+    /// What acking it will take, the message kept (it waits to be read).
+    pub fn receipt(&self) -> Receipt {
+        self.receipt
+    }
 }
 
 /// What acking a message needs: its packet id and QoS, nothing else (4 bytes). An ack may
