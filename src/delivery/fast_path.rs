@@ -91,11 +91,11 @@ impl Dispatcher {
         self.hurry_near_the_window();
         // Asked per message: the count of all jobs, and whether any endpoint answers slower
         // than a commit, answer most of the time without a walk.
+        if self.fast.len() < high {
+            return;
+        }
         let usual: Vec<Option<Duration>> = self.lanes.iter().map(Lane::usual_answer).collect();
-        if self.fast.len() < high
-            || !usual.iter().any(|u| u.is_some_and(|u| u > COMMIT_TIME))
-            || self.fast.unpersisted() < high
-        {
+        if !usual.iter().any(|u| u.is_some_and(|u| u > COMMIT_TIME)) || self.fast.unpersisted() < high {
             return;
         }
         let picked = self.fast.persist_picked(Instant::now(), |lanes, age| {

@@ -78,9 +78,10 @@ impl Lane {
             || self.endpoint.held_until(Instant::now()).is_some()
     }
 
-    /// A parallel lane whose slots are all taken and as many more wait in memory: a new
-    /// event would wait for a slot anyway, and the durable path carries a flood at half
-    /// the CPU (one commit for many, no fast log line each: docs/performance.md).
+    /// A parallel lane whose slots are all taken and [`FLOOD_QUEUE`] more events wait in
+    /// memory: a new event would wait for a slot anyway, and the durable path carries a
+    /// flood at half the CPU (one commit for many, no fast log line each:
+    /// docs/performance.md).
     pub fn fast_saturated(&self) -> bool {
         !self.is_fifo() && self.fast_queue.len() >= FLOOD_QUEUE.max(self.limit()) && self.fast_in_flight >= self.limit()
     }
