@@ -419,11 +419,17 @@ impl Agent {
 
     /// With `extra` keys in the subscription (batch, compression).
     fn start_with(dir: &Path, broker: u16, endpoint: u16, name: &str, extra: &str) -> Agent {
+        // FLEETHOOK_BENCH_BROKER_WINDOW=N: the broker's window as a robot image sets it
+        // (the far rows' mosquitto gets `max_inflight_messages N` too).
+        let window = std::env::var("FLEETHOOK_BENCH_BROKER_WINDOW")
+            .map(|n| format!("broker_max_inflight = {n}"))
+            .unwrap_or_default();
         let config = format!(
             r#"device_id = "bench-agv"
 [mqtt]
 url = "mqtt://127.0.0.1:{broker}"
 client_id = "fleethook-bench-{name}"
+{window}
 [storage]
 path = "{dir}/outbox.db"
 max_bytes = "4GiB"

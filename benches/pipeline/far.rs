@@ -84,7 +84,8 @@ async fn window(broker_port: u16, name: &str, far: Far, rate: u64, secs: u64) ->
 }
 
 pub async fn run(opts: &Opts, record: &mut impl FnMut(&str, f64, &str, Option<f64>)) {
-    let broker = mosquitto_with("20");
+    let broker_window = std::env::var("FLEETHOOK_BENCH_BROKER_WINDOW").unwrap_or_else(|_| "20".into());
+    let broker = mosquitto_with(&broker_window);
     let secs = |rate: u64| match rate {
         1 => opts.n(20, 60),
         10 => opts.n(15, 60),
