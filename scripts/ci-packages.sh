@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 ARCHES=${ARCHES:-"amd64 arm64 armhf"}
 need=()
-for p in lintian qemu-user file; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+for p in lintian qemu-user file init-system-helpers; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
 if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && apt-get install -y -qq "${need[@]}" >/dev/null
 fi
