@@ -14,9 +14,9 @@
 //! takes them only when it is [`Lane::fast_ready`]: online, unthrottled, and with nothing
 //! of its own stored queue in sight — no row fetched (on a FIFO lane, none in flight
 //! either), no message handed to the outbox that a fetch has not yet seen committed, no
-//! fast job being stored; on a FIFO lane, no head waiting for its retry either. Their rows may appear in a fetch
-//! (a job stored after its deadline while its attempt is still out): `fast_ids` makes the
-//! fetch skip them.
+//! fast job being stored; on a FIFO lane, no head waiting for its retry either. Their
+//! rows may appear in a fetch (a job stored after its deadline while its attempt is still
+//! out): `fast_ids` makes the fetch skip them.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -104,7 +104,7 @@ pub struct Lane {
     /// what was fetched ahead is read again before more starts, so that what kept its
     /// place in the queue (a held delivery, one the endpoint could not be reached for)
     /// goes before newer rows.
-    reread_after_hold: bool,
+    reread_queue: bool,
 }
 
 /// What a lane may do now.
@@ -146,7 +146,7 @@ impl Lane {
             released: HashSet::new(),
             released_fast: HashSet::new(),
             exhausted: false,
-            reread_after_hold: false,
+            reread_queue: false,
             poked: false,
             dirty: true,
             wake_at: None,
@@ -289,7 +289,7 @@ impl Lane {
             // Nothing may start: look again on a completion, new work or the wake time.
             return Some(Starts::default());
         }
-        if self.reread_after_hold {
+        if self.reread_queue {
             // Fetched during the hold, while the held deliveries' results were not yet on
             // disk: newer rows only. Read again, in the queue's order.
             self.prefetched.clear();
@@ -297,7 +297,7 @@ impl Lane {
             if self.fetching {
                 return Some(Starts::default());
             }
-            self.reread_after_hold = false;
+            self.reread_queue = false;
         }
         // What the fast path took was accepted while nothing stored was due: it goes first,
         // unless the endpoint has stopped answering (then it waits for its deadline and
@@ -417,7 +417,7 @@ impl Lane {
         self.answered_at = Some(now);
         self.endpoint.observe(verdict, status, probe, took, self.limit(), now, fastrand::f64());
         if self.endpoint.held_until(now).is_some() {
-            self.reread_after_hold = true;
+            self.reread_queue = true;
         }
         self.say_state_change(before, verdict);
         self.last_status = status.or(self.last_status);
@@ -466,7 +466,7 @@ impl Lane {
             // It may be due again at once (a hold that kept its place, an unreachable
             // endpoint), ahead of what was fetched after it: read the queue again in its
             // order rather than serve newer rows first.
-            self.reread_after_hold |= !self.is_fifo();
+            self.reread_queue |= !self.is_fifo();
         }
         self.dirty = true;
     }
