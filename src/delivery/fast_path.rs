@@ -129,7 +129,7 @@ impl Dispatcher {
         }
         let handed = match linger.filter(|l| !l.is_zero()) {
             Some(linger) => {
-                self.lingering.push_back(seq);
+                self.lingering.push_back((seq, linger < Duration::MAX));
                 let handed = self.outbox.ingest_unhurried(seq, inbound, linger);
                 self.hurry_near_the_window();
                 handed
@@ -146,10 +146,16 @@ impl Dispatcher {
         self.broker_window.saturating_sub(BROKER_WINDOW_MARGIN).max(1)
     }
 
-    /// Messages forwarded unhurried wait for company, but not once they and the held jobs
-    /// fill the broker's window: it sends nothing more until some are acked.
+    /// Messages forwarded into a worked queue wait for company, but not once they and the
+    /// held jobs fill the broker's window: it sends nothing more until some are acked.
+    /// Those of an unreachable endpoint are left to the writer, which sees the broker stop
+    /// sending: a window larger than `broker_max_inflight` then still fills its commits.
     fn hurry_near_the_window(&mut self) {
-        if !self.lingering.is_empty() && self.fast.len() + self.still_lingering() >= self.window_high() {
+        if self.still_lingering() == 0 {
+            return;
+        }
+        let short = self.lingering.iter().filter(|(_, short)| *short).count();
+        if short > 0 && self.fast.len() + short >= self.window_high() {
             self.outbox.hurry();
             self.lingering.clear();
         }
@@ -158,7 +164,7 @@ impl Dispatcher {
     /// Messages forwarded unhurried not yet committed, as far as the watermark says.
     fn still_lingering(&mut self) -> usize {
         let committed = *self.outbox.committed().borrow();
-        while self.lingering.front().is_some_and(|&s| s <= committed) {
+        while self.lingering.front().is_some_and(|&(s, _)| s <= committed) {
             self.lingering.pop_front();
         }
         self.lingering.len()

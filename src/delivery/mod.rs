@@ -71,8 +71,9 @@ pub struct Dispatcher {
     broker_window: usize,
     fast: Book,
     /// Messages forwarded unhurried and not yet seen committed: each holds its ack, and
-    /// the acks of all behind it (acks go in receive order).
-    lingering: std::collections::VecDeque<u64>,
+    /// the acks of all behind it (acks go in receive order). With each, whether it joined
+    /// a queue being worked (a short linger) rather than an unreachable endpoint's.
+    lingering: std::collections::VecDeque<(u64, bool)>,
     /// Global slots guaranteed to each lane (see `share`).
     share: usize,
     metrics: crate::live::AttemptMetrics,

@@ -49,10 +49,12 @@ enum State {
 
 /// Unhurried messages held before a pause in their arrival ends the linger…
 const QUIET_AFTER: usize = 4;
-/// …and the shortest pause that does (the dispatcher hurries them when it knows the
-/// window is full; this catches a broker whose window is smaller than configured, without
-/// taking a burst's end for it).
-const QUIET_MIN: Duration = Duration::from_millis(100);
+/// …and the shortest pause that does, for messages of unreachable endpoints…
+const QUIET_MIN: Duration = Duration::from_millis(20);
+/// …and for messages that joined a queue being worked (the dispatcher hurries those when
+/// it knows the window is full: this catches a broker whose window is smaller than
+/// configured, without taking the end of a burst for it).
+const QUIET_MIN_SHORT: Duration = Duration::from_millis(100);
 
 /// One held message.
 struct Held {
@@ -108,7 +110,8 @@ impl Admission {
             return Some(until);
         }
         let mean_gap = newest.at.duration_since(oldest.at) / (self.held.len() as u32 - 1);
-        Some(until.min(newest.at + (mean_gap * 4).max(QUIET_MIN)))
+        let quiet = if self.held.iter().all(|h| h.linger >= cap) { QUIET_MIN } else { QUIET_MIN_SHORT };
+        Some(until.min(newest.at + (mean_gap * 4).max(quiet)))
     }
 
     /// Everything held is committed at the next turn: a message behind it waits.
