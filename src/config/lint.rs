@@ -64,7 +64,7 @@ pub fn warnings(config: &Config) -> Vec<(KeyPath, String)> {
     }
     for (i, sub) in config.subscriptions.iter().enumerate().filter(|(_, s)| s.enabled) {
         let at = KeyPath::root().key("subscription").index(i);
-        if let Some(why) = placeholder_url(&sub.url) {
+        if let Some(why) = placeholder_url(&sub.url_full.0) {
             out.push((
                 at.key("url"),
                 format!(
@@ -97,14 +97,13 @@ pub fn warnings(config: &Config) -> Vec<(KeyPath, String)> {
 
 /// Why a subscription URL is a documentation placeholder, if it is one: a host reserved
 /// for examples (RFC 2606), or the Slack webhook of the docs (`T000…`).
-fn placeholder_url(url: &str) -> Option<&'static str> {
-    let host = url.split("://").nth(1)?.split(['/', '?', '#']).next()?;
-    let host = host.rsplit('@').next()?.split(':').next()?.trim_end_matches('.').to_ascii_lowercase();
+fn placeholder_url(url: &reqwest::Url) -> Option<&'static str> {
+    let host = url.host_str()?.trim_end_matches('.').to_ascii_lowercase();
     let reserved = ["example.com", "example.org", "example.net", "example", "invalid", "test", "localhost.example"];
     if reserved.iter().any(|r| host == *r || host.ends_with(&format!(".{r}"))) {
         return Some("a host reserved for examples");
     }
-    if host == "hooks.slack.com" && url.contains("/services/T000") {
+    if host == "hooks.slack.com" && url.path().starts_with("/services/T000") {
         return Some("the documentation's Slack webhook");
     }
     None
