@@ -71,8 +71,7 @@ impl Dispatcher {
         }
         if self.still_lingering() > 0 {
             // Its ack would wait for their commit: nobody may linger on them now.
-            self.outbox.hurry();
-            self.lingering.clear();
+            self.hurry_lingering();
         }
         let deadline = Instant::now() + self.write_behind;
         let job = self.fast.open(event, lanes.clone(), deadline, resolved);
@@ -156,9 +155,14 @@ impl Dispatcher {
         }
         let short = self.lingering.iter().filter(|(_, short)| *short).count();
         if short > 0 && self.fast.len() + short >= self.window_high() {
-            self.outbox.hurry();
-            self.lingering.clear();
+            self.hurry_lingering();
         }
+    }
+
+    /// The writer commits what lingers now; nothing is lingering after that.
+    fn hurry_lingering(&mut self) {
+        self.outbox.hurry();
+        self.lingering.clear();
     }
 
     /// Messages forwarded unhurried not yet committed, as far as the watermark says.
