@@ -10,14 +10,19 @@
 //!                                      ▼
 //!                       Job: one Slot per delivery, a deadline (now + storage.write_behind)
 //!       every slot 2xx before the deadline ──> fast log, then ack (Resolution::Now)
-//!       any other answer, or the deadline  ──> persist: the event, its deliveries and the
+//!       the deadline, its endpoint far      ──> journal: the event appended to the held
+//!                                              journal and synced, then ack; the job stays
+//!                                              in memory, still sent from there
+//!       any other answer, or held too long  ──> persist: the event, its deliveries and the
 //!                                              attempts so far in one commit, then ack;
 //!                                              attempts still in flight are recorded
 //!                                              later, by delivery id
 //! ```
 //!
 //! Once persisted, a job is only waiting for its commit; its in-flight attempts belong to
-//! the ordinary record path.
+//! the ordinary record path. A journaled job is acked, and otherwise lives on as before:
+//! delivered, it retires its journal entry with its fast log line; answered otherwise, or
+//! held past its second deadline, it is persisted like any other.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
@@ -55,9 +60,20 @@ struct Job {
     slots: Vec<Slot>,
     resolved: Option<oneshot::Sender<Resolution>>,
     persisted: bool,
+    journal: Journal,
     /// Results of attempts handed over while the persist was not yet committed: they go
     /// to the outbox after it, so that their rows exist.
     late: Vec<AttemptRecord>,
+}
+
+/// Where a job is with the held journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Journal {
+    No,
+    /// Asked to be appended; its message is not acked yet.
+    Asked,
+    /// On disk, and its message acked.
+    Kept,
 }
 
 /// What the dispatcher must do after telling the book something.
@@ -73,7 +89,10 @@ pub struct Next {
 pub struct Delivered {
     pub key: Option<i64>,
     pub audits: Vec<AuditRow>,
+    /// None once acked (it was journaled).
     pub resolved: Option<oneshot::Sender<Resolution>>,
+    /// Its entry in the held journal, which the fast log line retires.
+    pub journaled: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -88,13 +107,17 @@ pub struct Persist {
     pub in_flight: Vec<(usize, String)>,
     /// Every lane the event goes to.
     pub lanes: Vec<usize>,
+    /// Its entry in the held journal, retired by the commit.
+    pub journaled: Option<u64>,
 }
 
 /// What ends with a stored job.
 pub struct Persisted {
     pub key: Option<i64>,
-    /// Whom to tell it may be acked; none if it was not stored.
+    /// Whom to tell it may be acked; none if it was not stored, or was acked already.
     pub resolved: Option<oneshot::Sender<Resolution>>,
+    /// Its message was acked on the strength of the held journal.
+    pub acked: bool,
     pub lanes: Vec<usize>,
     /// Results that waited for the commit.
     pub late: Vec<AttemptRecord>,
@@ -109,6 +132,10 @@ pub struct Book {
     /// turn of the dispatcher's loop. Entries of jobs since ended or stored are dropped
     /// as they reach the front.
     deadlines: VecDeque<(u64, Instant)>,
+    /// The same for journaled jobs' second deadline: past it they are stored.
+    held_deadlines: VecDeque<(u64, Instant)>,
+    /// Jobs acked on the strength of the held journal (still in `jobs`).
+    acked: usize,
 }
 
 impl Book {
@@ -136,6 +163,7 @@ impl Book {
                 slots,
                 resolved: Some(resolved),
                 persisted: false,
+                journal: Journal::No,
                 late: Vec::new(),
             },
         );
@@ -202,6 +230,10 @@ impl Book {
             return Next::default();
         }
         let Some(mut job) = self.jobs.remove(&r.job) else { return Next::default() };
+        if job.journal == Journal::Kept {
+            self.acked -= 1;
+        }
+        let journaled = (job.journal != Journal::No).then_some(r.job);
         let audits = job
             .slots
             .drain(..)
@@ -211,40 +243,106 @@ impl Book {
             })
             .collect();
         Next {
-            delivered: Some(Delivered { key: job.event.dedupe_key, audits, resolved: job.resolved.take() }),
+            delivered: Some(Delivered { key: job.event.dedupe_key, audits, resolved: job.resolved.take(), journaled }),
             ..Default::default()
         }
     }
 
-    /// Jobs whose deadline has passed and are not persisted yet, oldest first.
-    pub fn overdue(&mut self, now: Instant) -> Vec<Persist> {
+    /// Jobs whose deadline has passed, neither persisted nor journaled yet, oldest first.
+    pub fn overdue(&mut self, now: Instant) -> Vec<u64> {
         let mut late = Vec::new();
         while let Some(&(id, deadline)) = self.deadlines.front()
             && deadline <= now
         {
             self.deadlines.pop_front();
-            late.extend(self.persist(id));
+            if self.jobs.get(&id).is_some_and(Job::unkept) {
+                late.push(id);
+            }
         }
         late
     }
 
-    /// Jobs held, stored or not: at least [`Book::unpersisted`], and O(1).
-    pub fn len(&self) -> usize {
-        self.jobs.len()
+    /// Journaled jobs past their second deadline, to be stored, oldest first.
+    pub fn held_too_long(&mut self, now: Instant) -> Vec<Persist> {
+        let mut late = Vec::new();
+        while let Some(&(id, deadline)) = self.held_deadlines.front()
+            && deadline <= now
+        {
+            self.held_deadlines.pop_front();
+            if self.jobs.get(&id).is_some_and(|j| j.journal != Journal::No) {
+                late.extend(self.persist(id));
+            }
+        }
+        late
     }
 
-    /// Jobs not persisted yet: each holds an unacked MQTT message. A walk over every job.
-    pub fn unpersisted(&self) -> usize {
-        self.jobs.values().filter(|j| !j.persisted).count()
+    /// Jobs whose message is not acked yet: each holds a place in the broker's in-flight
+    /// window. O(1).
+    pub fn unacked(&self) -> usize {
+        self.jobs.len() - self.acked
     }
 
-    /// Persists the jobs not yet persisted for which `pick(lanes, age)` holds, oldest first.
-    pub fn persist_picked(
-        &mut self,
-        now: Instant,
-        pick: impl Fn(&[usize], std::time::Duration) -> bool,
-    ) -> Vec<Persist> {
-        self.persist_where(|j| pick(&j.lanes, now.saturating_duration_since(j.opened)))
+    /// Jobs held in memory past their ack, or being appended to the journal.
+    pub fn journaled(&self) -> usize {
+        self.jobs.values().filter(|j| j.journal != Journal::No && !j.persisted).count()
+    }
+
+    /// Jobs neither persisted nor journaled: each holds an unacked MQTT message that
+    /// nothing is making durable yet. A walk over every job.
+    pub fn unkept(&self) -> usize {
+        self.jobs.values().filter(|j| j.unkept()).count()
+    }
+
+    /// The lanes of a job.
+    pub fn lanes_of(&self, id: u64) -> &[usize] {
+        self.jobs.get(&id).map_or(&[], |j| &j.lanes)
+    }
+
+    /// Jobs neither persisted nor journaled for which `pick(lanes, age)` holds, oldest first.
+    pub fn picked(&self, now: Instant, pick: impl Fn(&[usize], std::time::Duration) -> bool) -> Vec<u64> {
+        let mut ids: Vec<u64> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| j.unkept() && pick(&j.lanes, now.saturating_duration_since(j.opened)))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// Marks these jobs as being journaled and returns their events to append, in order;
+    /// each is held at most until `until`, then stored. Jobs already on their way are
+    /// skipped.
+    pub fn journal(&mut self, ids: &[u64], until: Instant) -> Vec<(u64, NewEvent)> {
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            let Some(job) = self.jobs.get_mut(&id).filter(|j| j.unkept()) else { continue };
+            job.journal = Journal::Asked;
+            self.held_deadlines.push_back((id, until));
+            out.push((id, job.event.clone()));
+        }
+        out
+    }
+
+    /// The journal answered for a job: on disk (`ok`), its message may be acked (the
+    /// sender is returned); not, it is to be stored instead (true).
+    pub fn journaled_now(&mut self, id: u64, ok: bool) -> (Option<oneshot::Sender<Resolution>>, bool) {
+        let Some(job) = self.jobs.get_mut(&id).filter(|j| !j.persisted && j.journal == Journal::Asked) else {
+            // Delivered or persisted meanwhile: that path acks it.
+            return (None, false);
+        };
+        if !ok {
+            job.journal = Journal::No;
+            return (None, true);
+        }
+        job.journal = Journal::Kept;
+        self.acked += 1;
+        (job.resolved.take(), false)
+    }
+
+    /// Persists these jobs (those not persisted yet), in order.
+    pub fn persist_ids(&mut self, ids: &[u64]) -> Vec<Persist> {
+        ids.iter().filter_map(|&id| self.persist(id)).collect()
     }
 
     /// Every job not yet persisted, oldest first (shutdown).
@@ -266,13 +364,21 @@ impl Book {
     }
 
     pub fn next_deadline(&mut self) -> Option<Instant> {
+        let mut first = None;
         while let Some(&(id, deadline)) = self.deadlines.front() {
-            if self.jobs.get(&id).is_some_and(|j| !j.persisted) {
-                return Some(deadline);
+            if self.jobs.get(&id).is_some_and(Job::unkept) {
+                first = Some(deadline);
+                break;
             }
             self.deadlines.pop_front();
         }
-        None
+        while let Some(&(id, deadline)) = self.held_deadlines.front() {
+            if self.jobs.get(&id).is_some_and(|j| !j.persisted && j.journal != Journal::No) {
+                return Some(first.map_or(deadline, |f: Instant| f.min(deadline)));
+            }
+            self.held_deadlines.pop_front();
+        }
+        first
     }
 
     /// Marks a job persisted and says what to store. Its in-flight attempts are handed to
@@ -297,15 +403,27 @@ impl Book {
                 Slot::Handed => {}
             }
         }
-        Some(Persist { job: id, event: job.event.clone(), records, unqueued, in_flight, lanes: job.lanes.clone() })
+        let journaled = (job.journal != Journal::No).then_some(id);
+        Some(Persist { job: id, event: job.event.clone(), records, unqueued, in_flight, lanes: job.lanes.clone(), journaled })
     }
 
     /// A persist committed (`ok`) or could not be: the job ends, and its message may be
     /// acked (or, not stored, must not be).
     pub fn persisted(&mut self, id: u64, ok: bool) -> Option<Persisted> {
         let mut job = self.jobs.remove(&id)?;
+        let acked = job.journal == Journal::Kept;
+        if acked {
+            self.acked -= 1;
+        }
         let resolved = job.resolved.take().filter(|_| ok);
-        Some(Persisted { key: job.event.dedupe_key, resolved, lanes: job.lanes, late: job.late })
+        Some(Persisted { key: job.event.dedupe_key, resolved, acked, lanes: job.lanes, late: job.late })
+    }
+}
+
+impl Job {
+    /// Neither persisted nor journaled (nor on its way to either).
+    fn unkept(&self) -> bool {
+        !self.persisted && self.journal == Journal::No
     }
 }
 
@@ -382,8 +500,46 @@ mod tests {
         let first = book.open(event(&["a"]), vec![0], t + Duration::from_millis(100), tx1);
         let second = book.open(event(&["a"]), vec![0], t + Duration::from_millis(200), tx2);
         assert_eq!(book.next_deadline(), Some(t + Duration::from_millis(100)));
-        assert_eq!(book.overdue(t + Duration::from_millis(150)).iter().map(|p| p.job).collect::<Vec<_>>(), [first]);
+        assert_eq!(book.overdue(t + Duration::from_millis(150)), [first]);
+        assert_eq!(book.persist_ids(&[first]).len(), 1);
         assert_eq!(book.queued_in(0).iter().map(|p| p.job).collect::<Vec<_>>(), [second]);
         assert!(book.persisted(second, false).unwrap().resolved.is_none(), "not stored: not acked");
+    }
+
+    #[test]
+    fn a_journaled_job_is_acked_then_lives_on_until_delivered_or_held_too_long() {
+        let mut book = Book::default();
+        let t = Instant::now();
+        let (tx1, mut rx1) = oneshot::channel();
+        let (tx2, _rx2) = oneshot::channel();
+        let first = book.open(event(&["a"]), vec![0], t + Duration::from_millis(100), tx1);
+        let second = book.open(event(&["a"]), vec![0], t + Duration::from_millis(100), tx2);
+        book.started(&FastRef { job: first, index: 0 });
+        let late = book.overdue(t + Duration::from_millis(150));
+        let events = book.journal(&late, t + Duration::from_secs(60));
+        assert_eq!(events.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [first, second]);
+        assert!(book.journal(&late, t).is_empty(), "asked once");
+        assert_eq!((book.unacked(), book.unkept()), (2, 0), "asked, not yet on disk: still unacked");
+        let (resolved, store) = book.journaled_now(first, true);
+        resolved.expect("on disk: ack it").send(Resolution::Now).unwrap();
+        assert!(!store);
+        assert!(matches!(rx1.try_recv(), Ok(Resolution::Now)));
+        assert!(matches!(book.journaled_now(second, false), (None, true)), "not on disk: store it instead");
+        assert_eq!(book.unacked(), 1);
+        assert_eq!(book.next_deadline(), Some(t + Duration::from_secs(60)), "the held job's second deadline");
+        // Delivered from memory: its fast log line retires the journal entry; nothing to ack.
+        let done = book.finished(&FastRef { job: first, index: 0 }, record(0, DELIVERED)).delivered.unwrap();
+        assert_eq!((done.journaled, done.resolved.is_none()), (Some(first), true));
+        // Held too long instead: stored, and its commit acks nothing (it was acked).
+        let (tx3, _rx3) = oneshot::channel();
+        let third = book.open(event(&["a"]), vec![0], t, tx3);
+        book.journal(&[third], t + Duration::from_secs(60));
+        book.journaled_now(third, true);
+        assert!(book.held_too_long(t + Duration::from_secs(59)).is_empty());
+        let stored = book.held_too_long(t + Duration::from_secs(61));
+        assert_eq!((stored.len(), stored[0].journaled), (1, Some(third)));
+        let persisted = book.persisted(third, true).unwrap();
+        assert!(persisted.acked && persisted.resolved.is_none());
+        assert_eq!((book.unacked(), book.unkept()), (1, 1), "the second is back to unacked, unkept");
     }
 }

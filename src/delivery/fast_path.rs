@@ -21,6 +21,18 @@ const COMMIT_TIME: Duration = Duration::from_millis(20);
 /// How long an event that joins a queue being worked may wait for a commit to share when
 /// its endpoint's usual answer time is not known yet.
 const QUEUE_LINGER: Duration = Duration::from_millis(100);
+/// A journaled job is stored in the tables after this long in memory…
+const HELD_FOR: Duration = Duration::from_secs(60);
+/// …and once this many are held, the next ones are stored instead.
+const HELD_MAX: usize = 4096;
+
+/// A job made durable, or not: what the dispatcher hears back from the outbox.
+pub enum Kept {
+    /// Stored in the tables (`ok`), or not.
+    Stored(u64, bool),
+    /// Appended to the held journal and synced (`ok`), or not.
+    Journaled(Vec<u64>, bool),
+}
 
 /// The next message from ingest; never ready when the fast path is off.
 pub async fn next_intake(intake: &mut Option<mpsc::UnboundedReceiver<Intake>>) -> Option<Intake> {
@@ -33,7 +45,7 @@ pub async fn next_intake(intake: &mut Option<mpsc::UnboundedReceiver<Intake>>) -
 impl Dispatcher {
     /// One message from ingest: sent from memory if every delivery's lane is ready (and
     /// it is not a redelivery), else handed to the outbox as ever.
-    pub(super) fn take(&mut self, taken: Intake, persists: &mut JoinSet<(u64, bool)>) {
+    pub(super) fn take(&mut self, taken: Intake, persists: &mut JoinSet<Kept>) {
         let Inbound::Event(event) = &taken.inbound else { return self.forward(taken) };
         if event.retained_key.is_some() {
             // Checked against the last retained payload of its topic, which is stored.
@@ -85,22 +97,40 @@ impl Dispatcher {
     /// acks, and acks go in receive order. Once held jobs come near that, those that will
     /// not be answered within a commit's time are stored together (one commit) and so
     /// acked: the flow from the broker never waits on a far endpoint's answers.
-    fn keep_the_broker_flowing(&mut self, persists: &mut JoinSet<(u64, bool)>) {
+    fn keep_the_broker_flowing(&mut self, persists: &mut JoinSet<Kept>) {
         let high = self.window_high();
         self.hurry_near_the_window();
-        // Asked per message: the count of all jobs, and whether any endpoint answers slower
-        // than a commit, answer most of the time without a walk.
-        if self.fast.len() < high {
+        // Asked per message: the count of unacked jobs, and whether any endpoint answers
+        // slower than a commit, answer most of the time without a walk.
+        if self.fast.unacked() < high {
             return;
         }
         let usual: Vec<Option<Duration>> = self.lanes.iter().map(Lane::usual_answer).collect();
-        if !usual.iter().any(|u| u.is_some_and(|u| u > COMMIT_TIME)) || self.fast.unpersisted() < high {
+        if !usual.iter().any(|u| u.is_some_and(|u| u > COMMIT_TIME)) || self.fast.unkept() < high {
             return;
         }
-        let picked = self.fast.persist_picked(Instant::now(), |lanes, age| {
+        let picked = self.fast.picked(Instant::now(), |lanes, age| {
             lanes.iter().any(|&l| usual[l].is_some_and(|u| age + COMMIT_TIME < u))
         });
-        self.persist(picked, persists);
+        self.keep(picked, persists);
+    }
+
+    /// Makes jobs durable so that their messages can be acked while they stay in memory:
+    /// in the held journal (one synced append for all of them), or, past [`HELD_MAX`]
+    /// held, in the tables.
+    fn keep(&mut self, ids: Vec<u64>, persists: &mut JoinSet<Kept>) {
+        if ids.is_empty() {
+            return;
+        }
+        let room = HELD_MAX.saturating_sub(self.fast.journaled()).min(ids.len());
+        let events = self.fast.journal(&ids[..room], Instant::now() + HELD_FOR);
+        if !events.is_empty() {
+            let journaled: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
+            let reply = self.outbox.journal(events);
+            persists.spawn(async move { Kept::Journaled(journaled, reply.await.unwrap_or(false)) });
+        }
+        let stored = self.fast.persist_ids(&ids[room..]);
+        self.persist(stored, persists);
     }
 
     /// Hands a message to the outbox (durable path): acked once committed.
@@ -154,7 +184,7 @@ impl Dispatcher {
             return;
         }
         let short = self.lingering.iter().filter(|(_, short)| *short).count();
-        if short > 0 && self.fast.len() + short >= self.window_high() {
+        if short > 0 && self.fast.unacked() + short >= self.window_high() {
             self.hurry_lingering();
         }
     }
@@ -176,7 +206,7 @@ impl Dispatcher {
 
     /// A fast attempt finished. Returns the record to commit with the wave when its job
     /// was stored meanwhile; otherwise the book takes the result.
-    pub(super) fn finish_fast(&mut self, done: Done, persists: &mut JoinSet<(u64, bool)>) -> Option<AttemptRecord> {
+    pub(super) fn finish_fast(&mut self, done: Done, persists: &mut JoinSet<Kept>) -> Option<AttemptRecord> {
         let took = done.took();
         let r = done.fast?;
         if let Some(lane) = self.lanes.get_mut(done.lane) {
@@ -197,7 +227,7 @@ impl Dispatcher {
             }
             // In the fast log (the page cache) before the ack: a kill -9 from here on
             // cannot make the broker's redelivery look new.
-            let kept = self.outbox.delivered_fast(d.key, d.audits);
+            let kept = self.outbox.delivered_fast(d.key, d.audits, d.journaled);
             if let Some(key) = d.key {
                 self.outbox.keys().settle(key);
             }
@@ -215,25 +245,31 @@ impl Dispatcher {
     /// every job that will miss its own: one that shares an endpoint with a job that just
     /// missed (that endpoint is not answering in time now: a stall, a roam), or whose
     /// endpoint usually answers later than that.
-    pub(super) fn overdue(&mut self, persists: &mut JoinSet<(u64, bool)>) {
+    pub(super) fn overdue(&mut self, persists: &mut JoinSet<Kept>) {
         let now = Instant::now();
         let mut late = self.fast.overdue(now);
         if !late.is_empty() {
             let mut missed = vec![false; self.lanes.len()];
-            late.iter().flat_map(|p| p.lanes.iter()).for_each(|&l| missed[l] = true);
+            late.iter().flat_map(|&id| self.fast.lanes_of(id)).for_each(|&l| missed[l] = true);
             let usual: Vec<Option<Duration>> = self.lanes.iter().map(Lane::usual_answer).collect();
             let write_behind = self.write_behind;
-            late.extend(self.fast.persist_picked(now, |lanes, age| {
+            let will_miss = self.fast.picked(now, |lanes, age| {
                 lanes.iter().any(|&l| missed[l] || usual[l].is_some_and(|u| age + u > write_behind))
-            }));
+            });
+            late.extend(will_miss);
+            // Job ids go in opening order: oldest first, each once.
+            late.sort_unstable();
+            late.dedup();
         }
-        self.persist(late, persists);
+        self.keep(late, persists);
+        let held = self.fast.held_too_long(now);
+        self.persist(held, persists);
     }
 
     /// Stores jobs: each its event, deliveries and the attempts so far, in one commit.
     /// A FIFO lane they go to stores the jobs queued behind them too, and all of them go
     /// to the outbox in arrival (job) order, so that its queue on disk keeps event order.
-    pub(super) fn persist(&mut self, jobs: Vec<Persist>, persists: &mut JoinSet<(u64, bool)>) {
+    pub(super) fn persist(&mut self, jobs: Vec<Persist>, persists: &mut JoinSet<Kept>) {
         let mut all = jobs;
         let mut i = 0;
         while i < all.len() {
@@ -267,15 +303,34 @@ impl Dispatcher {
             for &lane in &p.lanes {
                 self.lanes[lane].persisting(true);
             }
-            let reply = self.outbox.persist(p.event, p.records);
+            let reply = self.outbox.persist(p.event, p.records, p.journaled);
             let job = p.job;
-            persists.spawn(async move { (job, reply.await.is_ok()) });
+            persists.spawn(async move { Kept::Stored(job, reply.await.is_ok()) });
+        }
+    }
+
+    /// The outbox answered for jobs it was asked to make durable.
+    pub(super) fn kept(&mut self, kept: Kept, recordings: &mut JoinSet<Recorded>, persists: &mut JoinSet<Kept>) {
+        match kept {
+            Kept::Stored(job, ok) => self.persisted(job, ok, recordings),
+            Kept::Journaled(jobs, ok) => {
+                let mut store = Vec::new();
+                for job in jobs {
+                    match self.fast.journaled_now(job, ok) {
+                        (Some(resolved), _) => drop(resolved.send(Resolution::Now)),
+                        (None, true) => store.push(job),
+                        (None, false) => {}
+                    }
+                }
+                let stored = self.fast.persist_ids(&store);
+                self.persist(stored, persists);
+            }
         }
     }
 
     /// A job's commit is done (`ok`) or could not be: ack its message, or leave it to the
     /// broker to send again.
-    pub(super) fn persisted(&mut self, job: u64, ok: bool, recordings: &mut JoinSet<Recorded>) {
+    fn persisted(&mut self, job: u64, ok: bool, recordings: &mut JoinSet<Recorded>) {
         let Some(done) = self.fast.persisted(job, ok) else { return };
         for &lane in &done.lanes {
             self.lanes[lane].persisting(false);
@@ -297,6 +352,10 @@ impl Dispatcher {
         }
         match done.resolved {
             Some(resolved) => drop(resolved.send(Resolution::Now)),
+            None if done.acked && !ok => tracing::warn!(
+                "An event held past its ack could not be stored; the held journal keeps it, and it is delivered after a restart."
+            ),
+            None if done.acked => {}
             None => tracing::warn!(
                 "An event could not be stored after its delivery from memory failed; its MQTT message is not acked, and the broker sends it again."
             ),

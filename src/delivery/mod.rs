@@ -167,7 +167,7 @@ impl Dispatcher {
         let mut tasks = JoinSet::new();
         let mut recordings: JoinSet<Recorded> = JoinSet::new();
         let mut fetches: JoinSet<Fetched> = JoinSet::new();
-        let mut persists: JoinSet<(u64, bool)> = JoinSet::new();
+        let mut persists: JoinSet<fast_path::Kept> = JoinSet::new();
         let mut intake = self.intake.take();
         let new_work = self.outbox.new_work();
         // Paused and gone subscriptions stay so across restarts.
@@ -206,7 +206,7 @@ impl Dispatcher {
                 Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings, &mut persists),
                 Some(recorded) = recordings.join_next(), if !recordings.is_empty() => self.recorded(recorded),
                 Some(taken) = fast_path::next_intake(&mut intake) => self.take(taken, &mut persists),
-                Some(Ok((job, ok))) = persists.join_next(), if !persists.is_empty() => self.persisted(job, ok, &mut recordings),
+                Some(Ok(kept)) = persists.join_next(), if !persists.is_empty() => self.kept(kept, &mut recordings, &mut persists),
                 _ = sleep => self.overdue(&mut persists),
                 _ = beat.tick() => self.link.link.save_if_due(),
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
@@ -231,7 +231,7 @@ impl Dispatcher {
                 tokio::select! {
                     Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings, &mut persists),
                     Some(recorded) = recordings.join_next(), if !recordings.is_empty() => self.recorded(recorded),
-                    Some(Ok((job, ok))) = persists.join_next(), if !persists.is_empty() => self.persisted(job, ok, &mut recordings),
+                    Some(Ok(kept)) = persists.join_next(), if !persists.is_empty() => self.kept(kept, &mut recordings, &mut persists),
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 }
             }
@@ -340,7 +340,7 @@ impl Dispatcher {
         first: Done,
         done_rx: &mut mpsc::UnboundedReceiver<Done>,
         recordings: &mut JoinSet<Recorded>,
-        persists: &mut JoinSet<(u64, bool)>,
+        persists: &mut JoinSet<fast_path::Kept>,
     ) {
         let mut wave = vec![first];
         while let Ok(done) = done_rx.try_recv() {

@@ -41,6 +41,8 @@ struct Line {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     k: Option<i64>,
     a: Vec<Delivered>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    j: Option<u64>,
 }
 
 impl Line {
@@ -61,7 +63,7 @@ impl Line {
                 )
             })
             .collect();
-        Line { l: done.l, k: done.key, a }
+        Line { l: done.l, k: done.key, a, j: done.j }
     }
 
     fn done(self) -> FastDone {
@@ -83,7 +85,7 @@ impl Line {
                 batch_id: None,
             })
             .collect();
-        FastDone { l: self.l, key: self.k, audits }
+        FastDone { l: self.l, key: self.k, audits, j: self.j }
     }
 }
 
@@ -162,11 +164,11 @@ impl FastLog {
 
     /// Appends an entry and hands it to the writer. Returns whether the writer should be
     /// woken for it (every [`RING_EVERY`] handed), or `None` once the writer has stopped.
-    pub fn append_and_hand(&mut self, key: Option<i64>, audits: Vec<AuditRow>) -> Option<bool> {
+    pub fn append_and_hand(&mut self, key: Option<i64>, audits: Vec<AuditRow>, j: Option<u64>) -> Option<bool> {
         if self.writer_gone {
             return None;
         }
-        let done = self.append(key, audits);
+        let done = self.append(key, audits, j);
         self.handed.push(done);
         Some(self.handed.len() % RING_EVERY == 0)
     }
@@ -182,8 +184,8 @@ impl FastLog {
     }
 
     /// Appends one delivered event and returns it numbered.
-    pub fn append(&mut self, key: Option<i64>, audits: Vec<AuditRow>) -> FastDone {
-        let done = FastDone { l: self.next_l, key, audits };
+    pub fn append(&mut self, key: Option<i64>, audits: Vec<AuditRow>, j: Option<u64>) -> FastDone {
+        let done = FastDone { l: self.next_l, key, audits, j };
         self.next_l += 1;
         let mut line = serde_json::to_vec(&Line::of(&done)).unwrap_or_default();
         line.push(b'\n');
@@ -248,13 +250,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = path_for(&dir.path().join("outbox.db"));
         let mut log = FastLog::open(path.clone(), 41);
-        assert_eq!(log.append(Some(7), vec![audit("d1")]).l, 42);
-        assert_eq!(log.append(None, vec![audit("d2")]).l, 43);
+        assert_eq!(log.append(Some(7), vec![audit("d1")], None).l, 42);
+        assert_eq!(log.append(None, vec![audit("d2")], Some(3)).l, 43);
         // Read as a restart after kill -9 would: without closing the log.
         let read_back = read(&path, 0);
         assert_eq!(read_back.iter().map(|d| d.l).collect::<Vec<_>>(), [42, 43]);
         assert_eq!(read_back[0].key, Some(7));
         assert_eq!(read_back[1].audits[0].delivery_id, "d2");
+        assert_eq!((read_back[0].j, read_back[1].j), (None, Some(3)), "a held journal entry it retires");
         assert_eq!((read_back[1].audits[0].attempt, read_back[1].audits[0].outcome.as_str()), (1, "delivered"));
         assert_eq!(read(&path, 42).len(), 1, "entries already in the tables are skipped");
     }
@@ -264,7 +267,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let mut log = FastLog::open(path.clone(), 0);
-        log.append(Some(1), vec![audit("d1")]);
+        log.append(Some(1), vec![audit("d1")], None);
         std::fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"l\":2,\"k\":").unwrap();
         assert_eq!(read(&path, 0).len(), 1);
     }
@@ -279,7 +282,7 @@ mod tests {
         for _ in 0..(ROTATE_BYTES / 2048 + 10) {
             let mut a = audit("d");
             a.snippet = Some(big.clone());
-            last = log.append(None, vec![a]).l;
+            last = log.append(None, vec![a], None).l;
         }
         log.applied(last - 3);
         let left = read(&path, 0);

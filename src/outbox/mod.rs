@@ -49,6 +49,7 @@
 mod dedupe;
 pub mod disk;
 mod fastlog;
+mod journal;
 mod lock;
 pub mod quarantine;
 pub mod query;
@@ -254,6 +255,8 @@ impl Repaired {
 pub(crate) struct Persisting {
     pub records: Vec<AttemptRecord>,
     pub reply: oneshot::Sender<()>,
+    /// Its entry in the held journal, retired once this commits.
+    pub journaled: Option<u64>,
 }
 
 /// What the writer thread is asked, classified once by where it goes.
@@ -267,6 +270,10 @@ pub(crate) enum Command {
     /// transaction, before its MQTT message is acked. Admitted like ingest (it waits
     /// for room at the cap), but outside the commit watermark: `reply` answers it.
     Persist { event: Box<NewEvent>, then: Box<Persisting> },
+    /// Events the fast path holds past their ack (their endpoint answers later than
+    /// `write_behind`): appended to the held journal and synced, one record for all that
+    /// arrive together, before `reply` says whether they are durable.
+    Journal { events: Vec<(u64, NewEvent)>, reply: oneshot::Sender<bool> },
     /// Answered at once from committed state, outside any transaction.
     Read(Read),
     /// Events delivered from memory wait in the fast log's hand-over (see
@@ -413,20 +420,37 @@ impl Outbox {
     /// Stores an event the fast path could not deliver in time, with the attempts made so
     /// far. The command is queued before this returns (persists keep their order); the
     /// receiver answers once it committed, and errs if it could not.
-    pub fn persist(&self, event: NewEvent, records: Vec<AttemptRecord>) -> oneshot::Receiver<()> {
+    /// `journaled` names its entry in the held journal, if it has one.
+    pub fn persist(&self, event: NewEvent, records: Vec<AttemptRecord>, journaled: Option<u64>) -> oneshot::Receiver<()> {
         let (reply, rx) = oneshot::channel();
         // A writer gone drops the command, and with it `reply`: the receiver errs.
-        let then = Box::new(Persisting { records, reply });
+        let then = Box::new(Persisting { records, reply, journaled });
         let _ = self.tx.send(Command::Persist { event: Box::new(event), then });
+        rx
+    }
+
+    /// Makes events the fast path holds durable before their ack, as one record of the
+    /// held journal (see `journal`): each `(entry id, event)`; ids are the caller's, unique
+    /// for the life of this outbox handle. The receiver says whether they are on disk
+    /// (false, or an error: they are not, store them instead).
+    pub fn journal(&self, events: Vec<(u64, NewEvent)>) -> oneshot::Receiver<bool> {
+        let (reply, rx) = oneshot::channel();
+        let _ = self.tx.send(Command::Journal { events, reply });
         rx
     }
 
     /// Keeps an event delivered from memory: appended to the fast log (in the page cache,
     /// so it survives the agent's death; not fsync'd) before this returns, written to the
-    /// tables later. Call it before acking the event's message.
-    pub fn delivered_fast(&self, key: Option<i64>, audits: Vec<crate::outbox::AuditRow>) -> Result<(), OutboxError> {
+    /// tables later. Call it before acking the event's message. `journaled` names its
+    /// entry in the held journal, retired by this.
+    pub fn delivered_fast(
+        &self,
+        key: Option<i64>,
+        audits: Vec<crate::outbox::AuditRow>,
+        journaled: Option<u64>,
+    ) -> Result<(), OutboxError> {
         let mut log = self.fast_log.lock().unwrap_or_else(|e| e.into_inner());
-        match log.append_and_hand(key, audits) {
+        match log.append_and_hand(key, audits, journaled) {
             None => Err(OutboxError::Closed),
             Some(false) => Ok(()),
             Some(true) => self.tx.send(Command::FastHanded).map_err(|_| OutboxError::Closed),

@@ -129,4 +129,6 @@ pub struct FastDone {
     pub key: Option<i64>,
     /// One per delivery, each with outcome `delivered`.
     pub audits: Vec<AuditRow>,
+    /// Its entry in the held journal, which this retires.
+    pub j: Option<u64>,
 }

@@ -23,6 +23,7 @@ use tokio::sync::{Notify, watch};
 
 use super::disk::{Disk, RealDisk};
 use super::fastlog::FastLog;
+use super::journal::Journal;
 use super::space::{Budget, HIGH, RETENTION_MS};
 use super::store::Store;
 use super::{Command, Inbound, Outbox, OutboxError, Read, Write};
@@ -39,7 +40,7 @@ mod losses;
 mod room;
 
 use admission::{Admission, Blocked, TIGHT_BYTES};
-use fast::{FastPending, recover_fast_log};
+use fast::{FastPending, recover_fast_log, recover_journal};
 
 #[cfg(test)]
 mod tests;
@@ -129,6 +130,7 @@ struct Writer {
     pending: Pending,
     fast: FastPending,
     fast_log: Arc<std::sync::Mutex<FastLog>>,
+    journal: Journal,
     upkeep: Upkeep,
     beat: Beat,
     /// The last batch was large: the next one lingers.
@@ -147,7 +149,9 @@ impl Writer {
         let mut store = Store::with_dedupe_window(conn, budget.dedupe_keys())?;
         store.apply_budget(&budget)?;
         crate::clock::start(store.saved_clock()?.as_ref());
-        let fast_log = Arc::new(std::sync::Mutex::new(recover_fast_log(&mut store, &cfg.path)?));
+        let (fast_log, delivered) = recover_fast_log(&mut store, &cfg.path)?;
+        let fast_log = Arc::new(std::sync::Mutex::new(fast_log));
+        let journal = recover_journal(&mut store, &cfg.path, &delivered)?;
         let keys = store.keys();
         let (tx, rx) = mpsc::channel();
         let (committed_tx, committed) = watch::channel(0u64);
@@ -166,6 +170,7 @@ impl Writer {
             pending: Pending::default(),
             fast: FastPending::default(),
             fast_log: fast_log.clone(),
+            journal,
             upkeep: Upkeep::new(cfg.audit_per_subscription),
             beat,
             busy: false,
@@ -222,6 +227,8 @@ impl Writer {
             let take = self.ingest_to_take();
             self.commit_pending(take);
         }
+        // What the last commits stored of the held journal's events need not come back.
+        self.journal.write_retired();
         // The clock's last reading, so that a restart in this boot continues exactly.
         let clock = crate::clock::here();
         if let Err(e) = self.in_own_transaction(|store| store.save_clock(&clock)) {
@@ -234,6 +241,27 @@ impl Writer {
             );
         }
         tracing::debug!("outbox writer stopped");
+    }
+
+    /// Appends what the fast path holds past its ack to the held journal, as one synced
+    /// record, and says so to each asker (false: not durable, store it instead).
+    fn journal_now(&mut self, asked: Vec<(Vec<(u64, super::NewEvent)>, tokio::sync::oneshot::Sender<bool>)>) {
+        if asked.is_empty() {
+            return;
+        }
+        let events: Vec<(u64, &super::NewEvent)> =
+            asked.iter().flat_map(|(events, _)| events.iter().map(|(j, e)| (*j, e))).collect();
+        let ok = match self.journal.append(&events) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, events = events.len(),
+                    "Cannot write the held journal; these events are stored in the outbox instead.");
+                false
+            }
+        };
+        for (_, reply) in asked {
+            let _ = reply.send(ok);
+        }
     }
 
     /// How long the loop may wait for the next command.
@@ -282,6 +310,7 @@ impl Writer {
     fn turn(&mut self, batch: Vec<Command>) -> Turn {
         // Before the batch: a flush asked for after an event was handed carries it.
         self.take_handed();
+        let mut to_journal = Vec::new();
         for cmd in batch {
             match cmd {
                 Command::Ingest { seq, inbound, linger } => self.admission.hold(seq, inbound, linger),
@@ -300,9 +329,12 @@ impl Writer {
                 // Taken at the start of this turn, with whatever else was handed.
                 Command::FastHanded => {}
                 Command::Hurry => self.admission.hurry(),
+                Command::Journal { events, reply } => to_journal.push((events, reply)),
                 Command::FlushFast(reply) => self.fast.waiters.push(reply),
             }
         }
+        self.journal_now(to_journal);
+        self.journal.write_retired();
         let fast_due = self.fast.due(Instant::now());
         if self.pending.writes.is_empty() && self.admission.is_empty() && self.upkeep.to_sweep.is_empty() && !fast_due {
             return Turn::Progress;
@@ -478,7 +510,10 @@ impl Writer {
                 let _ = self.store.checkpoint_truncate();
             }
         }
-        if let Some(seq) = self.admission.committed(taken) {
+        let mut retired = Vec::new();
+        let committed = self.admission.committed(taken, &mut retired);
+        self.journal.retire(retired);
+        if let Some(seq) = committed {
             self.committed.send_if_modified(|c| {
                 let moved = seq > *c;
                 *c = (*c).max(seq);

@@ -186,7 +186,7 @@ fn events_delivered_from_memory_keep_their_audit_counts_and_newest_keys() {
     s.begin().unwrap();
     for l in 1..=5u64 {
         let audit = AuditRow { subscription: "a".into(), delivery_id: format!("d{l}"), ..Default::default() };
-        s.record_fast(&FastDone { l, key: Some(l as i64), audits: vec![audit] }).unwrap();
+        s.record_fast(&FastDone { l, key: Some(l as i64), audits: vec![audit], j: None }).unwrap();
     }
     s.set_fast_applied(5).unwrap();
     s.commit().unwrap();

@@ -212,13 +212,14 @@ impl Admission {
         self.held.iter().take(n).map(|h| (h.inbound.as_ref(), h.then.as_deref()))
     }
 
-    /// The first `n` committed: drops them (persisted events hear so) and returns the
-    /// highest sequence number among them.
-    pub fn committed(&mut self, n: usize) -> Option<u64> {
+    /// The first `n` committed: drops them (persisted events hear so, and those the held
+    /// journal kept join `retired`) and returns the highest sequence number among them.
+    pub fn committed(&mut self, n: usize, retired: &mut Vec<u64>) -> Option<u64> {
         let mut last = None;
         for held in self.held.drain(..n.min(self.held.len())) {
             match held.then {
                 Some(then) => {
+                    retired.extend(then.journaled);
                     let _ = then.reply.send(());
                 }
                 None => last = Some(held.seq),
@@ -353,10 +354,10 @@ mod tests {
     #[test]
     fn committed_messages_leave_in_order() {
         let mut a = with(5, 1);
-        assert_eq!(a.committed(3), Some(3));
+        assert_eq!(a.committed(3, &mut Vec::new()), Some(3));
         assert_eq!(a.len(), 2);
-        assert_eq!(a.committed(10), Some(5));
-        assert_eq!(a.committed(1), None);
+        assert_eq!(a.committed(10, &mut Vec::new()), Some(5));
+        assert_eq!(a.committed(1, &mut Vec::new()), None);
         assert!(a.is_empty());
     }
 }

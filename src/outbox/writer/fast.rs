@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use super::super::fastlog::{self, FastLog};
-use super::super::store::Store;
+use super::super::journal::Journal;
+use super::super::store::{Store, Stored};
 use super::super::{FastDone, OutboxError};
 use super::Writer;
 
@@ -60,6 +61,7 @@ impl Writer {
             log.take_handed()
         };
         self.upkeep.ingested_since_release += handed.len();
+        self.journal.retire(handed.iter().filter_map(|d| d.j));
         for done in handed {
             self.fast.push(done);
         }
@@ -99,8 +101,9 @@ impl Writer {
 }
 
 /// Copies into the tables what the fast log holds beyond them (the agent was killed, or
-/// the power cut, before the writer's last flush), then starts the log afresh.
-pub(super) fn recover_fast_log(store: &mut Store, db: &std::path::Path) -> Result<FastLog, OutboxError> {
+/// the power cut, before the writer's last flush), then starts the log afresh. Also
+/// returns the held journal's entries those deliveries retired.
+pub(super) fn recover_fast_log(store: &mut Store, db: &std::path::Path) -> Result<(FastLog, Vec<u64>), OutboxError> {
     let path = fastlog::path_for(db);
     let applied = store.fast_applied()?;
     let entries = fastlog::read(&path, applied);
@@ -120,5 +123,42 @@ pub(super) fn recover_fast_log(store: &mut Store, db: &std::path::Path) -> Resul
         store.keys().lock().recent.extend(entries.iter().filter_map(|d| d.key));
         tracing::info!(events = entries.len(), "Recovered the fast path's deliveries from its log.");
     }
-    Ok(FastLog::open(path, last))
+    let retired = entries.iter().filter_map(|d| d.j).collect();
+    Ok((FastLog::open(path, last), retired))
+}
+
+/// Stores what the held journal kept of events acked but neither delivered nor stored
+/// when the agent stopped (`delivered`: entries the fast log's recovered lines retired),
+/// each with every delivery pending, unless its event is stored already; then starts
+/// the journal afresh.
+pub(super) fn recover_journal(
+    store: &mut Store,
+    db: &std::path::Path,
+    delivered: &[u64],
+) -> Result<Journal, OutboxError> {
+    let (mut journal, recovered) = Journal::open(db);
+    let recovered: Vec<_> = recovered.into_iter().filter(|r| !delivered.contains(&r.j)).collect();
+    if !recovered.is_empty() {
+        let now = crate::clock::sched_ms();
+        store.begin()?;
+        let stored = recovered.iter().try_fold(0usize, |n, r| {
+            let inbound = crate::outbox::Inbound::Event(r.event.clone());
+            Ok::<_, rusqlite::Error>(n + usize::from(matches!(store.insert(&inbound, now)?, Stored::Event { .. })))
+        });
+        let stored = match stored.and_then(|n| store.commit().map(|()| n)) {
+            Ok(n) => n,
+            Err(e) => {
+                store.rollback();
+                return Err(e.into());
+            }
+        };
+        tracing::info!(
+            entries = recovered.len(),
+            stored,
+            "Stored the events the held journal kept (acked, not yet delivered when the agent stopped)."
+        );
+    }
+    let path = super::super::journal::paths_for(db)[0].clone();
+    journal.begin().map_err(|source| OutboxError::Io { path: path.display().to_string(), source })?;
+    Ok(journal)
 }
