@@ -404,7 +404,15 @@ impl Book {
             }
         }
         let journaled = (job.journal != Journal::No).then_some(id);
-        Some(Persist { job: id, event: job.event.clone(), records, unqueued, in_flight, lanes: job.lanes.clone(), journaled })
+        Some(Persist {
+            job: id,
+            event: job.event.clone(),
+            records,
+            unqueued,
+            in_flight,
+            lanes: job.lanes.clone(),
+            journaled,
+        })
     }
 
     /// A persist committed (`ok`) or could not be: the job ends, and its message may be

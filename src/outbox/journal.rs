@@ -163,8 +163,9 @@ pub struct Journal {
     generation: u64,
     /// Where the next record goes in the file in use.
     end: u64,
-    /// Each live entry's encoded JSON (`{"j":…,"e":…}`), copied forward at rotation.
-    live: HashMap<u64, String>,
+    /// Each live entry's encoded JSON (`{"j":…,"e":…}`), copied forward at rotation, and
+    /// the subscriptions its event goes to.
+    live: HashMap<u64, (String, Vec<String>)>,
     live_bytes: u64,
     /// Retired since the last record: written with the next one.
     retired: Vec<u64>,
@@ -222,23 +223,26 @@ impl Journal {
     /// Appends events held past their ack, as one record, and syncs it. An entry is
     /// live from here until [`Journal::retire`]. On an error nothing of them is live.
     pub fn append(&mut self, events: &[(u64, &NewEvent)]) -> std::io::Result<()> {
-        let encoded: Vec<(u64, String)> = events
+        let encoded: Vec<(u64, String, Vec<String>)> = events
             .iter()
-            .map(|(j, e)| (*j, serde_json::to_string(&Entry { j: *j, e: Held::of(e) }).unwrap_or_default()))
+            .map(|(j, e)| {
+                let subscriptions = e.deliveries.iter().map(|d| d.subscription.clone()).collect();
+                (*j, serde_json::to_string(&Entry { j: *j, e: Held::of(e) }).unwrap_or_default(), subscriptions)
+            })
             .collect();
-        let new_bytes: u64 = encoded.iter().map(|(_, s)| s.len() as u64).sum();
+        let new_bytes: u64 = encoded.iter().map(|(_, s, _)| s.len() as u64).sum();
         let rotate = self.file.is_none() || (self.end >= ROTATE_AT && self.end >= 2 * (self.live_bytes + new_bytes));
         let result = if rotate {
-            self.rotate(encoded.iter().map(|(_, s)| s.as_str()).collect())
+            self.rotate(encoded.iter().map(|(_, s, _)| s.as_str()).collect())
         } else {
-            let body = self.body(encoded.iter().map(|(_, s)| s.as_str()), &self.retired);
+            let body = self.body(encoded.iter().map(|(_, s, _)| s.as_str()), &self.retired);
             self.write_record(&body, true)
         };
         result?;
         self.retired.clear();
-        for (j, s) in encoded {
+        for (j, s, subscriptions) in encoded {
             self.live_bytes += s.len() as u64;
-            self.live.insert(j, s);
+            self.live.insert(j, (s, subscriptions));
         }
         Ok(())
     }
@@ -247,7 +251,7 @@ impl Journal {
     /// record, or by [`Journal::write_retired`].
     pub fn retire(&mut self, ids: impl IntoIterator<Item = u64>) {
         for j in ids {
-            if let Some(s) = self.live.remove(&j) {
+            if let Some((s, _)) = self.live.remove(&j) {
                 self.live_bytes -= s.len() as u64;
                 self.retired.push(j);
             }
@@ -263,8 +267,22 @@ impl Journal {
         let body = self.body(std::iter::empty(), &self.retired);
         match self.write_record(&body, false) {
             Ok(()) => self.retired.clear(),
-            Err(e) => tracing::debug!(error = %e, "Could not write retirements to the held journal; kept for the next record."),
+            Err(e) => {
+                tracing::debug!(error = %e, "Could not write retirements to the held journal; kept for the next record.")
+            }
         }
+    }
+
+    /// Deliveries of live entries, per subscription: acked, neither delivered nor stored.
+    pub fn pending(&self) -> Vec<(String, u64)> {
+        let mut out: Vec<(String, u64)> = Vec::new();
+        for name in self.live.values().flat_map(|(_, subscriptions)| subscriptions) {
+            match out.iter_mut().find(|(n, _)| n == name) {
+                Some((_, count)) => *count += 1,
+                None => out.push((name.clone(), 1)),
+            }
+        }
+        out
     }
 
     fn body<'a>(&self, held: impl Iterator<Item = &'a str>, retired: &[u64]) -> String {
@@ -289,7 +307,7 @@ impl Journal {
             File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir })?.sync_all()?;
         }
         let generation = self.generation + 1;
-        let live: Vec<&str> = self.live.values().map(String::as_str).chain(new).collect();
+        let live: Vec<&str> = self.live.values().map(|(s, _)| s.as_str()).chain(new).collect();
         let body = format!("{{\"g\":{generation},\"h\":[{}],\"r\":[]}}", live.join(","));
         write_at(&file, 0, &body)?;
         file.sync_data()?;
@@ -370,6 +388,7 @@ mod tests {
         journal.append(&[(1, &a), (2, &b)]).unwrap();
         journal.append(&[(3, &c)]).unwrap();
         journal.retire([2]);
+        assert_eq!(journal.pending(), [("ops".to_string(), 2)]);
         journal.write_retired();
         drop(journal);
         let (mut journal, recovered) = Journal::open(&db);

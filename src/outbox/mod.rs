@@ -421,7 +421,12 @@ impl Outbox {
     /// far. The command is queued before this returns (persists keep their order); the
     /// receiver answers once it committed, and errs if it could not.
     /// `journaled` names its entry in the held journal, if it has one.
-    pub fn persist(&self, event: NewEvent, records: Vec<AttemptRecord>, journaled: Option<u64>) -> oneshot::Receiver<()> {
+    pub fn persist(
+        &self,
+        event: NewEvent,
+        records: Vec<AttemptRecord>,
+        journaled: Option<u64>,
+    ) -> oneshot::Receiver<()> {
         let (reply, rx) = oneshot::channel();
         // A writer gone drops the command, and with it `reply`: the receiver errs.
         let then = Box::new(Persisting { records, reply, journaled });

@@ -27,6 +27,9 @@ pub struct InMemory {
     /// Deliveries from memory not yet in the tables, per subscription: they add to its
     /// `created` and `delivered`.
     pub fast: Vec<(String, u64)>,
+    /// Deliveries of events acked on the strength of the held journal and still in
+    /// memory, per subscription: they add to its `created` and `pending`.
+    pub held: Vec<(String, u64)>,
     /// Redeliveries recognised since start.
     pub duplicates: u64,
 }
@@ -45,20 +48,31 @@ impl Stats {
     }
 
     /// Counts deliveries the fast path made that are not yet in the tables.
-    pub fn add_fast(&mut self, pending: &[(String, u64)]) {
-        for (name, n) in pending {
-            match self.subscriptions.iter_mut().find(|s| s.name == *name) {
-                Some(s) => {
-                    s.created += n;
-                    s.delivered += n;
-                }
-                None => self.subscriptions.push(SubscriptionStats {
-                    name: name.clone(),
-                    created: *n,
-                    delivered: *n,
-                    ..Default::default()
-                }),
-            }
+    pub fn add_fast(&mut self, delivered: &[(String, u64)]) {
+        for (name, n) in delivered {
+            let s = self.subscription_mut(name);
+            s.created += n;
+            s.delivered += n;
         }
+    }
+
+    /// Counts deliveries of events held in memory past their ack (see `journal`).
+    pub fn add_held(&mut self, pending: &[(String, u64)]) {
+        for (name, n) in pending {
+            let s = self.subscription_mut(name);
+            s.created += n;
+            s.pending += n;
+        }
+    }
+
+    fn subscription_mut(&mut self, name: &str) -> &mut SubscriptionStats {
+        let at = match self.subscriptions.iter().position(|s| s.name == name) {
+            Some(at) => at,
+            None => {
+                self.subscriptions.push(SubscriptionStats { name: name.to_string(), ..Default::default() });
+                self.subscriptions.len() - 1
+            }
+        };
+        &mut self.subscriptions[at]
     }
 }

@@ -559,13 +559,18 @@ impl Writer {
             Read::Stats { reply } => match self.store.stats() {
                 Ok(mut s) => {
                     s.add_fast(&self.fast_pending());
+                    s.add_held(&self.journal.pending());
                     drop(reply.send(s))
                 }
                 Err(e) => tracing::debug!(error = %e, "Could not read the outbox stats."),
             },
             Read::InMemory { reply } => {
                 let duplicates = self.store.duplicates();
-                drop(reply.send(super::InMemory { fast: self.fast_pending(), duplicates }))
+                drop(reply.send(super::InMemory {
+                    fast: self.fast_pending(),
+                    held: self.journal.pending(),
+                    duplicates,
+                }))
             }
             Read::Held { reply } => match self.store.held() {
                 Ok(h) => drop(reply.send(h)),

@@ -307,6 +307,7 @@ impl Context {
         let mut stats = self.read(|r| r.stats()).await?;
         if let Ok(memory) = self.outbox.in_memory().await {
             stats.add_fast(&memory.fast);
+            stats.add_held(&memory.held);
             stats.duplicates = memory.duplicates;
         }
         let bytes = bytes_on_disk(&live.config.storage.path);
