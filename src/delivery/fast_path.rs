@@ -23,8 +23,10 @@ const COMMIT_TIME: Duration = Duration::from_millis(20);
 const QUEUE_LINGER: Duration = Duration::from_millis(100);
 /// A journaled job is stored in the tables after this long in memory…
 const HELD_FOR: Duration = Duration::from_secs(60);
-/// …and once this many are held, the next ones are stored instead.
+/// …and once this many are held, or their payloads come to [`HELD_MAX_BYTES`], the next
+/// ones are stored instead: memory, and the journal's files, stay small.
 const HELD_MAX: usize = 4096;
+const HELD_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// A job made durable, or not: what the dispatcher hears back from the outbox.
 pub enum Kept {
@@ -122,7 +124,16 @@ impl Dispatcher {
         if ids.is_empty() {
             return;
         }
-        let room = HELD_MAX.saturating_sub(self.fast.journaled()).min(ids.len());
+        let (mut held, mut bytes) = self.fast.journaled();
+        let mut room = 0;
+        for &id in &ids {
+            bytes += self.fast.bytes_of(id);
+            held += 1;
+            if held > HELD_MAX || bytes > HELD_MAX_BYTES {
+                break;
+            }
+            room += 1;
+        }
         let events = self.fast.journal(&ids[..room], Instant::now() + HELD_FOR);
         if !events.is_empty() {
             let journaled: Vec<u64> = events.iter().map(|(id, _)| *id).collect();

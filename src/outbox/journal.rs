@@ -169,6 +169,11 @@ pub struct Journal {
     live_bytes: u64,
     /// Retired since the last record: written with the next one.
     retired: Vec<u64>,
+    /// `storage.synchronous = "full"`: each append is synced. With `normal` the tables'
+    /// commits are not, and neither are these (a power cut may lose the last of both).
+    sync: bool,
+    /// [`ROTATE_AT`], smaller in tests.
+    rotate_at: u64,
 }
 
 impl std::fmt::Debug for Journal {
@@ -181,7 +186,7 @@ impl Journal {
     /// Reads the journal of the outbox at `db`: the entries still live, oldest first.
     /// Nothing is written until [`Journal::begin`], which the caller runs once it has
     /// stored them.
-    pub fn open(db: &Path) -> (Journal, Vec<Recovered>) {
+    pub fn open(db: &Path, sync: bool) -> (Journal, Vec<Recovered>) {
         let paths = paths_for(db);
         let [first, second] = [read(&paths[0]), read(&paths[1])];
         let generation_of = |r: &[Body]| r.first().map(|b| b.g);
@@ -208,6 +213,8 @@ impl Journal {
             live: HashMap::new(),
             live_bytes: 0,
             retired: Vec::new(),
+            sync,
+            rotate_at: ROTATE_AT,
         };
         (journal, recovered)
     }
@@ -231,12 +238,13 @@ impl Journal {
             })
             .collect();
         let new_bytes: u64 = encoded.iter().map(|(_, s, _)| s.len() as u64).sum();
-        let rotate = self.file.is_none() || (self.end >= ROTATE_AT && self.end >= 2 * (self.live_bytes + new_bytes));
+        let rotate =
+            self.file.is_none() || (self.end >= self.rotate_at && self.end >= 2 * (self.live_bytes + new_bytes));
         let result = if rotate {
             self.rotate(encoded.iter().map(|(_, s, _)| s.as_str()).collect())
         } else {
             let body = self.body(encoded.iter().map(|(_, s, _)| s.as_str()), &self.retired);
-            self.write_record(&body, true)
+            self.write_record(&body, self.sync)
         };
         result?;
         self.retired.clear();
@@ -360,104 +368,4 @@ fn read(path: &Path) -> Vec<Body> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn event(n: u32) -> NewEvent {
-        NewEvent::local(
-            "mission.done",
-            "agv-1",
-            &serde_json::json!({ "n": n }),
-            1_000 + n as i64,
-            vec![NewDelivery { id: format!("d-{n}"), subscription: "ops".into(), expires_ms: i64::MAX }],
-        )
-    }
-
-    fn ids(recovered: &[Recovered]) -> Vec<String> {
-        recovered.iter().map(|r| r.event.deliveries[0].id.clone()).collect()
-    }
-
-    #[test]
-    fn live_entries_come_back_and_retired_ones_do_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("outbox.db");
-        let (mut journal, recovered) = Journal::open(&db);
-        assert!(recovered.is_empty());
-        journal.begin().unwrap();
-        let (a, b, c) = (event(1), event(2), event(3));
-        journal.append(&[(1, &a), (2, &b)]).unwrap();
-        journal.append(&[(3, &c)]).unwrap();
-        journal.retire([2]);
-        assert_eq!(journal.pending(), [("ops".to_string(), 2)]);
-        journal.write_retired();
-        drop(journal);
-        let (mut journal, recovered) = Journal::open(&db);
-        assert_eq!(ids(&recovered), ["d-1", "d-3"]);
-        let back = &recovered[0].event;
-        assert_eq!((back.id.as_str(), back.data.as_str(), back.created_ms), (a.id.as_str(), a.data.as_str(), 1_001));
-        assert!(!back.dedupe_check);
-        // Stored elsewhere by the caller: a new generation starts empty.
-        journal.begin().unwrap();
-        drop(journal);
-        assert!(Journal::open(&db).1.is_empty());
-    }
-
-    #[test]
-    fn a_torn_record_ends_the_read_and_what_was_synced_before_it_stays() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("outbox.db");
-        let (mut journal, _) = Journal::open(&db);
-        journal.begin().unwrap();
-        journal.append(&[(1, &event(1))]).unwrap();
-        journal.append(&[(2, &event(2))]).unwrap();
-        let index = journal.file.as_ref().map(|(i, _)| *i).unwrap();
-        drop(journal);
-        let path = &paths_for(&db)[index];
-        let mut bytes = std::fs::read(path).unwrap();
-        let last = bytes.len() - 3;
-        bytes[last] ^= 0xff;
-        std::fs::write(path, &bytes).unwrap();
-        assert_eq!(ids(&Journal::open(&db).1), ["d-1"]);
-    }
-
-    #[test]
-    fn rotation_carries_the_live_entries_and_leaves_the_retired_behind() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("outbox.db");
-        let (mut journal, _) = Journal::open(&db);
-        journal.begin().unwrap();
-        let big = |n: u32| {
-            let mut e = event(n);
-            e.data = format!("{{\"pad\":\"{}\"}}", "x".repeat(64 * 1024));
-            e
-        };
-        journal.append(&[(1, &event(1))]).unwrap();
-        let started = journal.generation;
-        for n in 2..40 {
-            journal.append(&[(n as u64, &big(n))]).unwrap();
-            journal.retire([n as u64]);
-        }
-        assert!(journal.generation > started, "rotated past {ROTATE_AT} bytes");
-        journal.append(&[(50, &event(50))]).unwrap();
-        drop(journal);
-        assert_eq!(ids(&Journal::open(&db).1), ["d-1", "d-50"]);
-    }
-
-    #[test]
-    fn a_rotation_cut_short_leaves_the_older_file_in_force() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("outbox.db");
-        let (mut journal, _) = Journal::open(&db);
-        journal.begin().unwrap();
-        journal.append(&[(1, &event(1))]).unwrap();
-        let index = journal.file.as_ref().map(|(i, _)| *i).unwrap();
-        journal.rotate(vec![]).unwrap();
-        drop(journal);
-        // The new generation's first record torn: as if the cut came before its sync.
-        let path = &paths_for(&db)[1 - index];
-        let mut bytes = std::fs::read(path).unwrap();
-        bytes[HEADER] ^= 0xff;
-        std::fs::write(path, &bytes).unwrap();
-        assert_eq!(ids(&Journal::open(&db).1), ["d-1"]);
-    }
-}
+mod tests;

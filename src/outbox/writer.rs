@@ -151,7 +151,7 @@ impl Writer {
         crate::clock::start(store.saved_clock()?.as_ref());
         let (fast_log, delivered) = recover_fast_log(&mut store, &cfg.path)?;
         let fast_log = Arc::new(std::sync::Mutex::new(fast_log));
-        let journal = recover_journal(&mut store, &cfg.path, &delivered)?;
+        let journal = recover_journal(&mut store, &cfg.path, &delivered, cfg.synchronous == Synchronous::Full)?;
         let keys = store.keys();
         let (tx, rx) = mpsc::channel();
         let (committed_tx, committed) = watch::channel(0u64);
@@ -241,27 +241,6 @@ impl Writer {
             );
         }
         tracing::debug!("outbox writer stopped");
-    }
-
-    /// Appends what the fast path holds past its ack to the held journal, as one synced
-    /// record, and says so to each asker (false: not durable, store it instead).
-    fn journal_now(&mut self, asked: Vec<(Vec<(u64, super::NewEvent)>, tokio::sync::oneshot::Sender<bool>)>) {
-        if asked.is_empty() {
-            return;
-        }
-        let events: Vec<(u64, &super::NewEvent)> =
-            asked.iter().flat_map(|(events, _)| events.iter().map(|(j, e)| (*j, e))).collect();
-        let ok = match self.journal.append(&events) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(error = %e, events = events.len(),
-                    "Cannot write the held journal; these events are stored in the outbox instead.");
-                false
-            }
-        };
-        for (_, reply) in asked {
-            let _ = reply.send(ok);
-        }
     }
 
     /// How long the loop may wait for the next command.

@@ -6,8 +6,11 @@ use std::time::{Duration, Instant};
 use super::super::fastlog::{self, FastLog};
 use super::super::journal::Journal;
 use super::super::store::{Store, Stored};
-use super::super::{FastDone, OutboxError};
+use super::super::{FastDone, NewEvent, OutboxError};
 use super::Writer;
+
+/// Events to append to the held journal, and whom to tell whether they are on disk.
+pub(super) type ToJournal = (Vec<(u64, NewEvent)>, tokio::sync::oneshot::Sender<bool>);
 
 /// What the fast path delivered is written to the tables at the latest after this long…
 /// (docs/decisions.md: "The fast path's writes"): the fast log holds it meanwhile.
@@ -87,6 +90,27 @@ impl Writer {
         }
     }
 
+    /// Appends what the fast path holds past its ack to the held journal, as one synced
+    /// record, and says so to each asker (false: not durable, store it instead).
+    pub(super) fn journal_now(&mut self, asked: Vec<ToJournal>) {
+        if asked.is_empty() {
+            return;
+        }
+        let events: Vec<(u64, &NewEvent)> =
+            asked.iter().flat_map(|(events, _)| events.iter().map(|(j, e)| (*j, e))).collect();
+        let ok = match self.journal.append(&events) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, events = events.len(),
+                    "Cannot write the held journal; these events are stored in the outbox instead.");
+                false
+            }
+        };
+        for (_, reply) in asked {
+            let _ = reply.send(ok);
+        }
+    }
+
     /// Deliveries from memory not yet in the tables, per subscription.
     pub(super) fn fast_pending(&self) -> Vec<(String, u64)> {
         let mut out: Vec<(String, u64)> = Vec::new();
@@ -135,8 +159,9 @@ pub(super) fn recover_journal(
     store: &mut Store,
     db: &std::path::Path,
     delivered: &[u64],
+    sync: bool,
 ) -> Result<Journal, OutboxError> {
-    let (mut journal, recovered) = Journal::open(db);
+    let (mut journal, recovered) = Journal::open(db, sync);
     let recovered: Vec<_> = recovered.into_iter().filter(|r| !delivered.contains(&r.j)).collect();
     if !recovered.is_empty() {
         let now = crate::clock::sched_ms();
