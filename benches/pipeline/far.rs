@@ -138,7 +138,8 @@ pub async fn run(opts: &Opts, record: &mut impl FnMut(&str, f64, &str, Option<f6
         record("far: flash per event, 200/s into a 180 req/s endpoint", w.flash_per_event, "bytes", None);
         record("far: delivered rate, 200/s into a 180 req/s endpoint", w.events_per_s, "events/s", None);
     }
-    // An endpoint that answers in 5 s: every event is stored before its ack.
+    // An endpoint that answers in 5 s: every event is made durable (the held journal)
+    // before its ack, and delivered from memory after it.
     let five = Far { rtt: Duration::from_secs(5), pace: None, roam: None };
     if named("5s") {
         let w = window(broker.port, "far-5s", five, 1, opts.n(30, 60)).await;

@@ -219,7 +219,8 @@ impl Journal {
         (journal, recovered)
     }
 
-    /// Starts a new, empty generation: what was read at open is stored elsewhere now.
+    /// Starts a new, empty generation now: what was read at open is stored elsewhere. (Not
+    /// needed when nothing was live: the first append starts one.)
     pub fn begin(&mut self) -> std::io::Result<()> {
         self.live.clear();
         self.live_bytes = 0;

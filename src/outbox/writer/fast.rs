@@ -162,6 +162,11 @@ pub(super) fn recover_journal(
     sync: bool,
 ) -> Result<Journal, OutboxError> {
     let (mut journal, recovered) = Journal::open(db, sync);
+    if recovered.is_empty() {
+        // Nothing live: the files may stay as they are, and the first append starts the
+        // next generation (no page written at every start).
+        return Ok(journal);
+    }
     let recovered: Vec<_> = recovered.into_iter().filter(|r| !delivered.contains(&r.j)).collect();
     if !recovered.is_empty() {
         let now = crate::clock::sched_ms();
@@ -183,7 +188,13 @@ pub(super) fn recover_journal(
             "Stored the events the held journal kept (acked, not yet delivered when the agent stopped)."
         );
     }
-    let path = super::super::journal::paths_for(db)[0].clone();
-    journal.begin().map_err(|source| OutboxError::Io { path: path.display().to_string(), source })?;
+    // What was live is stored, or retired by the fast log that was just emptied: a new
+    // generation leaves it behind.
+    if let Err(e) = journal.begin() {
+        // A full filesystem at boot must not keep the agent down: held events are stored
+        // in the tables until an append finds room (it starts the generation then).
+        tracing::warn!(error = %e, path = %super::super::journal::paths_for(db)[0].display(),
+            "Cannot start the held journal; events that wait for a far answer are stored in the outbox until it can.");
+    }
     Ok(journal)
 }
