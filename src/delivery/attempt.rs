@@ -118,9 +118,8 @@ impl Attempt {
             self.metrics.observe(&self.sub.name, result_word(&verdict), sent.duration, sent.last_request_bytes());
             // The member that has spent the most retries decides for all.
             let most = members.iter().max_by_key(|d| d.budget_used).unwrap_or(&members[0]);
-            let next = next_state(&self.sub, most, &verdict, crate::clock::sched_ms());
-            let first = members.iter().min_by_key(|d| d.next_attempt_ms).unwrap_or(&members[0]);
-            let next = keep_place_when_held(next, &verdict, sent.status, first);
+            let now_ms = crate::clock::sched_ms();
+            let next = next_state(&self.sub, most, &verdict, now_ms);
             tracing::debug!(subscription = %self.sub.name, batch_id = %id, events = members.len(),
                 status = ?sent.status, ?next, "Batch attempt finished.");
             if let NextState::Terminal(Terminal::Failed) = next {
@@ -130,7 +129,8 @@ impl Attempt {
             }
             for d in members {
                 let audit = self.audit(d, started_ms, &sent, &verdict, Some(&id));
-                records.push((d.seq, AttemptRecord::new(Some(d.seq), audit, next.clone())));
+                let own = settle_member(&next, &verdict, sent.status, d, now_ms);
+                records.push((d.seq, AttemptRecord::new(Some(d.seq), audit, own)));
             }
             // The endpoint learns from the first request that did not deliver, if any.
             let first_bad = !matches!(verdict, Verdict::Delivered)
@@ -318,6 +318,25 @@ pub fn refused_for_our_clock(
 /// with a held delivery keeping its place (see [`keep_place_when_held`]).
 pub fn settle(sub: &Subscription, due: &Due, verdict: &Verdict, status: Option<u16>, now_ms: i64) -> NextState {
     keep_place_when_held(next_state(sub, due, verdict, now_ms), verdict, status, due)
+}
+
+/// One member of a batch: the batch's consequence (its member with the most retries
+/// decides), except that a place kept (an unreachable endpoint, a `Retry-After` hold) is
+/// each member's own. Given the earliest member's, a member that became due later would
+/// go ahead of rows that waited longer (the lane model found it).
+pub fn settle_member(
+    batch: &NextState,
+    verdict: &Verdict,
+    status: Option<u16>,
+    member: &Due,
+    now_ms: i64,
+) -> NextState {
+    match (batch, verdict) {
+        (NextState::Retry { charge, .. }, Verdict::Offline { .. }) => {
+            NextState::Retry { at_ms: member.next_attempt_ms.min(now_ms), charge: *charge }
+        }
+        _ => keep_place_when_held(batch.clone(), verdict, status, member),
+    }
 }
 
 /// A 429 or 503 with `Retry-After` holds the whole subscription (see `endpoint`), so the

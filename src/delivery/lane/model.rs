@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::super::attempt::settle;
+use super::super::attempt::{next_state, settle_member};
 use super::super::endpoint::{Endpoint, State};
 use super::super::outcome::Verdict;
 use super::{FetchRequest, Lane};
@@ -339,17 +339,17 @@ impl World {
                     Answer::BadRequest => (Verdict::Failed { reason: "HTTP 400".into(), gone: false }, Some(400)),
                 };
                 // As a batch's attempt settles it: the member that spent the most retries
-                // decides for all, and the earliest keeps the place of a held batch.
+                // decides for all, and each keeps its own place when a place is kept.
                 let members: Vec<Due> = seqs.iter().map(|&s| self.due(s)).collect();
                 let most = members.iter().max_by_key(|d| d.budget_used).expect("a request has a delivery");
-                let first = members.iter().min_by_key(|d| d.next_attempt_ms).expect("a request has a delivery");
-                let mut key = most.clone();
-                key.next_attempt_ms = first.next_attempt_ms;
-                let next = settle(&self.lane.sub, &key, &verdict, status, self.t);
+                let next = next_state(&self.lane.sub, most, &verdict, self.t);
                 let kept = matches!(answer, Answer::RateLimited { .. } | Answer::Refused);
                 self.lane.finished(&seqs, &verdict, status, probe, Duration::from_millis(40), now);
                 self.changed_ms = self.t;
-                self.recording.extend(seqs.iter().map(|&s| (s, next.clone(), kept)));
+                for d in &members {
+                    let own = settle_member(&next, &verdict, status, d, self.t);
+                    self.recording.push((d.seq, own, kept));
+                }
             }
             Op::Commit => {
                 self.changed_ms = self.t;
@@ -464,4 +464,22 @@ fn the_orderings_the_model_found() {
         Op::Advance { ms: 2000 },
     ];
     run(Kind::Batched, &batched).unwrap();
+    // A batch whose endpoint could not be reached gave every member its earliest member's
+    // place: members that became due later went ahead of rows retried meanwhile. Each
+    // member now keeps its own place.
+    let batch_places = [
+        ok(0),
+        Op::Publish { priority: 2, n: 5 },
+        Op::Publish { priority: 0, n: 1 },
+        Op::Publish { priority: 2, n: 1 },
+        Op::Answer { pick: 0, answer: Answer::TimedOut },
+        Op::Advance { ms: 5616 },
+        Op::Publish { priority: 2, n: 5 },
+        ok(0),
+        Op::Answer { pick: 0, answer: Answer::Refused },
+        Op::Commit,
+        Op::Pause,
+        Op::Resume,
+    ];
+    run(Kind::Batched, &batch_places).unwrap();
 }
