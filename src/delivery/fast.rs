@@ -296,6 +296,12 @@ impl Book {
         self.jobs.get(&id).map_or(0, |j| j.event.data.len())
     }
 
+    /// Whether a job's event collapses: a newer one supersedes it while it waits, which
+    /// only the tables do (the journal would send every one).
+    pub fn collapses(&self, id: u64) -> bool {
+        self.jobs.get(&id).is_some_and(|j| j.event.collapse)
+    }
+
     /// Jobs neither persisted nor journaled: each holds an unacked MQTT message that
     /// nothing is making durable yet. A walk over every job.
     pub fn unkept(&self) -> usize {

@@ -13,7 +13,7 @@ use super::lane::Lane;
 use super::{Dispatcher, Recorded};
 use crate::outbox::{AttemptRecord, Inbound};
 
-/// Held jobs this far below the broker's in-flight window are stored: room for the
+/// Held jobs this far below the broker's in-flight window are journaled: room for the
 /// messages that go to the outbox directly meanwhile.
 const BROKER_WINDOW_MARGIN: usize = 2;
 /// What a commit takes, about: a job whose answer is due sooner is not worth storing.
@@ -96,9 +96,10 @@ impl Dispatcher {
     }
 
     /// The broker sends at most `mqtt.broker_max_inflight` messages before it waits for
-    /// acks, and acks go in receive order. Once held jobs come near that, those that will
-    /// not be answered within a commit's time are stored together (one commit) and so
-    /// acked: the flow from the broker never waits on a far endpoint's answers.
+    /// acks, and acks go in receive order. Once unacked jobs come near that, those that
+    /// will not be answered within a commit's time are journaled together (one synced
+    /// append) and so acked: the flow from the broker never waits on a far endpoint's
+    /// answers.
     fn keep_the_broker_flowing(&mut self, persists: &mut JoinSet<Kept>) {
         let high = self.window_high();
         self.hurry_near_the_window();
@@ -119,11 +120,15 @@ impl Dispatcher {
 
     /// Makes jobs durable so that their messages can be acked while they stay in memory:
     /// in the held journal (one synced append for all of them), or, past [`HELD_MAX`]
-    /// held, in the tables.
+    /// held, in the tables. A collapsing route's events go to the tables, where a newer
+    /// one supersedes what still waits.
     fn keep(&mut self, ids: Vec<u64>, persists: &mut JoinSet<Kept>) {
         if ids.is_empty() {
             return;
         }
+        let (collapsing, ids): (Vec<u64>, Vec<u64>) = ids.into_iter().partition(|&id| self.fast.collapses(id));
+        let stored = self.fast.persist_ids(&collapsing);
+        self.persist(stored, persists);
         let (mut held, mut bytes) = self.fast.journaled();
         let mut room = 0;
         for &id in &ids {
@@ -252,10 +257,10 @@ impl Dispatcher {
         None
     }
 
-    /// Stores every job whose deadline has passed, and with them, in the same commit,
+    /// Journals every job whose deadline has passed, and with them, in the same append,
     /// every job that will miss its own: one that shares an endpoint with a job that just
     /// missed (that endpoint is not answering in time now: a stall, a roam), or whose
-    /// endpoint usually answers later than that.
+    /// endpoint usually answers later than that. Stores journaled jobs held too long.
     pub(super) fn overdue(&mut self, persists: &mut JoinSet<Kept>) {
         let now = Instant::now();
         let mut late = self.fast.overdue(now);
