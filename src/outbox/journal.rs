@@ -38,7 +38,7 @@
 //! At start every live entry becomes a stored event (with its deliveries, all pending),
 //! unless its event is stored already, and a new generation begins empty.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -169,6 +169,10 @@ pub struct Journal {
     live_bytes: u64,
     /// Retired since the last record: written with the next one.
     retired: Vec<u64>,
+    /// Retired before their append came: a delivery's fast log line reaches the writer
+    /// by its own way, and can overtake the command that journals its event. Their
+    /// append is skipped.
+    early: HashSet<u64>,
     /// `storage.synchronous = "full"`: each append is synced. With `normal` the tables'
     /// commits are not, and neither are these (a power cut may lose the last of both).
     sync: bool,
@@ -194,13 +198,13 @@ impl Journal {
         let generation = generation_of(&bodies).unwrap_or(0);
         // With nothing on disk the first generation goes to the first file.
         let newest = if bodies.is_empty() { 1 } else { newest };
-        let mut retired = std::collections::HashSet::new();
+        let mut retired = HashSet::new();
         let mut entries: Vec<Entry> = Vec::new();
         for body in bodies {
             retired.extend(body.r);
             entries.extend(body.h);
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         // A rotation copies live entries forward: each once, at its first place.
         entries.retain(|e| !retired.contains(&e.j) && seen.insert(e.j));
         let recovered = entries.into_iter().map(|e| Recovered { j: e.j, event: e.e.event() }).collect();
@@ -213,6 +217,7 @@ impl Journal {
             live: HashMap::new(),
             live_bytes: 0,
             retired: Vec::new(),
+            early: HashSet::new(),
             sync,
             rotate_at: ROTATE_AT,
         };
@@ -222,6 +227,7 @@ impl Journal {
     /// Starts a new, empty generation now: what was read at open is stored elsewhere. (Not
     /// needed when nothing was live: the first append starts one.)
     pub fn begin(&mut self) -> std::io::Result<()> {
+        self.early.clear();
         self.live.clear();
         self.live_bytes = 0;
         self.retired.clear();
@@ -233,11 +239,15 @@ impl Journal {
     pub fn append(&mut self, events: &[(u64, &NewEvent)]) -> std::io::Result<()> {
         let encoded: Vec<(u64, String, Vec<String>)> = events
             .iter()
+            .filter(|(j, _)| !self.early.remove(j))
             .map(|(j, e)| {
                 let subscriptions = e.deliveries.iter().map(|d| d.subscription.clone()).collect();
                 (*j, serde_json::to_string(&Entry { j: *j, e: Held::of(e) }).unwrap_or_default(), subscriptions)
             })
             .collect();
+        if encoded.is_empty() {
+            return Ok(());
+        }
         let new_bytes: u64 = encoded.iter().map(|(_, s, _)| s.len() as u64).sum();
         let rotate =
             self.file.is_none() || (self.end >= self.rotate_at && self.end >= 2 * (self.live_bytes + new_bytes));
@@ -260,9 +270,14 @@ impl Journal {
     /// record, or by [`Journal::write_retired`].
     pub fn retire(&mut self, ids: impl IntoIterator<Item = u64>) {
         for j in ids {
-            if let Some((s, _)) = self.live.remove(&j) {
-                self.live_bytes -= s.len() as u64;
-                self.retired.push(j);
+            match self.live.remove(&j) {
+                Some((s, _)) => {
+                    self.live_bytes -= s.len() as u64;
+                    self.retired.push(j);
+                }
+                None => {
+                    self.early.insert(j);
+                }
             }
         }
     }

@@ -40,6 +40,19 @@ fn live_entries_come_back_and_retired_ones_do_not() {
 }
 
 #[test]
+fn an_entry_retired_before_its_append_is_not_appended() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let (mut journal, _) = Journal::open(&db, true);
+    // Delivered from memory while the command that journals it was still on its way.
+    journal.retire([1]);
+    journal.append(&[(1, &event(1)), (2, &event(2))]).unwrap();
+    assert_eq!(journal.pending(), [("ops".to_string(), 1)]);
+    drop(journal);
+    assert_eq!(ids(&Journal::open(&db, true).1), ["d-2"]);
+}
+
+#[test]
 fn a_torn_record_ends_the_read_and_what_was_synced_before_it_stays() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("outbox.db");
