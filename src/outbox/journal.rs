@@ -25,8 +25,9 @@
 //!    is synced the older file is whole, so a cut mid-rotation loses nothing. Reading
 //!    takes the file whose first record has the higher generation, up to the first record
 //!    that is torn or older.
-//! 4. **The files never shrink.** Records are written over older ones in place, so an
-//!    append changes no file size and `fdatasync` writes no inode: the data page, only.
+//! 4. **The files never shrink.** Records are written over older ones in place, so once
+//!    both files have reached [`ROTATE_AT`] an append changes no file size and
+//!    `fdatasync` writes no inode: the data page, only.
 //!
 //! # Record layout
 //!
