@@ -186,10 +186,9 @@ fn kill9_with_a_slow_far_endpoint_loses_nothing_and_keeps_ids() {
 }
 
 /// An endpoint that stops answering (a link that accepts and forwards nothing) after the
-/// agent knows it: past
-/// `write_behind` the events are acked on the strength of the held journal alone, with
-/// nothing in the tables, and a kill -9 then loses none of them. At start the journal's
-/// entries are stored and sent with the ids they had, once each.
+/// agent knows it: past `write_behind` the events are acked on the strength of the held
+/// journal alone, with nothing in the tables, and a kill -9 then loses none of them. At
+/// start the journal's entries are stored and sent with the ids they had, once each.
 #[test]
 fn events_acked_on_the_held_journal_alone_survive_kill9() {
     let ep = Endpoint::start(Reply::Status(200));
