@@ -26,7 +26,7 @@ use super::fastlog::FastLog;
 use super::journal::Journal;
 use super::space::{Budget, HIGH, RETENTION_MS};
 use super::store::Store;
-use super::{Command, Inbound, Outbox, OutboxError, Read, Write};
+use super::{Command, Inbound, Outbox, OutboxError, Write};
 use crate::clock::sched_ms;
 use crate::config::{StorageConfig, Synchronous, WhenFull};
 use crate::health::{Beat, Wedge};
@@ -37,7 +37,9 @@ mod apply;
 mod batching;
 mod fast;
 mod losses;
+mod reads;
 mod room;
+mod trouble;
 
 use admission::{Admission, Blocked, TIGHT_BYTES};
 use fast::{FastPending, recover_fast_log, recover_journal};
@@ -101,18 +103,6 @@ impl WriterThread {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
-    }
-}
-
-/// SQLITE_FULL, or an I/O error while the filesystem has (next to) no room left: a full
-/// disk surfaces as either, depending on which file SQLite was growing.
-fn is_full(e: &rusqlite::Error, disk: &dyn Disk) -> bool {
-    match e {
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull => true,
-        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::SystemIoFailure => {
-            disk.free_bytes().is_some_and(|free| free < 256 * 1024)
-        }
-        _ => false,
     }
 }
 
@@ -402,65 +392,6 @@ impl Writer {
         }
     }
 
-    /// Reacts to a failed transaction; says whether to try again at once (room was made,
-    /// or ingest is now held back from the next try).
-    fn on_failure(&mut self, e: &rusqlite::Error, took: usize) -> bool {
-        if !is_full(e, self.disk.as_ref()) {
-            tracing::error!(error = %e, free_bytes = self.disk.free_bytes(), wal_bytes = self.disk.wal_bytes(),
-                "The outbox cannot commit; nothing is acked until it can.");
-            let _ = self.store.checkpoint_truncate();
-            return false;
-        }
-        if self.store.over(&self.budget, HIGH).unwrap_or(false) {
-            // Our own cap: make room (finished rows, audit, and with drop_oldest pending
-            // deliveries); ingest waits unless that brought usage back under the mark.
-            let room = self.relieve(self.evict);
-            if !room {
-                self.block(Blocked::AtCap);
-            }
-            return room || took > 0;
-        }
-        // A full filesystem is waited out, never answered by evicting.
-        self.block(Blocked::FilesystemFull);
-        let _ = self.store.checkpoint_truncate();
-        took > 0
-    }
-
-    /// Drops writes that cannot commit: their callers hear so (a result not recorded is
-    /// sent again), and the loop goes back to its channel instead of retrying forever.
-    fn give_up(&mut self, writes: Vec<Write>, e: &rusqlite::Error) -> Turn {
-        let waiting = self.admission.blocked() == Some(Blocked::FilesystemFull);
-        if !writes.is_empty() {
-            tracing::warn!(error = %e, writes = writes.len(),
-                "Gave up committing these writes; delivery results not recorded are sent again.");
-        }
-        drop(writes);
-        if waiting { Turn::Waiting } else { Turn::Failing }
-    }
-
-    fn block(&mut self, why: Blocked) {
-        if !self.admission.block(why, Instant::now()) {
-            return;
-        }
-        let held = self.admission.len();
-        match why {
-            Blocked::FilesystemFull => tracing::error!(held, free_bytes = self.disk.free_bytes(),
-                path = %self.path.display(), reason = why.reason(),
-                "The filesystem holding the outbox is full: MQTT messages are not acked (the broker holds them) and delivery results wait until there is room."),
-            _ => tracing::warn!(
-                held,
-                reason = why.reason(),
-                "The outbox is full: MQTT messages are not acked (the broker holds them) until there is room."
-            ),
-        }
-    }
-
-    fn admit_again(&mut self) {
-        if self.admission.open().is_some() {
-            tracing::info!("The outbox has room again; ingest resumes.");
-        }
-    }
-
     /// How many held messages the next transaction takes. At the cap it first checks
     /// that usage is back under the mark: ingest never takes the room that delivery
     /// results need to commit.
@@ -518,58 +449,6 @@ impl Writer {
         if self.admission.is_empty() && self.upkeep.ingested_since_release >= RELEASE_AFTER {
             crate::memory::release_free_heap();
             self.upkeep.ingested_since_release = 0;
-        }
-    }
-
-    /// Answers a read-only command outside any write transaction. One that fails gets no
-    /// answer: its caller sees the outbox as unavailable.
-    fn answer(&mut self, read: Read) {
-        match read {
-            Read::Due { subscription, now_ms, limit, fifo, skip, lowest, reply } => {
-                match self.store.due_rows(&subscription, now_ms, limit, fifo, &skip, lowest) {
-                    Ok(mut d) => {
-                        d.committed = *self.committed.borrow();
-                        drop(reply.send(d))
-                    }
-                    Err(e) => tracing::debug!(error = %e, "Could not read due deliveries."),
-                }
-                self.upkeep.sweep_later(subscription);
-            }
-            Read::Stats { reply } => match self.store.stats() {
-                Ok(mut s) => {
-                    s.add_fast(&self.fast_pending());
-                    s.add_held(&self.journal.pending());
-                    drop(reply.send(s))
-                }
-                Err(e) => tracing::debug!(error = %e, "Could not read the outbox stats."),
-            },
-            Read::InMemory { reply } => {
-                let duplicates = self.store.duplicates();
-                drop(reply.send(super::InMemory {
-                    fast: self.fast_pending(),
-                    held: self.journal.pending(),
-                    duplicates,
-                }))
-            }
-            Read::Held { reply } => match self.store.held() {
-                Ok(h) => drop(reply.send(h)),
-                Err(e) => tracing::debug!(error = %e, "Could not read the held subscriptions."),
-            },
-        }
-    }
-
-    /// Continues on a fresh connection: SQLite's pager can keep an I/O error (a full
-    /// disk) after its cause is gone, until the connection is closed.
-    fn reopen(&mut self) {
-        match super::schema::reopen(&self.path, self.synchronous) {
-            Ok(conn) => {
-                self.store.replace_conn(conn);
-                if let Err(e) = self.store.apply_budget(&self.budget) {
-                    tracing::debug!(error = %e, "Could not apply the storage budget to the new connection.");
-                }
-                tracing::debug!("The outbox writer reopened its connection after repeated failures.");
-            }
-            Err(e) => tracing::debug!(error = %e, "Could not reopen the outbox; trying the old connection again."),
         }
     }
 

@@ -9,7 +9,7 @@ use tokio::sync::oneshot;
 use super::*;
 use crate::event::{NewDelivery, Priority};
 use crate::health::Liveness;
-use crate::outbox::{AttemptRecord, AuditRow, Due, NewEvent, NextState, Terminal};
+use crate::outbox::{AttemptRecord, AuditRow, Due, NewEvent, NextState, Read, Terminal};
 
 const PLENTY: u64 = 1 << 30;
 
