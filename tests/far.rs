@@ -215,14 +215,7 @@ fn events_acked_on_the_held_journal_alone_survive_kill9() {
         "every held event reaches the held journal: {}",
         held_journal(&bed)
     );
-    let stored: Vec<String> = bed
-        .db()
-        .prepare("SELECT data FROM events")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let stored = bed.texts("SELECT data FROM events");
     assert!(stored.is_empty(), "none is in the tables: {stored:?}\n{}", bed.log());
     let status = bed.agent.cli_json(&["status"]);
     let ops = &status["subscriptions"][0];

@@ -209,14 +209,7 @@ fn malformed_and_oversize_payloads_are_quarantined_and_the_next_good_one_is_deli
     let got = endpoint.wait_for(1, LONG);
     assert_eq!(got[0].json()["data"]["seq"], 7);
     assert!(wait_until(LONG, || bed.count("SELECT COUNT(*) FROM quarantine") == 4));
-    let reasons: Vec<String> = bed
-        .db()
-        .prepare("SELECT reason FROM quarantine ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let reasons = bed.texts("SELECT reason FROM quarantine ORDER BY seq");
     assert!(reasons[0].contains("not JSON"), "{reasons:?}");
     assert!(reasons[1].contains("array"), "{reasons:?}");
     assert!(reasons[2].contains("max_payload"), "{reasons:?}");

@@ -124,14 +124,7 @@ fn ika_mqtt_client_ros1_and_ros2_messages_become_events_with_their_fields() {
 
     let got = ep.wait_for(8, LONG);
     std::thread::sleep(Duration::from_millis(300));
-    let quarantined: Vec<String> = agent
-        .db()
-        .prepare("SELECT reason FROM quarantine")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
+    let quarantined = agent.texts("SELECT reason FROM quarantine");
     assert_eq!(quarantined, Vec::<String>::new());
     assert_eq!(ep.count(), 8);
     for r in &got {

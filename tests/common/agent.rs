@@ -172,6 +172,11 @@ impl Agent {
     pub fn count(&self, sql: &str) -> i64 {
         self.db().query_row(sql, [], |r| r.get(0)).unwrap()
     }
+
+    /// The first column of every row `sql` reads, as text.
+    pub fn texts(&self, sql: &str) -> Vec<String> {
+        self.db().prepare(sql).unwrap().query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect()
+    }
 }
 
 impl Drop for Agent {

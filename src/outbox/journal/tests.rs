@@ -10,6 +10,15 @@ fn event(n: u32) -> NewEvent {
     )
 }
 
+/// A journal of a fresh outbox, its first generation begun (and the directory it lives in).
+fn begun() -> (tempfile::TempDir, std::path::PathBuf, Journal) {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("outbox.db");
+    let (mut journal, _) = Journal::open(&db, true);
+    journal.begin().unwrap();
+    (dir, db, journal)
+}
+
 fn ids(recovered: &[Recovered]) -> Vec<String> {
     recovered.iter().map(|r| r.event.deliveries[0].id.clone()).collect()
 }
@@ -54,10 +63,7 @@ fn an_entry_retired_before_its_append_is_not_appended() {
 
 #[test]
 fn a_torn_record_ends_the_read_and_what_was_synced_before_it_stays() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("outbox.db");
-    let (mut journal, _) = Journal::open(&db, true);
-    journal.begin().unwrap();
+    let (_dir, db, mut journal) = begun();
     journal.append(&[(1, &event(1))]).unwrap();
     journal.append(&[(2, &event(2))]).unwrap();
     let index = journal.file.as_ref().map(|(i, _)| *i).unwrap();
@@ -72,10 +78,7 @@ fn a_torn_record_ends_the_read_and_what_was_synced_before_it_stays() {
 
 #[test]
 fn rotation_carries_the_live_entries_and_leaves_the_retired_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("outbox.db");
-    let (mut journal, _) = Journal::open(&db, true);
-    journal.begin().unwrap();
+    let (_dir, db, mut journal) = begun();
     let big = |n: u32| {
         let mut e = event(n);
         e.data = format!("{{\"pad\":\"{}\"}}", "x".repeat(64 * 1024));
@@ -95,10 +98,7 @@ fn rotation_carries_the_live_entries_and_leaves_the_retired_behind() {
 
 #[test]
 fn a_rotation_cut_short_leaves_the_older_file_in_force() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("outbox.db");
-    let (mut journal, _) = Journal::open(&db, true);
-    journal.begin().unwrap();
+    let (_dir, db, mut journal) = begun();
     journal.append(&[(1, &event(1))]).unwrap();
     let index = journal.file.as_ref().map(|(i, _)| *i).unwrap();
     journal.rotate(vec![]).unwrap();
