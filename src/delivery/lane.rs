@@ -289,15 +289,8 @@ impl Lane {
             // Nothing may start: look again on a completion, new work or the wake time.
             return Some(Starts::default());
         }
-        if self.reread_queue {
-            // Fetched during the hold, while the held deliveries' results were not yet on
-            // disk: newer rows only. Read again, in the queue's order.
-            self.prefetched.clear();
-            self.exhausted = false;
-            if self.fetching {
-                return Some(Starts::default());
-            }
-            self.reread_queue = false;
+        if !self.reread_if_asked() {
+            return Some(Starts::default());
         }
         // What the fast path took was accepted while nothing stored was due: it goes first,
         // unless the endpoint has stopped answering (then it waits for its deadline and
@@ -469,6 +462,23 @@ impl Lane {
             self.reread_queue |= !self.is_fifo();
         }
         self.dirty = true;
+    }
+
+    /// What was fetched ahead while a delivery that keeps its place was out (a held one,
+    /// one put back for a retry) is newer rows only: with `reread_queue` set, it is
+    /// dropped and the queue read again, in its order. False while a fetch that is out
+    /// must come back first: nothing may start until then.
+    fn reread_if_asked(&mut self) -> bool {
+        if !self.reread_queue {
+            return true;
+        }
+        self.prefetched.clear();
+        self.exhausted = false;
+        if self.fetching {
+            return false;
+        }
+        self.reread_queue = false;
+        true
     }
 
     /// Takes a fetch's answer: keeps what is due and not already known here.

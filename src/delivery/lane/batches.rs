@@ -14,15 +14,8 @@ impl Lane {
     pub(super) fn next_batches(&mut self, now: Instant, global_room: usize, link: &mut LinkGate) -> Starts {
         let metered_batch = self.sub.metered.as_ref().and_then(|m| m.batch.clone()).filter(|_| self.metered);
         let Some(cfg) = metered_batch.or_else(|| self.sub.batch.clone()) else { return Starts::default() };
-        if self.reread_queue {
-            // As for single deliveries (see `next_starts_with`): what kept its place goes
-            // before the rows fetched ahead of it; wait for a fetch that is out, then read.
-            self.prefetched.clear();
-            self.exhausted = false;
-            if self.fetching {
-                return Starts::default();
-            }
-            self.reread_queue = false;
+        if !self.reread_if_asked() {
+            return Starts::default();
         }
         let fifo = self.is_fifo();
         let limit = self.limit();
