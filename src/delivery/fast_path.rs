@@ -47,7 +47,7 @@ pub async fn next_intake(intake: &mut Option<mpsc::UnboundedReceiver<Intake>>) -
 impl Dispatcher {
     /// One message from ingest: sent from memory if every delivery's lane is ready (and
     /// it is not a redelivery), else handed to the outbox as ever.
-    pub(super) fn take(&mut self, taken: Intake, persists: &mut JoinSet<Kept>) {
+    pub(super) fn take(&mut self, taken: Intake, keeping: &mut JoinSet<Kept>) {
         let Inbound::Event(event) = &taken.inbound else { return self.forward(taken) };
         if event.retained_key.is_some() {
             // Checked against the last retained payload of its topic, which is stored.
@@ -92,7 +92,7 @@ impl Dispatcher {
         for (index, lane) in lanes.into_iter().enumerate() {
             self.lanes[lane].queue_fast(FastRef { job, index });
         }
-        self.keep_the_broker_flowing(persists);
+        self.keep_the_broker_flowing(keeping);
     }
 
     /// The broker sends at most `mqtt.broker_max_inflight` messages before it waits for
@@ -100,7 +100,7 @@ impl Dispatcher {
     /// will not be answered within a commit's time are journaled together (one synced
     /// append) and so acked: the flow from the broker never waits on a far endpoint's
     /// answers.
-    fn keep_the_broker_flowing(&mut self, persists: &mut JoinSet<Kept>) {
+    fn keep_the_broker_flowing(&mut self, keeping: &mut JoinSet<Kept>) {
         let high = self.window_high();
         self.hurry_near_the_window();
         // Asked per message: the count of unacked jobs, and whether any endpoint answers
@@ -115,20 +115,20 @@ impl Dispatcher {
         let picked = self.fast.picked(Instant::now(), |lanes, age| {
             lanes.iter().any(|&l| usual[l].is_some_and(|u| age + COMMIT_TIME < u))
         });
-        self.keep(picked, persists);
+        self.keep(picked, keeping);
     }
 
     /// Makes jobs durable so that their messages can be acked while they stay in memory:
     /// in the held journal (one synced append for all of them), or, past [`HELD_MAX`]
     /// held, in the tables. A collapsing route's events go to the tables, where a newer
     /// one supersedes what still waits.
-    fn keep(&mut self, ids: Vec<u64>, persists: &mut JoinSet<Kept>) {
+    fn keep(&mut self, ids: Vec<u64>, keeping: &mut JoinSet<Kept>) {
         if ids.is_empty() {
             return;
         }
         let (collapsing, ids): (Vec<u64>, Vec<u64>) = ids.into_iter().partition(|&id| self.fast.collapses(id));
         let stored = self.fast.persist_ids(&collapsing);
-        self.persist(stored, persists);
+        self.persist(stored, keeping);
         let (mut held, mut bytes) = self.fast.journaled();
         let mut room = 0;
         for &id in &ids {
@@ -143,10 +143,10 @@ impl Dispatcher {
         if !events.is_empty() {
             let journaled: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
             let reply = self.outbox.journal(events);
-            persists.spawn(async move { Kept::Journaled(journaled, reply.await.unwrap_or(false)) });
+            keeping.spawn(async move { Kept::Journaled(journaled, reply.await.unwrap_or(false)) });
         }
         let stored = self.fast.persist_ids(&ids[room..]);
-        self.persist(stored, persists);
+        self.persist(stored, keeping);
     }
 
     /// Hands a message to the outbox (durable path): acked once committed.
@@ -222,7 +222,7 @@ impl Dispatcher {
 
     /// A fast attempt finished. Returns the record to commit with the wave when its job
     /// was stored meanwhile; otherwise the book takes the result.
-    pub(super) fn finish_fast(&mut self, done: Done, persists: &mut JoinSet<Kept>) -> Option<AttemptRecord> {
+    pub(super) fn finish_fast(&mut self, done: Done, keeping: &mut JoinSet<Kept>) -> Option<AttemptRecord> {
         let took = done.took();
         let r = done.fast?;
         if let Some(lane) = self.lanes.get_mut(done.lane) {
@@ -253,7 +253,7 @@ impl Dispatcher {
                 let _ = resolved.send(Resolution::Now);
             }
         }
-        self.persist(persist, persists);
+        self.persist(persist, keeping);
         None
     }
 
@@ -261,7 +261,7 @@ impl Dispatcher {
     /// every job that will miss its own: one that shares an endpoint with a job that just
     /// missed (that endpoint is not answering in time now: a stall, a roam), or whose
     /// endpoint usually answers later than that. Stores journaled jobs held too long.
-    pub(super) fn overdue(&mut self, persists: &mut JoinSet<Kept>) {
+    pub(super) fn overdue(&mut self, keeping: &mut JoinSet<Kept>) {
         let now = Instant::now();
         let mut late = self.fast.overdue(now);
         if !late.is_empty() {
@@ -277,15 +277,15 @@ impl Dispatcher {
             late.sort_unstable();
             late.dedup();
         }
-        self.keep(late, persists);
+        self.keep(late, keeping);
         let held = self.fast.held_too_long(now);
-        self.persist(held, persists);
+        self.persist(held, keeping);
     }
 
     /// Stores jobs: each its event, deliveries and the attempts so far, in one commit.
     /// A FIFO lane they go to stores the jobs queued behind them too, and all of them go
     /// to the outbox in arrival (job) order, so that its queue on disk keeps event order.
-    pub(super) fn persist(&mut self, jobs: Vec<Persist>, persists: &mut JoinSet<Kept>) {
+    pub(super) fn persist(&mut self, jobs: Vec<Persist>, keeping: &mut JoinSet<Kept>) {
         let mut all = jobs;
         let mut i = 0;
         while i < all.len() {
@@ -321,12 +321,12 @@ impl Dispatcher {
             }
             let reply = self.outbox.persist(p.event, p.records, p.journaled);
             let job = p.job;
-            persists.spawn(async move { Kept::Stored(job, reply.await.is_ok()) });
+            keeping.spawn(async move { Kept::Stored(job, reply.await.is_ok()) });
         }
     }
 
     /// The outbox answered for jobs it was asked to make durable.
-    pub(super) fn kept(&mut self, kept: Kept, recordings: &mut JoinSet<Recorded>, persists: &mut JoinSet<Kept>) {
+    pub(super) fn kept(&mut self, kept: Kept, recordings: &mut JoinSet<Recorded>, keeping: &mut JoinSet<Kept>) {
         match kept {
             Kept::Stored(job, ok) => self.persisted(job, ok, recordings),
             Kept::Journaled(jobs, ok) => {
@@ -339,7 +339,7 @@ impl Dispatcher {
                     }
                 }
                 let stored = self.fast.persist_ids(&store);
-                self.persist(stored, persists);
+                self.persist(stored, keeping);
             }
         }
     }

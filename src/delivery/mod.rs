@@ -167,7 +167,8 @@ impl Dispatcher {
         let mut tasks = JoinSet::new();
         let mut recordings: JoinSet<Recorded> = JoinSet::new();
         let mut fetches: JoinSet<Fetched> = JoinSet::new();
-        let mut persists: JoinSet<fast_path::Kept> = JoinSet::new();
+        // Jobs of the fast path being made durable: stored in the tables or journaled.
+        let mut keeping: JoinSet<fast_path::Kept> = JoinSet::new();
         let mut intake = self.intake.take();
         let new_work = self.outbox.new_work();
         // Paused and gone subscriptions stay so across restarts.
@@ -203,11 +204,11 @@ impl Dispatcher {
                 _ = new_work.notified() => self.lanes.iter_mut().for_each(Lane::poke),
                 Some(fetched) = fetches.join_next(), if !fetches.is_empty() => self.fetched(fetched),
                 Some(c) = self.control.recv() => self.control(c),
-                Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings, &mut persists),
+                Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings, &mut keeping),
                 Some(recorded) = recordings.join_next(), if !recordings.is_empty() => self.recorded(recorded),
-                Some(taken) = fast_path::next_intake(&mut intake) => self.take(taken, &mut persists),
-                Some(Ok(kept)) = persists.join_next(), if !persists.is_empty() => self.kept(kept, &mut recordings, &mut persists),
-                _ = sleep => self.overdue(&mut persists),
+                Some(taken) = fast_path::next_intake(&mut intake) => self.take(taken, &mut keeping),
+                Some(Ok(kept)) = keeping.join_next(), if !keeping.is_empty() => self.kept(kept, &mut recordings, &mut keeping),
+                _ = sleep => self.overdue(&mut keeping),
                 _ = beat.tick() => self.link.link.save_if_due(),
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             }
@@ -221,17 +222,17 @@ impl Dispatcher {
             }
         }
         let unpersisted = self.fast.all_unpersisted();
-        self.persist(unpersisted, &mut persists);
+        self.persist(unpersisted, &mut keeping);
         let in_flight = tasks.len();
         if in_flight > 0 {
             tracing::info!(in_flight, grace_s = self.grace.as_secs(), "Waiting for in-flight deliveries before exit.");
         }
         let drained = tokio::time::timeout(self.grace, async {
-            while !tasks.is_empty() || !done_rx.is_empty() || !recordings.is_empty() || !persists.is_empty() {
+            while !tasks.is_empty() || !done_rx.is_empty() || !recordings.is_empty() || !keeping.is_empty() {
                 tokio::select! {
-                    Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings, &mut persists),
+                    Some(done) = done_rx.recv() => self.finish_wave(done, &mut done_rx, &mut recordings, &mut keeping),
                     Some(recorded) = recordings.join_next(), if !recordings.is_empty() => self.recorded(recorded),
-                    Some(Ok(kept)) = persists.join_next(), if !persists.is_empty() => self.kept(kept, &mut recordings, &mut persists),
+                    Some(Ok(kept)) = keeping.join_next(), if !keeping.is_empty() => self.kept(kept, &mut recordings, &mut keeping),
                     Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
                 }
             }
@@ -340,7 +341,7 @@ impl Dispatcher {
         first: Done,
         done_rx: &mut mpsc::UnboundedReceiver<Done>,
         recordings: &mut JoinSet<Recorded>,
-        persists: &mut JoinSet<fast_path::Kept>,
+        keeping: &mut JoinSet<fast_path::Kept>,
     ) {
         let mut wave = vec![first];
         while let Ok(done) = done_rx.try_recv() {
@@ -360,7 +361,7 @@ impl Dispatcher {
         for done in wave {
             if done.fast.is_some() {
                 let lane = done.lane;
-                if let Some(record) = self.finish_fast(done, persists) {
+                if let Some(record) = self.finish_fast(done, keeping) {
                     fast.push((lane, record));
                 }
                 continue;
@@ -377,7 +378,7 @@ impl Dispatcher {
         for lane in 0..self.lanes.len() {
             if self.lanes[lane].has_fast_queued() && self.lanes[lane].unreachable() {
                 let queued = self.fast.queued_in(lane);
-                self.persist(queued, persists);
+                self.persist(queued, keeping);
             }
         }
     }

@@ -411,6 +411,7 @@ async fn say_goodbye(
 /// reconnects) it waits: briefly after a session that lasted, 1 s doubling to
 /// [`BACKOFF_MAX`] (with jitter) while sessions end within [`STABLE`] of starting or
 /// connects fail, whatever the cause.
+///
 /// Each message takes its share of [`HELD_MAX`] here, before it is handed over: QoS 0
 /// too (nothing is acked, but what is taken is held until it is committed or delivered,
 /// and a flood must not hold more than a QoS 1 one). Waiting for room stops the polling,

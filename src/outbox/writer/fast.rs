@@ -127,7 +127,10 @@ impl Writer {
 /// Copies into the tables what the fast log holds beyond them (the agent was killed, or
 /// the power cut, before the writer's last flush), then starts the log afresh. Also
 /// returns the held journal's entries those deliveries retired.
-pub(super) fn recover_fast_log(store: &mut Store, db: &std::path::Path) -> Result<(FastLog, Vec<u64>), OutboxError> {
+pub(super) fn recover_fast_log(
+    store: &mut Store,
+    db: &std::path::Path,
+) -> Result<(FastLog, std::collections::HashSet<u64>), OutboxError> {
     let path = fastlog::path_for(db);
     let applied = store.fast_applied()?;
     let entries = fastlog::read(&path, applied);
@@ -158,7 +161,7 @@ pub(super) fn recover_fast_log(store: &mut Store, db: &std::path::Path) -> Resul
 pub(super) fn recover_journal(
     store: &mut Store,
     db: &std::path::Path,
-    delivered: &[u64],
+    delivered: &std::collections::HashSet<u64>,
     sync: bool,
 ) -> Result<Journal, OutboxError> {
     let (mut journal, recovered) = Journal::open(db, sync);
