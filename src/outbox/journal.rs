@@ -300,14 +300,9 @@ impl Journal {
 
     /// Deliveries of live entries, per subscription: acked, neither delivered nor stored.
     pub fn pending(&self) -> Vec<(String, u64)> {
-        let mut out: Vec<(String, u64)> = Vec::new();
-        for name in self.live.values().flat_map(|(_, subscriptions)| subscriptions) {
-            match out.iter_mut().find(|(n, _)| n == name) {
-                Some((_, count)) => *count += 1,
-                None => out.push((name.clone(), 1)),
-            }
-        }
-        out
+        super::stats::per_subscription(
+            self.live.values().flat_map(|(_, subscriptions)| subscriptions).map(String::as_str),
+        )
     }
 
     fn body<'a>(&self, held: impl Iterator<Item = &'a str>, retired: &[u64]) -> String {

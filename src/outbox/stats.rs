@@ -21,6 +21,19 @@ pub struct SubscriptionStats {
     pub next_attempt_ms: Option<i64>,
 }
 
+/// How many times each subscription is named, in order of first mention: the shape of
+/// [`InMemory`]'s counts.
+pub fn per_subscription<'a>(names: impl Iterator<Item = &'a str>) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for name in names {
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, count)) => *count += 1,
+            None => out.push((name.to_string(), 1)),
+        }
+    }
+    out
+}
+
 /// Counts the tables do not hold (yet).
 #[derive(Clone, Debug, Default)]
 pub struct InMemory {

@@ -113,14 +113,9 @@ impl Writer {
 
     /// Deliveries from memory not yet in the tables, per subscription.
     pub(super) fn fast_pending(&self) -> Vec<(String, u64)> {
-        let mut out: Vec<(String, u64)> = Vec::new();
-        for audit in self.fast.done.iter().flat_map(|d| &d.audits) {
-            match out.iter_mut().find(|(name, _)| *name == audit.subscription) {
-                Some((_, n)) => *n += 1,
-                None => out.push((audit.subscription.clone(), 1)),
-            }
-        }
-        out
+        super::super::stats::per_subscription(
+            self.fast.done.iter().flat_map(|d| &d.audits).map(|a| a.subscription.as_str()),
+        )
     }
 }
 
